@@ -1,0 +1,243 @@
+"""Configuration: one dataclass per concern, defaults in code, YAML files as partial overlays.
+
+Precedence: dataclass defaults < each ``--config`` file in order < each ``--set a.b=c``.
+Unknown keys and wrong types are refused with the closest valid key, so a typo never
+silently falls back to a default.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import hashlib
+import json
+import pathlib
+from dataclasses import dataclass, field
+from typing import Any
+
+import yaml
+
+from tfllm.errors import ConfigError
+
+CONFIG_DIR = pathlib.Path(__file__).resolve().parent.parent / "configs"
+
+
+@dataclass
+class ModelConfig:
+    vocabulary_size: int = 2048
+    num_layers: int = 2
+    num_heads: int = 4
+    hidden_dim: int = 128
+    intermediate_dim: int = 512
+    max_sequence_length: int = 256
+    activation: str = "swiglu"  # swiglu | gelu
+    dropout: float = 0.0
+    rope_max_wavelength: float = 10000.0
+    layer_norm_epsilon: float = 1e-5
+
+
+@dataclass
+class DataConfig:
+    name: str = "stdlib"
+    source: str = "stdlib"  # "stdlib", or files/globs separated by commas
+    seq_len: int = 128
+    root: str = "tfrecords"  # shards go to <root>/<name>/
+    val_fraction: float = 0.02
+    records_per_shard: int = 8192
+    tokenizer_type: str = "unigram"  # unigram | bpe
+    tokenizer_sample_mb: int = 8  # text sampled to train the tokenizer
+    shuffle_buffer: int = 4096
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 2000
+    seed: int = 0
+    global_batch_size: int = 16
+    learning_rate: float = 3e-3
+    min_learning_rate_ratio: float = 0.1
+    warmup_steps: int = 100
+    weight_decay: float = 0.1
+    beta_1: float = 0.9
+    beta_2: float = 0.95
+    epsilon: float = 1e-8
+    grad_clip_norm: float = 1.0
+    steps_per_loop: int = 50
+    eval_every: int = 500
+    eval_batches: int = 20
+    checkpoint_every: int = 500
+    keep_checkpoints: int = 3
+    jit_compile: bool = True
+    sample_tokens: int = 64
+    sample_prompt: str = "def "
+
+
+@dataclass
+class RuntimeConfig:
+    workdir: str = "runs/tiny"
+    strategy: str = "auto"
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
+
+    def to_dict(self) -> dict[str, dict[str, Any]]:
+        return dataclasses.asdict(self)
+
+    def fingerprint(self, section: str = "model") -> str:
+        """A short stable hash of one section, e.g. to tie a checkpoint to a model shape."""
+        blob = json.dumps(self.to_dict()[section], sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()[:16]
+
+
+_SECTIONS = {f.name: f.type for f in dataclasses.fields(Config)}
+_SECTION_CLASSES = {
+    "model": ModelConfig,
+    "data": DataConfig,
+    "train": TrainConfig,
+    "runtime": RuntimeConfig,
+}
+
+
+def _suggest(word: str, choices: list[str]) -> str:
+    close = difflib.get_close_matches(word, choices, n=1, cutoff=0.5)
+    return f"; did you mean {close[0]}?" if close else f"; valid keys: {', '.join(choices)}"
+
+
+def _check_type(key: str, value: Any, expected: type, origin: str) -> Any:
+    # bool is an int in Python; a YAML `true` for an int field is a mistake, not a 1.
+    if expected is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if isinstance(value, expected) and not (expected is int and isinstance(value, bool)):
+        return value
+    raise ConfigError(
+        f"{origin}: {key} must be {expected.__name__}, got {type(value).__name__} {value!r}"
+    )
+
+
+def _field_type(section: str, key: str) -> type:
+    types = {f.name: f.type for f in dataclasses.fields(_SECTION_CLASSES[section])}
+    return {"int": int, "float": float, "str": str, "bool": bool}[types[key]]
+
+
+def _merge(values: dict, overlay: Any, origin: str) -> None:
+    if overlay is None:
+        return
+    if not isinstance(overlay, dict):
+        raise ConfigError(f"{origin}: expected a mapping of sections, got {type(overlay).__name__}")
+    for section, entries in overlay.items():
+        if section not in _SECTIONS:
+            raise ConfigError(
+                f"{origin}: unknown section {section}{_suggest(section, [*_SECTIONS])}"
+            )
+        if not isinstance(entries, dict):
+            raise ConfigError(f"{origin}: section {section} must be a mapping of keys")
+        for key, value in entries.items():
+            valid = list(values[section])
+            if key not in valid:
+                raise ConfigError(
+                    f"{origin}: unknown key {section}.{key}{_suggest(str(key), valid)}"
+                )
+            expected = _field_type(section, key)
+            values[section][key] = _check_type(f"{section}.{key}", value, expected, origin)
+
+
+def resolve_config_path(name: str) -> pathlib.Path:
+    """`configs/tiny.yaml`, `tiny.yaml` or `tiny`: a path as given, else one of the shipped files."""
+    path = pathlib.Path(name)
+    if path.is_file():
+        return path
+    for candidate in (CONFIG_DIR / name, CONFIG_DIR / f"{name}.yaml"):
+        if candidate.is_file():
+            return candidate
+    raise ConfigError(f"config file not found: {name}")
+
+
+def _parse_set(assignment: str) -> dict:
+    if "=" not in assignment:
+        raise ConfigError(f"--set {assignment}: expected section.key=value")
+    dotted, raw = assignment.split("=", 1)
+    if dotted.count(".") != 1:
+        raise ConfigError(f"--set {assignment}: expected section.key=value")
+    section, key = dotted.split(".")
+    if section in _SECTION_CLASSES and key in {
+        f.name for f in dataclasses.fields(_SECTION_CLASSES[section])
+    }:
+        if _field_type(section, key) is str:
+            return {section: {key: raw}}  # "--set data.name=123" is the string "123"
+    try:
+        value = yaml.safe_load(raw) if raw else ""
+    except yaml.YAMLError as err:
+        raise ConfigError(f"--set {assignment}: cannot parse value: {err}") from None
+    return {section: {key: value}}
+
+
+def load_config(
+    config_files: list[str] | None = None, overrides: list[str] | None = None
+) -> Config:
+    """Builds a Config from defaults, YAML overlays and ``section.key=value`` overrides."""
+    values = Config().to_dict()
+    for name in config_files or []:
+        path = resolve_config_path(name)
+        try:
+            overlay = yaml.safe_load(path.read_text(encoding="utf-8"))
+        except yaml.YAMLError as err:
+            raise ConfigError(f"{path}: YAML syntax error: {err}".replace("\n", " ")) from None
+        _merge(values, overlay, str(path))
+    for assignment in overrides or []:
+        _merge(values, _parse_set(assignment), f"--set {assignment}")
+    cfg = Config(**{name: cls(**values[name]) for name, cls in _SECTION_CLASSES.items()})
+    validate(cfg)
+    return cfg
+
+
+def validate(cfg: Config) -> None:
+    """Cross-field checks that a type check cannot catch."""
+    m, d, t = cfg.model, cfg.data, cfg.train
+    positive = {
+        "model.vocabulary_size": m.vocabulary_size,
+        "model.num_layers": m.num_layers,
+        "model.num_heads": m.num_heads,
+        "model.hidden_dim": m.hidden_dim,
+        "model.intermediate_dim": m.intermediate_dim,
+        "data.seq_len": d.seq_len,
+        "data.records_per_shard": d.records_per_shard,
+        "train.steps": t.steps,
+        "train.global_batch_size": t.global_batch_size,
+        "train.steps_per_loop": t.steps_per_loop,
+        "train.eval_every": t.eval_every,
+        "train.checkpoint_every": t.checkpoint_every,
+    }
+    for key, value in positive.items():
+        if value < 1:
+            raise ConfigError(f"{key} must be at least 1, got {value}")
+    if m.hidden_dim % m.num_heads or (m.hidden_dim // m.num_heads) % 2:
+        raise ConfigError(
+            f"model.hidden_dim ({m.hidden_dim}) must split into model.num_heads ({m.num_heads}) "
+            "heads of even size (rotary embeddings rotate pairs)"
+        )
+    if d.seq_len > m.max_sequence_length:
+        raise ConfigError(
+            f"data.seq_len ({d.seq_len}) is larger than model.max_sequence_length "
+            f"({m.max_sequence_length})"
+        )
+    if m.activation not in ("swiglu", "gelu"):
+        raise ConfigError(f"model.activation must be swiglu or gelu, got {m.activation!r}")
+    if d.tokenizer_type not in ("unigram", "bpe"):
+        raise ConfigError(f"data.tokenizer_type must be unigram or bpe, got {d.tokenizer_type!r}")
+    if not 0.0 < d.val_fraction < 1.0:
+        raise ConfigError(f"data.val_fraction must be in (0, 1), got {d.val_fraction}")
+    if t.keep_checkpoints < 2:
+        raise ConfigError(f"train.keep_checkpoints must be at least 2, got {t.keep_checkpoints}")
+
+
+def save_config(cfg: Config, path: str) -> None:
+    """Writes the resolved config (through tf.io.gfile, so gs:// works)."""
+    import tensorflow as tf
+
+    with tf.io.gfile.GFile(path, "w") as f:
+        f.write(yaml.safe_dump(cfg.to_dict(), sort_keys=False))

@@ -1,0 +1,13 @@
+"""User-facing errors: each is printed as one line by the command wrappers, never a traceback."""
+
+
+class TfllmError(Exception):
+    """A mistake in the user's input (config, data, paths) that the user can fix."""
+
+
+class ConfigError(TfllmError):
+    """An invalid config file, key, type or value."""
+
+
+class DataError(TfllmError):
+    """A missing, empty or damaged corpus, shard or manifest."""

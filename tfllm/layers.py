@@ -1,0 +1,233 @@
+"""Transformer layers in Keras 3: RMSNorm, rotary causal self-attention with a KV cache, MLP, block.
+
+Shape letters, used in every comment and einsum below:
+    B batch, T query length, S key length (T, or the cache size when decoding),
+    D hidden_dim, H num_heads, K head dim (D / H), F intermediate_dim.
+
+One attention layer serves training and cached decoding: with `cache` the new keys and values
+are written into a fixed-size (B, 2, S, H, K) tensor at `cache_index`, so the decode loop
+keeps static shapes and compiles once.
+"""
+
+from __future__ import annotations
+
+import keras
+from keras import ops
+
+_MASKED = -1e9  # added to masked scores in float32; exp() of it is exactly 0
+
+
+class RMSNorm(keras.layers.Layer):
+    """Root-mean-square layer norm (no mean subtraction, no bias), computed in float32."""
+
+    def __init__(self, epsilon: float = 1e-5, **kwargs):
+        super().__init__(**kwargs)
+        self.epsilon = epsilon
+
+    def build(self, input_shape):
+        self.scale = self.add_weight(name="scale", shape=(input_shape[-1],), initializer="ones")
+
+    def call(self, x):
+        x32 = ops.cast(x, "float32")
+        x32 = x32 * ops.rsqrt(ops.mean(ops.square(x32), axis=-1, keepdims=True) + self.epsilon)
+        return ops.cast(x32 * ops.cast(self.scale, "float32"), self.compute_dtype)
+
+    def get_config(self):
+        return {**super().get_config(), "epsilon": self.epsilon}
+
+
+def apply_rotary(x, positions, max_wavelength: float):
+    """Rotates (B, T, H, K) queries or keys by their absolute positions (B, T)."""
+    half = x.shape[-1] // 2
+    inverse_freq = 1.0 / (max_wavelength ** (ops.arange(half, dtype="float32") / half))
+    angles = ops.cast(positions, "float32")[..., None] * inverse_freq  # (B, T, K/2)
+    cos = ops.cast(ops.cos(angles)[:, :, None, :], x.dtype)  # (B, T, 1, K/2)
+    sin = ops.cast(ops.sin(angles)[:, :, None, :], x.dtype)
+    x1, x2 = x[..., :half], x[..., half:]
+    return ops.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
+
+
+class CausalSelfAttention(keras.layers.Layer):
+    """Multi-head self-attention with rotary positions, a fused bias-free QKV projection and
+    an optional fixed-size key/value cache."""
+
+    def __init__(
+        self,
+        hidden_dim: int,
+        num_heads: int,
+        dropout: float = 0.0,
+        rope_max_wavelength: float = 10000.0,
+        output_init_std: float = 0.02,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        self.hidden_dim = hidden_dim
+        self.num_heads = num_heads
+        self.dropout = dropout
+        self.rope_max_wavelength = rope_max_wavelength
+        self.output_init_std = output_init_std
+
+    def build(self, input_shape):
+        head_dim = self.hidden_dim // self.num_heads
+        self.qkv_kernel = self.add_weight(
+            name="qkv_kernel",
+            shape=(self.hidden_dim, 3, self.num_heads, head_dim),
+            initializer=keras.initializers.RandomNormal(stddev=0.02),
+        )
+        self.output_kernel = self.add_weight(
+            name="output_kernel",
+            shape=(self.num_heads, head_dim, self.hidden_dim),
+            initializer=keras.initializers.RandomNormal(stddev=self.output_init_std),
+        )
+        self.dropout_layer = keras.layers.Dropout(self.dropout, name="attention_dropout")
+
+    def call(self, x, positions, mask, cache=None, cache_index=None, training=False):
+        """x (B, T, D), positions (B, T), mask (B, T, S) bool -> (B, T, D), updated cache."""
+        qkv = ops.einsum("btd,dnhk->nbthk", x, self.qkv_kernel)  # (3, B, T, H, K)
+        query = apply_rotary(qkv[0], positions, self.rope_max_wavelength)
+        key = apply_rotary(qkv[1], positions, self.rope_max_wavelength)
+        value = qkv[2]
+        if cache is not None:  # cache (B, 2, S, H, K): write this step's keys and values
+            start = [0, cache_index, 0, 0]
+            key = ops.slice_update(cache[:, 0], start, ops.cast(key, cache.dtype))
+            value = ops.slice_update(cache[:, 1], start, ops.cast(value, cache.dtype))
+            cache = ops.stack([key, value], axis=1)
+        scale = (self.hidden_dim // self.num_heads) ** -0.5
+        scores = ops.einsum("bthk,bshk->bhts", query * scale, key)  # (B, H, T, S)
+        scores = ops.where(mask[:, None, :, :], ops.cast(scores, "float32"), _MASKED)
+        probs = ops.cast(ops.softmax(scores, axis=-1), self.compute_dtype)
+        probs = self.dropout_layer(probs, training=training)
+        attended = ops.einsum("bhts,bshk->bthk", probs, value)  # (B, T, H, K)
+        return ops.einsum("bthk,hkd->btd", attended, self.output_kernel), cache
+
+    def get_config(self):
+        return {
+            **super().get_config(),
+            "hidden_dim": self.hidden_dim,
+            "num_heads": self.num_heads,
+            "dropout": self.dropout,
+            "rope_max_wavelength": self.rope_max_wavelength,
+            "output_init_std": self.output_init_std,
+        }
+
+
+class MLP(keras.layers.Layer):
+    """Feed-forward: SwiGLU (fused gate and up projections) or GELU, bias-free."""
+
+    def __init__(
+        self,
+        hidden_dim: int,
+        intermediate_dim: int,
+        activation: str = "swiglu",
+        output_init_std: float = 0.02,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        self.hidden_dim = hidden_dim
+        self.intermediate_dim = intermediate_dim
+        self.activation = activation
+        self.output_init_std = output_init_std
+
+    def build(self, input_shape):
+        gates = 2 if self.activation == "swiglu" else 1
+        self.input_kernel = self.add_weight(
+            name="input_kernel",
+            shape=(self.hidden_dim, gates, self.intermediate_dim),
+            initializer=keras.initializers.RandomNormal(stddev=0.02),
+        )
+        self.output_kernel = self.add_weight(
+            name="output_kernel",
+            shape=(self.intermediate_dim, self.hidden_dim),
+            initializer=keras.initializers.RandomNormal(stddev=self.output_init_std),
+        )
+
+    def call(self, x):
+        projected = ops.einsum("btd,dgf->gbtf", x, self.input_kernel)  # (gates, B, T, F)
+        if self.activation == "swiglu":
+            hidden = ops.silu(projected[0]) * projected[1]
+        else:
+            hidden = ops.gelu(projected[0], approximate=True)
+        return ops.einsum("btf,fd->btd", hidden, self.output_kernel)
+
+    def get_config(self):
+        return {
+            **super().get_config(),
+            "hidden_dim": self.hidden_dim,
+            "intermediate_dim": self.intermediate_dim,
+            "activation": self.activation,
+            "output_init_std": self.output_init_std,
+        }
+
+
+class TransformerBlock(keras.layers.Layer):
+    """Pre-norm block: x + attention(norm(x)), then x + mlp(norm(x))."""
+
+    def __init__(
+        self,
+        hidden_dim: int,
+        num_heads: int,
+        intermediate_dim: int,
+        activation: str = "swiglu",
+        dropout: float = 0.0,
+        rope_max_wavelength: float = 10000.0,
+        layer_norm_epsilon: float = 1e-5,
+        output_init_std: float = 0.02,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        self.hidden_dim = hidden_dim
+        self.num_heads = num_heads
+        self.intermediate_dim = intermediate_dim
+        self.activation = activation
+        self.dropout = dropout
+        self.rope_max_wavelength = rope_max_wavelength
+        self.layer_norm_epsilon = layer_norm_epsilon
+        self.output_init_std = output_init_std
+
+    def build(self, input_shape):
+        self.attention_norm = RMSNorm(self.layer_norm_epsilon, name="attention_norm")
+        self.attention = CausalSelfAttention(
+            self.hidden_dim,
+            self.num_heads,
+            self.dropout,
+            self.rope_max_wavelength,
+            self.output_init_std,
+            name="attention",
+        )
+        self.mlp_norm = RMSNorm(self.layer_norm_epsilon, name="mlp_norm")
+        self.mlp = MLP(
+            self.hidden_dim,
+            self.intermediate_dim,
+            self.activation,
+            self.output_init_std,
+            name="mlp",
+        )
+        self.residual_dropout = keras.layers.Dropout(self.dropout, name="residual_dropout")
+        for layer in (self.attention_norm, self.attention, self.mlp_norm, self.mlp):
+            layer.build(input_shape)
+
+    def call(self, x, positions, mask, cache=None, cache_index=None, training=False):
+        attended, cache = self.attention(
+            self.attention_norm(x),
+            positions,
+            mask,
+            cache=cache,
+            cache_index=cache_index,
+            training=training,
+        )
+        x = x + self.residual_dropout(attended, training=training)
+        x = x + self.residual_dropout(self.mlp(self.mlp_norm(x)), training=training)
+        return x, cache
+
+    def get_config(self):
+        return {
+            **super().get_config(),
+            "hidden_dim": self.hidden_dim,
+            "num_heads": self.num_heads,
+            "intermediate_dim": self.intermediate_dim,
+            "activation": self.activation,
+            "dropout": self.dropout,
+            "rope_max_wavelength": self.rope_max_wavelength,
+            "layer_norm_epsilon": self.layer_norm_epsilon,
+            "output_init_std": self.output_init_std,
+        }

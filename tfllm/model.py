@@ -1,0 +1,154 @@
+"""The decoder-only language model: one call path for training, evaluation, decoding and export.
+
+    token ids (B, T) -> tied embedding -> N x TransformerBlock -> RMSNorm -> tied projection
+      -> logits (B, T, V) in float32
+
+Shape letters as in `tfllm.layers`; L is num_layers, V vocabulary_size.
+"""
+
+from __future__ import annotations
+
+import math
+
+import keras
+from keras import ops
+from keras_hub.layers import ReversibleEmbedding
+
+from tfllm.config import ModelConfig
+from tfllm.layers import RMSNorm, TransformerBlock
+
+
+class TransformerLM(keras.Model):
+    """A pre-norm Transformer LM with rotary positions and tied input/output embeddings.
+
+    `call(token_ids)` returns logits; `call(token_ids, cache=..., cache_index=i)` also writes
+    the keys and values of positions i..i+T-1 into the (L, B, 2, S, H, K) cache and returns
+    `(logits, cache)`, for prefill and one-token decode steps alike.
+    """
+
+    def __init__(
+        self,
+        vocabulary_size: int,
+        num_layers: int,
+        num_heads: int,
+        hidden_dim: int,
+        intermediate_dim: int,
+        max_sequence_length: int,
+        activation: str = "swiglu",
+        dropout: float = 0.0,
+        rope_max_wavelength: float = 10000.0,
+        layer_norm_epsilon: float = 1e-5,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        self.vocabulary_size = vocabulary_size
+        self.num_layers = num_layers
+        self.num_heads = num_heads
+        self.hidden_dim = hidden_dim
+        self.intermediate_dim = intermediate_dim
+        self.max_sequence_length = max_sequence_length
+        self.activation = activation
+        self.dropout = dropout
+        self.rope_max_wavelength = rope_max_wavelength
+        self.layer_norm_epsilon = layer_norm_epsilon
+        self.embedding = ReversibleEmbedding(
+            vocabulary_size,
+            hidden_dim,
+            tie_weights=True,
+            embeddings_initializer=keras.initializers.RandomNormal(stddev=0.02),
+            reverse_dtype="float32",
+            name="token_embedding",
+        )
+        # GPT-2's scaled init: each residual branch's output starts at std 0.02 / sqrt(2L).
+        output_init_std = 0.02 / math.sqrt(2 * num_layers)
+        self.blocks = [
+            TransformerBlock(
+                hidden_dim,
+                num_heads,
+                intermediate_dim,
+                activation,
+                dropout,
+                rope_max_wavelength,
+                layer_norm_epsilon,
+                output_init_std,
+                name=f"block_{i}",
+            )
+            for i in range(num_layers)
+        ]
+        self.final_norm = RMSNorm(layer_norm_epsilon, name="final_norm")
+
+    def call(
+        self,
+        token_ids,
+        positions=None,
+        segment_ids=None,
+        cache=None,
+        cache_index=0,
+        training=False,
+    ):
+        """Token ids (B, T) -> float32 logits (B, T, V) [, cache (L, B, 2, S, H, K)]."""
+        length = ops.shape(token_ids)[1]
+        if positions is None:
+            positions = ops.broadcast_to(
+                ops.arange(length, dtype="int32")[None, :] + cache_index, ops.shape(token_ids)
+            )
+        if cache is None:  # keys are the queries' own positions: causal within each window
+            mask = positions[:, None, :] <= positions[:, :, None]  # (B, T, T)
+            if segment_ids is not None:  # document packing: never attend across documents
+                mask = mask & (segment_ids[:, None, :] == segment_ids[:, :, None])
+        else:  # cache slot s holds position s
+            slots = ops.arange(ops.shape(cache)[3], dtype="int32")
+            mask = slots[None, None, :] <= positions[:, :, None]  # (B, T, S)
+
+        x = self.embedding(token_ids)  # (B, T, D)
+        new_cache = []
+        for i, block in enumerate(self.blocks):
+            layer_cache = None if cache is None else cache[i]
+            x, layer_cache = block(
+                x, positions, mask, cache=layer_cache, cache_index=cache_index, training=training
+            )
+            new_cache.append(layer_cache)
+        logits = self.embedding(self.final_norm(x), reverse=True)  # (B, T, V)
+        if cache is None:
+            return logits
+        return logits, ops.stack(new_cache)
+
+    def empty_cache(self, batch_size: int, length: int, dtype: str = "float32"):
+        """A zero cache (L, B, 2, S, H, K) for `length` positions."""
+        head_dim = self.hidden_dim // self.num_heads
+        shape = (self.num_layers, batch_size, 2, length, self.num_heads, head_dim)
+        return ops.zeros(shape, dtype=dtype)
+
+    def get_config(self):
+        return {
+            **super().get_config(),
+            "vocabulary_size": self.vocabulary_size,
+            "num_layers": self.num_layers,
+            "num_heads": self.num_heads,
+            "hidden_dim": self.hidden_dim,
+            "intermediate_dim": self.intermediate_dim,
+            "max_sequence_length": self.max_sequence_length,
+            "activation": self.activation,
+            "dropout": self.dropout,
+            "rope_max_wavelength": self.rope_max_wavelength,
+            "layer_norm_epsilon": self.layer_norm_epsilon,
+        }
+
+
+def build_model(cfg: ModelConfig) -> TransformerLM:
+    """Creates the model of `cfg` with its weights (a two-token call builds every layer)."""
+    model = TransformerLM(
+        vocabulary_size=cfg.vocabulary_size,
+        num_layers=cfg.num_layers,
+        num_heads=cfg.num_heads,
+        hidden_dim=cfg.hidden_dim,
+        intermediate_dim=cfg.intermediate_dim,
+        max_sequence_length=cfg.max_sequence_length,
+        activation=cfg.activation,
+        dropout=cfg.dropout,
+        rope_max_wavelength=cfg.rope_max_wavelength,
+        layer_norm_epsilon=cfg.layer_norm_epsilon,
+        name="transformer_lm",
+    )
+    model(ops.zeros((1, 2), dtype="int32"))
+    return model

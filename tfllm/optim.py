@@ -1,0 +1,76 @@
+"""AdamW with linear warmup and cosine decay, global-norm clipping, and a weight-decay mask."""
+
+from __future__ import annotations
+
+import math
+
+import keras
+import tensorflow as tf
+
+from tfllm.config import TrainConfig
+
+
+class WarmupCosine(keras.optimizers.schedules.LearningRateSchedule):
+    """Linear warmup from 0 to `peak` over `warmup_steps`, then cosine decay to
+    `peak * min_ratio` at `total_steps`, flat after that."""
+
+    def __init__(self, peak: float, warmup_steps: int, total_steps: int, min_ratio: float):
+        self.peak = peak
+        self.warmup_steps = warmup_steps
+        self.total_steps = total_steps
+        self.min_ratio = min_ratio
+
+    def __call__(self, step):
+        step = tf.cast(step, tf.float32)
+        warmup = self.peak * step / max(self.warmup_steps, 1)
+        decay_steps = max(self.total_steps - self.warmup_steps, 1)
+        progress = tf.clip_by_value((step - self.warmup_steps) / decay_steps, 0.0, 1.0)
+        cosine = 0.5 * (1.0 + tf.cos(math.pi * progress))
+        decayed = self.peak * (self.min_ratio + (1.0 - self.min_ratio) * cosine)
+        return tf.where(step < self.warmup_steps, warmup, decayed)
+
+    def get_config(self):
+        return {
+            "peak": self.peak,
+            "warmup_steps": self.warmup_steps,
+            "total_steps": self.total_steps,
+            "min_ratio": self.min_ratio,
+        }
+
+
+class AdamW(keras.optimizers.AdamW):
+    """Keras AdamW that takes gradients already summed across replicas.
+
+    The train step all-reduces gradients itself so that it can clip by the *global* norm of
+    the summed gradient; Keras would otherwise clip per replica and then all-reduce again.
+    """
+
+    def _all_reduce_sum_gradients(self, grads_and_vars):
+        return grads_and_vars
+
+
+def make_optimizer(cfg: TrainConfig, trainable_variables: list) -> AdamW:
+    schedule = WarmupCosine(
+        cfg.learning_rate, cfg.warmup_steps, cfg.steps, cfg.min_learning_rate_ratio
+    )
+    optimizer = AdamW(
+        learning_rate=schedule,
+        weight_decay=cfg.weight_decay,
+        beta_1=cfg.beta_1,
+        beta_2=cfg.beta_2,
+        epsilon=cfg.epsilon,
+        name="adamw",
+    )
+    # Norm scales (and any bias) are 1-D: decaying them toward 0 only hurts.
+    optimizer.exclude_from_weight_decay(var_list=[v for v in trainable_variables if v.ndim < 2])
+    optimizer.build(trainable_variables)
+    return optimizer
+
+
+def clip_by_global_norm(grads: list[tf.Tensor], max_norm: float):
+    """Returns (clipped grads, norm before clipping); max_norm <= 0 disables clipping."""
+    norm = tf.linalg.global_norm(grads)
+    if max_norm <= 0:
+        return grads, norm
+    scale = tf.minimum(1.0, max_norm / tf.maximum(norm, 1e-12))
+    return [g * scale for g in grads], norm

@@ -1,0 +1,129 @@
+"""The TFRecord schema in one place: shard writer, manifest, and batch decoding.
+
+A record is one packed window of `seq_len + 1` token ids (the causal shift happens in the
+reader). Shards are named `train-00000-of-00016.tfrecord`; each is written under a temporary
+name and renamed once complete, so a shard that exists is a shard that was finished.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import posixpath
+
+import numpy as np
+import tensorflow as tf
+
+from tfllm.errors import DataError
+
+TOKENS_KEY = "tokens"
+MANIFEST = "manifest.json"
+TOKENIZER = "tokenizer.model"
+MANIFEST_VERSION = 1
+
+
+def serialize_window(window: np.ndarray) -> bytes:
+    feature = tf.train.Feature(int64_list=tf.train.Int64List(value=window.tolist()))
+    example = tf.train.Example(features=tf.train.Features(feature={TOKENS_KEY: feature}))
+    return example.SerializeToString()
+
+
+def parse_batch(serialized: tf.Tensor, window_len: int) -> tf.Tensor:
+    """Decodes a batch of serialized records into int32 windows of shape (B, window_len)."""
+    spec = {TOKENS_KEY: tf.io.FixedLenFeature([window_len], tf.int64)}
+    return tf.cast(tf.io.parse_example(serialized, spec)[TOKENS_KEY], tf.int32)
+
+
+def shard_name(split: str, index: int, count: int) -> str:
+    return f"{split}-{index:05d}-of-{count:05d}.tfrecord"
+
+
+def file_sha256(path: str) -> str:
+    digest = hashlib.sha256()
+    with tf.io.gfile.GFile(path, "rb") as f:
+        while chunk := f.read(1 << 22):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+class ShardWriter:
+    """Writes windows into shards of `records_per_shard` records each.
+
+    The total shard count is only known at the end, so shards are written as `*.tmp` and
+    renamed to their final `-of-N` names by `close()`.
+    """
+
+    def __init__(self, directory: str, split: str, window_len: int, records_per_shard: int):
+        self.directory, self.split = directory, split
+        self.window_len, self.records_per_shard = window_len, records_per_shard
+        self._writer: tf.io.TFRecordWriter | None = None
+        self._temp_paths: list[str] = []
+        self._records: list[int] = []
+
+    def write(self, windows: np.ndarray) -> None:
+        """Writes a (N, window_len) array of token windows."""
+        for window in windows:
+            if self._writer is None or self._records[-1] == self.records_per_shard:
+                self._open_next()
+            self._writer.write(serialize_window(window))
+            self._records[-1] += 1
+
+    def _open_next(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+        path = posixpath.join(self.directory, f".{self.split}-{len(self._temp_paths):05d}.tmp")
+        self._temp_paths.append(path)
+        self._records.append(0)
+        self._writer = tf.io.TFRecordWriter(path)
+
+    def close(self) -> list[dict]:
+        """Finishes the last shard, renames all into place; returns their manifest entries."""
+        if self._writer is not None:
+            self._writer.close()
+        shards = []
+        for index, (temp, records) in enumerate(zip(self._temp_paths, self._records)):
+            name = shard_name(self.split, index, len(self._temp_paths))
+            final = posixpath.join(self.directory, name)
+            tf.io.gfile.rename(temp, final, overwrite=True)
+            shards.append(
+                {
+                    "file": name,
+                    "records": records,
+                    "tokens": records * self.window_len,
+                    "sha256": file_sha256(final),
+                }
+            )
+        return shards
+
+
+def write_manifest(directory: str, manifest: dict) -> None:
+    path = posixpath.join(directory, MANIFEST)
+    temp = path + ".tmp"
+    with tf.io.gfile.GFile(temp, "w") as f:
+        json.dump(manifest, f, indent=2, sort_keys=False)
+    tf.io.gfile.rename(temp, path, overwrite=True)
+
+
+def read_manifest(directory: str) -> dict:
+    path = posixpath.join(directory, MANIFEST)
+    if not tf.io.gfile.exists(path):
+        raise DataError(f"no prepared data: {path} is missing (run python -m tfllm.prepare)")
+    try:
+        with tf.io.gfile.GFile(path) as f:
+            manifest = json.load(f)
+    except json.JSONDecodeError as err:
+        raise DataError(f"{path}: not valid JSON ({err})") from None
+    if manifest.get("version") != MANIFEST_VERSION:
+        raise DataError(f"{path}: manifest version {manifest.get('version')!r} is not supported")
+    return manifest
+
+
+def shard_paths(directory: str, manifest: dict, split: str) -> list[str]:
+    shards = manifest["splits"].get(split, {}).get("shards", [])
+    if not shards:
+        raise DataError(f"{directory}: the manifest lists no {split} shards")
+    paths = [posixpath.join(directory, s["file"]) for s in shards]
+    for path in paths:
+        if not tf.io.gfile.exists(path):
+            raise DataError(f"shard listed in the manifest is missing: {path}")
+    return paths

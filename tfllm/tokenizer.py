@@ -1,0 +1,85 @@
+"""SentencePiece: trained with the `sentencepiece` library, run in-graph with tensorflow-text.
+
+The in-graph op is the one tokenizer of record: `prepare` tokenizes inside tf.data with it and
+the exported SavedModel carries it, so training data and serving can never disagree.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+from collections.abc import Iterable, Iterator
+
+import sentencepiece as spm
+import tensorflow as tf
+import tensorflow_text as tf_text
+
+from tfllm.errors import DataError
+
+PAD_ID, UNK_ID, EOS_ID = 0, 1, 2
+# SentencePiece caps one training sentence; longer paragraphs are cut into pieces this long.
+_MAX_SENTENCE_CHARS = 16384
+
+
+def _sentences(texts: Iterable[str], sample_bytes: int) -> Iterator[str]:
+    """Paragraphs of the sample, cut to SentencePiece's limit, until sample_bytes are given."""
+    given = 0
+    for text in texts:
+        for paragraph in text.split("\n\n"):
+            for start in range(0, len(paragraph), _MAX_SENTENCE_CHARS):
+                piece = paragraph[start : start + _MAX_SENTENCE_CHARS]
+                if piece.strip():
+                    yield piece
+                    given += len(piece)
+                    if given >= sample_bytes:
+                        return
+
+
+def train_tokenizer(
+    texts: Iterable[str], vocab_size: int, model_type: str = "unigram", sample_mb: int = 8
+) -> bytes:
+    """Trains a lossless SentencePiece model and returns its serialized proto.
+
+    Identity normalization, kept whitespace, a newline piece and byte fallback make
+    detokenize(tokenize(text)) == text for any UTF-8 input, which source code needs.
+    """
+    model = io.BytesIO()
+    try:
+        spm.SentencePieceTrainer.train(
+            sentence_iterator=_sentences(texts, sample_mb << 20),
+            model_writer=model,
+            vocab_size=vocab_size,
+            model_type=model_type,
+            byte_fallback=True,
+            normalization_rule_name="identity",
+            remove_extra_whitespaces=False,
+            add_dummy_prefix=False,
+            allow_whitespace_only_pieces=True,
+            split_digits=True,
+            user_defined_symbols=["\n"],
+            character_coverage=0.9995,
+            max_sentence_length=_MAX_SENTENCE_CHARS * 4,
+            pad_id=PAD_ID,
+            unk_id=UNK_ID,
+            eos_id=EOS_ID,
+            bos_id=-1,
+            num_threads=2,
+            minloglevel=2,
+        )
+    except RuntimeError as err:
+        # e.g. "Vocabulary size is too high": the sample has too few distinct pieces.
+        raise DataError(f"tokenizer training failed (vocab_size={vocab_size}): {err}") from None
+    return model.getvalue()
+
+
+def sha256(model_proto: bytes) -> str:
+    return hashlib.sha256(model_proto).hexdigest()
+
+
+def load_tokenizer(path: str) -> tf_text.SentencepieceTokenizer:
+    """The in-graph tokenizer: string tensors in, int32 ragged ids out (and back)."""
+    if not tf.io.gfile.exists(path):
+        raise DataError(f"tokenizer not found: {path} (run python -m tfllm.prepare)")
+    with tf.io.gfile.GFile(path, "rb") as f:
+        proto = f.read()
+    return tf_text.SentencepieceTokenizer(model=proto, out_type=tf.int32)
