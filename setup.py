@@ -33,7 +33,7 @@ EXTRAS_REQUIRE = {
 setup(
     name="tfllm",
     version="0.1.0",
-    description="Train decoder-only Transformer LMs with TensorFlow, Keras 3, XLA and tf.distribute",
+    description="Decoder-only Transformer LMs with TensorFlow, Keras 3, XLA and tf.distribute",
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     packages=find_packages(include=["tfllm", "tfllm.*"]),

@@ -147,7 +147,7 @@ def _merge(values: dict, overlay: Any, origin: str) -> None:
 
 
 def resolve_config_path(name: str) -> pathlib.Path:
-    """`configs/tiny.yaml`, `tiny.yaml` or `tiny`: a path as given, else one of the shipped files."""
+    """`configs/tiny.yaml`, `tiny.yaml` or `tiny`: a path as given, else a shipped file."""
     path = pathlib.Path(name)
     if path.is_file():
         return path

@@ -81,7 +81,7 @@ class ShardWriter:
         if self._writer is not None:
             self._writer.close()
         shards = []
-        for index, (temp, records) in enumerate(zip(self._temp_paths, self._records)):
+        for index, (temp, records) in enumerate(zip(self._temp_paths, self._records, strict=True)):
             name = shard_name(self.split, index, len(self._temp_paths))
             final = posixpath.join(self.directory, name)
             tf.io.gfile.rename(temp, final, overwrite=True)
