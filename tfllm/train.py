@@ -100,8 +100,17 @@ def evaluate(steps: Steps, dataset) -> float:
     return total / max(count, 1.0)
 
 
-def train(cfg: Config, strategy: tf.distribute.Strategy | None = None, log=print) -> dict:
-    """Runs (or resumes) training to `cfg.train.steps`; returns the final metrics."""
+def train(
+    cfg: Config,
+    strategy: tf.distribute.Strategy | None = None,
+    log=print,
+    stop_after: int | None = None,
+) -> dict:
+    """Runs (or resumes) training to `cfg.train.steps`; returns the final metrics.
+
+    `stop_after` ends this call early at that step (checkpointed), with the schedule still
+    planned for `cfg.train.steps`: a job that runs in chunks resumes exactly where it stopped.
+    """
     strategy = strategy or tf.distribute.get_strategy()
     manifest = prepare.ensure_prepared(cfg, log)
     directory = prepare.data_dir(cfg)
@@ -147,9 +156,10 @@ def train(cfg: Config, strategy: tf.distribute.Strategy | None = None, log=print
 
     iterator = iter(train_ds)
     val_loss = math.nan
-    while step < cfg.train.steps:
+    last_step = min(cfg.train.steps, stop_after or cfg.train.steps)
+    while step < last_step:
         boundary = min(
-            cfg.train.steps,
+            last_step,
             (step // cfg.train.eval_every + 1) * cfg.train.eval_every,
             (step // cfg.train.checkpoint_every + 1) * cfg.train.checkpoint_every,
         )
@@ -170,11 +180,11 @@ def train(cfg: Config, strategy: tf.distribute.Strategy | None = None, log=print
                 "loop_steps": loop_steps,
             },
         )
-        if step % cfg.train.eval_every == 0 or step == cfg.train.steps:
+        if step % cfg.train.eval_every == 0 or step == last_step:
             val_loss = evaluate(steps, eval_ds)
             reporter.scalars("val", step, {"loss": val_loss, "perplexity": math.exp(val_loss)})
             reporter.print(f"step {step}: validation loss {val_loss:.4f}")
-        if step % cfg.train.checkpoint_every == 0 or step == cfg.train.steps:
+        if step % cfg.train.checkpoint_every == 0 or step == last_step:
             checkpointer.save(step)
 
     if math.isnan(val_loss):  # resumed at the end: still report where the model stands

@@ -1,0 +1,82 @@
+"""A short training run whose loss falls, and resume: N steps, stop, run again to 2N."""
+
+import math
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from tfllm.checkpoint import Checkpointer
+from tfllm.config import load_config
+from tfllm.errors import TfllmError
+from tfllm.model import build_model
+from tfllm.optim import make_optimizer
+from tfllm.train import train
+
+
+def final_weights(cfg):
+    """The weights of the newest checkpoint in cfg's workdir."""
+    model = build_model(cfg.model)
+    optimizer = make_optimizer(cfg.train, model.trainable_variables)
+    Checkpointer(cfg.runtime.workdir, model, optimizer, 3).restore_latest()
+    return [v.numpy() for v in model.trainable_variables], int(optimizer.iterations.numpy())
+
+
+def read_scalars(logdir, tag):
+    values = {}
+    for path in tf.io.gfile.glob(f"{logdir}/events.out.tfevents.*"):
+        for event in tf.compat.v1.train.summary_iterator(path):
+            for value in event.summary.value:
+                if value.tag == tag:
+                    values[event.step] = float(tf.make_ndarray(value.tensor))
+    return values
+
+
+def test_loss_falls_and_everything_is_written(make_config, tmp_path):
+    cfg = make_config("train.steps=60", "train.eval_every=30", "train.checkpoint_every=30")
+    lines = []
+    result = train(cfg, log=lines.append)
+    workdir = tmp_path / "run"
+    losses = read_scalars(workdir / "train", "loss")
+    assert sorted(losses) == [10, 20, 30, 40, 50, 60]
+    assert losses[60] < losses[10] - 1.0, losses
+    val = read_scalars(workdir / "val", "loss")
+    assert sorted(val) == [30, 60] and val[60] < val[30]
+    assert result["val_loss"] == pytest.approx(val[60], rel=1e-6)
+    assert result["val_loss"] < math.log(cfg.model.vocabulary_size)
+    assert result["traces"] == {"gradients": 1, "eval": 1}  # no retracing per step
+    assert load_config([str(workdir / "config.yaml")]) == cfg
+    assert sorted(p.name for p in (workdir / "checkpoints").glob("*.index")) == [
+        "ckpt-30.index",
+        "ckpt-60.index",
+    ]
+    assert any(line.startswith("sample: ") for line in lines)
+
+
+def test_resume_carries_on_exactly(make_config, tmp_path):
+    common = ("train.eval_every=20", "train.checkpoint_every=20")
+    straight = make_config("train.steps=40", *common, workdir=tmp_path / "straight")
+    train(straight, log=lambda *_: None)
+
+    again = make_config("train.steps=40", *common, workdir=tmp_path / "resumed")
+    train(again, log=lambda *_: None, stop_after=20)
+    lines = []
+    train(again, log=lines.append)
+    assert any("resumed from" in line and "at step 20" in line for line in lines)
+
+    expected, expected_step = final_weights(straight)
+    got, got_step = final_weights(again)
+    assert got_step == expected_step == 40
+    diff = max(float(np.max(np.abs(a - b))) for a, b in zip(expected, got, strict=True))
+    print(f"resume vs uninterrupted: max abs weight difference {diff:.3g}")
+    assert diff <= 1e-6
+    losses = read_scalars(tmp_path / "resumed" / "train", "loss")
+    assert sorted(losses) == [10, 20, 30, 40]  # the curve carries on from step 20
+
+
+def test_lost_checkpoint_state_file_is_refused(make_config, tmp_path):
+    cfg = make_config("train.steps=10", "train.checkpoint_every=10")
+    train(cfg, log=lambda *_: None)
+    (tmp_path / "run" / "checkpoints" / "checkpoint").unlink()
+    with pytest.raises(TfllmError, match="refusing to start from step 0"):
+        train(make_config("train.steps=20"), log=lambda *_: None)
