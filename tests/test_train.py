@@ -41,9 +41,9 @@ def test_loss_falls_and_everything_is_written(make_config, tmp_path):
     assert sorted(losses) == [10, 20, 30, 40, 50, 60]
     assert losses[60] < losses[10] - 1.0, losses
     val = read_scalars(workdir / "val", "loss")
-    assert sorted(val) == [30, 60] and val[60] < val[30]
+    assert sorted(val) == [30, 60]
+    assert val[60] < math.log(cfg.model.vocabulary_size) - 1.0  # far below a uniform guess
     assert result["val_loss"] == pytest.approx(val[60], rel=1e-6)
-    assert result["val_loss"] < math.log(cfg.model.vocabulary_size)
     assert result["traces"] == {"gradients": 1, "eval": 1}  # no retracing per step
     assert load_config([str(workdir / "config.yaml")]) == cfg
     assert sorted(p.name for p in (workdir / "checkpoints").glob("*.index")) == [
