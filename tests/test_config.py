@@ -35,8 +35,11 @@ def test_overlay_order_then_set(tmp_path):
     assert cfg.train.learning_rate == 3e-3  # default kept
 
 
-def test_int_accepted_for_float():
+def test_numbers_for_float_fields():
     assert load_config([], ["train.learning_rate=1"]).train.learning_rate == 1.0
+    assert load_config([], ["train.learning_rate=1e-3"]).train.learning_rate == 1e-3
+    with pytest.raises(ConfigError, match="train.learning_rate must be float, got str 'fast'"):
+        load_config([], ["train.learning_rate=fast"])
 
 
 @pytest.mark.parametrize(

@@ -167,8 +167,14 @@ def _parse_set(assignment: str) -> dict:
     if section in _SECTION_CLASSES and key in {
         f.name for f in dataclasses.fields(_SECTION_CLASSES[section])
     }:
-        if _field_type(section, key) is str:
+        expected = _field_type(section, key)
+        if expected is str:
             return {section: {key: raw}}  # "--set data.name=123" is the string "123"
+        if expected is float:  # YAML 1.1 reads "1e-3" as a string; Python reads it as a float
+            try:
+                return {section: {key: float(raw)}}
+            except ValueError:
+                pass
     try:
         value = yaml.safe_load(raw) if raw else ""
     except yaml.YAMLError as err:
