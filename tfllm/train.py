@@ -179,10 +179,14 @@ def train(cfg: Config, strategy: tf.distribute.Strategy | None = None, log=print
 
     if math.isnan(val_loss):  # resumed at the end: still report where the model stands
         val_loss = evaluate(steps, eval_ds)
-    sp = tokenizer.load_tokenizer(f"{directory}/{records.TOKENIZER}")
-    sample = generate.sample_text(
-        model, sp, cfg.train.sample_prompt, cfg.train.sample_tokens, seed=cfg.train.seed
-    )
+    # A graph, not XLA: the model's variables may belong to a multi-device strategy.
+    generator = generate.Generator(model, f"{directory}/{records.TOKENIZER}", jit_compile=False)
+    sample = generator.generate(
+        [cfg.train.sample_prompt],
+        max_new_tokens=min(cfg.train.sample_tokens, cfg.model.max_sequence_length - 1),
+        temperature=0.8,
+        seed=cfg.train.seed,
+    )[0]
     reporter.text("val", step, "sample", cfg.train.sample_prompt + sample)
     reporter.close()
     log(f"sample: {cfg.train.sample_prompt}{sample}")
