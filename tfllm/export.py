@@ -12,6 +12,8 @@ Signatures and request limits: see `tfllm.serving`.
 from __future__ import annotations
 
 import argparse
+import collections
+import contextlib
 import os
 import posixpath
 
@@ -34,6 +36,28 @@ def next_version(export_dir: str) -> int:
     versions = [int(name.rstrip("/")) for name in tf.io.gfile.listdir(export_dir) if
                 name.rstrip("/").isdigit()]
     return max(versions, default=0) + 1
+
+
+@contextlib.contextmanager
+def unique_variable_names():
+    """Gives every tf.Variable created inside a distinct name.
+
+    Keras 3 names a variable by its short name ("output_kernel"), so several variables share
+    one name. TF2 loading does not care, but the TF1 session loader that TF Serving uses maps
+    variables by name, and duplicates there fail with "Could not find variable ...".
+    Checkpoints match variables by object path, so restoring is unaffected.
+    """
+    seen = collections.Counter()
+
+    def creator(next_creator, **kwargs):
+        name = kwargs.get("name") or "Variable"
+        seen[name] += 1
+        if seen[name] > 1:
+            kwargs["name"] = f"{name}_{seen[name] - 1}"
+        return next_creator(**kwargs)
+
+    with tf.variable_creator_scope(creator):
+        yield
 
 
 def make_inputs_optional(saved_model_dir: str, signature: str, defaults: dict) -> None:
@@ -99,7 +123,8 @@ def warmup_requests(model_name: str, max_new_tokens: int) -> list:
 
 def export(workdir: str, export_dir: str, version: int | None = None, log=print) -> str:
     """Exports the latest checkpoint of `workdir`; returns the version directory."""
-    cfg, model, tokenizer_path = load_trained(workdir)
+    with unique_variable_names():
+        cfg, model, tokenizer_path = load_trained(workdir)
     version = next_version(export_dir) if version is None else version
     if version < 1:
         raise TfllmError(f"--version must be a positive integer, got {version}")

@@ -59,7 +59,11 @@ class ServingModule(tf.Module):
 
     def __init__(self, model: TransformerLM, tokenizer_path: str, config_path: str):
         super().__init__(name="tfllm")
-        self.model = model
+        # Track the TF variables under the Keras ones, not the Keras model: a Keras 3 variable
+        # exports as a second tf.Variable initialized from the first, which the TF1 session
+        # loader that TF Serving uses cannot resolve ("Could not find variable ...").
+        self.weights = [variable.value for variable in model.weights]
+        object.__setattr__(self, "model", model)  # bypasses tracking, see above
         # Tracked resources: saved with the SavedModel, copied to assets/ for people and tools.
         self.tokenizer = tokenizer.load_tokenizer(tokenizer_path)
         self.tokenizer_asset = tf.saved_model.Asset(tokenizer_path)
