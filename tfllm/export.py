@@ -123,14 +123,14 @@ def warmup_requests(model_name: str, max_new_tokens: int) -> list:
 
 def export(workdir: str, export_dir: str, version: int | None = None, log=print) -> str:
     """Exports the latest checkpoint of `workdir`; returns the version directory."""
-    with unique_variable_names():
-        cfg, model, tokenizer_path = load_trained(workdir)
     version = next_version(export_dir) if version is None else version
     if version < 1:
         raise TfllmError(f"--version must be a positive integer, got {version}")
     final = posixpath.join(export_dir, str(version))
     if tf.io.gfile.exists(final):
         raise TfllmError(f"{final} already exists; pick another --version")
+    with unique_variable_names():
+        cfg, model, tokenizer_path = load_trained(workdir)
     # Not a number, so TF Serving ignores it until the rename.
     temporary = posixpath.join(export_dir, f".tmp-{version}-{os.getpid()}")
     module = ServingModule(model, tokenizer_path, posixpath.join(workdir, "config.yaml"))

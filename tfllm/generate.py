@@ -150,13 +150,18 @@ class Generator:
     def generate_ids(
         self,
         prompts: list[str],
-        max_new_tokens: int = 64,
+        max_new_tokens: int | None = None,
         temperature: float = 0.0,
         top_k: int = 0,
         top_p: float = 1.0,
         seed: int = 0,
     ):
-        """Returns (B, N) generated token ids and (B,) text lengths, as `decode`."""
+        """Returns (B, N) generated token ids and (B,) text lengths, as `decode`.
+
+        max_new_tokens defaults to 64, or less when the context is shorter.
+        """
+        if max_new_tokens is None:
+            max_new_tokens = min(64, self.model.max_sequence_length - 1)
         check_request(self.model, prompts, max_new_tokens, temperature, top_k, top_p)
         ids = self._prompt_ids(tf.constant(prompts, tf.string))
         longest = int(tf.reduce_max(ids.row_lengths()))
@@ -216,7 +221,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workdir", required=True, help="training workdir (config, checkpoints)")
     parser.add_argument("--prompt", action="append", required=True, help="repeatable")
-    parser.add_argument("--max_new_tokens", type=int, default=64)
+    parser.add_argument("--max_new_tokens", type=int, default=None, help="default 64")
     parser.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
     parser.add_argument("--top_k", type=int, default=0, help="0 = no top-k filter")
     parser.add_argument("--top_p", type=float, default=1.0, help="1 = no nucleus filter")
