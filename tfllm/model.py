@@ -79,6 +79,10 @@ class TransformerLM(keras.Model):
             )
             for i in range(num_layers)
         ]
+        # Keras keeps lists in its own list type, which tf.train.Checkpoint does not look into:
+        # without an attribute per block, checkpoints and SavedModels would silently drop them.
+        for block in self.blocks:
+            setattr(self, block.name, block)
         self.final_norm = RMSNorm(layer_norm_epsilon, name="final_norm")
 
     def call(
