@@ -57,9 +57,7 @@ def build(root: str) -> TinyRun:
     sources = sorted((pathlib.Path(tokenizer.__file__).parent).glob("*.py"))
     tokenizer_path = root_path / "data" / "tiny" / "tokenizer.model"
     tokenizer_path.parent.mkdir(parents=True)
-    tokenizer_path.write_bytes(
-        tokenizer.train_tokenizer([p.read_text() for p in sources], VOCAB)
-    )
+    tokenizer_path.write_bytes(tokenizer.train_tokenizer([p.read_text() for p in sources], VOCAB))
     workdir.mkdir()
     save_config(cfg, str(workdir / "config.yaml"))
     model = build_model(cfg.model)

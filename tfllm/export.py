@@ -33,8 +33,11 @@ def next_version(export_dir: str) -> int:
     """One more than the largest integer version under export_dir (1 when there is none)."""
     if not tf.io.gfile.isdir(export_dir):
         return 1
-    versions = [int(name.rstrip("/")) for name in tf.io.gfile.listdir(export_dir) if
-                name.rstrip("/").isdigit()]
+    versions = [
+        int(name.rstrip("/"))
+        for name in tf.io.gfile.listdir(export_dir)
+        if name.rstrip("/").isdigit()
+    ]
     return max(versions, default=0) + 1
 
 

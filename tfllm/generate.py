@@ -130,8 +130,8 @@ class Generator:
         # Each tokenizer is created inside its graph: tensorflow-text's SentencePiece resource is
         # owned by the kernel that made it, and an eagerly made one can vanish ("Resource ...
         # SentencepieceResource does not exist") once TF drops that kernel from its cache.
-        sp = tokenizer.load_tokenizer(tokenizer_path)  # fails early on a missing file
-        del sp
+        if not tf.io.gfile.exists(tokenizer_path):
+            raise TfllmError(f"tokenizer not found: {tokenizer_path}")
         self._prompt_ids = tf.function(
             lambda prompts: prompt_ids(tokenizer.load_tokenizer(tokenizer_path), prompts),
             input_signature=[tf.TensorSpec([None], tf.string)],
@@ -140,7 +140,10 @@ class Generator:
             lambda tokens, lengths: tokenizer.load_tokenizer(tokenizer_path).detokenize(
                 tf.RaggedTensor.from_tensor(tokens, lengths)
             ),
-            input_signature=[tf.TensorSpec([None, None], tf.int32), tf.TensorSpec([None], tf.int32)],
+            input_signature=[
+                tf.TensorSpec([None, None], tf.int32),
+                tf.TensorSpec([None], tf.int32),
+            ],
         )
 
     def _decode_fn(self, ids, start, max_new_tokens, temperature, top_k, top_p, seed):

@@ -17,7 +17,7 @@ import time
 
 import tensorflow as tf
 
-from tfllm import cli, data, generate, prepare, records, tokenizer
+from tfllm import cli, data, generate, prepare, records
 from tfllm.checkpoint import Checkpointer
 from tfllm.config import Config, save_config
 from tfllm.metrics import Reporter
