@@ -123,7 +123,9 @@ class Generator:
     per trace), so tests can assert that prompts within one bucket share one program.
     """
 
-    def __init__(self, model: TransformerLM, tokenizer_path: str, jit_compile: bool = True):
+    # A plain graph by default: on CPU, the XLA-compiled loop measured about 2-3x slower per
+    # token than the graph (benchmarks/generate_bench.py); the graph is also what gets exported.
+    def __init__(self, model: TransformerLM, tokenizer_path: str, jit_compile: bool = False):
         self.model = model
         self.traces = 0
         self._decode = tf.function(self._decode_fn, jit_compile=jit_compile)

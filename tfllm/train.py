@@ -179,8 +179,7 @@ def train(cfg: Config, strategy: tf.distribute.Strategy | None = None, log=print
 
     if math.isnan(val_loss):  # resumed at the end: still report where the model stands
         val_loss = evaluate(steps, eval_ds)
-    # A graph, not XLA: the model's variables may belong to a multi-device strategy.
-    generator = generate.Generator(model, f"{directory}/{records.TOKENIZER}", jit_compile=False)
+    generator = generate.Generator(model, f"{directory}/{records.TOKENIZER}")
     sample = generator.generate(
         [cfg.train.sample_prompt],
         max_new_tokens=min(cfg.train.sample_tokens, cfg.model.max_sequence_length - 1),
