@@ -191,3 +191,10 @@ def test_existing_version_is_refused(run):
     assert export.next_version(run.export_dir) == 2
     with pytest.raises(TfllmError, match="already exists"):
         export.export(run.workdir, run.export_dir, version=1)
+
+
+def test_command_line_writes_the_next_version(run, tmp_path):
+    base = tmp_path / "export" / "cli"
+    assert export.main(["--workdir", run.workdir, "--export_dir", str(base)]) == 0
+    assert export.main(["--workdir", run.workdir, "--export_dir", str(base)]) == 0
+    assert sorted(p.name for p in base.iterdir()) == ["1", "2"]

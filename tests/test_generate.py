@@ -7,7 +7,7 @@ import pytest
 import tensorflow as tf
 import tiny_run
 
-from tfllm import generate
+from tfllm import cli, generate
 
 WIDTH = 24  # padded prompt width, at least the longest prompt
 PROMPTS = ["", "def", "import tensorflow as tf\n", "class Generator:\n    def __init__(self"]
@@ -105,3 +105,14 @@ def test_bad_requests_are_user_errors(run, options, message):
 def test_long_prompt_is_truncated_from_the_left(run):
     tokens, _ = run.generator.generate_ids(["x" * 100_000], max_new_tokens=4)
     assert tokens.shape == (1, 4)
+
+
+def test_command_line(run, capsys):
+    argv = ["--workdir", run.workdir, "--prompt", "def", "--prompt", "", "--max_new_tokens", "3"]
+    assert generate.main(argv) == 0
+    expected = run.generator.generate(["def", ""], max_new_tokens=3)
+    assert capsys.readouterr().out == f"def{expected[0]}\n{expected[1]}\n"
+    with pytest.raises(SystemExit) as exit_info:
+        cli.run_command(generate.main, [*argv, "--top_p", "0"])
+    assert exit_info.value.code == 2
+    assert "error: top_p must be in (0, 1], got 0.0" in capsys.readouterr().err
