@@ -53,7 +53,8 @@ def next_token(logits, temperature, top_k, top_p, seed, step):
     """
 
     def sample():
-        scaled = filter_logits(logits / temperature, top_k, top_p)
+        # A floor on the divisor: a temperature like 1e-30 would turn logits into inf and NaN.
+        scaled = filter_logits(logits / tf.maximum(temperature, 1e-4), top_k, top_p)
         # Gumbel-max: argmax(logits + Gumbel noise) is a categorical draw. XLA has no kernel for
         # StatelessMultinomial; a Philox uniform is the same bits with and without XLA.
         key = tf.stack([seed, tf.cast(step, tf.int64)])
