@@ -18,7 +18,15 @@ INSTALL_REQUIRES = [
 
 EXTRAS_REQUIRE = {
     # dill/tblib/portpicker: TF's multi-process test runner silently skips without them.
-    "test": ["pytest>=8", "dill", "tblib", "portpicker", "ruff"],
+    # tensorflow-serving-api: the export tests parse and replay the warmup PredictionLogs.
+    "test": [
+        "pytest>=8",
+        "dill",
+        "tblib",
+        "portpicker",
+        "ruff",
+        "tensorflow-serving-api>=2.20,<2.22",
+    ],
     "tpu": [
         "tensorflow-tpu==2.20.0",
         "libtpu~=0.0.14",
@@ -44,6 +52,8 @@ setup(
         "console_scripts": [
             "tfllm-prepare=tfllm.prepare:main",
             "tfllm-train=tfllm.train:main",
+            "tfllm-generate=tfllm.generate:main",
+            "tfllm-export=tfllm.export:main",
         ]
     },
 )

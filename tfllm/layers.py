@@ -47,6 +47,17 @@ def apply_rotary(x, positions, max_wavelength: float):
     return ops.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
 
 
+def _cache_slots(batch, length, cache_index):
+    """(B, T, 2) scatter indices of slots cache_index..cache_index+T-1 in a (B, S, ...) cache.
+
+    A scatter rather than `ops.slice_update`: Keras lowers that to XlaDynamicUpdateSlice, an
+    XLA-only op, and the exported serving graph must run without XLA (tensorflow/serving#2214).
+    """
+    slots = cache_index + ops.arange(length, dtype="int32")
+    rows = ops.broadcast_to(ops.arange(batch, dtype="int32")[:, None], (batch, length))
+    return ops.stack([rows, ops.broadcast_to(slots[None, :], (batch, length))], axis=-1)
+
+
 class CausalSelfAttention(keras.layers.Layer):
     """Multi-head self-attention with rotary positions, a fused bias-free QKV projection and
     an optional fixed-size key/value cache."""
@@ -88,9 +99,9 @@ class CausalSelfAttention(keras.layers.Layer):
         key = apply_rotary(qkv[1], positions, self.rope_max_wavelength)
         value = qkv[2]
         if cache is not None:  # cache (B, 2, S, H, K): write this step's keys and values
-            start = [0, cache_index, 0, 0]
-            key = ops.slice_update(cache[:, 0], start, ops.cast(key, cache.dtype))
-            value = ops.slice_update(cache[:, 1], start, ops.cast(value, cache.dtype))
+            indices = _cache_slots(ops.shape(x)[0], ops.shape(x)[1], cache_index)
+            key = ops.scatter_update(cache[:, 0], indices, ops.cast(key, cache.dtype))
+            value = ops.scatter_update(cache[:, 1], indices, ops.cast(value, cache.dtype))
             cache = ops.stack([key, value], axis=1)
         scale = (self.hidden_dim // self.num_heads) ** -0.5
         scores = ops.einsum("bthk,bshk->bhts", query * scale, key)  # (B, H, T, S)

@@ -22,8 +22,12 @@ class TransformerLM(keras.Model):
     """A pre-norm Transformer LM with rotary positions and tied input/output embeddings.
 
     `call(token_ids)` returns logits; `call(token_ids, cache=..., cache_index=i)` also writes
-    the keys and values of positions i..i+T-1 into the (L, B, 2, S, H, K) cache and returns
-    `(logits, cache)`, for prefill and one-token decode steps alike.
+    the keys and values of the T tokens into cache slots i..i+T-1 of the (L, B, 2, S, H, K)
+    cache and returns `(logits, cache)`, for prefill and one-token decode steps alike.
+
+    A batch of prompts of different lengths is left-padded: `cache_start` (B,) says how many
+    leading slots of each row are padding, so slot s of row b holds position s - cache_start[b]
+    and padding slots are never attended to.
     """
 
     def __init__(
@@ -75,6 +79,10 @@ class TransformerLM(keras.Model):
             )
             for i in range(num_layers)
         ]
+        # Keras keeps lists in its own list type, which tf.train.Checkpoint does not look into:
+        # without an attribute per block, checkpoints and SavedModels would silently drop them.
+        for block in self.blocks:
+            setattr(self, block.name, block)
         self.final_norm = RMSNorm(layer_norm_epsilon, name="final_norm")
 
     def call(
@@ -84,21 +92,29 @@ class TransformerLM(keras.Model):
         segment_ids=None,
         cache=None,
         cache_index=0,
+        cache_start=None,
         training=False,
     ):
-        """Token ids (B, T) -> float32 logits (B, T, V) [, cache (L, B, 2, S, H, K)]."""
-        length = ops.shape(token_ids)[1]
+        """Token ids (B, T) -> float32 logits (B, T, V) [, cache (L, B, 2, S, H, K)].
+
+        `cache_start` (B,) int32, only with `cache`: leading padding slots per row (default 0).
+        """
+        batch, length = ops.shape(token_ids)[0], ops.shape(token_ids)[1]
+        if cache is not None and cache_start is None:
+            cache_start = ops.zeros((batch,), dtype="int32")
         if positions is None:
-            positions = ops.broadcast_to(
-                ops.arange(length, dtype="int32")[None, :] + cache_index, ops.shape(token_ids)
-            )
+            positions = ops.arange(length, dtype="int32")[None, :] + cache_index
+            if cache_start is not None:
+                positions = positions - cache_start[:, None]
+            positions = ops.broadcast_to(positions, ops.shape(token_ids))
         if cache is None:  # keys are the queries' own positions: causal within each window
             mask = positions[:, None, :] <= positions[:, :, None]  # (B, T, T)
             if segment_ids is not None:  # document packing: never attend across documents
                 mask = mask & (segment_ids[:, None, :] == segment_ids[:, :, None])
-        else:  # cache slot s holds position s
+        else:  # slot s of row b holds position s - cache_start[b]; negative ones are padding
             slots = ops.arange(ops.shape(cache)[3], dtype="int32")
-            mask = slots[None, None, :] <= positions[:, :, None]  # (B, T, S)
+            key_positions = (slots[None, :] - cache_start[:, None])[:, None, :]  # (B, 1, S)
+            mask = (key_positions >= 0) & (key_positions <= positions[:, :, None])  # (B, T, S)
 
         x = self.embedding(token_ids)  # (B, T, D)
         new_cache = []

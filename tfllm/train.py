@@ -17,7 +17,7 @@ import time
 
 import tensorflow as tf
 
-from tfllm import cli, data, generate, prepare, records, tokenizer
+from tfllm import cli, data, generate, prepare, records
 from tfllm.checkpoint import Checkpointer
 from tfllm.config import Config, save_config
 from tfllm.metrics import Reporter
@@ -189,10 +189,13 @@ def train(
 
     if math.isnan(val_loss):  # resumed at the end: still report where the model stands
         val_loss = evaluate(steps, eval_ds)
-    sp = tokenizer.load_tokenizer(f"{directory}/{records.TOKENIZER}")
-    sample = generate.sample_text(
-        model, sp, cfg.train.sample_prompt, cfg.train.sample_tokens, seed=cfg.train.seed
-    )
+    generator = generate.Generator(model, f"{directory}/{records.TOKENIZER}")
+    sample = generator.generate(
+        [cfg.train.sample_prompt],
+        max_new_tokens=min(cfg.train.sample_tokens, cfg.model.max_sequence_length - 1),
+        temperature=0.8,
+        seed=cfg.train.seed,
+    )[0]
     reporter.text("val", step, "sample", cfg.train.sample_prompt + sample)
     reporter.close()
     log(f"sample: {cfg.train.sample_prompt}{sample}")

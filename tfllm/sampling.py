@@ -1,0 +1,69 @@
+"""Choosing the next token from logits: greedy, temperature, top-k and top-p (nucleus).
+
+Every knob is a tensor, so one compiled decode loop serves every setting without retracing,
+and randomness comes only from `tf.random.stateless_*` ops keyed by (seed, step): XLA ignores
+stateful seeds, and a stateless draw is the same in eager, graph, XLA and a served SavedModel.
+
+Shape letters: B batch, V vocabulary_size.
+"""
+
+from __future__ import annotations
+
+import tensorflow as tf
+
+
+def filter_logits(logits, top_k, top_p):
+    """Sets logits outside the top-k tokens and outside the top-p probability mass to -inf.
+
+    Args:
+        logits: (B, V) float32, already divided by the temperature.
+        top_k: int32 scalar; 0 keeps every token.
+        top_p: float32 scalar in (0, 1]; 1 keeps every token. The smallest set of most likely
+            tokens whose probability reaches top_p is kept (always at least one token).
+
+    Returns:
+        (B, V) float32 logits.
+    """
+    vocabulary_size = tf.shape(logits)[-1]
+    k = tf.where(top_k > 0, tf.minimum(top_k, vocabulary_size), vocabulary_size)
+    ranked = tf.sort(logits, axis=-1, direction="DESCENDING")  # (B, V)
+    rank = tf.range(vocabulary_size)[None, :]
+    ranked = tf.where(rank < k, ranked, -float("inf"))
+    probs = tf.nn.softmax(ranked, axis=-1)
+    # A token is kept while the mass of the tokens ranked above it is still below top_p.
+    mass_above = tf.cumsum(probs, axis=-1, exclusive=True)
+    kept = (mass_above < top_p) & (rank < k)
+    cutoff = tf.reduce_min(tf.where(kept, ranked, float("inf")), axis=-1, keepdims=True)
+    return tf.where(logits >= cutoff, logits, -float("inf"))
+
+
+def next_token(logits, temperature, top_k, top_p, seed, step):
+    """Picks one token per row: argmax when temperature is 0, else a filtered sample.
+
+    Args:
+        logits: (B, V) float32 next-token logits.
+        temperature: float32 scalar >= 0.
+        top_k: int32 scalar >= 0.
+        top_p: float32 scalar in (0, 1].
+        seed: int64 scalar; with `step` it keys the stateless draw.
+        step: int32 scalar, the index of the token being generated.
+
+    Returns:
+        (B,) int32 token ids.
+    """
+
+    def sample():
+        # A floor on the divisor: a temperature like 1e-30 would turn logits into inf and NaN.
+        scaled = filter_logits(logits / tf.maximum(temperature, 1e-4), top_k, top_p)
+        # Gumbel-max: argmax(logits + Gumbel noise) is a categorical draw. XLA has no kernel for
+        # StatelessMultinomial; a Philox uniform is the same bits with and without XLA.
+        key = tf.stack([seed, tf.cast(step, tf.int64)])
+        uniform = tf.random.stateless_uniform(
+            tf.shape(scaled), key, minval=1e-20, maxval=1.0, alg="philox"
+        )
+        return tf.argmax(scaled - tf.math.log(-tf.math.log(uniform)), -1, output_type=tf.int32)
+
+    def greedy():
+        return tf.argmax(logits, axis=-1, output_type=tf.int32)
+
+    return tf.cond(temperature > 0.0, sample, greedy)
