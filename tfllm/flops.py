@@ -89,7 +89,9 @@ class Peak:
 
 def precision_column(precision: str) -> str:
     """The peak-table column for a Keras dtype policy name: mixed_* runs matmuls in 16 bits."""
-    return "bf16" if precision.startswith("mixed") or precision in ("bfloat16", "float16") else "fp32"
+    return (
+        "bf16" if precision.startswith("mixed") or precision in ("bfloat16", "float16") else "fp32"
+    )
 
 
 def accelerator_name() -> str | None:

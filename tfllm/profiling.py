@@ -17,22 +17,7 @@ from __future__ import annotations
 
 import tensorflow as tf
 
-from tfllm.errors import ConfigError
-
-
-def parse_profile_steps(spec: str) -> tuple[int, int] | None:
-    """`"START,STOP"` -> (START, STOP); an empty string -> None (no capture window)."""
-    if not spec.strip():
-        return None
-    try:
-        start, stop = (int(part) for part in spec.split(","))
-    except ValueError:
-        raise ConfigError(
-            f"train.profile_steps must be 'START,STOP' (two step numbers), got {spec!r}"
-        ) from None
-    if not 1 <= start <= stop:
-        raise ConfigError(f"train.profile_steps needs 1 <= START <= STOP, got {spec!r}")
-    return start, stop
+from tfllm.config import parse_profile_steps
 
 
 def step_trace(first_step: int):
