@@ -18,7 +18,8 @@ INSTALL_REQUIRES = [
 
 EXTRAS_REQUIRE = {
     # dill/tblib/portpicker: TF's multi-process test runner silently skips without them.
-    "test": ["pytest>=8", "dill", "tblib", "portpicker", "ruff"],
+    # tensorboard-plugin-profile: the tests ask a real TensorBoard for the captured trace.
+    "test": ["pytest>=8", "dill", "tblib", "portpicker", "ruff", "tensorboard-plugin-profile"],
     "tpu": [
         "tensorflow-tpu==2.20.0",
         "libtpu~=0.0.14",
