@@ -106,7 +106,7 @@ def accelerator_name() -> str | None:
     return None
 
 
-def matmul_probe(n: int = 1024, repeats: int = 5) -> float:
+def matmul_probe(n: int = 1024, repeats: int = 10) -> float:
     """Measured float32 FLOP/s of an XLA-compiled (n, n) matmul: the best of `repeats` runs."""
     a = tf.random.stateless_normal((n, n), seed=[1, 2])
     b = tf.random.stateless_normal((n, n), seed=[3, 4])
@@ -127,7 +127,10 @@ def matmul_probe(n: int = 1024, repeats: int = 5) -> float:
 
 
 def measured_cpu_peak(cache_dir: str | None = None) -> float:
-    """The CPU matmul probe, cached per machine: it measures the host, not the run."""
+    """The CPU matmul probe, cached per machine: it measures the host, not the run.
+
+    On a shared machine the probe can catch a busy moment; delete the file to measure again.
+    """
     directory = pathlib.Path(cache_dir or pathlib.Path.home() / ".cache" / "tfllm")
     path = directory / f"peak-{socket.gethostname()}.json"
     if path.is_file():
