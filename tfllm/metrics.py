@@ -167,7 +167,11 @@ class Reporter:
         first_steps, first_seconds = self.first_call
         self.compile_seconds = max(first_seconds - first_steps * step_time, 0.0)
         self.scalars("train", step, {"compile_seconds": self.compile_seconds})
-        self.print(f"XLA compilation took about {self.compile_seconds:.1f}s (first host loop)")
+        # An estimate: on a busy machine the next call's speed is noisy, so show its inputs.
+        self.print(
+            f"first host loop: {first_seconds:.1f}s for {first_steps} step(s), of which about "
+            f"{self.compile_seconds:.1f}s XLA compilation"
+        )
 
     def eta(self, step: int, now: float) -> float:
         """Wall-clock rate since compilation, so evaluation and checkpoints are included."""
