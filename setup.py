@@ -19,6 +19,7 @@ INSTALL_REQUIRES = [
 EXTRAS_REQUIRE = {
     # dill/tblib/portpicker: TF's multi-process test runner silently skips without them.
     # tensorflow-serving-api: the export tests parse and replay the warmup PredictionLogs.
+    # tensorboard-plugin-profile: the tests ask a real TensorBoard for the captured trace.
     "test": [
         "pytest>=8",
         "dill",
@@ -26,6 +27,7 @@ EXTRAS_REQUIRE = {
         "portpicker",
         "ruff",
         "tensorflow-serving-api>=2.20,<2.22",
+        "tensorboard-plugin-profile",
     ],
     "tpu": [
         "tensorflow-tpu==2.20.0",

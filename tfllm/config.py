@@ -70,12 +70,15 @@ class TrainConfig:
     jit_compile: bool = True
     sample_tokens: int = 64
     sample_prompt: str = "def "
+    profile_steps: str = ""  # "START,STOP": capture a profiler trace of those steps
 
 
 @dataclass
 class RuntimeConfig:
     workdir: str = "runs/tiny"
     strategy: str = "auto"
+    peak_flops: float = 0.0  # peak FLOP/s of one device for MFU; 0 = detect (or measure on CPU)
+    profiler_port: int = 0  # serve on-demand profiler captures on this port; 0 = off
 
 
 @dataclass
@@ -237,8 +240,30 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"data.tokenizer_type must be unigram or bpe, got {d.tokenizer_type!r}")
     if not 0.0 < d.val_fraction < 1.0:
         raise ConfigError(f"data.val_fraction must be in (0, 1), got {d.val_fraction}")
+    if cfg.runtime.peak_flops < 0:
+        raise ConfigError(f"runtime.peak_flops must be >= 0, got {cfg.runtime.peak_flops}")
+    if not 0 <= cfg.runtime.profiler_port < 65536:
+        raise ConfigError(
+            f"runtime.profiler_port must be a port number or 0, got {cfg.runtime.profiler_port}"
+        )
+    parse_profile_steps(t.profile_steps)
     if t.keep_checkpoints < 2:
         raise ConfigError(f"train.keep_checkpoints must be at least 2, got {t.keep_checkpoints}")
+
+
+def parse_profile_steps(spec: str) -> tuple[int, int] | None:
+    """`"START,STOP"` -> (START, STOP); an empty string -> None (no capture window)."""
+    if not spec.strip():
+        return None
+    try:
+        start, stop = (int(part) for part in spec.split(","))
+    except ValueError:
+        raise ConfigError(
+            f"train.profile_steps must be 'START,STOP' (two step numbers), got {spec!r}"
+        ) from None
+    if not 1 <= start <= stop:
+        raise ConfigError(f"train.profile_steps needs 1 <= START <= STOP, got {spec!r}")
+    return start, stop
 
 
 def save_config(cfg: Config, path: str) -> None:

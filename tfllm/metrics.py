@@ -1,38 +1,93 @@
-"""What a run reports: TensorBoard scalars in `<workdir>/{train,val}` and a console line."""
+"""What a run reports: TensorBoard scalars, text and hyperparameters, and the console line.
+
+    <workdir>/         hyperparameters (HParams plugin): this workdir is one session
+    <workdir>/train/   per host-loop call: loss, speed, MFU, norms, memory; the config as text
+    <workdir>/val/     per evaluation: loss, perplexity, a generated sample as text
+
+The first host-loop call of a process includes XLA compilation: its time is reported as
+`compile_seconds` and kept out of tokens/s, step time, MFU and the ETA.
+"""
 
 from __future__ import annotations
 
 import math
+import os
 import posixpath
+import resource
 import sys
 import time
 
 import tensorflow as tf
+import yaml
+from tensorboard.plugins.hparams import api as hp
+
+from tfllm.config import Config
+from tfllm.console import Console, progress_line
+from tfllm.flops import Peak, mfu
+
+GB = 1024.0**3
 
 
-def format_duration(seconds: float) -> str:
-    seconds = int(max(seconds, 0))
-    hours, rest = divmod(seconds, 3600)
-    minutes, seconds = divmod(rest, 60)
-    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{seconds:02d}s"
+def host_memory_bytes() -> float:
+    """Resident set size of this process (peak RSS where /proc is missing, e.g. macOS)."""
+    try:
+        with open("/proc/self/statm") as f:
+            return float(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except OSError:
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        return float(peak) * (1 if sys.platform == "darwin" else 1024)
 
 
-def format_count(value: float) -> str:
-    return f"{value / 1e3:.1f}k" if value >= 1e3 else f"{value:.0f}"
+def device_memory_bytes() -> dict[str, float]:
+    """Current and peak accelerator memory summed over devices; empty on CPU."""
+    totals: dict[str, float] = {}
+    for device in tf.config.list_logical_devices("GPU") + tf.config.list_logical_devices("TPU"):
+        try:
+            info = tf.config.experimental.get_memory_info(device.name)
+        except (ValueError, tf.errors.UnimplementedError):
+            continue  # some runtimes do not track memory: report nothing rather than zero
+        totals["device_memory_gb"] = totals.get("device_memory_gb", 0.0) + info["current"] / GB
+        totals["device_peak_memory_gb"] = (
+            totals.get("device_peak_memory_gb", 0.0) + info["peak"] / GB
+        )
+    return totals
+
+
+def flat_hparams(cfg: Config) -> dict[str, bool | int | float | str]:
+    """`{"model.num_layers": 2, ...}`: every config value, in the types HParams accepts."""
+    return {
+        f"{section}.{key}": value
+        for section, entries in cfg.to_dict().items()
+        for key, value in entries.items()
+        if isinstance(value, (bool, int, float, str))
+    }
 
 
 class Reporter:
-    """Writes scalars to TensorBoard and prints one progress line per host loop."""
+    """Writes TensorBoard summaries and drives the console for one training process."""
 
-    def __init__(self, workdir: str, total_steps: int, stream=None):
+    def __init__(
+        self,
+        workdir: str,
+        total_steps: int,
+        tokens_per_step: int,
+        flops_per_token: dict[str, float],
+        peak: Peak,
+        stream=None,
+    ):
+        self.workdir = workdir
         self.total_steps = total_steps
-        self.stream = stream or sys.stdout
+        self.tokens_per_step = tokens_per_step
+        self.flops_per_token = flops_per_token
+        self.peak = peak
+        self.console = Console(stream)
         self.writers = {
             split: tf.summary.create_file_writer(posixpath.join(workdir, split))
             for split in ("train", "val")
         }
-        self.started = time.time()
-        self.first_step: int | None = None
+        self.first_call: tuple[int, float] | None = None  # (steps, seconds) with compilation
+        self.compile_seconds: float | None = None
+        self.timed_from: tuple[int, float] | None = None  # (step, time) when compilation ended
 
     def scalars(self, split: str, step: int, values: dict[str, float]) -> None:
         with self.writers[split].as_default(step=step):
@@ -43,24 +98,93 @@ class Reporter:
         with self.writers[split].as_default(step=step):
             tf.summary.text(name, value)
 
-    def train_progress(self, step: int, values: dict[str, float]) -> None:
-        self.scalars("train", step, values)
-        if self.first_step is None:
-            self.first_step = step - values.get("loop_steps", 0)
-        done = step - self.first_step
-        rate = done / max(time.time() - self.started, 1e-9)
-        eta = (self.total_steps - step) / rate if rate > 0 else math.inf
-        self.print(
-            f"step {step}/{self.total_steps} | loss {values['loss']:.4f} | "
-            f"lr {values['learning_rate']:.2e} | gnorm {values['grad_norm']:.2f} | "
-            f"{format_count(values['tokens_per_second'])} tok/s | "
-            f"eta {format_duration(eta) if math.isfinite(eta) else '?'}"
+    def run_config(self, step: int, cfg: Config) -> None:
+        """The resolved config as text, and its values as this session's hyperparameters."""
+        # Indented four spaces: TensorBoard's markdown renders it as a code block.
+        listing = yaml.safe_dump(cfg.to_dict(), sort_keys=False)
+        self.text("train", step, "config", "\n".join("    " + line for line in listing.split("\n")))
+        hparams = flat_hparams(cfg)
+        with tf.summary.create_file_writer(self.workdir).as_default(step=step):
+            hp.hparams_config(
+                hparams=[hp.HParam(name) for name in hparams],
+                metrics=[
+                    hp.Metric("loss", group="val", display_name="validation loss"),
+                    hp.Metric("loss", group="train", display_name="training loss"),
+                    hp.Metric("tokens_per_second", group="train", display_name="tokens/s"),
+                    hp.Metric("mfu_palm", group="train", display_name="MFU (PaLM)"),
+                ],
+            )
+            hp.hparams(hparams, trial_id=posixpath.basename(self.workdir.rstrip("/")))
+
+    def train_progress(
+        self, step: int, loop_steps: int, seconds: float, values: dict[str, float]
+    ) -> None:
+        """Reports one host-loop call of `loop_steps` steps that ended at `step`.
+
+        `values` holds loss, learning_rate, grad_norm and param_norm, and may hold
+        loss_scale (mixed_float16) and nonfinite_steps (steps skipped for inf/nan gradients).
+        """
+        scalars = {
+            **values,
+            "perplexity": math.exp(min(values["loss"], 50.0)),
+            "nonfinite_steps": values.get("nonfinite_steps", 0.0),
+            "flops_per_token_palm": self.flops_per_token["palm"],
+            "flops_per_token_causal": self.flops_per_token["causal"],
+            "host_memory_gb": host_memory_bytes() / GB,
+            **device_memory_bytes(),
+        }
+        now = time.time()
+        tokens_per_second = utilization = None
+        if self.first_call is None:
+            self.first_call = (loop_steps, seconds)
+            self.timed_from = (step, now)
+        else:
+            step_time = seconds / loop_steps
+            tokens_per_second = self.tokens_per_step / step_time
+            scalars.update(step_time=step_time, tokens_per_second=tokens_per_second)
+            if self.compile_seconds is None:
+                self.report_compile_time(step, step_time)
+            if self.peak.total > 0:
+                for form in ("palm", "causal"):
+                    scalars[f"mfu_{form}"] = mfu(
+                        self.flops_per_token[form], tokens_per_second, self.peak.total
+                    )
+                utilization = scalars["mfu_palm"]
+        self.scalars("train", step, scalars)
+        self.console.progress(
+            progress_line(
+                step,
+                self.total_steps,
+                values["loss"],
+                tokens_per_second,
+                utilization,
+                self.eta(step, now),
+            )
         )
 
+    def report_compile_time(self, step: int, step_time: float) -> None:
+        """Compilation = the first call's time less what its steps take once compiled."""
+        first_steps, first_seconds = self.first_call
+        self.compile_seconds = max(first_seconds - first_steps * step_time, 0.0)
+        self.scalars("train", step, {"compile_seconds": self.compile_seconds})
+        # An estimate: on a busy machine the next call's speed is noisy, so show its inputs.
+        self.print(
+            f"first host loop: {first_seconds:.1f}s for {first_steps} step(s), of which about "
+            f"{self.compile_seconds:.1f}s XLA compilation"
+        )
+
+    def eta(self, step: int, now: float) -> float:
+        """Wall-clock rate since compilation, so evaluation and checkpoints are included."""
+        timed_step, timed_at = self.timed_from
+        if step == timed_step or now <= timed_at:
+            return math.inf
+        return (self.total_steps - step) * (now - timed_at) / (step - timed_step)
+
     def print(self, line: str) -> None:
-        print(line, file=self.stream, flush=True)
+        self.console.print(line)
 
     def close(self) -> None:
+        self.console.end_live_line()
         for writer in self.writers.values():
             writer.flush()
             writer.close()

@@ -17,7 +17,7 @@ import time
 
 import tensorflow as tf
 
-from tfllm import cli, data, generate, prepare, records
+from tfllm import cli, data, flops, generate, prepare, profiling, records
 from tfllm.checkpoint import Checkpointer
 from tfllm.config import Config, save_config
 from tfllm.metrics import Reporter
@@ -100,6 +100,25 @@ def evaluate(steps: Steps, dataset) -> float:
     return total / max(count, 1.0)
 
 
+def precision_of(cfg: Config) -> str:
+    """The Keras dtype policy of the run (train.precision, once the config has it)."""
+    return getattr(cfg.train, "precision", "float32")
+
+
+def loop_values(loss: float, grad_norm, model, optimizer) -> dict[str, float]:
+    """What one host-loop call reports besides speed: loss, schedule, norms, loss scale."""
+    values = {
+        "loss": loss,
+        "learning_rate": float(optimizer.learning_rate),
+        "grad_norm": float(grad_norm),
+        "param_norm": float(tf.linalg.global_norm(model.trainable_variables)),
+    }
+    # Only keras' LossScaleOptimizer (mixed_float16) has a dynamic loss scale.
+    if hasattr(optimizer, "dynamic_scale"):
+        values["loss_scale"] = float(optimizer.dynamic_scale)
+    return values
+
+
 def train(
     cfg: Config,
     strategy: tf.distribute.Strategy | None = None,
@@ -151,8 +170,34 @@ def train(
         )
     )
     steps = Steps(cfg, strategy, model, optimizer)
-    reporter = Reporter(cfg.runtime.workdir, cfg.train.steps)
+    flops_per_token = flops.flops_per_token(cfg.model, cfg.data.seq_len)
+    peak = flops.find_peak(cfg.runtime.peak_flops, precision_of(cfg), replicas)
+    reporter = Reporter(
+        cfg.runtime.workdir, cfg.train.steps, tokens_per_step, flops_per_token, peak
+    )
+    reporter.run_config(step, cfg)
     log(f"training to step {cfg.train.steps}: {replicas} replica(s), {tokens_per_step} tokens/step")
+    log(
+        f"MFU: {flops_per_token['palm']:.3g} FLOPs/token (PaLM), "
+        f"{flops_per_token['causal']:.3g} (causal); peak {peak.describe()}"
+    )
+    window = profiling.ProfileWindow(cfg.train.profile_steps, cfg.runtime.workdir, reporter.print)
+    if cfg.runtime.profiler_port:
+        profiling.start_server(cfg.runtime.profiler_port)
+        log(f"profiler server on port {cfg.runtime.profiler_port} (TensorBoard: Capture profile)")
+
+    generator = generate.Generator(model, f"{directory}/{records.TOKENIZER}")
+    sample = ""
+
+    def write_sample(at_step: int) -> str:
+        text = generator.generate(
+            [cfg.train.sample_prompt],
+            max_new_tokens=min(cfg.train.sample_tokens, cfg.model.max_sequence_length - 1),
+            temperature=0.8,
+            seed=cfg.train.seed,
+        )[0]
+        reporter.text("val", at_step, "sample", cfg.train.sample_prompt + text)
+        return text
 
     iterator = iter(train_ds)
     val_loss = math.nan
@@ -163,40 +208,30 @@ def train(
             (step // cfg.train.eval_every + 1) * cfg.train.eval_every,
             (step // cfg.train.checkpoint_every + 1) * cfg.train.checkpoint_every,
         )
-        loop_steps = min(cfg.train.steps_per_loop, boundary - step)
+        loop_steps = window.loop_length(step, min(cfg.train.steps_per_loop, boundary - step))
+        window.before_loop(step)
         started = time.time()
-        loss, grad_norm = steps.train_loop(iterator, tf.constant(loop_steps))
-        loss = float(loss)  # waits for the loop: the timing below is real
+        with profiling.step_trace(step + 1):
+            loss, grad_norm = steps.train_loop(iterator, tf.constant(loop_steps))
+            loss = float(loss)  # waits for the loop: the timing and the annotation are real
         elapsed = time.time() - started
         step += loop_steps
+        window.after_loop(step)
         reporter.train_progress(
-            step,
-            {
-                "loss": loss,
-                "perplexity": math.exp(min(loss, 50.0)),
-                "learning_rate": float(optimizer.learning_rate),
-                "grad_norm": float(grad_norm),
-                "tokens_per_second": loop_steps * tokens_per_step / elapsed,
-                "loop_steps": loop_steps,
-            },
+            step, loop_steps, elapsed, loop_values(loss, grad_norm, model, optimizer)
         )
         if step % cfg.train.eval_every == 0 or step == last_step:
             val_loss = evaluate(steps, eval_ds)
             reporter.scalars("val", step, {"loss": val_loss, "perplexity": math.exp(val_loss)})
             reporter.print(f"step {step}: validation loss {val_loss:.4f}")
+            sample = write_sample(step)
         if step % cfg.train.checkpoint_every == 0 or step == last_step:
             checkpointer.save(step)
+    window.stop()
 
     if math.isnan(val_loss):  # resumed at the end: still report where the model stands
         val_loss = evaluate(steps, eval_ds)
-    generator = generate.Generator(model, f"{directory}/{records.TOKENIZER}")
-    sample = generator.generate(
-        [cfg.train.sample_prompt],
-        max_new_tokens=min(cfg.train.sample_tokens, cfg.model.max_sequence_length - 1),
-        temperature=0.8,
-        seed=cfg.train.seed,
-    )[0]
-    reporter.text("val", step, "sample", cfg.train.sample_prompt + sample)
+        sample = write_sample(step)
     reporter.close()
     log(f"sample: {cfg.train.sample_prompt}{sample}")
     return {"step": step, "val_loss": val_loss, "traces": dict(steps.traces)}

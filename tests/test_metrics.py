@@ -1,0 +1,125 @@
+"""FLOPs per token by hand, MFU from a known step time, the peak, the window plan, the console."""
+
+import io
+import json
+
+import pytest
+
+from tfllm import flops
+from tfllm.config import ModelConfig, load_config
+from tfllm.console import Console, progress_line
+from tfllm.errors import ConfigError
+from tfllm.model import build_model
+from tfllm.profiling import ProfileWindow
+
+# The test model of conftest.TINY_MODEL: V=512, L=2, H=2, D=32, F=64, SwiGLU, T=32 (Q=16).
+TINY = ModelConfig(
+    vocabulary_size=512,
+    num_layers=2,
+    num_heads=2,
+    hidden_dim=32,
+    intermediate_dim=64,
+    max_sequence_length=64,
+)
+# configs/gpt2-124m.yaml: V=32768, L=12, H=12, D=768, F=3072, GELU, T=1024 (Q=64).
+GPT2 = ModelConfig(
+    vocabulary_size=32768,
+    num_layers=12,
+    num_heads=12,
+    hidden_dim=768,
+    intermediate_dim=3072,
+    max_sequence_length=1024,
+    activation="gelu",
+)
+
+
+def test_parameter_count_matches_the_model():
+    # Per block: 4*32*32 + 3*32*64 + 2*32 = 10304; 2 blocks + 512*32 + 32 = 37024.
+    assert flops.count_parameters(TINY) == 37024
+    assert build_model(TINY).count_params() == 37024  # the tied embedding counted once
+    # Per block: 4*768^2 + 2*768*3072 + 2*768 = 7079424; 12 blocks + 32768*768 + 768.
+    assert flops.count_parameters(GPT2) == 110119680
+
+
+def test_flops_per_token_by_hand():
+    # 6N = 222144; L*H*Q*T = 2*2*16*32 = 2048.
+    assert flops.flops_per_token(TINY, 32) == {
+        "palm": 222144 + 12 * 2048,
+        "causal": 222144 + 6 * 2048,
+    }
+    # 6N = 660718080; L*H*Q*T = 12*12*64*1024 = 9437184.
+    assert flops.flops_per_token(GPT2, 1024) == {
+        "palm": 660718080 + 12 * 9437184,
+        "causal": 660718080 + 6 * 9437184,
+    }
+
+
+def test_mfu_from_a_known_step_time():
+    # GPT-2 small, batch 256 x 1024 tokens, 1.0 s per step on 8 H100s in bf16.
+    per_token = flops.flops_per_token(GPT2, 1024)["palm"]  # 773964288
+    peak = flops.Peak(989e12, 8, "H100 bf16 table")
+    tokens_per_second = 256 * 1024 / 1.0
+    expected = 773964288 * 262144 / (989e12 * 8)  # about 0.0256
+    assert flops.mfu(per_token, tokens_per_second, peak.total) == pytest.approx(expected)
+    assert expected == pytest.approx(0.02564, abs=1e-5)
+
+
+def test_peak_from_config_table_or_probe(tmp_path, monkeypatch):
+    assert flops.find_peak(2.0e12, "float32", 4).total == 8.0e12
+    assert flops.precision_column("mixed_bfloat16") == "bf16"
+    assert flops.precision_column("mixed_float16") == "bf16"
+    assert flops.precision_column("float32") == "fp32"
+    monkeypatch.setattr(flops, "accelerator_name", lambda: "H100")
+    peak = flops.find_peak(0.0, "mixed_bfloat16", 8)
+    assert peak.per_device == 989e12 and peak.devices == 8 and "H100 bf16" in peak.source
+    monkeypatch.undo()
+    # On this CPU: measured once, then read from the per-machine cache.
+    measured = flops.find_peak(0.0, "float32", 2, cache_dir=str(tmp_path))
+    assert measured.source.startswith("measured") and measured.devices == 1
+    assert 1e9 < measured.per_device < 1e13
+    (cached,) = tmp_path.glob("peak-*.json")
+    cached.write_text(json.dumps({"float32_flops": 123.0}))
+    assert flops.find_peak(0.0, "float32", 1, cache_dir=str(tmp_path)).per_device == 123.0
+
+
+def test_profile_window_shortens_the_host_loops_around_it():
+    window = ProfileWindow("12,14", "/unused", log=lambda *_: None)
+    plan, step = [], 0
+    while step < 30:
+        length = window.loop_length(step, min(10, 30 - step))
+        plan.append(length)
+        step += length
+    assert plan == [10, 1, 1, 1, 1, 10, 6]
+    assert ProfileWindow("", "/unused").loop_length(0, 10) == 10
+
+
+def test_profile_steps_are_checked():
+    with pytest.raises(ConfigError, match="START,STOP"):
+        load_config([], ["train.profile_steps=12"])
+    with pytest.raises(ConfigError, match="1 <= START <= STOP"):
+        load_config([], ["train.profile_steps=14,12"])
+
+
+class Terminal(io.StringIO):
+    def isatty(self):
+        return True
+
+
+def test_console_rewrites_in_place_on_a_terminal_only():
+    line = progress_line(120, 2000, 3.21, 14300.0, 0.412, 130.0)
+    assert line == "step 120/2000 | loss 3.2100 | 14.3k tok/s | MFU 41.2% | eta 2m10s"
+    assert "compiling" in progress_line(10, 2000, 3.2, None, None, float("inf"))
+
+    terminal = Terminal()
+    console = Console(terminal)
+    console.progress("step 1")
+    console.progress("step 2")
+    console.print("validation loss 3.0")
+    assert terminal.getvalue() == "\rstep 1\x1b[K\rstep 2\x1b[K\nvalidation loss 3.0\n"
+
+    log = io.StringIO()
+    console = Console(log)
+    console.progress("step 1")
+    console.progress("step 2")
+    console.print("validation loss 3.0")
+    assert log.getvalue() == "step 1\nstep 2\nvalidation loss 3.0\n"
