@@ -29,8 +29,9 @@ MARKER_SUFFIX = ".done.json"
 STATE_FILE = "checkpoint"
 REJECTED_DIR = "rejected"
 _STEP = re.compile(r"^ckpt-(\d+)(?:[._]|$)")
-# Test-only: `TFLLM_TEST_EXIT_IN_SAVE=<point>` ends the process with os._exit(99) at that point
-# of a save, to prove that a kill anywhere in a save leaves the previous checkpoint usable.
+# Test-only: `TFLLM_TEST_EXIT_IN_SAVE=<point>:<step>` ends the process with os._exit(99) at that
+# point of the save of that step, to prove that a kill anywhere in a save leaves the previous
+# checkpoint usable.
 SAVE_POINTS = ("before_write", "after_write", "after_marker", "after_state")
 
 
@@ -197,9 +198,9 @@ class Checkpointer:
         """Writes ckpt-`step`, publishes it with its marker, then drops the oldest ones."""
         tf.io.gfile.makedirs(self.directory)
         self._set_aside_skipped()
-        _test_exit_point("before_write")
+        _test_exit_point("before_write", step)
         prefix = self.checkpoint.write(self._prefix(step))
-        _test_exit_point("after_write")
+        _test_exit_point("after_write", step)
         files = {
             n: tf.io.gfile.stat(posixpath.join(self.directory, n)).length
             for n in self._files_of(step)
@@ -210,10 +211,10 @@ class Checkpointer:
         with tf.io.gfile.GFile(tmp, "w") as f:
             json.dump(marker, f, indent=1, sort_keys=True)
         tf.io.gfile.rename(tmp, prefix + MARKER_SUFFIX, overwrite=True)  # the publish point
-        _test_exit_point("after_marker")
+        _test_exit_point("after_marker", step)
         published = self._published_steps()
         self._write_state_file(published[: self.keep])
-        _test_exit_point("after_state")
+        _test_exit_point("after_state", step)
         for old in self.steps_on_disk():
             if old not in published[: self.keep] and old < step:
                 for name in self._files_of(old):
@@ -261,6 +262,6 @@ def _remove(path: str) -> None:
         tf.io.gfile.remove(path)
 
 
-def _test_exit_point(point: str) -> None:
-    if os.environ.get("TFLLM_TEST_EXIT_IN_SAVE") == point:
+def _test_exit_point(point: str, step: int) -> None:
+    if os.environ.get("TFLLM_TEST_EXIT_IN_SAVE") == f"{point}:{step}":
         os._exit(99)
