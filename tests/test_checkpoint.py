@@ -5,14 +5,17 @@ step and by one weight), damages the files as a crash or a bad disk would, and r
 """
 
 import os
+import shutil
 import socket
 import subprocess
 import sys
 
 import numpy as np
 import pytest
+from conftest import TINY_MODEL
 
 from tfllm.checkpoint import SAVE_POINTS, Checkpointer
+from tfllm.config import load_config, save_config
 from tfllm.errors import TfllmError
 from tfllm.model import build_model
 from tfllm.optim import make_optimizer
@@ -21,11 +24,11 @@ from tfllm.workdir_lock import LOCK_NAME, WorkdirLock
 SAVE_TWO = """
 import sys
 from tfllm.checkpoint import Checkpointer
-from tfllm.config import load_config
+from tfllm.config import load_config, save_config
 from tfllm.model import build_model
 from tfllm.optim import make_optimizer
 
-cfg = load_config([], sys.argv[1:])
+cfg = load_config([sys.argv[1]])
 model = build_model(cfg.model)
 optimizer = make_optimizer(cfg.train, model.trainable_variables)
 checkpointer = Checkpointer(
@@ -53,9 +56,10 @@ def restore(cfg):
 
 def save_two(cfg, env=None):
     """ckpt-1 and ckpt-2, saved by a real process (which may be told to die mid-save)."""
-    args = [f"{k}.{n}={v}" for k, section in cfg.to_dict().items() for n, v in section.items()]
+    path = f"{cfg.runtime.workdir}.yaml"
+    save_config(cfg, path)
     return subprocess.run(
-        [sys.executable, "-c", SAVE_TWO, *args],
+        [sys.executable, "-c", SAVE_TWO, path],
         env={**os.environ, **(env or {})},
         capture_output=True,
         text=True,
@@ -66,10 +70,6 @@ def save_two(cfg, env=None):
 @pytest.fixture(scope="module")
 def two_checkpoints(tmp_path_factory):
     """A pristine workdir with ckpt-1 and ckpt-2; tests copy it before damaging it."""
-    from tfllm.config import load_config
-
-    from .conftest import TINY_MODEL
-
     workdir = tmp_path_factory.mktemp("pristine")
     cfg = load_config([], [*TINY_MODEL, f"runtime.workdir={workdir}"])
     assert save_two(cfg).returncode == 0
@@ -78,8 +78,6 @@ def two_checkpoints(tmp_path_factory):
 
 @pytest.fixture
 def workdir(two_checkpoints, tmp_path):
-    import shutil
-
     target = tmp_path / "run"
     shutil.copytree(two_checkpoints, target)
     return target
