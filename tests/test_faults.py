@@ -91,7 +91,7 @@ def test_sigterm_kill9_restart_equals_uninterrupted(make_config, tmp_path):
 
 
 # A learning rate this large overflows the weights within a few steps: a real divergence.
-DIVERGE = ("train.learning_rate=1e30", "train.steps=10", "train.checkpoint_every=5")
+DIVERGE = ("train.learning_rate=1.0e+30", "train.steps=10", "train.checkpoint_every=5")
 DIVERGE += ("train.steps_per_loop=5", "train.eval_every=10")
 
 

@@ -316,7 +316,10 @@ def _roll_back_or_stop(cfg: Config, steps: Steps, checkpointer, counters, bad_st
     # The loop stopped at bad_step without updating, so these are the weights it saw.
     report = faults.gradient_report(steps.model, token_loss_sum, inputs, targets, bad_step)
     path = faults.write_diagnostics(cfg.runtime.workdir, report)
-    message = f"non-finite loss {report['loss']} at step {bad_step} (diagnostics: {path})"
+    message = (
+        f"non-finite loss or gradients at step {bad_step} (loss {report['loss']:.4g}, "
+        f"{len(report['nonfinite_gradients'])} non-finite gradient(s); diagnostics: {path})"
+    )
     rollbacks = int(counters["rollbacks"])
     if cfg.train.on_nonfinite == "stop":
         raise faults.NonFiniteError(message)
