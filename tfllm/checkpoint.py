@@ -198,19 +198,22 @@ class Checkpointer:
         """Writes ckpt-`step`, publishes it with its marker, then drops the oldest ones."""
         tf.io.gfile.makedirs(self.directory)
         self._set_aside_skipped()
+        marker_path = self._prefix(step) + MARKER_SUFFIX
+        if tf.io.gfile.exists(marker_path):  # rewriting a step: unpublish it first
+            tf.io.gfile.remove(marker_path)
         _test_exit_point("before_write", step)
         prefix = self.checkpoint.write(self._prefix(step))
         _test_exit_point("after_write", step)
         files = {
             n: tf.io.gfile.stat(posixpath.join(self.directory, n)).length
             for n in self._files_of(step)
-            if not n.endswith(MARKER_SUFFIX)
+            if MARKER_SUFFIX not in n  # the marker, and a stale temp one
         }
         marker = {"step": step, "model": self.model_config, "files": files}
         tmp = prefix + MARKER_SUFFIX + ".tmp"
         with tf.io.gfile.GFile(tmp, "w") as f:
             json.dump(marker, f, indent=1, sort_keys=True)
-        tf.io.gfile.rename(tmp, prefix + MARKER_SUFFIX, overwrite=True)  # the publish point
+        tf.io.gfile.rename(tmp, marker_path, overwrite=True)  # the publish point
         _test_exit_point("after_marker", step)
         published = self._published_steps()
         self._write_state_file(published[: self.keep])
