@@ -68,21 +68,27 @@ class Steps:
         loss, grads = self._gradients(inputs, targets, global_tokens)
         loss, grads = ctx.all_reduce(SUM, [loss, grads])
         grads, grad_norm = clip_by_global_norm(grads, self.clip_norm)
-        # --- non-finite guard (fault tolerance) ---
-        # loss and grad_norm are all-reduced, so every replica takes the same branch. A skipped
-        # update leaves weights and optimizer slots as they were but still advances
-        # `iterations`: the step counter is the data position and the schedule's step.
         finite = tf.math.is_finite(loss) & tf.math.is_finite(grad_norm)
-        tf.cond(finite, lambda: self._apply(grads), self._skip)
-        return loss, grad_norm, finite
+        return loss, grad_norm, finite, grads
 
-    def _apply(self, grads):
-        self.optimizer.apply(grads, self.model.trainable_variables)
-        return tf.constant(True)
+    # --- non-finite guard (fault tolerance) ---
+    # The update runs under a tf.cond in cross-replica context: a cond inside the replica
+    # function cannot hold the optimizer's merge_call under MirroredStrategy. loss and
+    # grad_norm are all-reduced, so the condition is the same for every replica. A skipped
+    # update leaves weights and optimizer slots as they were but still advances `iterations`:
+    # the step counter is the data position and the schedule's step.
+    def _apply_if_finite(self, finite, grads):
+        def apply():
+            self.strategy.run(
+                lambda g: self.optimizer.apply(g, self.model.trainable_variables), args=(grads,)
+            )
+            return tf.constant(True)
 
-    def _skip(self):
-        self.optimizer.iterations.assign_add(1)
-        return tf.constant(False)
+        def skip():
+            self.optimizer.iterations.assign_add(1)
+            return tf.constant(False)
+
+        return tf.cond(finite, apply, skip)
 
     def _train_loop_fn(self, iterator, num_steps):
         """Runs up to `num_steps` steps; returns means over finite steps and what was skipped."""
@@ -90,11 +96,14 @@ class Steps:
         done, skipped, first_bad = tf.constant(0), tf.constant(0), tf.constant(-1)
         for i in tf.range(num_steps):
             inputs, targets = next(iterator)
-            loss, norm, finite = self.strategy.run(self._replica_step, args=(inputs, targets))
+            loss, norm, finite, grads = self.strategy.run(
+                self._replica_step, args=(inputs, targets)
+            )
             # All three are already all-reduced: every replica holds the same value.
             loss, norm, finite = (
                 self.strategy.experimental_local_results(x)[0] for x in (loss, norm, finite)
             )
+            self._apply_if_finite(finite, grads)
             done += 1
             bad = tf.logical_not(finite)
             loss_sum += tf.where(bad, 0.0, loss)
@@ -103,7 +112,7 @@ class Steps:
             first_bad = tf.where(bad & (first_bad < 0), i, first_bad)
             if bad and self.halt_on_nonfinite:
                 break
-        good = tf.cast(tf.maximum(done - skipped, 1), tf.float32)
+        good = tf.cast(done - skipped, tf.float32)  # NaN below when every step was skipped
         return {
             "loss": loss_sum / good,
             "grad_norm": norm_sum / good,
