@@ -6,8 +6,10 @@ With no arguments it trains `configs/tiny.yaml` on the built-in corpus (the runn
 standard library), preparing the shards first when they are missing. Running it again on the
 same workdir resumes from the latest checkpoint.
 
-The loop, top to bottom: restore -> [host loop of steps_per_loop XLA-compiled steps -> log ->
-evaluate / checkpoint every N steps] -> final evaluation, checkpoint and a generated sample.
+The loop, top to bottom: lock the workdir -> restore the newest usable checkpoint -> [host loop
+of steps_per_loop XLA-compiled steps -> non-finite policy -> log -> on SIGTERM/SIGINT save and
+exit -> evaluate / checkpoint every N steps] -> final evaluation, checkpoint and a sample.
+Exit codes are listed in `tfllm/faults.py` and the README.
 """
 
 from __future__ import annotations
