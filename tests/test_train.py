@@ -8,7 +8,6 @@ import tensorflow as tf
 
 from tfllm.checkpoint import Checkpointer
 from tfllm.config import load_config
-from tfllm.errors import TfllmError
 from tfllm.model import build_model
 from tfllm.optim import make_optimizer
 from tfllm.train import train
@@ -74,9 +73,11 @@ def test_resume_carries_on_exactly(make_config, tmp_path):
     assert sorted(losses) == [10, 20, 30, 40]  # the curve carries on from step 20
 
 
-def test_lost_checkpoint_state_file_is_refused(make_config, tmp_path):
+def test_lost_checkpoint_state_file_is_rebuilt(make_config, tmp_path):
     cfg = make_config("train.steps=10", "train.checkpoint_every=10")
     train(cfg, log=lambda *_: None)
     (tmp_path / "run" / "checkpoints" / "checkpoint").unlink()
-    with pytest.raises(TfllmError, match="refusing to start from step 0"):
-        train(make_config("train.steps=20"), log=lambda *_: None)
+    lines = []
+    train(make_config("train.steps=20"), log=lines.append)
+    assert any("rebuilt the 'checkpoint' state file" in line for line in lines), lines
+    assert any("at step 10" in line for line in lines), lines

@@ -1,39 +1,270 @@
-"""Checkpoints: model weights, optimizer slots and step in `<workdir>/checkpoints`."""
+"""Checkpoints in `<workdir>/checkpoints` that survive kills, corruption and config changes.
+
+A checkpoint `ckpt-N` is TF's `ckpt-N.index` + `ckpt-N.data-*` files (model weights, optimizer
+slots and step, plus any extra trackables such as counters or a loss scale) and a completion
+marker `ckpt-N.done.json` written last. The marker holds the step, the model section of the
+config and its fingerprint, and the size of every file, so a checkpoint is *published* only
+once the marker exists, and a truncated or missing file is caught before TF reads it.
+
+Restore does not trust TF's `checkpoint` state file (a corrupt one makes TF's manager start
+from step 0 with only a warning, tensorflow#35148). It walks the markers from the newest step
+down to the first checkpoint whose files match the marker and whose tensors all read back with
+their checksums, logging why each newer one was skipped, and rebuilds the state file from the
+files on disk when it disagrees.
+"""
 
 from __future__ import annotations
 
+import json
+import os
 import posixpath
+import re
 
 import keras
 import tensorflow as tf
 
 from tfllm.errors import TfllmError
 
+MARKER_SUFFIX = ".done.json"
+STATE_FILE = "checkpoint"
+REJECTED_DIR = "rejected"
+_STEP = re.compile(r"^ckpt-(\d+)(?:[._]|$)")
+# Test-only: `TFLLM_TEST_EXIT_IN_SAVE=<point>:<step>` ends the process with os._exit(99) at that
+# point of the save of that step, to prove that a kill anywhere in a save leaves the previous
+# checkpoint usable.
+SAVE_POINTS = ("before_write", "after_write", "after_marker", "after_state")
+
 
 class Checkpointer:
-    """Saves every `checkpoint_every` steps, keeps the newest `keep`, restores the latest."""
+    """Saves complete checkpoints, keeps the newest `keep`, restores the newest usable one.
 
-    def __init__(self, workdir: str, model: keras.Model, optimizer, keep: int):
+    Args:
+        workdir: the run's directory; checkpoints go to `<workdir>/checkpoints`.
+        model: the Keras model whose weights are saved.
+        optimizer: the built optimizer (slots and `iterations`, the step).
+        keep: how many published checkpoints to keep.
+        model_config: the model section of the config (a dict); a checkpoint written for a
+            different one is refused. None skips the check (read-only tools).
+        extras: more trackables to save, e.g. counters or a loss scale.
+        log: where the reasons for skipped checkpoints and repairs go.
+    """
+
+    def __init__(
+        self,
+        workdir: str,
+        model: keras.Model,
+        optimizer,
+        keep: int,
+        model_config: dict | None = None,
+        extras: dict | None = None,
+        log=print,
+    ):
         self.directory = posixpath.join(workdir, "checkpoints")
-        self.checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer)
-        self.manager = tf.train.CheckpointManager(self.checkpoint, self.directory, keep)
+        self.checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer, **(extras or {}))
+        self.keep, self.model_config, self.log = keep, model_config, log
+        self._skipped: list[int] = []  # newer than the restored one; set aside at the next save
+
+    def _prefix(self, step: int) -> str:
+        return posixpath.join(self.directory, f"ckpt-{step}")
+
+    def _files_of(self, step: int) -> list[str]:
+        names = tf.io.gfile.listdir(self.directory) if tf.io.gfile.isdir(self.directory) else []
+        return sorted(n.rstrip("/") for n in names if _step_of(n) == step)
+
+    def steps_on_disk(self) -> list[int]:
+        """Every step with any `ckpt-N*` file, complete or not, newest first."""
+        if not tf.io.gfile.isdir(self.directory):
+            return []
+        steps = {_step_of(n) for n in tf.io.gfile.listdir(self.directory)}
+        return sorted((s for s in steps if s is not None), reverse=True)
+
+    def _read_marker(self, step: int) -> dict:
+        path = self._prefix(step) + MARKER_SUFFIX
+        if not tf.io.gfile.exists(path):
+            raise _Unusable("no completion marker (the save did not finish)")
+        try:
+            with tf.io.gfile.GFile(path) as f:
+                marker = json.load(f)
+            return {"step": int(marker["step"]), "model": marker["model"], "files": marker["files"]}
+        except (ValueError, KeyError, TypeError) as err:
+            raise _Unusable(f"unreadable completion marker: {err}") from None
+
+    def _verify(self, step: int, marker: dict) -> None:
+        """Raises _Unusable unless every file matches the marker and every tensor reads back."""
+        for name, size in marker["files"].items():
+            path = posixpath.join(self.directory, name)
+            if not tf.io.gfile.exists(path):
+                raise _Unusable(f"{name} is missing")
+            actual = tf.io.gfile.stat(path).length
+            if actual != size:
+                raise _Unusable(f"{name} has {actual} bytes, the marker says {size}")
+        try:
+            # Reading every tensor checks its CRC32C before any variable is touched.
+            reader = tf.train.load_checkpoint(self._prefix(step))
+            for name in reader.get_variable_to_shape_map():
+                reader.get_tensor(name)
+        except (tf.errors.OpError, ValueError) as err:
+            raise _Unusable(f"tensors do not read back: {_first_line(err)}") from None
+
+    def _check_model(self, step: int, marker: dict) -> None:
+        if self.model_config is None or marker["model"] == self.model_config:
+            return
+        keys = sorted(set(marker["model"]) | set(self.model_config))
+        diffs = [
+            f"model.{k}: checkpoint {marker['model'].get(k)!r}, config {self.model_config.get(k)!r}"
+            for k in keys
+            if marker["model"].get(k) != self.model_config.get(k)
+        ]
+        raise TfllmError(
+            f"{self._prefix(step)} was written for a different model ({'; '.join(diffs)}); "
+            "use a new runtime.workdir or the checkpoint's model config"
+        )
 
     def restore_latest(self) -> str | None:
-        """Restores the newest checkpoint; returns its path, or None when there is none."""
-        path = self.manager.latest_checkpoint
-        if path is None:
-            if tf.io.gfile.glob(posixpath.join(self.directory, "ckpt-*.index")):
-                # tensorflow#35148: a lost state file would make TF silently start over.
-                raise TfllmError(
-                    f"{self.directory} holds checkpoints but no readable 'checkpoint' state "
-                    "file; refusing to start from step 0"
-                )
-            return None
-        try:
-            self.checkpoint.restore(path).assert_existing_objects_matched()
-        except (tf.errors.OpError, AssertionError, ValueError) as err:
-            raise TfllmError(f"cannot restore {path}: {str(err).splitlines()[0]}") from None
-        return path
+        """Restores the newest usable checkpoint; returns its path, or None when there is none.
+
+        Raises:
+            TfllmError: checkpoints were published but none is usable (each is listed with
+                the reason), or the newest usable one was written for a different model.
+        """
+        self._skipped, reasons = [], []
+        for step in self.steps_on_disk():
+            try:
+                marker = self._read_marker(step)
+                self._check_model(step, marker)
+                self._verify(step, marker)
+            except _Unusable as why:
+                reasons.append(f"ckpt-{step}: {why}")
+                self._skipped.append(step)
+                self.log(f"checkpoint: skipping ckpt-{step}: {why}")
+                continue
+            path = self._prefix(step)
+            try:
+                self.checkpoint.read(path).assert_existing_objects_matched()
+            except (tf.errors.OpError, AssertionError, ValueError) as err:
+                raise TfllmError(f"cannot restore {path}: {_first_line(err)}") from None
+            self._repair_state_file(step)
+            return path
+        listed = self._state_file_steps()
+        if any("no completion marker" not in r for r in reasons) or listed & set(self._skipped):
+            # Published checkpoints exist but none loads: starting over would overwrite them.
+            raise TfllmError(
+                f"no usable checkpoint in {self.directory}, refusing to start from step 0: "
+                + "; ".join(reasons)
+            )
+        if reasons:
+            self.log("checkpoint: only unfinished saves on disk; starting from scratch")
+        return None
+
+    def _state_file_steps(self) -> set[int]:
+        """Steps named in TF's state file, read as plain text since it may be damaged."""
+        path = posixpath.join(self.directory, STATE_FILE)
+        if not tf.io.gfile.exists(path):
+            return set()
+        with tf.io.gfile.GFile(path, "rb") as f:
+            text = f.read().decode("utf-8", "replace")
+        return {int(s) for s in re.findall(r"ckpt-(\d+)", text)}
+
+    def _published_steps(self) -> list[int]:
+        return [
+            s
+            for s in self.steps_on_disk()
+            if tf.io.gfile.exists(self._prefix(s) + MARKER_SUFFIX) and s not in self._skipped
+        ]
+
+    def _write_state_file(self, steps: list[int]) -> None:
+        paths = [self._prefix(s) for s in sorted(steps)]
+        tf.compat.v1.train.update_checkpoint_state(
+            self.directory, paths[-1], all_model_checkpoint_paths=paths
+        )
+
+    def _repair_state_file(self, restored: int) -> None:
+        """Rewrites TF's `checkpoint` state file when it does not name the restored step."""
+        path = posixpath.join(self.directory, STATE_FILE)
+        state = None
+        if tf.io.gfile.exists(path):
+            try:
+                # get_checkpoint_state logs and returns None on garbage; empty raises.
+                state = tf.train.get_checkpoint_state(self.directory)
+            except (tf.errors.OpError, ValueError):
+                state = None
+        if state is not None and state.model_checkpoint_path == self._prefix(restored):
+            return
+        was = "missing" if not tf.io.gfile.exists(path) else "unreadable or stale"
+        self._write_state_file([s for s in self._published_steps() if s <= restored])
+        self.log(f"checkpoint: rebuilt the '{STATE_FILE}' state file from disk (it was {was})")
 
     def save(self, step: int) -> str:
-        return self.manager.save(checkpoint_number=step)
+        """Writes ckpt-`step`, publishes it with its marker, then drops the oldest ones."""
+        tf.io.gfile.makedirs(self.directory)
+        self._set_aside_skipped()
+        marker_path = self._prefix(step) + MARKER_SUFFIX
+        if tf.io.gfile.exists(marker_path):  # rewriting a step: unpublish it first
+            tf.io.gfile.remove(marker_path)
+        _test_exit_point("before_write", step)
+        prefix = self.checkpoint.write(self._prefix(step))
+        _test_exit_point("after_write", step)
+        files = {
+            n: tf.io.gfile.stat(posixpath.join(self.directory, n)).length
+            for n in self._files_of(step)
+            if MARKER_SUFFIX not in n  # the marker, and a stale temp one
+        }
+        marker = {"step": step, "model": self.model_config, "files": files}
+        tmp = prefix + MARKER_SUFFIX + ".tmp"
+        with tf.io.gfile.GFile(tmp, "w") as f:
+            json.dump(marker, f, indent=1, sort_keys=True)
+        tf.io.gfile.rename(tmp, marker_path, overwrite=True)  # the publish point
+        _test_exit_point("after_marker", step)
+        published = self._published_steps()
+        self._write_state_file(published[: self.keep])
+        _test_exit_point("after_state", step)
+        for old in self.steps_on_disk():
+            if old not in published[: self.keep] and old < step:
+                for name in self._files_of(old):
+                    _remove(posixpath.join(self.directory, name))
+        return prefix
+
+    def _set_aside_skipped(self) -> None:
+        """Moves the checkpoints that restore skipped out of the way, kept for a post-mortem.
+
+        Left in place, a damaged ckpt-N newer than the run's position would count as the
+        newest and push good checkpoints out of the `keep` window.
+        """
+        if not self._skipped:
+            return
+        target = posixpath.join(self.directory, REJECTED_DIR)
+        tf.io.gfile.makedirs(target)
+        for step in self._skipped:
+            for name in self._files_of(step):
+                tf.io.gfile.rename(
+                    posixpath.join(self.directory, name),
+                    posixpath.join(target, name),
+                    overwrite=True,
+                )
+            self.log(f"checkpoint: moved the skipped ckpt-{step} to {target}")
+        self._skipped = []
+
+
+class _Unusable(Exception):
+    """Why one checkpoint cannot be restored (restore then tries the next older one)."""
+
+
+def _step_of(name: str) -> int | None:
+    match = _STEP.match(name.rstrip("/"))
+    return int(match.group(1)) if match else None
+
+
+def _first_line(err: Exception) -> str:
+    return (str(err).strip().splitlines() or [type(err).__name__])[0]
+
+
+def _remove(path: str) -> None:
+    if tf.io.gfile.isdir(path):
+        tf.io.gfile.rmtree(path)
+    else:
+        tf.io.gfile.remove(path)
+
+
+def _test_exit_point(point: str, step: int) -> None:
+    if os.environ.get("TFLLM_TEST_EXIT_IN_SAVE") == f"{point}:{step}":
+        os._exit(99)

@@ -67,6 +67,8 @@ class TrainConfig:
     eval_batches: int = 20
     checkpoint_every: int = 500
     keep_checkpoints: int = 3
+    on_nonfinite: str = "stop"  # stop | skip | rollback
+    max_rollbacks: int = 3
     jit_compile: bool = True
     sample_tokens: int = 64
     sample_prompt: str = "def "
@@ -247,6 +249,12 @@ def validate(cfg: Config) -> None:
             f"runtime.profiler_port must be a port number or 0, got {cfg.runtime.profiler_port}"
         )
     parse_profile_steps(t.profile_steps)
+    if t.on_nonfinite not in ("stop", "skip", "rollback"):
+        raise ConfigError(
+            f"train.on_nonfinite must be stop, skip or rollback, got {t.on_nonfinite!r}"
+        )
+    if t.max_rollbacks < 0:
+        raise ConfigError(f"train.max_rollbacks must be at least 0, got {t.max_rollbacks}")
     if t.keep_checkpoints < 2:
         raise ConfigError(f"train.keep_checkpoints must be at least 2, got {t.keep_checkpoints}")
 

@@ -6,23 +6,27 @@ With no arguments it trains `configs/tiny.yaml` on the built-in corpus (the runn
 standard library), preparing the shards first when they are missing. Running it again on the
 same workdir resumes from the latest checkpoint.
 
-The loop, top to bottom: restore -> [host loop of steps_per_loop XLA-compiled steps -> log ->
-evaluate / checkpoint every N steps] -> final evaluation, checkpoint and a generated sample.
+The loop, top to bottom: lock the workdir -> restore the newest usable checkpoint -> [host loop
+of steps_per_loop XLA-compiled steps -> non-finite policy -> log -> on SIGTERM/SIGINT save and
+exit -> evaluate / checkpoint every N steps] -> final evaluation, checkpoint and a sample.
+Exit codes are listed in `tfllm/faults.py` and the README.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 
 import tensorflow as tf
 
-from tfllm import cli, data, flops, generate, prepare, profiling, records
+from tfllm import cli, data, faults, flops, generate, prepare, profiling, records
 from tfllm.checkpoint import Checkpointer
 from tfllm.config import Config, save_config
 from tfllm.metrics import Reporter
 from tfllm.model import build_model
 from tfllm.optim import clip_by_global_norm, make_optimizer
+from tfllm.workdir_lock import WorkdirLock
 
 SUM = tf.distribute.ReduceOp.SUM
 
@@ -45,6 +49,8 @@ class Steps:
     def __init__(self, cfg: Config, strategy: tf.distribute.Strategy, model, optimizer):
         self.strategy, self.model, self.optimizer = strategy, model, optimizer
         self.clip_norm = cfg.train.grad_clip_norm
+        # stop and rollback end the host loop at the first non-finite step; skip carries on.
+        self.halt_on_nonfinite = cfg.train.on_nonfinite != "skip"
         self.traces = {"gradients": 0, "eval": 0}
         self._gradients = tf.function(self._gradients_fn, jit_compile=cfg.train.jit_compile)
         self._eval = tf.function(self._eval_fn, jit_compile=cfg.train.jit_compile)
@@ -64,20 +70,58 @@ class Steps:
         loss, grads = self._gradients(inputs, targets, global_tokens)
         loss, grads = ctx.all_reduce(SUM, [loss, grads])
         grads, grad_norm = clip_by_global_norm(grads, self.clip_norm)
-        self.optimizer.apply(grads, self.model.trainable_variables)
-        return loss, grad_norm
+        finite = tf.math.is_finite(loss) & tf.math.is_finite(grad_norm)
+        return loss, grad_norm, finite, grads
+
+    # --- non-finite guard (fault tolerance) ---
+    # The update runs under a tf.cond in cross-replica context: a cond inside the replica
+    # function cannot hold the optimizer's merge_call under MirroredStrategy. loss and
+    # grad_norm are all-reduced, so the condition is the same for every replica. A skipped
+    # update leaves weights and optimizer slots as they were but still advances `iterations`:
+    # the step counter is the data position and the schedule's step.
+    def _apply_if_finite(self, finite, grads):
+        def apply():
+            self.strategy.run(
+                lambda g: self.optimizer.apply(g, self.model.trainable_variables), args=(grads,)
+            )
+            return tf.constant(True)
+
+        def skip():
+            self.optimizer.iterations.assign_add(1)
+            return tf.constant(False)
+
+        return tf.cond(finite, apply, skip)
 
     def _train_loop_fn(self, iterator, num_steps):
-        loss_sum = tf.constant(0.0)
-        norm_sum = tf.constant(0.0)
-        for _ in tf.range(num_steps):
+        """Runs up to `num_steps` steps; returns means over finite steps and what was skipped."""
+        loss_sum, norm_sum = tf.constant(0.0), tf.constant(0.0)
+        done, skipped, first_bad = tf.constant(0), tf.constant(0), tf.constant(-1)
+        for i in tf.range(num_steps):
             inputs, targets = next(iterator)
-            loss, grad_norm = self.strategy.run(self._replica_step, args=(inputs, targets))
-            # Both are already all-reduced: every replica holds the same value.
-            loss_sum += self.strategy.experimental_local_results(loss)[0]
-            norm_sum += self.strategy.experimental_local_results(grad_norm)[0]
-        steps = tf.cast(num_steps, tf.float32)
-        return loss_sum / steps, norm_sum / steps
+            loss, norm, finite, grads = self.strategy.run(
+                self._replica_step, args=(inputs, targets)
+            )
+            # All three are already all-reduced: every replica holds the same value.
+            loss, norm, finite = (
+                self.strategy.experimental_local_results(x)[0] for x in (loss, norm, finite)
+            )
+            self._apply_if_finite(finite, grads)
+            done += 1
+            bad = tf.logical_not(finite)
+            loss_sum += tf.where(bad, 0.0, loss)
+            norm_sum += tf.where(bad, 0.0, norm)
+            skipped += tf.cast(bad, tf.int32)
+            first_bad = tf.where(bad & (first_bad < 0), i, first_bad)
+            if bad and self.halt_on_nonfinite:
+                break
+        good = tf.cast(done - skipped, tf.float32)  # NaN below when every step was skipped
+        return {
+            "loss": loss_sum / good,
+            "grad_norm": norm_sum / good,
+            "steps": done,
+            "skipped": skipped,
+            "first_bad": first_bad,
+        }
 
     def _eval_fn(self, inputs, targets):
         self.traces["eval"] += 1
@@ -129,41 +173,76 @@ def train(
 
     `stop_after` ends this call early at that step (checkpointed), with the schedule still
     planned for `cfg.train.steps`: a job that runs in chunks resumes exactly where it stopped.
+    SIGTERM or SIGINT end it at the next loop boundary with a checkpoint; the result then
+    holds `preempted`, the signal number.
+
+    Raises:
+        TfllmError: another process holds the workdir, or no checkpoint is usable.
+        faults.NonFiniteError: a non-finite loss that the `train.on_nonfinite` policy stops on.
     """
     strategy = strategy or tf.distribute.get_strategy()
+    tf.io.gfile.makedirs(cfg.runtime.workdir)
+    # Under MultiWorkerMirroredStrategy every worker runs this on the same workdir: their
+    # coordination belongs to the multi-worker checkpointing, not to this lock.
+    resolver = getattr(strategy, "cluster_resolver", None)
+    single = resolver is None or not resolver.cluster_spec().as_dict()
+    lock = WorkdirLock(cfg.runtime.workdir, log) if single else contextlib.nullcontext()
+    with lock, faults.PreemptionWatcher() as watcher:
+        return _train(cfg, strategy, log, stop_after, watcher)
+
+
+def _train(cfg: Config, strategy, log, stop_after, watcher: faults.PreemptionWatcher) -> dict:
     manifest = prepare.ensure_prepared(cfg, log)
     directory = prepare.data_dir(cfg)
-    tf.io.gfile.makedirs(cfg.runtime.workdir)
     save_config(cfg, f"{cfg.runtime.workdir}/config.yaml")
     tf.keras.utils.set_random_seed(cfg.train.seed)
 
     with strategy.scope():
         model = build_model(cfg.model)
         optimizer = make_optimizer(cfg.train, model.trainable_variables)
-    checkpointer = Checkpointer(cfg.runtime.workdir, model, optimizer, cfg.train.keep_checkpoints)
+    counters = {
+        "skipped_steps": tf.Variable(0, dtype=tf.int64, trainable=False),
+        "rollbacks": tf.Variable(0, dtype=tf.int64, trainable=False),
+    }
+    checkpointer = Checkpointer(
+        cfg.runtime.workdir,
+        model,
+        optimizer,
+        cfg.train.keep_checkpoints,
+        model_config=cfg.to_dict()["model"],
+        extras=counters,
+        log=log,
+    )
     restored = checkpointer.restore_latest()
     step = int(optimizer.iterations.numpy())
     log(
         f"model: {model.count_params():,} parameters; "
         + (f"resumed from {restored} at step {step}" if restored else "starting from scratch")
     )
+    if restored is None and cfg.train.on_nonfinite == "rollback":
+        checkpointer.save(step)  # something to roll back to before the first checkpoint
 
     replicas = strategy.num_replicas_in_sync
     batch, tokens_per_step = (
         cfg.train.global_batch_size,
         cfg.train.global_batch_size * cfg.data.seq_len,
     )
-    train_ds = strategy.distribute_datasets_from_function(
-        lambda ctx: data.train_dataset(
-            directory,
-            manifest,
-            ctx.get_per_replica_batch_size(batch),
-            cfg.train.seed,
-            cfg.data.shuffle_buffer,
-            start_step=step,
-            input_context=ctx,
+
+    def train_iterator(start_step: int):
+        return iter(
+            strategy.distribute_datasets_from_function(
+                lambda ctx: data.train_dataset(
+                    directory,
+                    manifest,
+                    ctx.get_per_replica_batch_size(batch),
+                    cfg.train.seed,
+                    cfg.data.shuffle_buffer,
+                    start_step=start_step,
+                    input_context=ctx,
+                )
+            )
         )
-    )
+
     eval_ds = strategy.distribute_datasets_from_function(
         lambda ctx: data.eval_dataset(
             directory, manifest, ctx.get_per_replica_batch_size(batch), cfg.train.eval_batches, ctx
@@ -199,7 +278,7 @@ def train(
         reporter.text("val", at_step, "sample", cfg.train.sample_prompt + text)
         return text
 
-    iterator = iter(train_ds)
+    iterator = train_iterator(step)
     val_loss = math.nan
     last_step = min(cfg.train.steps, stop_after or cfg.train.steps)
     while step < last_step:
@@ -212,14 +291,32 @@ def train(
         window.before_loop(step)
         started = time.time()
         with profiling.step_trace(step + 1):
-            loss, grad_norm = steps.train_loop(iterator, tf.constant(loop_steps))
-            loss = float(loss)  # waits for the loop: the timing and the annotation are real
+            out = steps.train_loop(iterator, tf.constant(loop_steps))
+            done = int(out["steps"])  # waits for the loop: the timing and annotation are real
         elapsed = time.time() - started
-        step += loop_steps
+        step += done
         window.after_loop(step)
-        reporter.train_progress(
-            step, loop_steps, elapsed, loop_values(loss, grad_norm, model, optimizer)
-        )
+        if int(out["skipped"]):
+            bad_step = step - done + int(out["first_bad"])
+            counters["skipped_steps"].assign_add(int(out["skipped"]))
+            if cfg.train.on_nonfinite == "skip":
+                log(
+                    f"non-finite loss or gradients: skipped {int(out['skipped'])} update(s) "
+                    f"in steps {step - done}..{step - 1} "
+                    f"({int(counters['skipped_steps'])} in all)"
+                )
+            else:
+                step = _roll_back_or_stop(cfg, steps, checkpointer, counters, bad_step, log)
+                iterator = train_iterator(step)
+                continue
+        values = loop_values(float(out["loss"]), out["grad_norm"], model, optimizer)
+        values["nonfinite_steps"] = int(counters["skipped_steps"])
+        reporter.train_progress(step, done, elapsed, values)
+        if watcher.signum is not None:
+            path = checkpointer.save(step)
+            log(f"signal {watcher.signum}: saved {path} at step {step}; run again to resume")
+            reporter.close()
+            return {"step": step, "val_loss": math.nan, "preempted": watcher.signum}
         if step % cfg.train.eval_every == 0 or step == last_step:
             val_loss = evaluate(steps, eval_ds)
             reporter.scalars("val", step, {"loss": val_loss, "perplexity": math.exp(val_loss)})
@@ -234,7 +331,60 @@ def train(
         sample = write_sample(step)
     reporter.close()
     log(f"sample: {cfg.train.sample_prompt}{sample}")
-    return {"step": step, "val_loss": val_loss, "traces": dict(steps.traces)}
+    return {
+        "step": step,
+        "val_loss": val_loss,
+        "traces": dict(steps.traces),
+        "skipped_steps": int(counters["skipped_steps"]),
+        "rollbacks": int(counters["rollbacks"]),
+    }
+
+
+def _roll_back_or_stop(cfg: Config, steps: Steps, checkpointer, counters, bad_step, log) -> int:
+    """Handles the first non-finite step of a host loop under `stop` or `rollback`.
+
+    Writes the diagnostics; then either raises NonFiniteError, or restores the newest good
+    checkpoint (step c) and returns `bad_step + 1`: the data window c+1..bad_step is skipped
+    and the step counter jumps with it, so the schedule and the data stream stay aligned.
+    """
+    manifest = prepare.ensure_prepared(cfg, log)
+    inputs, targets = next(
+        iter(
+            data.train_dataset(
+                prepare.data_dir(cfg),
+                manifest,
+                cfg.train.global_batch_size,
+                cfg.train.seed,
+                cfg.data.shuffle_buffer,
+                start_step=bad_step,
+            )
+        )
+    )
+    # The loop stopped at bad_step without updating, so these are the weights it saw.
+    report = faults.gradient_report(steps.model, token_loss_sum, inputs, targets, bad_step)
+    path = faults.write_diagnostics(cfg.runtime.workdir, report)
+    message = (
+        f"non-finite loss or gradients at step {bad_step} (loss {report['loss']:.4g}, "
+        f"{len(report['nonfinite_gradients'])} non-finite gradient(s); diagnostics: {path})"
+    )
+    rollbacks = int(counters["rollbacks"])
+    if cfg.train.on_nonfinite == "stop":
+        raise faults.NonFiniteError(message)
+    if rollbacks >= cfg.train.max_rollbacks:
+        raise faults.NonFiniteError(
+            f"{message}; train.max_rollbacks={cfg.train.max_rollbacks} rollbacks used up"
+        )
+    skipped = int(counters["skipped_steps"])
+    restored = checkpointer.restore_latest()
+    # Restore brought back the counters of the old checkpoint: the run's totals win.
+    counters["rollbacks"].assign(rollbacks + 1)
+    counters["skipped_steps"].assign(skipped)
+    steps.optimizer.iterations.assign(bad_step + 1)
+    log(
+        f"{message}: rolled back to {restored}, skipping data up to step {bad_step} "
+        f"(rollback {rollbacks + 1} of {cfg.train.max_rollbacks})"
+    )
+    return bad_step + 1
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -242,6 +392,10 @@ def main(argv: list[str] | None = None) -> int:
     cfg = cli.config_from_args(args)
     started = time.time()
     result = train(cfg)
+    if result.get("preempted"):
+        code = faults.exit_code_for(result["preempted"])
+        print(f"stopped by signal {result['preempted']} at step {result['step']}: exit {code}")
+        return code
     print(
         f"done: step {result['step']}, validation loss {result['val_loss']:.4f} "
         f"(ln V = {math.log(cfg.model.vocabulary_size):.2f}) in {time.time() - started:.0f}s"

@@ -1,0 +1,143 @@
+"""Real processes, real signals: SIGTERM, kill -9 and restart, a second writer, NaN policies."""
+
+import json
+import os
+import pathlib
+import random
+import re
+import signal
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from test_train import final_weights
+
+from tfllm.config import save_config
+from tfllm.errors import TfllmError
+from tfllm.faults import EXIT_NONFINITE, NonFiniteError
+from tfllm.train import train
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+RUN = ("train.steps=40", "train.steps_per_loop=5", "train.checkpoint_every=10")
+RUN += ("train.eval_every=40",)
+
+
+class TrainProcess:
+    """`python -m tfllm.train --config FILE` in a subprocess, its stdout read line by line."""
+
+    def __init__(self, config_path):
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(ROOT)}
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "tfllm.train", "--config", str(config_path)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env=env,
+            cwd=ROOT,
+        )
+        self.lines = []
+
+    def wait_for(self, pattern: str) -> str:
+        """Reads until a line matches (the process's own progress lines pace the test)."""
+        for line in self.proc.stdout:
+            self.lines.append(line.rstrip())
+            if re.search(pattern, line):
+                return line
+        raise AssertionError(f"process ended before {pattern!r}:\n" + "\n".join(self.lines))
+
+    def finish(self, timeout=300) -> int:
+        out, _ = self.proc.communicate(timeout=timeout)
+        self.lines += out.splitlines()
+        return self.proc.returncode
+
+
+def test_sigterm_kill9_restart_equals_uninterrupted(make_config, tmp_path):
+    straight = make_config(*RUN, workdir=tmp_path / "straight")
+    train(straight, log=lambda *_: None)
+    cfg = make_config(*RUN, workdir=tmp_path / "faulty")
+    path = tmp_path / "faulty.yaml"
+    save_config(cfg, str(path))
+
+    first = TrainProcess(path)
+    first.wait_for(r"^step 5/40")
+    with pytest.raises(TfllmError, match="in use by process"):  # a second writer
+        train(cfg, log=lambda *_: None)
+    first.proc.send_signal(signal.SIGTERM)
+    assert first.finish() == 143, "\n".join(first.lines)
+    saved = [line for line in first.lines if "signal 15: saved" in line]
+    print("SIGTERM:", saved)
+    assert saved
+
+    kill_at = random.Random().choice([15, 20, 25, 30, 35])
+    second = TrainProcess(path)
+    second.wait_for(rf"^step {kill_at}/40")
+    second.proc.kill()  # SIGKILL: no handler, no save, the lock stays behind
+    assert second.finish() == -signal.SIGKILL
+
+    third = TrainProcess(path)
+    assert third.finish() == 0, "\n".join(third.lines)
+    assert any("taking over" in line for line in third.lines)
+    resumed = [line for line in third.lines if "resumed from" in line]
+    print(f"kill -9 at step {kill_at}; {resumed}")
+    assert resumed and "at step 0" not in resumed[0]
+
+    expected, expected_step = final_weights(straight)
+    got, got_step = final_weights(cfg)
+    assert got_step == expected_step == 40
+    diff = max(float(np.max(np.abs(a - b))) for a, b in zip(expected, got, strict=True))
+    print(f"SIGTERM + kill -9 at step {kill_at} vs uninterrupted: max abs weight diff {diff:.3g}")
+    assert diff <= 1e-6
+
+
+# A learning rate this large overflows the weights within a few steps: a real divergence.
+DIVERGE = ("train.learning_rate=1.0e+30", "train.steps=10", "train.checkpoint_every=5")
+DIVERGE += ("train.steps_per_loop=5", "train.eval_every=10")
+
+
+def test_nonfinite_stop_writes_diagnostics(make_config, tmp_path):
+    cfg = make_config(*DIVERGE)
+    with pytest.raises(NonFiniteError, match="non-finite loss") as err:
+        train(cfg, log=lambda *_: None)
+    print(err.value)
+    assert err.value.exit_code == EXIT_NONFINITE
+    (report_path,) = (tmp_path / "run").glob("nonfinite-step-*.json")
+    report = json.loads(report_path.read_text())
+    assert {"step", "batch_fingerprint", "loss", "gradient_norms"} <= set(report)
+    assert not np.isfinite(report["loss"]) or report["nonfinite_gradients"]
+    assert len(report["gradient_norms"]) == len(final_weights(cfg)[0])
+
+
+def test_nonfinite_skip_leaves_weights_unchanged(make_config):
+    cfg = make_config(*DIVERGE, "train.on_nonfinite=skip")
+    lines = []
+    result = train(cfg, log=lines.append)
+    print(result, [line for line in lines if "skipped" in line])
+    assert result["step"] == 10 and result["skipped_steps"] > 0
+    weights, step = final_weights(cfg)
+    assert step == 10  # the counter still moves: it is the data position
+    assert all(np.isfinite(w).all() for w in weights)
+
+
+def test_nonfinite_rollback_is_bounded(make_config):
+    cfg = make_config(*DIVERGE, "train.on_nonfinite=rollback", "train.max_rollbacks=2")
+    lines = []
+    with pytest.raises(NonFiniteError, match="rollbacks used up"):
+        train(cfg, log=lines.append)
+    rollbacks = [line for line in lines if "rolled back to" in line]
+    print("\n".join(rollbacks))
+    assert len(rollbacks) == 2
+    assert all("skipping data up to step" in line for line in rollbacks)
+
+
+def test_package_uses_no_unsafe_deserialization():
+    banned = re.compile(
+        r"\bpickle\b|(?<![\w.])(eval|exec)\(|yaml\.load\(|allow_pickle=True|safe_mode=False"
+    )
+    hits = [
+        f"{path.name}:{number}: {line.strip()}"
+        for path in sorted((ROOT / "tfllm").glob("*.py"))
+        for number, line in enumerate(path.read_text().splitlines(), 1)
+        if banned.search(line)
+    ]
+    assert not hits, hits
