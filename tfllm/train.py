@@ -17,7 +17,7 @@ import time
 
 import tensorflow as tf
 
-from tfllm import cli, data, generate, prepare, records, tokenizer
+from tfllm import cli, data, generate, prepare, records, tokenizer, verify
 from tfllm.checkpoint import Checkpointer
 from tfllm.config import Config, save_config
 from tfllm.metrics import Reporter
@@ -27,11 +27,19 @@ from tfllm.optim import clip_by_global_norm, make_optimizer
 SUM = tf.distribute.ReduceOp.SUM
 
 
-def token_loss_sum(model, inputs, targets, training: bool) -> tf.Tensor:
-    """Sum of next-token cross-entropies over every target in the batch."""
-    logits = model(inputs, training=training)  # (B, T, V) float32
-    losses = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=targets, logits=logits)
-    return tf.reduce_sum(losses)
+def target_count(targets) -> tf.Tensor:
+    """Targets that count in the loss: data.IGNORE marks padding and document boundaries."""
+    return tf.reduce_sum(tf.cast(targets != data.IGNORE, tf.float32))
+
+
+def token_loss_sum(model, inputs, targets, training: bool, segment_ids=None) -> tf.Tensor:
+    """Sum of next-token cross-entropies over every counted target in the batch."""
+    logits = model(inputs, segment_ids=segment_ids, training=training)  # (B, T, V) float32
+    counted = targets != data.IGNORE
+    losses = tf.nn.sparse_softmax_cross_entropy_with_logits(
+        labels=tf.where(counted, targets, 0), logits=logits
+    )
+    return tf.reduce_sum(tf.where(counted, losses, 0.0))
 
 
 class Steps:
@@ -51,17 +59,17 @@ class Steps:
         self.train_loop = tf.function(self._train_loop_fn)
         self.eval_step = tf.function(self._eval_step_fn)
 
-    def _gradients_fn(self, inputs, targets, global_tokens):
+    def _gradients_fn(self, inputs, targets, global_tokens, segment_ids=None):
         self.traces["gradients"] += 1  # Python side effect: runs once per trace
         with tf.GradientTape() as tape:
-            loss = token_loss_sum(self.model, inputs, targets, training=True) / global_tokens
+            loss = token_loss_sum(self.model, inputs, targets, True, segment_ids) / global_tokens
         return loss, tape.gradient(loss, self.model.trainable_variables)
 
-    def _replica_step(self, inputs, targets):
+    def _replica_step(self, inputs, targets, segment_ids=None):
         ctx = tf.distribute.get_replica_context()
         # Loss is a mean over the global target count, so it does not depend on the split.
-        global_tokens = ctx.all_reduce(SUM, tf.cast(tf.size(targets), tf.float32))
-        loss, grads = self._gradients(inputs, targets, global_tokens)
+        global_tokens = ctx.all_reduce(SUM, target_count(targets))
+        loss, grads = self._gradients(inputs, targets, global_tokens, segment_ids)
         loss, grads = ctx.all_reduce(SUM, [loss, grads])
         grads, grad_norm = clip_by_global_norm(grads, self.clip_norm)
         self.optimizer.apply(grads, self.model.trainable_variables)
@@ -71,21 +79,21 @@ class Steps:
         loss_sum = tf.constant(0.0)
         norm_sum = tf.constant(0.0)
         for _ in tf.range(num_steps):
-            inputs, targets = next(iterator)
-            loss, grad_norm = self.strategy.run(self._replica_step, args=(inputs, targets))
+            batch = next(iterator)  # (inputs, targets[, segment_ids])
+            loss, grad_norm = self.strategy.run(self._replica_step, args=batch)
             # Both are already all-reduced: every replica holds the same value.
             loss_sum += self.strategy.experimental_local_results(loss)[0]
             norm_sum += self.strategy.experimental_local_results(grad_norm)[0]
         steps = tf.cast(num_steps, tf.float32)
         return loss_sum / steps, norm_sum / steps
 
-    def _eval_fn(self, inputs, targets):
+    def _eval_fn(self, inputs, targets, segment_ids=None):
         self.traces["eval"] += 1
-        loss = token_loss_sum(self.model, inputs, targets, training=False)
-        return loss, tf.cast(tf.size(targets), tf.float32)
+        loss = token_loss_sum(self.model, inputs, targets, False, segment_ids)
+        return loss, target_count(targets)
 
-    def _eval_step_fn(self, inputs, targets):
-        loss, count = self.strategy.run(self._eval, args=(inputs, targets))
+    def _eval_step_fn(self, *batch):
+        loss, count = self.strategy.run(self._eval, args=batch)
         return self.strategy.reduce(SUM, loss, axis=None), self.strategy.reduce(
             SUM, count, axis=None
         )
@@ -94,8 +102,8 @@ class Steps:
 def evaluate(steps: Steps, dataset) -> float:
     """Mean validation loss per target token over the fixed evaluation batches."""
     total, count = 0.0, 0.0
-    for inputs, targets in dataset:
-        loss, tokens = steps.eval_step(inputs, targets)
+    for batch in dataset:
+        loss, tokens = steps.eval_step(*batch)
         total, count = total + float(loss), count + float(tokens)
     return total / max(count, 1.0)
 
@@ -125,11 +133,14 @@ def train(cfg: Config, strategy: tf.distribute.Strategy | None = None, log=print
         cfg.train.global_batch_size,
         cfg.train.global_batch_size * cfg.data.seq_len,
     )
+    train_shards, val_shards = (
+        verify.check_split(directory, manifest, split, cfg.data.verify, cfg.data.on_corrupt, log)
+        for split in ("train", "val")
+    )
     train_ds = strategy.distribute_datasets_from_function(
         lambda ctx: data.train_dataset(
-            directory,
-            manifest,
-            ctx.get_per_replica_batch_size(batch),
+            train_shards,
+            batch,
             cfg.train.seed,
             cfg.data.shuffle_buffer,
             start_step=step,
@@ -138,7 +149,7 @@ def train(cfg: Config, strategy: tf.distribute.Strategy | None = None, log=print
     )
     eval_ds = strategy.distribute_datasets_from_function(
         lambda ctx: data.eval_dataset(
-            directory, manifest, ctx.get_per_replica_batch_size(batch), cfg.train.eval_batches, ctx
+            val_shards, ctx.get_per_replica_batch_size(batch), cfg.train.eval_batches, ctx
         )
     )
     steps = Steps(cfg, strategy, model, optimizer)
@@ -155,8 +166,12 @@ def train(cfg: Config, strategy: tf.distribute.Strategy | None = None, log=print
         )
         loop_steps = min(cfg.train.steps_per_loop, boundary - step)
         started = time.time()
-        loss, grad_norm = steps.train_loop(iterator, tf.constant(loop_steps))
-        loss = float(loss)  # waits for the loop: the timing below is real
+        try:
+            loss, grad_norm = steps.train_loop(iterator, tf.constant(loop_steps))
+            loss = float(loss)  # waits for the loop: the timing below is real
+        except tf.errors.InvalidArgumentError as err:
+            data.raise_if_damaged_shard(err)
+            raise
         elapsed = time.time() - started
         step += loop_steps
         reporter.train_progress(
