@@ -3,8 +3,8 @@
 Rules, in order (each has a counter in the manifest's `cleaning` section):
     invalid UTF-8        `data.utf8_policy`: skip the document, or replace bad bytes with U+FFFD
     byte-order mark      a leading BOM is removed
-    control characters   C0 controls other than tab, newline and carriage return, and DEL,
-                         are removed (NUL among them: SentencePiece treats it as end of string)
+    control characters   C0 controls other than tab, newline, form feed and carriage return,
+                         and DEL, are removed (NUL among them: C strings end there)
     empty                documents that are empty or whitespace only are dropped
     too short            documents under `data.min_doc_chars` characters are dropped
     exact duplicates     a document whose text hashes like an earlier one is dropped
@@ -19,7 +19,9 @@ import hashlib
 import re
 from dataclasses import dataclass
 
-_CONTROL = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+# Tab, newline, form feed (page breaks in old sources) and carriage return are text; the rest
+# of C0 and DEL are not.
+_CONTROL = re.compile("[\x00-\x08\x0b\x0e-\x1f\x7f]")
 _BOM = "\ufeff"
 
 

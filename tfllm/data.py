@@ -70,7 +70,7 @@ def _epoch_records(shards: ShardSet, seed: int, block: int, epoch, start) -> tf.
     order = tf.argsort(tf.random.stateless_uniform([len(shards.paths)], epoch_seed))
     paths, counts = tf.gather(paths, order), tf.gather(counts, order)
     ends = tf.cumsum(counts)
-    first = tf.searchsorted(ends, [start], side="right")[0]  # the shard holding `start`
+    first = tf.searchsorted(ends, [start], side="right", out_type=tf.int64)[0]  # holds `start`
     offsets = tf.tensor_scatter_nd_update(
         tf.zeros_like(counts), [[first]], [start - (ends[first] - counts[first])]
     )
