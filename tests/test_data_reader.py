@@ -73,7 +73,9 @@ def test_two_input_pipelines_split_each_global_batch(shards):
     halves = []
     for pipeline in range(2):
         ctx = tf.distribute.InputContext(2, pipeline, 2)
-        halves.append(list(data.train_dataset(shards, GLOBAL_BATCH, 5, 32, input_context=ctx).take(30)))
+        halves.append(
+            list(data.train_dataset(shards, GLOBAL_BATCH, 5, 32, input_context=ctx).take(30))
+        )
     for step, (inputs, targets) in enumerate(one):
         inputs_0, targets_0 = halves[0][step]
         inputs_1, targets_1 = halves[1][step]
@@ -105,8 +107,16 @@ def test_document_packing_masks_boundaries_and_padding(doc_shards):
 
 
 def test_no_attention_across_documents():
-    cfg = load_config([], ["model.vocabulary_size=50", "model.hidden_dim=32", "model.num_heads=2",
-                           "model.intermediate_dim=64", "model.num_layers=2"])
+    cfg = load_config(
+        [],
+        [
+            "model.vocabulary_size=50",
+            "model.hidden_dim=32",
+            "model.num_heads=2",
+            "model.intermediate_dim=64",
+            "model.num_layers=2",
+        ],
+    )
     model = build_model(cfg.model)
     tokens = tf.constant([[5, 6, 7, 8, 9, 10, 11, 12]])
     changed = tf.constant([[40, 41, 42, 8, 9, 10, 11, 12]])  # document 1 differs
@@ -118,8 +128,16 @@ def test_no_attention_across_documents():
 
 
 def test_ignored_targets_add_nothing_to_the_loss():
-    cfg = load_config([], ["model.vocabulary_size=50", "model.hidden_dim=32", "model.num_heads=2",
-                           "model.intermediate_dim=64", "model.num_layers=1"])
+    cfg = load_config(
+        [],
+        [
+            "model.vocabulary_size=50",
+            "model.hidden_dim=32",
+            "model.num_heads=2",
+            "model.intermediate_dim=64",
+            "model.num_layers=1",
+        ],
+    )
     model = build_model(cfg.model)
     inputs = tf.constant([[5, 6, 7, 8]])
     segments = tf.constant([[1, 1, 2, 0]])

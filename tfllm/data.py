@@ -28,7 +28,8 @@ from tfllm.errors import DataError
 from tfllm.verify import ShardSet
 
 _READ_BUFFER = 1 << 18  # bytes per open shard
-_DAMAGE = re.compile(r"shard (\S+) is damaged: read (\d+) of (\d+) records")
+# tf.strings.format quotes string tensors, and the error message escapes the quotes.
+_DAMAGE = re.compile(r'shard (?:\\?")?(.+?)(?:\\?")? is damaged: read (\d+) of (\d+) records')
 IGNORE = -1  # target id of a position that is not trained on (padding, document boundary)
 
 

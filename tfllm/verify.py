@@ -15,7 +15,9 @@ global order arithmetic exact: a restart with the same damage sees the same stre
 
 from __future__ import annotations
 
+import gzip
 import posixpath
+import struct
 from dataclasses import dataclass, field
 
 import tensorflow as tf
@@ -62,8 +64,35 @@ def shard_problem(path: str, entry: dict, level: str) -> str | None:
     return None
 
 
+def _framing_problem(path: str, compression: str) -> str | None:
+    """Walks the record headers: TF's reader crashes the process (segfault, seen with TF 2.21)
+    on a length field whose own checksum is valid but that points past the end of the file."""
+    with tf.io.gfile.GFile(path, "rb") as raw:
+        f = gzip.GzipFile(fileobj=raw) if compression == "GZIP" else raw
+        try:
+            size = len(f.read()) if compression == "GZIP" else tf.io.gfile.stat(path).length
+            f.seek(0)
+            offset = count = 0
+            while offset < size:
+                header = f.read(12)  # uint64 length, uint32 masked CRC32C of the length
+                if len(header) < 12:
+                    return f"; record {count} has a truncated header"
+                (length,) = struct.unpack("<Q", header[:8])
+                if length + 16 > size - offset:
+                    return f"; record {count} declares {length} bytes, past the end of the file"
+                offset += length + 16
+                f.seek(offset)
+                count += 1
+        except (OSError, EOFError, gzip.BadGzipFile) as err:
+            return f"; not readable as {compression or 'uncompressed'} TFRecords ({err})"
+    return None
+
+
 def first_bad_record(path: str, compression: str, window_len: int) -> str:
     """Reads a damaged shard record by record; says where reading or parsing first fails."""
+    framing = _framing_problem(path, compression)
+    if framing:
+        return framing
     count = 0
     try:
         for serialized in tf.data.TFRecordDataset(path, compression):
