@@ -174,7 +174,7 @@ def eval_dataset(
 ) -> tf.data.Dataset:
     """The same `num_batches` validation batches at every evaluation (repeated if the split
     is smaller), so successive validation losses are comparable."""
-    ds = tf.data.Dataset.from_tensor_slices((shards.paths, shards.records))
+    ds = tf.data.Dataset.from_tensor_slices((shards.paths, tf.constant(shards.records, tf.int64)))
     if input_context is not None and input_context.num_input_pipelines > 1:
         if len(shards.paths) < input_context.num_input_pipelines:
             raise DataError(
