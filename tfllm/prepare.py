@@ -49,14 +49,19 @@ def read_corpus(data: DataConfig, stats: CleaningStats) -> dict[str, list[Docume
     return docs
 
 
-def prepare(cfg: Config, log=print) -> dict:
-    """Builds the dataset of `cfg.data`; returns its manifest."""
+def prepare(cfg: Config, log=print, timings: dict | None = None) -> dict:
+    """Builds the dataset of `cfg.data`; returns its manifest.
+
+    `timings`, when given, receives the seconds of each phase (read, tokenizer, pack).
+    """
+    timings = {} if timings is None else timings
     d = cfg.data
     out = data_dir(cfg)
     tf.io.gfile.makedirs(out)
     start = time.time()
     stats = CleaningStats()
     docs = read_corpus(d, stats)
+    timings["read"] = time.time() - start
     log(f"corpus: {len(docs['train'])} train / {len(docs['val'])} val documents")
     log("cleaning: " + ", ".join(f"{k} {v}" for k, v in sorted(stats.items())))
 
@@ -72,6 +77,7 @@ def prepare(cfg: Config, log=print) -> dict:
     with tf.io.gfile.GFile(tokenizer_path, "wb") as f:
         f.write(proto)
     sp = tokenizer.load_tokenizer(tokenizer_path)
+    timings["tokenizer"] = time.time() - start - timings["read"]
     log(f"tokenizer: {d.tokenizer_type}, {cfg.model.vocabulary_size} pieces -> {tokenizer_path}")
 
     window_len = d.seq_len + 1
@@ -113,8 +119,13 @@ def prepare(cfg: Config, log=print) -> dict:
     records.write_manifest(out, manifest)
     megabytes = stats["bytes_read"] / 1e6
     seconds = time.time() - start
+    timings["pack"] = seconds - timings["read"] - timings["tokenizer"]
     rate = megabytes / max(seconds, 1e-9)
-    log(f"prepared {out} in {seconds:.1f}s ({megabytes:.1f} MB of text, {rate:.2f} MB/s)")
+    log(
+        f"prepared {out} in {seconds:.1f}s ({megabytes:.1f} MB of text, {rate:.2f} MB/s; "
+        + ", ".join(f"{phase} {t:.1f}s" for phase, t in timings.items())
+        + ")"
+    )
     return manifest
 
 
