@@ -44,28 +44,30 @@ def stdlib_files() -> tuple[pathlib.Path, list[pathlib.Path]]:
     return root, sorted(files)
 
 
-def _expand(entry: str) -> list[pathlib.Path]:
+def _expand(entry: str) -> list[tuple[str, pathlib.Path]]:
+    """(name, path) of each file of one entry; a directory's files are named relative to its
+    parent, so the names (and the train/val split) do not depend on where the corpus lives."""
     path = pathlib.Path(entry)
     if path.is_dir():
-        return sorted(p for p in path.rglob("*") if p.is_file())
+        base = path.resolve()
+        return [(str(p.relative_to(base.parent)), p) for p in base.rglob("*") if p.is_file()]
     if path.is_file():
-        return [path]
-    return sorted(pathlib.Path(p) for p in glob.glob(entry, recursive=True) if os.path.isfile(p))
+        return [(entry, path)]
+    return [(p, pathlib.Path(p)) for p in glob.glob(entry, recursive=True) if os.path.isfile(p)]
 
 
-def list_files(source: str) -> tuple[pathlib.Path | None, list[pathlib.Path]]:
-    """Resolves a file source to (root for relative names, sorted files)."""
+def list_files(source: str) -> list[tuple[str, pathlib.Path]]:
+    """Resolves a file source to its files as (stable name, path), sorted by name."""
     if source == "stdlib":
-        return stdlib_files()
-    files: list[pathlib.Path] = []
+        root, files = stdlib_files()
+        return [(str(p.relative_to(root)), p) for p in files]
+    files: dict[str, pathlib.Path] = {}
     for entry in filter(None, (s.strip() for s in source.split(","))):
         found = _expand(entry)
         if not found:
             raise DataError(f"data.source: {entry!r} matches no file")
-        files.extend(found)
-    if not files:
-        raise DataError(f"data.source {source!r} names no file")
-    return None, sorted(set(files))
+        files.update(found)
+    return sorted(files.items())
 
 
 def split_of(name: str, val_fraction: float) -> str:
@@ -84,7 +86,9 @@ def _read_bytes(path: pathlib.Path) -> bytes:
         raise DataError(f"cannot read {path}: the gzip stream is truncated") from None
 
 
-def _jsonl_documents(path: pathlib.Path, text_field: str, stats: dict) -> Iterator[RawDocument]:
+def _jsonl_documents(
+    name: str, path: pathlib.Path, text_field: str, stats: dict
+) -> Iterator[RawDocument]:
     """One document per JSON line; bad lines are counted, a file without the field is an error."""
     found = 0
     seen_fields: set[str] = set()
@@ -103,7 +107,7 @@ def _jsonl_documents(path: pathlib.Path, text_field: str, stats: dict) -> Iterat
             continue
         found += 1
         data = record[text_field].encode("utf-8", "surrogateescape")
-        yield RawDocument(f"{path}:{number}", data)
+        yield RawDocument(f"{name}:{number}", data)
     if not found and seen_fields:
         raise DataError(
             f"{path}: no line has a string field {text_field!r} (data.text_field); "
@@ -112,13 +116,12 @@ def _jsonl_documents(path: pathlib.Path, text_field: str, stats: dict) -> Iterat
 
 
 def _file_documents(source: str, text_field: str, stats: dict) -> Iterator[RawDocument]:
-    root, files = list_files(source)
-    for path in files:
+    for name, path in list_files(source):
         stats["files_read"] += 1
         if path.name.endswith(_JSONL_SUFFIXES):
-            yield from _jsonl_documents(path, text_field, stats)
+            yield from _jsonl_documents(name, path, text_field, stats)
         else:
-            yield RawDocument(str(path.relative_to(root)) if root else str(path), _read_bytes(path))
+            yield RawDocument(name, _read_bytes(path))
 
 
 def parse_tfds_source(source: str) -> tuple[str, str]:
