@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import gzip
 import posixpath
+import re
 import struct
 from dataclasses import dataclass, field
 
@@ -24,6 +25,9 @@ import tensorflow as tf
 
 from tfllm import records
 from tfllm.errors import DataError
+
+# The op names TF wraps around an iterator error: "{{function_node ...}} ... [Op:...] name: ".
+_TF_NOISE = re.compile(r"\{\{.*?\}\}\s*|\s*\[Op:.*$")
 
 
 @dataclass
@@ -99,7 +103,7 @@ def first_bad_record(path: str, compression: str, window_len: int) -> str:
             records.parse_batch(serialized[None], window_len)
             count += 1
     except tf.errors.OpError as err:
-        return f"; record {count} fails: {err.message.splitlines()[0]}"
+        return f"; record {count} fails: {_TF_NOISE.sub('', err.message.splitlines()[0])}"
     return f"; its {count} records read and parse cleanly"
 
 
