@@ -13,8 +13,8 @@ with k. Every input pipeline reads the whole stream and keeps rows [w * GB/W, (w
 each global batch, so 1 pipeline == W pipelines exactly and a restart on another topology sees
 the same data; the price is that each pipeline reads (not decodes) every record.
 
-Each shard read ends with a record count check: a shard that yields fewer records than the
-manifest says (damaged after verification) stops the run with an error naming it.
+Each shard read is checked against the manifest's record count: a shard that yields fewer
+records than the manifest says (damaged after verification) stops the run with an error naming it.
 """
 
 from __future__ import annotations
@@ -41,26 +41,24 @@ def _options() -> tf.data.Options:
     return options
 
 
-def _read_shard(path, count, offset, compression: str) -> tf.data.Dataset:
-    """Records [offset, count) of one shard, then a check that exactly that many were read."""
+def _read_shard(path, count, offset, compression: str, max_records: int) -> tf.data.Dataset:
+    """Records [offset, count) of one shard, checked against the manifest's count."""
     raw = tf.data.TFRecordDataset(path, compression, _READ_BUFFER).skip(offset)
-    # Errors end the shard early; the count check below turns that into a named error.
-    raw = raw.ignore_errors().take(count - offset)
-    marked = raw.map(lambda r: (r, False)).concatenate(
-        tf.data.Dataset.from_tensors((tf.constant(b""), True))
-    )
+    # Errors end the shard early; the count check below turns that into a named error. The
+    # shard is checked as one batch: per-record checks would cost more than the reading.
+    raw = raw.ignore_errors().take(count - offset).batch(max_records)
+    nothing = tf.data.Dataset.from_tensors(tf.constant([], tf.string))  # when nothing was read
+    expected = count - offset
 
-    def check(index, item):
-        record, is_end = item
-        ok = tf.logical_or(tf.logical_not(is_end), tf.equal(index, count - offset))
+    def check(records_of_shard):
+        read = tf.size(records_of_shard, tf.int64)
         message = tf.strings.format(
-            "shard {} is damaged: read {} of {} records", (path, index + offset, count)
+            "shard {} is damaged: read {} of {} records", (path, read + offset, count)
         )
-        with tf.control_dependencies([tf.debugging.Assert(ok, [message])]):
-            return tf.identity(record), is_end
+        with tf.control_dependencies([tf.debugging.Assert(tf.equal(read, expected), [message])]):
+            return tf.identity(records_of_shard)
 
-    checked = marked.enumerate().map(check)
-    return checked.filter(lambda record, is_end: tf.logical_not(is_end)).map(lambda r, e: r)
+    return raw.concatenate(nothing).take(1).map(check).unbatch()
 
 
 def _epoch_records(shards: ShardSet, seed: int, block: int, epoch, start) -> tf.data.Dataset:
@@ -79,7 +77,7 @@ def _epoch_records(shards: ShardSet, seed: int, block: int, epoch, start) -> tf.
     # block_length >= any shard's records: the interleave yields shards whole, in order, while
     # reading the next ones ahead in parallel.
     stream = files.interleave(
-        lambda p, n, o: _read_shard(p, n, o, shards.compression),
+        lambda p, n, o: _read_shard(p, n, o, shards.compression, max(shards.records)),
         cycle_length=min(4, len(shards.paths)),
         block_length=max(shards.records),
         num_parallel_calls=min(4, len(shards.paths)),
@@ -183,7 +181,9 @@ def eval_dataset(
                 "data.records_per_shard"
             )
         ds = ds.shard(input_context.num_input_pipelines, input_context.input_pipeline_id)
-    ds = ds.flat_map(lambda path, count: _read_shard(path, count, 0, shards.compression))
+    ds = ds.flat_map(
+        lambda path, count: _read_shard(path, count, 0, shards.compression, max(shards.records))
+    )
     ds = ds.repeat().batch(batch_size, drop_remainder=True).take(num_batches)
     ds = ds.map(lambda serialized: decode(serialized, shards.window_len, shards.segments))
     return ds.prefetch(tf.data.AUTOTUNE).with_options(_options())
