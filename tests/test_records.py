@@ -6,7 +6,7 @@ import pathlib
 import numpy as np
 import tensorflow as tf
 
-from tfllm import data, records, tokenizer
+from tfllm import data, records, tokenizer, verify
 from tfllm.prepare import data_dir, prepare
 
 
@@ -29,7 +29,7 @@ def test_shard_writer_round_trip(tmp_path):
     read = []
     for shard in shards:
         for batch in tf.data.TFRecordDataset(str(tmp_path / shard["file"])).batch(4):
-            read.append(records.parse_batch(batch, 9).numpy())
+            read.append(records.parse_batch(batch, 9)[records.TOKENS_KEY].numpy())
     np.testing.assert_array_equal(np.concatenate(read), windows)
 
 
@@ -44,7 +44,10 @@ def test_prepare_conserves_tokens_and_reads_back(make_config):
         assert info["tokens_in"] == info["tokens_written"] + info["tokens_dropped"]
         assert 0 <= info["tokens_dropped"] < manifest["window_len"]
         assert info["records"] * manifest["window_len"] == info["tokens_written"]
-        assert info["cleaning"]["documents"] == info["documents"] > 0
+        assert info["documents"] > 0
+    assert manifest["cleaning"]["documents"] == sum(
+        manifest["splits"][split]["documents"] for split in ("train", "val")
+    )
     assert manifest["tokenizer"]["sha256"] == tokenizer.sha256(
         (tmp / "tokenizer.model").read_bytes()
     )
@@ -54,13 +57,19 @@ def test_prepare_conserves_tokens_and_reads_back(make_config):
     written = set()
     for path in records.shard_paths(directory, manifest, "train"):
         for batch in tf.data.TFRecordDataset(path).batch(256):
-            written.update(map(tuple, records.parse_batch(batch, window_len).numpy()))
-    ds = data.train_dataset(directory, manifest, batch_size=4, seed=0, shuffle_buffer=16)
+            written.update(
+                map(tuple, records.parse_batch(batch, window_len)[records.TOKENS_KEY].numpy())
+            )
+    shards = {
+        split: verify.check_split(directory, manifest, split, "sha256", "stop", log=print)
+        for split in ("train", "val")
+    }
+    ds = data.train_dataset(shards["train"], 4, seed=0, shuffle_buffer=16)
     for x, y in ds.take(50):
         np.testing.assert_array_equal(x[:, 1:], y[:, :-1])
         windows = np.concatenate([x, y[:, -1:]], axis=1)
         assert all(tuple(w) in written for w in windows)
-    val = data.eval_dataset(directory, manifest, batch_size=4, num_batches=3)
+    val = data.eval_dataset(shards["val"], batch_size=4, num_batches=3)
     assert sum(1 for _ in val) == 3
 
 

@@ -39,14 +39,27 @@ class ModelConfig:
 @dataclass
 class DataConfig:
     name: str = "stdlib"
-    source: str = "stdlib"  # "stdlib", or files/globs separated by commas
+    # "stdlib"; files, directories and globs separated by commas (*.jsonl[.gz] read as JSON
+    # Lines); or "tfds:NAME[/CONFIG]:SPLIT"
+    source: str = "stdlib"
+    text_field: str = "text"  # the field holding the text in JSON Lines and TFDS examples
+    tfds_data_dir: str = ""  # TFDS data_dir; empty: the TFDS default (~/tensorflow_datasets)
     seq_len: int = 128
     root: str = "tfrecords"  # shards go to <root>/<name>/
     val_fraction: float = 0.02
+    utf8_policy: str = "skip"  # skip | replace: what a document with invalid UTF-8 becomes
+    min_doc_chars: int = 1  # shorter documents are dropped (and counted)
+    max_doc_chars: int = 1_000_000  # longer documents are split into pieces this long
+    packing: str = "concat"  # concat | document (segment ids: no attention across documents)
     records_per_shard: int = 8192
+    compression: str = "none"  # none | gzip: how shards are written (and read, per manifest)
     tokenizer_type: str = "unigram"  # unigram | bpe
     tokenizer_sample_mb: int = 8  # text sampled to train the tokenizer
-    shuffle_buffer: int = 4096
+    tokenizer_byte_fallback: bool = True  # unknown characters become byte pieces, never <unk>
+    tokenizer_character_coverage: float = 0.9995
+    shuffle_buffer: int = 4096  # records permuted together (a block of the global order)
+    on_corrupt: str = "error"  # error | skip: a damaged shard stops the run, or is counted
+    verify: str = "sha256"  # sha256 | size: the check of every shard before training
 
 
 @dataclass
@@ -240,6 +253,28 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"model.activation must be swiglu or gelu, got {m.activation!r}")
     if d.tokenizer_type not in ("unigram", "bpe"):
         raise ConfigError(f"data.tokenizer_type must be unigram or bpe, got {d.tokenizer_type!r}")
+    choices = {
+        "data.utf8_policy": (d.utf8_policy, ("skip", "replace")),
+        "data.packing": (d.packing, ("concat", "document")),
+        "data.compression": (d.compression, ("none", "gzip")),
+        "data.on_corrupt": (d.on_corrupt, ("error", "skip")),
+        "data.verify": (d.verify, ("sha256", "size")),
+    }
+    for key, (value, allowed) in choices.items():
+        if value not in allowed:
+            raise ConfigError(f"{key} must be {' or '.join(allowed)}, got {value!r}")
+    if d.min_doc_chars < 0 or d.max_doc_chars < max(1, d.min_doc_chars):
+        raise ConfigError(
+            f"data.max_doc_chars ({d.max_doc_chars}) must be at least 1 and at least "
+            f"data.min_doc_chars ({d.min_doc_chars}, itself at least 0)"
+        )
+    if d.shuffle_buffer < 1 or d.tokenizer_sample_mb < 1:
+        raise ConfigError("data.shuffle_buffer and data.tokenizer_sample_mb must be at least 1")
+    if not 0.0 < d.tokenizer_character_coverage <= 1.0:
+        raise ConfigError(
+            "data.tokenizer_character_coverage must be in (0, 1], got "
+            f"{d.tokenizer_character_coverage}"
+        )
     if not 0.0 < d.val_fraction < 1.0:
         raise ConfigError(f"data.val_fraction must be in (0, 1), got {d.val_fraction}")
     if cfg.runtime.peak_flops < 0:

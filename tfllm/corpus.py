@@ -1,15 +1,21 @@
-"""Text sources and cleaning: from `data.source` to a deterministic list of documents.
+"""Text sources: from `data.source` to a deterministic stream of raw documents.
 
-`stdlib` is the built-in corpus: the running interpreter's own standard-library `.py` files,
-present on every machine, nothing downloaded. Any other source is a comma-separated list of
-files, directories (read recursively) and glob patterns.
+    stdlib                      the running interpreter's standard-library `.py` files
+    a.txt,docs/,src/**/*.py     files, directories (recursive) and globs, one document per file;
+                                `.gz` files are decompressed
+    data/*.jsonl[.gz]           JSON Lines: one document per line, its text in `data.text_field`
+    tfds:NAME[/CONFIG]:SPLIT    a TFDS dataset under `data.tfds_data_dir`, `data.text_field` of
+                                each example
+
+Documents come out as raw bytes with a stable name; `clean.py` decides what they become.
 """
 
 from __future__ import annotations
 
-import collections
 import glob
+import gzip
 import hashlib
+import json
 import os
 import pathlib
 import sysconfig
@@ -18,11 +24,14 @@ from dataclasses import dataclass
 
 from tfllm.errors import DataError
 
+TFDS_PREFIX = "tfds:"
+_JSONL_SUFFIXES = (".jsonl", ".jsonl.gz", ".ndjson", ".ndjson.gz")
+
 
 @dataclass(frozen=True)
-class Document:
-    name: str  # stable name used for the split hash and error messages
-    text: str
+class RawDocument:
+    name: str  # stable name: decides the split, and names the document in messages
+    data: bytes
 
 
 def stdlib_files() -> tuple[pathlib.Path, list[pathlib.Path]]:
@@ -35,28 +44,30 @@ def stdlib_files() -> tuple[pathlib.Path, list[pathlib.Path]]:
     return root, sorted(files)
 
 
-def _expand(entry: str) -> list[pathlib.Path]:
+def _expand(entry: str) -> list[tuple[str, pathlib.Path]]:
+    """(name, path) of each file of one entry; a directory's files are named relative to its
+    parent, so the names (and the train/val split) do not depend on where the corpus lives."""
     path = pathlib.Path(entry)
     if path.is_dir():
-        return sorted(p for p in path.rglob("*") if p.is_file())
+        base = path.resolve()
+        return [(str(p.relative_to(base.parent)), p) for p in base.rglob("*") if p.is_file()]
     if path.is_file():
-        return [path]
-    return sorted(pathlib.Path(p) for p in glob.glob(entry, recursive=True) if os.path.isfile(p))
+        return [(entry, path)]
+    return [(p, pathlib.Path(p)) for p in glob.glob(entry, recursive=True) if os.path.isfile(p)]
 
 
-def list_files(source: str) -> tuple[pathlib.Path | None, list[pathlib.Path]]:
-    """Resolves a source to (root for relative names, sorted files)."""
+def list_files(source: str) -> list[tuple[str, pathlib.Path]]:
+    """Resolves a file source to its files as (stable name, path), sorted by name."""
     if source == "stdlib":
-        return stdlib_files()
-    files: list[pathlib.Path] = []
+        root, files = stdlib_files()
+        return [(str(p.relative_to(root)), p) for p in files]
+    files: dict[str, pathlib.Path] = {}
     for entry in filter(None, (s.strip() for s in source.split(","))):
         found = _expand(entry)
         if not found:
             raise DataError(f"data.source: {entry!r} matches no file")
-        files.extend(found)
-    if not files:
-        raise DataError(f"data.source {source!r} names no file")
-    return None, sorted(set(files))
+        files.update(found)
+    return sorted(files.items())
 
 
 def split_of(name: str, val_fraction: float) -> str:
@@ -65,33 +76,90 @@ def split_of(name: str, val_fraction: float) -> str:
     return "val" if bucket < val_fraction else "train"
 
 
-class CleaningStats(collections.Counter):
-    """Counts documents read, kept and dropped per rule; stored in the manifest."""
+def _read_bytes(path: pathlib.Path) -> bytes:
+    try:
+        raw = path.read_bytes()
+        return gzip.decompress(raw) if path.name.endswith(".gz") else raw
+    except OSError as err:  # also gzip.BadGzipFile
+        raise DataError(f"cannot read {path}: {err.strerror or err}") from None
+    except EOFError:
+        raise DataError(f"cannot read {path}: the gzip stream is truncated") from None
 
 
-def read_documents(
-    source: str, split: str, val_fraction: float, stats: CleaningStats
-) -> Iterator[Document]:
-    """Yields the documents of one split in a deterministic order, counting every drop."""
-    root, files = list_files(source)
-    for path in files:
-        name = str(path.relative_to(root)) if root else str(path)
-        if split_of(name, val_fraction) != split:
+def _jsonl_documents(
+    name: str, path: pathlib.Path, text_field: str, stats: dict
+) -> Iterator[RawDocument]:
+    """One document per JSON line; bad lines are counted, a file without the field is an error."""
+    found = 0
+    seen_fields: set[str] = set()
+    for number, line in enumerate(_read_bytes(path).splitlines(), start=1):
+        if not line.strip():
             continue
+        try:
+            # Invalid UTF-8 inside a string must reach the UTF-8 policy, not fail the parse.
+            record = json.loads(line.decode("utf-8", "surrogateescape"))
+        except (json.JSONDecodeError, RecursionError):
+            stats["dropped_bad_json"] += 1
+            continue
+        if not isinstance(record, dict) or not isinstance(record.get(text_field), str):
+            stats["dropped_missing_field"] += 1
+            seen_fields.update(record if isinstance(record, dict) else ())
+            continue
+        found += 1
+        data = record[text_field].encode("utf-8", "surrogateescape")
+        yield RawDocument(f"{name}:{number}", data)
+    if not found and seen_fields:
+        raise DataError(
+            f"{path}: no line has a string field {text_field!r} (data.text_field); "
+            f"fields seen: {', '.join(sorted(seen_fields)[:10])}"
+        )
+
+
+def _file_documents(source: str, text_field: str, stats: dict) -> Iterator[RawDocument]:
+    for name, path in list_files(source):
         stats["files_read"] += 1
-        try:
-            raw = path.read_bytes()
-        except OSError as err:
-            raise DataError(f"cannot read {path}: {err.strerror}") from None
-        try:
-            text = raw.decode("utf-8")
-        except UnicodeDecodeError:
-            stats["dropped_invalid_utf8"] += 1
-            continue
-        text = text.removeprefix("\ufeff").replace("\x00", "")
-        if not text.strip():
-            stats["dropped_empty"] += 1
-            continue
-        stats["documents"] += 1
-        stats["bytes"] += len(text.encode("utf-8"))
-        yield Document(name, text)
+        if path.name.endswith(_JSONL_SUFFIXES):
+            yield from _jsonl_documents(name, path, text_field, stats)
+        else:
+            yield RawDocument(name, _read_bytes(path))
+
+
+def parse_tfds_source(source: str) -> tuple[str, str]:
+    """`tfds:NAME[/CONFIG]:SPLIT` -> (`NAME[/CONFIG]`, `SPLIT`)."""
+    parts = source[len(TFDS_PREFIX) :].split(":")
+    if len(parts) != 2 or not all(parts):
+        raise DataError(f"data.source {source!r}: expected tfds:NAME[/CONFIG]:SPLIT")
+    return parts[0], parts[1]
+
+
+def _tfds_documents(source: str, text_field: str, data_dir: str) -> Iterator[RawDocument]:
+    import tensorflow_datasets as tfds  # imported only for TFDS sources: it is slow to load
+
+    name, split = parse_tfds_source(source)
+    try:
+        builder = tfds.builder(name, data_dir=data_dir or None)
+        if not builder.is_prepared():
+            raise DataError(
+                f"TFDS dataset {name} is not prepared in {builder.data_dir} "
+                "(data.tfds_data_dir); run tfds build or download_and_prepare first"
+            )
+        ds = builder.as_dataset(split=split, shuffle_files=False)
+    except (tfds.core.registered.DatasetNotFoundError, ValueError, KeyError) as err:
+        raise DataError(f"data.source {source!r}: {str(err).splitlines()[0]}") from None
+    features = builder.info.features
+    if text_field not in features:
+        raise DataError(
+            f"data.source {source!r} has no feature {text_field!r} (data.text_field); "
+            f"features: {', '.join(features)}"
+        )
+    for index, example in enumerate(tfds.as_numpy(ds)):
+        yield RawDocument(f"{source}:{index}", bytes(example[text_field]))
+
+
+def read_raw(
+    source: str, text_field: str, tfds_data_dir: str, stats: dict
+) -> Iterator[RawDocument]:
+    """Yields every document of `source` in a deterministic order."""
+    if source.startswith(TFDS_PREFIX):
+        return _tfds_documents(source, text_field, tfds_data_dir)
+    return _file_documents(source, text_field, stats)

@@ -84,13 +84,14 @@ def write_diagnostics(workdir: str, report: dict) -> str:
     return path
 
 
-def gradient_report(model, loss_fn, inputs, targets, step: int) -> dict:
-    """Loss and per-variable gradient norms of one batch, computed eagerly at the current
-    weights, so a non-finite value can be traced to the layer where it starts."""
+def gradient_report(model, loss_fn, batch: tuple, step: int) -> dict:
+    """Loss and per-variable gradient norms of one batch (inputs, targets[, segment_ids]),
+    computed eagerly at the current weights, so a non-finite value can be traced to the layer
+    where it starts."""
+    inputs, targets, *segment_ids = batch
+    counted = tf.reduce_sum(tf.cast(targets >= 0, tf.float32))  # ignored targets are -1
     with tf.GradientTape() as tape:
-        loss = loss_fn(model, inputs, targets, training=True) / tf.cast(
-            tf.size(targets), tf.float32
-        )
+        loss = loss_fn(model, inputs, targets, True, *segment_ids) / tf.maximum(counted, 1.0)
     grads = tape.gradient(loss, model.trainable_variables)
     norms = {
         v.path: float(tf.norm(g)) if g is not None else None

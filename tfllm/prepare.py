@@ -1,9 +1,10 @@
-"""`python -m tfllm.prepare`: text -> SentencePiece tokenizer -> packed TFRecord shards.
+"""`python -m tfllm.prepare`: text -> cleaning -> SentencePiece tokenizer -> packed TFRecord shards.
 
-    python -m tfllm.prepare --config configs/tiny.yaml [--force]
+    python -m tfllm.prepare --config configs/tiny.yaml [--force | --verify]
 
 Writes `<data.root>/<data.name>/{train,val}-*.tfrecord`, `tokenizer.model` and
-`manifest.json` (shards, record and token counts, sha256, tokenizer checksum, cleaning counts).
+`manifest.json` (shards with record and token counts, sizes and sha256, the tokenizer and its
+checksum, cleaning counts). `--verify` checks every shard and the tokenizer against the manifest.
 """
 
 from __future__ import annotations
@@ -12,93 +13,78 @@ import posixpath
 import random
 import time
 
-import numpy as np
 import tensorflow as tf
 
-from tfllm import cli, records, tokenizer
-from tfllm.config import Config
-from tfllm.corpus import CleaningStats, Document, read_documents
+from tfllm import cli, records, tokenizer, verify
+from tfllm.clean import Cleaner, CleaningStats, Document
+from tfllm.config import Config, DataConfig
+from tfllm.corpus import read_raw, split_of
 from tfllm.errors import DataError
+from tfllm.packing import pack_split
 
-_DOCS_PER_BATCH = 64
 _ORDER_SEED = 1234  # document order before packing: fixed, so a dataset is reproducible
+SPLITS = ("train", "val")
 
 
 def data_dir(cfg: Config) -> str:
     return posixpath.join(cfg.data.root, cfg.data.name)
 
 
-def _tokenized_batches(texts: list[str], sp) -> tf.data.Dataset:
-    """Tokenizes inside tf.data (parallel, no Python loop per document)."""
-    ds = tf.data.Dataset.from_tensor_slices(tf.constant(texts, dtype=tf.string))
-    ds = ds.batch(_DOCS_PER_BATCH)
-    ds = ds.map(sp.tokenize, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    return ds.prefetch(tf.data.AUTOTUNE)
+def read_corpus(data: DataConfig, stats: CleaningStats) -> dict[str, list[Document]]:
+    """Reads and cleans every document once (deduplicating across splits), then orders each
+    split by a fixed seed."""
+    cleaner = Cleaner(data.utf8_policy, data.min_doc_chars, data.max_doc_chars, stats)
+    docs: dict[str, list[Document]] = {split: [] for split in SPLITS}
+    for raw in read_raw(data.source, data.text_field, data.tfds_data_dir, stats):
+        doc = cleaner(raw.name, raw.data)
+        if doc is not None:
+            docs[split_of(raw.name, data.val_fraction)].append(doc)
+    for split, items in docs.items():
+        if not items:
+            counts = ", ".join(f"{k} {v}" for k, v in sorted(stats.items())) or "nothing read"
+            raise DataError(
+                f"data.source {data.source!r} gave no usable {split} documents ({counts})"
+            )
+        random.Random(_ORDER_SEED).shuffle(items)
+    return docs
 
 
-def pack_split(docs: list[Document], sp, writer: records.ShardWriter) -> dict:
-    """Packs documents, each followed by EOS, into windows; the tail that fills no window
-    is dropped and counted (tokens_in == tokens_written + tokens_dropped, exactly)."""
-    window_len = writer.window_len
-    carry = np.zeros([0], np.int32)
-    tokens_in = 0
-    for ids in _tokenized_batches([d.text for d in docs], sp):
-        eos = tf.fill([ids.nrows(), 1], tokenizer.EOS_ID)
-        flat = tf.concat([ids, eos], axis=1).flat_values.numpy()
-        tokens_in += flat.size
-        stream = np.concatenate([carry, flat])
-        full = stream.size // window_len * window_len
-        writer.write(stream[:full].reshape(-1, window_len))
-        carry = stream[full:]
-    shards = writer.close()
-    written = sum(s["tokens"] for s in shards)
-    return {
-        "documents": len(docs),
-        "tokens_in": int(tokens_in),
-        "tokens_written": int(written),
-        "tokens_dropped": int(tokens_in - written),
-        "records": sum(s["records"] for s in shards),
-        "shards": shards,
-    }
+def prepare(cfg: Config, log=print, timings: dict | None = None) -> dict:
+    """Builds the dataset of `cfg.data`; returns its manifest.
 
-
-def prepare(cfg: Config, log=print) -> dict:
-    """Builds the dataset of `cfg.data`; returns its manifest."""
+    `timings`, when given, receives the seconds of each phase (read, tokenizer, pack).
+    """
+    timings = {} if timings is None else timings
+    d = cfg.data
     out = data_dir(cfg)
     tf.io.gfile.makedirs(out)
     start = time.time()
-    stats = {split: CleaningStats() for split in ("train", "val")}
-    docs = {
-        split: list(read_documents(cfg.data.source, split, cfg.data.val_fraction, stats[split]))
-        for split in ("train", "val")
-    }
-    for split, items in docs.items():
-        if not items:
-            raise DataError(
-                f"data.source {cfg.data.source!r} gave no usable {split} documents "
-                f"({dict(stats[split]) or 'no files in this split'})"
-            )
-        random.Random(_ORDER_SEED).shuffle(items)
+    stats = CleaningStats()
+    docs = read_corpus(d, stats)
+    timings["read"] = time.time() - start
     log(f"corpus: {len(docs['train'])} train / {len(docs['val'])} val documents")
+    log("cleaning: " + ", ".join(f"{k} {v}" for k, v in sorted(stats.items())))
 
     proto = tokenizer.train_tokenizer(
-        (d.text for d in docs["train"]),
+        (piece for doc in docs["train"] for piece in doc.pieces),
         cfg.model.vocabulary_size,
-        cfg.data.tokenizer_type,
-        cfg.data.tokenizer_sample_mb,
+        d.tokenizer_type,
+        d.tokenizer_sample_mb,
+        d.tokenizer_byte_fallback,
+        d.tokenizer_character_coverage,
     )
     tokenizer_path = posixpath.join(out, records.TOKENIZER)
     with tf.io.gfile.GFile(tokenizer_path, "wb") as f:
         f.write(proto)
     sp = tokenizer.load_tokenizer(tokenizer_path)
-    log(f"tokenizer: {cfg.model.vocabulary_size} pieces -> {tokenizer_path}")
+    timings["tokenizer"] = time.time() - start - timings["read"]
+    log(f"tokenizer: {d.tokenizer_type}, {cfg.model.vocabulary_size} pieces -> {tokenizer_path}")
 
-    window_len = cfg.data.seq_len + 1
+    window_len = d.seq_len + 1
     splits = {}
-    for split in ("train", "val"):
-        writer = records.ShardWriter(out, split, window_len, cfg.data.records_per_shard)
-        splits[split] = pack_split(docs[split], sp, writer)
-        splits[split]["cleaning"] = dict(stats[split])
+    for split in SPLITS:
+        writer = records.ShardWriter(out, split, window_len, d.records_per_shard, d.compression)
+        splits[split] = pack_split(docs[split], sp, writer, d.packing)
         if splits[split]["records"] == 0:
             raise DataError(
                 f"{split} split has {splits[split]['tokens_in']} tokens, fewer than one window "
@@ -107,22 +93,39 @@ def prepare(cfg: Config, log=print) -> dict:
         log(
             f"{split}: {splits[split]['records']} windows of {window_len} tokens in "
             f"{len(splits[split]['shards'])} shards ({splits[split]['tokens_dropped']} tail "
-            "tokens dropped)"
+            f"tokens dropped, {splits[split]['tokens_padding']} padding)"
         )
     manifest = {
         "version": records.MANIFEST_VERSION,
-        "name": cfg.data.name,
-        "source": cfg.data.source,
-        "seq_len": cfg.data.seq_len,
+        "name": d.name,
+        "source": d.source,
+        "seq_len": d.seq_len,
         "window_len": window_len,
+        "packing": d.packing,
+        "compression": d.compression,
         "vocabulary_size": cfg.model.vocabulary_size,
         "eos_id": tokenizer.EOS_ID,
-        "tokenizer": {"file": records.TOKENIZER, "sha256": tokenizer.sha256(proto)},
+        "tokenizer": {
+            "file": records.TOKENIZER,
+            "sha256": tokenizer.sha256(proto),
+            "type": d.tokenizer_type,
+            "byte_fallback": d.tokenizer_byte_fallback,
+            "character_coverage": d.tokenizer_character_coverage,
+            "sample_mb": d.tokenizer_sample_mb,
+        },
+        "cleaning": dict(sorted(stats.items())),
         "splits": splits,
     }
     records.write_manifest(out, manifest)
-    megabytes = sum(s["cleaning"].get("bytes", 0) for s in splits.values()) / 1e6
-    log(f"prepared {out} in {time.time() - start:.1f}s ({megabytes:.1f} MB of text)")
+    megabytes = stats["bytes_read"] / 1e6
+    seconds = time.time() - start
+    timings["pack"] = seconds - timings["read"] - timings["tokenizer"]
+    rate = megabytes / max(seconds, 1e-9)
+    log(
+        f"prepared {out} in {seconds:.1f}s ({megabytes:.1f} MB of text, {rate:.2f} MB/s; "
+        + ", ".join(f"{phase} {t:.1f}s" for phase, t in timings.items())
+        + ")"
+    )
     return manifest
 
 
@@ -138,6 +141,11 @@ def ensure_prepared(cfg: Config, log=print) -> dict:
 def check_compatible(cfg: Config, manifest: dict) -> dict:
     """Refuses shards made for another sequence length or vocabulary."""
     where = posixpath.join(data_dir(cfg), records.MANIFEST)
+    if manifest["packing"] != cfg.data.packing:
+        raise DataError(
+            f"{where} was prepared with data.packing {manifest['packing']}, the config asks for "
+            f"{cfg.data.packing}; use another data.name or run prepare --force"
+        )
     if manifest["seq_len"] != cfg.data.seq_len:
         raise DataError(
             f"{where} was prepared with seq_len {manifest['seq_len']}, the config asks for "
@@ -153,10 +161,16 @@ def check_compatible(cfg: Config, manifest: dict) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     parser = cli.make_parser(__doc__.splitlines()[0])
-    parser.add_argument("--force", action="store_true", help="rebuild even if prepared")
+    action = parser.add_mutually_exclusive_group()
+    action.add_argument("--force", action="store_true", help="rebuild even if prepared")
+    action.add_argument(
+        "--verify", action="store_true", help="check every shard against the manifest"
+    )
     args = parser.parse_args(argv)
     cfg = cli.config_from_args(args)
-    if args.force:
+    if args.verify:
+        verify.verify_dataset(data_dir(cfg), log=print)
+    elif args.force:
         prepare(cfg)
     else:
         ensure_prepared(cfg)

@@ -36,12 +36,18 @@ def _sentences(texts: Iterable[str], sample_bytes: int) -> Iterator[str]:
 
 
 def train_tokenizer(
-    texts: Iterable[str], vocab_size: int, model_type: str = "unigram", sample_mb: int = 8
+    texts: Iterable[str],
+    vocab_size: int,
+    model_type: str = "unigram",
+    sample_mb: int = 8,
+    byte_fallback: bool = True,
+    character_coverage: float = 0.9995,
 ) -> bytes:
-    """Trains a lossless SentencePiece model and returns its serialized proto.
+    """Trains a SentencePiece model on the first `sample_mb` MB of texts; returns its proto.
 
     Identity normalization, kept whitespace, a newline piece and byte fallback make
-    detokenize(tokenize(text)) == text for any UTF-8 input, which source code needs.
+    detokenize(tokenize(text)) == text for any UTF-8 input, which source code needs. Without
+    byte fallback, characters outside the coverage become <unk> and that is lossy.
     """
     model = io.BytesIO()
     try:
@@ -50,14 +56,14 @@ def train_tokenizer(
             model_writer=model,
             vocab_size=vocab_size,
             model_type=model_type,
-            byte_fallback=True,
+            byte_fallback=byte_fallback,
             normalization_rule_name="identity",
             remove_extra_whitespaces=False,
             add_dummy_prefix=False,
             allow_whitespace_only_pieces=True,
             split_digits=True,
             user_defined_symbols=["\n"],
-            character_coverage=0.9995,
+            character_coverage=character_coverage,
             max_sentence_length=_MAX_SENTENCE_CHARS * 4,
             pad_id=PAD_ID,
             unk_id=UNK_ID,

@@ -20,7 +20,7 @@ import time
 
 import tensorflow as tf
 
-from tfllm import cli, data, faults, flops, generate, prepare, profiling, records
+from tfllm import cli, data, faults, flops, generate, prepare, profiling, records, verify
 from tfllm.checkpoint import Checkpointer
 from tfllm.config import Config, save_config
 from tfllm.metrics import Reporter
@@ -31,11 +31,19 @@ from tfllm.workdir_lock import WorkdirLock
 SUM = tf.distribute.ReduceOp.SUM
 
 
-def token_loss_sum(model, inputs, targets, training: bool) -> tf.Tensor:
-    """Sum of next-token cross-entropies over every target in the batch."""
-    logits = model(inputs, training=training)  # (B, T, V) float32
-    losses = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=targets, logits=logits)
-    return tf.reduce_sum(losses)
+def target_count(targets) -> tf.Tensor:
+    """Targets that count in the loss: data.IGNORE marks padding and document boundaries."""
+    return tf.reduce_sum(tf.cast(targets != data.IGNORE, tf.float32))
+
+
+def token_loss_sum(model, inputs, targets, training: bool, segment_ids=None) -> tf.Tensor:
+    """Sum of next-token cross-entropies over every counted target in the batch."""
+    logits = model(inputs, segment_ids=segment_ids, training=training)  # (B, T, V) float32
+    counted = targets != data.IGNORE
+    losses = tf.nn.sparse_softmax_cross_entropy_with_logits(
+        labels=tf.where(counted, targets, 0), logits=logits
+    )
+    return tf.reduce_sum(tf.where(counted, losses, 0.0))
 
 
 class Steps:
@@ -57,17 +65,17 @@ class Steps:
         self.train_loop = tf.function(self._train_loop_fn)
         self.eval_step = tf.function(self._eval_step_fn)
 
-    def _gradients_fn(self, inputs, targets, global_tokens):
+    def _gradients_fn(self, inputs, targets, global_tokens, segment_ids=None):
         self.traces["gradients"] += 1  # Python side effect: runs once per trace
         with tf.GradientTape() as tape:
-            loss = token_loss_sum(self.model, inputs, targets, training=True) / global_tokens
+            loss = token_loss_sum(self.model, inputs, targets, True, segment_ids) / global_tokens
         return loss, tape.gradient(loss, self.model.trainable_variables)
 
-    def _replica_step(self, inputs, targets):
+    def _replica_step(self, inputs, targets, segment_ids=None):
         ctx = tf.distribute.get_replica_context()
         # Loss is a mean over the global target count, so it does not depend on the split.
-        global_tokens = ctx.all_reduce(SUM, tf.cast(tf.size(targets), tf.float32))
-        loss, grads = self._gradients(inputs, targets, global_tokens)
+        global_tokens = ctx.all_reduce(SUM, target_count(targets))
+        loss, grads = self._gradients(inputs, targets, global_tokens, segment_ids)
         loss, grads = ctx.all_reduce(SUM, [loss, grads])
         grads, grad_norm = clip_by_global_norm(grads, self.clip_norm)
         finite = tf.math.is_finite(loss) & tf.math.is_finite(grad_norm)
@@ -97,10 +105,8 @@ class Steps:
         loss_sum, norm_sum = tf.constant(0.0), tf.constant(0.0)
         done, skipped, first_bad = tf.constant(0), tf.constant(0), tf.constant(-1)
         for i in tf.range(num_steps):
-            inputs, targets = next(iterator)
-            loss, norm, finite, grads = self.strategy.run(
-                self._replica_step, args=(inputs, targets)
-            )
+            batch = next(iterator)  # (inputs, targets[, segment_ids])
+            loss, norm, finite, grads = self.strategy.run(self._replica_step, args=batch)
             # All three are already all-reduced: every replica holds the same value.
             loss, norm, finite = (
                 self.strategy.experimental_local_results(x)[0] for x in (loss, norm, finite)
@@ -123,13 +129,13 @@ class Steps:
             "first_bad": first_bad,
         }
 
-    def _eval_fn(self, inputs, targets):
+    def _eval_fn(self, inputs, targets, segment_ids=None):
         self.traces["eval"] += 1
-        loss = token_loss_sum(self.model, inputs, targets, training=False)
-        return loss, tf.cast(tf.size(targets), tf.float32)
+        loss = token_loss_sum(self.model, inputs, targets, False, segment_ids)
+        return loss, target_count(targets)
 
-    def _eval_step_fn(self, inputs, targets):
-        loss, count = self.strategy.run(self._eval, args=(inputs, targets))
+    def _eval_step_fn(self, *batch):
+        loss, count = self.strategy.run(self._eval, args=batch)
         return self.strategy.reduce(SUM, loss, axis=None), self.strategy.reduce(
             SUM, count, axis=None
         )
@@ -138,8 +144,8 @@ class Steps:
 def evaluate(steps: Steps, dataset) -> float:
     """Mean validation loss per target token over the fixed evaluation batches."""
     total, count = 0.0, 0.0
-    for inputs, targets in dataset:
-        loss, tokens = steps.eval_step(inputs, targets)
+    for batch in dataset:
+        loss, tokens = steps.eval_step(*batch)
         total, count = total + float(loss), count + float(tokens)
     return total / max(count, 1.0)
 
@@ -227,14 +233,17 @@ def _train(cfg: Config, strategy, log, stop_after, watcher: faults.PreemptionWat
         cfg.train.global_batch_size,
         cfg.train.global_batch_size * cfg.data.seq_len,
     )
+    train_shards, val_shards = (
+        verify.check_split(directory, manifest, split, cfg.data.verify, cfg.data.on_corrupt, log)
+        for split in ("train", "val")
+    )
 
     def train_iterator(start_step: int):
         return iter(
             strategy.distribute_datasets_from_function(
                 lambda ctx: data.train_dataset(
-                    directory,
-                    manifest,
-                    ctx.get_per_replica_batch_size(batch),
+                    train_shards,
+                    batch,
                     cfg.train.seed,
                     cfg.data.shuffle_buffer,
                     start_step=start_step,
@@ -245,7 +254,7 @@ def _train(cfg: Config, strategy, log, stop_after, watcher: faults.PreemptionWat
 
     eval_ds = strategy.distribute_datasets_from_function(
         lambda ctx: data.eval_dataset(
-            directory, manifest, ctx.get_per_replica_batch_size(batch), cfg.train.eval_batches, ctx
+            val_shards, ctx.get_per_replica_batch_size(batch), cfg.train.eval_batches, ctx
         )
     )
     steps = Steps(cfg, strategy, model, optimizer)
@@ -290,9 +299,13 @@ def _train(cfg: Config, strategy, log, stop_after, watcher: faults.PreemptionWat
         loop_steps = window.loop_length(step, min(cfg.train.steps_per_loop, boundary - step))
         window.before_loop(step)
         started = time.time()
-        with profiling.step_trace(step + 1):
-            out = steps.train_loop(iterator, tf.constant(loop_steps))
-            done = int(out["steps"])  # waits for the loop: the timing and annotation are real
+        try:
+            with profiling.step_trace(step + 1):
+                out = steps.train_loop(iterator, tf.constant(loop_steps))
+                done = int(out["steps"])  # waits for the loop: timing and annotation are real
+        except tf.errors.InvalidArgumentError as err:
+            data.raise_if_damaged_shard(err)
+            raise
         elapsed = time.time() - started
         step += done
         window.after_loop(step)
@@ -306,7 +319,9 @@ def _train(cfg: Config, strategy, log, stop_after, watcher: faults.PreemptionWat
                     f"({int(counters['skipped_steps'])} in all)"
                 )
             else:
-                step = _roll_back_or_stop(cfg, steps, checkpointer, counters, bad_step, log)
+                step = _roll_back_or_stop(
+                    cfg, steps, train_shards, checkpointer, counters, bad_step, log
+                )
                 iterator = train_iterator(step)
                 continue
         values = loop_values(float(out["loss"]), out["grad_norm"], model, optimizer)
@@ -340,19 +355,19 @@ def _train(cfg: Config, strategy, log, stop_after, watcher: faults.PreemptionWat
     }
 
 
-def _roll_back_or_stop(cfg: Config, steps: Steps, checkpointer, counters, bad_step, log) -> int:
+def _roll_back_or_stop(
+    cfg: Config, steps: Steps, train_shards, checkpointer, counters, bad_step, log
+) -> int:
     """Handles the first non-finite step of a host loop under `stop` or `rollback`.
 
     Writes the diagnostics; then either raises NonFiniteError, or restores the newest good
     checkpoint (step c) and returns `bad_step + 1`: the data window c+1..bad_step is skipped
     and the step counter jumps with it, so the schedule and the data stream stay aligned.
     """
-    manifest = prepare.ensure_prepared(cfg, log)
-    inputs, targets = next(
+    batch = next(
         iter(
             data.train_dataset(
-                prepare.data_dir(cfg),
-                manifest,
+                train_shards,
                 cfg.train.global_batch_size,
                 cfg.train.seed,
                 cfg.data.shuffle_buffer,
@@ -361,7 +376,7 @@ def _roll_back_or_stop(cfg: Config, steps: Steps, checkpointer, counters, bad_st
         )
     )
     # The loop stopped at bad_step without updating, so these are the weights it saw.
-    report = faults.gradient_report(steps.model, token_loss_sum, inputs, targets, bad_step)
+    report = faults.gradient_report(steps.model, token_loss_sum, batch, bad_step)
     path = faults.write_diagnostics(cfg.runtime.workdir, report)
     message = (
         f"non-finite loss or gradients at step {bad_step} (loss {report['loss']:.4g}, "
