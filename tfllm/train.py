@@ -1,6 +1,7 @@
 """`python -m tfllm.train`: train a decoder-only LM under a tf.distribute strategy.
 
     python -m tfllm.train [--config FILE ...] [--set section.key=value ...]
+                          [--strategy auto|cpu|gpu|mirrored|multiworker|tpu] [--tpu NAME]
 
 With no arguments it trains `configs/tiny.yaml` on the built-in corpus (the running Python's
 standard library), preparing the shards first when they are missing. Running it again on the
@@ -17,12 +18,13 @@ import time
 
 import tensorflow as tf
 
-from tfllm import cli, data, generate, prepare, records, tokenizer
+from tfllm import cli, data, distribute, generate, prepare, records, tokenizer
 from tfllm.checkpoint import Checkpointer
 from tfllm.config import Config, save_config
+from tfllm.errors import ConfigError, DataError
 from tfllm.metrics import Reporter
 from tfllm.model import build_model
-from tfllm.optim import clip_by_global_norm, make_optimizer
+from tfllm.optim import clip_by_global_norm, completed_steps, loss_scale, make_optimizer
 
 SUM = tf.distribute.ReduceOp.SUM
 
@@ -37,37 +39,59 @@ def token_loss_sum(model, inputs, targets, training: bool) -> tf.Tensor:
 class Steps:
     """The compiled functions of one run: the train host loop and the eval step.
 
-    The per-replica gradient computation is XLA-compiled on its own inside `strategy.run`
-    (compiling the whole multi-device function fails under MirroredStrategy); all-reduce,
-    clipping and the optimizer update run around it in the same graph.
+    The per-replica gradient computation (all micro-batches of gradient accumulation included)
+    is XLA-compiled on its own inside `strategy.run`: compiling the whole multi-device function
+    fails under MirroredStrategy. All-reduce, clipping, loss scaling and the optimizer update
+    run around it in the same graph.
     """
 
     def __init__(self, cfg: Config, strategy: tf.distribute.Strategy, model, optimizer):
         self.strategy, self.model, self.optimizer = strategy, model, optimizer
         self.clip_norm = cfg.train.grad_clip_norm
-        self.traces = {"gradients": 0, "eval": 0}
+        self.accum = cfg.train.grad_accum_steps
+        self.traces = {"train_loop": 0, "gradients": 0, "eval": 0}
         self._gradients = tf.function(self._gradients_fn, jit_compile=cfg.train.jit_compile)
         self._eval = tf.function(self._eval_fn, jit_compile=cfg.train.jit_compile)
         self.train_loop = tf.function(self._train_loop_fn)
         self.eval_step = tf.function(self._eval_step_fn)
 
-    def _gradients_fn(self, inputs, targets, global_tokens):
-        self.traces["gradients"] += 1  # Python side effect: runs once per trace
+    def _micro_gradients(self, inputs, targets, global_tokens, scale):
         with tf.GradientTape() as tape:
             loss = token_loss_sum(self.model, inputs, targets, training=True) / global_tokens
-        return loss, tape.gradient(loss, self.model.trainable_variables)
+            scaled = loss * scale
+        grads = tape.gradient(scaled, self.model.trainable_variables)
+        # The embedding's gradient is IndexedSlices: densify to sum and all-reduce it.
+        return loss, [tf.convert_to_tensor(g) for g in grads]
+
+    def _gradients_fn(self, inputs, targets, global_tokens, scale):
+        """This replica's (loss, scaled grads), summed over `accum` micro-batches that run one
+        after another, so only one micro-batch's activations are alive at a time."""
+        self.traces["gradients"] += 1  # Python side effect: runs once per trace
+        micro_inputs = tf.reshape(inputs, [self.accum, -1, inputs.shape[-1]])  # (A, B/A, T)
+        micro_targets = tf.reshape(targets, [self.accum, -1, targets.shape[-1]])
+        loss, grads = self._micro_gradients(micro_inputs[0], micro_targets[0], global_tokens, scale)
+        for i in tf.range(1, self.accum):
+            micro_loss, micro_grads = self._micro_gradients(
+                micro_inputs[i], micro_targets[i], global_tokens, scale
+            )
+            loss += micro_loss
+            grads = [g + m for g, m in zip(grads, micro_grads, strict=True)]
+        return loss, grads
 
     def _replica_step(self, inputs, targets):
         ctx = tf.distribute.get_replica_context()
         # Loss is a mean over the global target count, so it does not depend on the split.
         global_tokens = ctx.all_reduce(SUM, tf.cast(tf.size(targets), tf.float32))
-        loss, grads = self._gradients(inputs, targets, global_tokens)
+        scale = loss_scale(self.optimizer)
+        loss, grads = self._gradients(inputs, targets, global_tokens, scale)
         loss, grads = ctx.all_reduce(SUM, [loss, grads])
-        grads, grad_norm = clip_by_global_norm(grads, self.clip_norm)
+        grads, grad_norm = clip_by_global_norm(grads, self.clip_norm, scale)
+        # A loss-scale optimizer unscales, and skips the update when any gradient is inf/NaN.
         self.optimizer.apply(grads, self.model.trainable_variables)
         return loss, grad_norm
 
     def _train_loop_fn(self, iterator, num_steps):
+        self.traces["train_loop"] += 1
         loss_sum = tf.constant(0.0)
         norm_sum = tf.constant(0.0)
         for _ in tf.range(num_steps):
@@ -100,27 +124,52 @@ def evaluate(steps: Steps, dataset) -> float:
     return total / max(count, 1.0)
 
 
+def validate_run(cfg: Config, replicas: int, input_pipelines: int, num_shards: int) -> None:
+    """What the config alone cannot check: the batch split and the shards per input pipeline.
+    Runs before anything is built or compiled."""
+    t = cfg.train
+    if t.global_batch_size % (replicas * t.grad_accum_steps):
+        raise ConfigError(
+            f"train.global_batch_size ({t.global_batch_size}) must be divisible by replicas "
+            f"({replicas}) x train.grad_accum_steps ({t.grad_accum_steps})"
+        )
+    if num_shards < input_pipelines:
+        raise DataError(
+            f"{num_shards} training shards cannot feed {input_pipelines} input pipelines "
+            "(one per host); prepare with a smaller data.records_per_shard"
+        )
+
+
 def train(cfg: Config, strategy: tf.distribute.Strategy | None = None, log=print) -> dict:
-    """Runs (or resumes) training to `cfg.train.steps`; returns the final metrics."""
-    strategy = strategy or tf.distribute.get_strategy()
+    """Runs (or resumes) training to `cfg.train.steps`; returns the final metrics.
+
+    Without `strategy`, starts the one `cfg.runtime.strategy` names.
+    """
+    strategy = strategy or distribute.make_strategy(cfg.runtime, log)
     manifest = prepare.ensure_prepared(cfg, log)
     directory = prepare.data_dir(cfg)
+    replicas = strategy.num_replicas_in_sync
+    validate_run(
+        cfg,
+        replicas,
+        distribute.num_input_pipelines(strategy),
+        len(records.shard_paths(directory, manifest, "train")),
+    )
     tf.io.gfile.makedirs(cfg.runtime.workdir)
     save_config(cfg, f"{cfg.runtime.workdir}/config.yaml")
     tf.keras.utils.set_random_seed(cfg.train.seed)
 
     with strategy.scope():
-        model = build_model(cfg.model)
+        model = build_model(cfg.model, cfg.train.precision, cfg.train.remat)
         optimizer = make_optimizer(cfg.train, model.trainable_variables)
     checkpointer = Checkpointer(cfg.runtime.workdir, model, optimizer, cfg.train.keep_checkpoints)
     restored = checkpointer.restore_latest()
-    step = int(optimizer.iterations.numpy())
+    step = completed_steps(optimizer)
     log(
         f"model: {model.count_params():,} parameters; "
         + (f"resumed from {restored} at step {step}" if restored else "starting from scratch")
     )
 
-    replicas = strategy.num_replicas_in_sync
     batch, tokens_per_step = (
         cfg.train.global_batch_size,
         cfg.train.global_batch_size * cfg.data.seq_len,
@@ -136,14 +185,21 @@ def train(cfg: Config, strategy: tf.distribute.Strategy | None = None, log=print
             input_context=ctx,
         )
     )
-    eval_ds = strategy.distribute_datasets_from_function(
-        lambda ctx: data.eval_dataset(
-            directory, manifest, ctx.get_per_replica_batch_size(batch), cfg.train.eval_batches, ctx
-        )
+    # Every host evaluates its slice of the same global batches: the validation loss is the
+    # same number under every strategy, and a small validation split needs no shard per host.
+    eval_ds = distribute.global_batches(
+        strategy,
+        lambda: data.eval_dataset(directory, manifest, batch, cfg.train.eval_batches),
+        batch,
     )
     steps = Steps(cfg, strategy, model, optimizer)
     reporter = Reporter(cfg.runtime.workdir, cfg.train.steps)
-    log(f"training to step {cfg.train.steps}: {replicas} replica(s), {tokens_per_step} tokens/step")
+    log(
+        f"training to step {cfg.train.steps}: {replicas} replica(s) x "
+        f"{batch // replicas // cfg.train.grad_accum_steps} rows x "
+        f"{cfg.train.grad_accum_steps} micro-batch(es) = {batch} rows, {tokens_per_step} tokens "
+        f"per step, {cfg.train.precision}" + (", remat" if cfg.train.remat else "")
+    )
 
     iterator = iter(train_ds)
     val_loss = math.nan
@@ -186,11 +242,21 @@ def train(cfg: Config, strategy: tf.distribute.Strategy | None = None, log=print
     reporter.text("val", step, "sample", cfg.train.sample_prompt + sample)
     reporter.close()
     log(f"sample: {cfg.train.sample_prompt}{sample}")
-    return {"step": step, "val_loss": val_loss, "traces": dict(steps.traces)}
+    skipped = step - int(optimizer.iterations.numpy())
+    if cfg.train.precision == "mixed_float16":
+        log(f"loss scaling skipped {skipped} step(s) with inf/NaN gradients")
+    return {
+        "step": step,
+        "val_loss": val_loss,
+        "skipped_steps": skipped,
+        "traces": dict(steps.traces),
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = cli.make_parser(__doc__.splitlines()[0]).parse_args(argv)
+    parser = cli.make_parser(__doc__.splitlines()[0])
+    cli.add_strategy_flags(parser)
+    args = parser.parse_args(argv)
     cfg = cli.config_from_args(args)
     started = time.time()
     result = train(cfg)
