@@ -62,10 +62,12 @@ def train_tiny(
     data = windows(cfg, distinct_batches or loops * loop_steps, cfg.train.seed)
     dataset = distribute.global_batches(
         strategy,
-        lambda: tf.data.Dataset.from_tensor_slices(data)
-        .repeat()
-        .batch(batch, drop_remainder=True)
-        .map(split_inputs_targets),
+        lambda: (
+            tf.data.Dataset.from_tensor_slices(data)
+            .repeat()
+            .batch(batch, drop_remainder=True)
+            .map(split_inputs_targets)
+        ),
         batch,
     )
     iterator = iter(dataset)
