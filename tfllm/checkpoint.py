@@ -11,12 +11,29 @@ from tfllm.errors import TfllmError
 
 
 class Checkpointer:
-    """Saves every `checkpoint_every` steps, keeps the newest `keep`, restores the latest."""
+    """Saves every `checkpoint_every` steps, keeps the newest `keep`, restores the latest.
 
-    def __init__(self, workdir: str, model: keras.Model, optimizer, keep: int):
+    Under MultiWorkerMirroredStrategy every worker must take part in a save, but only the chief
+    (`chief=False` elsewhere) may write to the shared directory: the others write to a scratch
+    directory of their own and delete it; all of them restore from the chief's checkpoints.
+    """
+
+    def __init__(
+        self,
+        workdir: str,
+        model: keras.Model,
+        optimizer,
+        keep: int,
+        chief: bool = True,
+        worker_id: int = 0,
+    ):
         self.directory = posixpath.join(workdir, "checkpoints")
         self.checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer)
         self.manager = tf.train.CheckpointManager(self.checkpoint, self.directory, keep)
+        self.scratch = None
+        if not chief:
+            self.scratch = posixpath.join(self.directory, f"scratch-worker-{worker_id}")
+            self.scratch_manager = tf.train.CheckpointManager(self.checkpoint, self.scratch, 1)
 
     def restore_latest(self) -> str | None:
         """Restores the newest checkpoint; returns its path, or None when there is none."""
@@ -36,4 +53,8 @@ class Checkpointer:
         return path
 
     def save(self, step: int) -> str:
-        return self.manager.save(checkpoint_number=step)
+        if self.scratch is None:
+            return self.manager.save(checkpoint_number=step)
+        path = self.scratch_manager.save(checkpoint_number=step)
+        tf.io.gfile.rmtree(self.scratch)
+        return path

@@ -162,7 +162,15 @@ def train(cfg: Config, strategy: tf.distribute.Strategy | None = None, log=print
     with strategy.scope():
         model = build_model(cfg.model, cfg.train.precision, cfg.train.remat)
         optimizer = make_optimizer(cfg.train, model.trainable_variables)
-    checkpointer = Checkpointer(cfg.runtime.workdir, model, optimizer, cfg.train.keep_checkpoints)
+    resolver = strategy.cluster_resolver
+    checkpointer = Checkpointer(
+        cfg.runtime.workdir,
+        model,
+        optimizer,
+        cfg.train.keep_checkpoints,
+        chief=strategy.extended.should_checkpoint,
+        worker_id=resolver.task_id if resolver is not None and resolver.task_id else 0,
+    )
     restored = checkpointer.restore_latest()
     step = completed_steps(optimizer)
     log(
