@@ -1,8 +1,8 @@
 """One training loop under every strategy: equivalence, trace counts, precision, remat, errors.
 
 Real strategies, no mocks of TensorFlow. Runs that need 2 logical CPU devices (mirrored) or
-TF_CONFIG (multiworker) go to their own processes (`distributed_run.py`), started together at
-module setup; everything else runs in this process under a one-device strategy.
+TF_CONFIG (multiworker) go to their own processes (`distributed_run.py`); everything else runs
+in this process under a one-device strategy.
 """
 
 from __future__ import annotations
@@ -47,23 +47,20 @@ def _start(out: pathlib.Path, *overrides: str, env: dict | None = None) -> subpr
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory) -> dict[str, tuple[dict, dict]]:
-    """Four steps of the same global batches (B=8) under each setup, all started at once."""
+    """Four steps of the same global batches (B=8) under each setup. The runs that need their
+    own process start first; the one-device runs go on here meanwhile."""
     tmp = tmp_path_factory.mktemp("distributed")
     ports = [portpicker.pick_unused_port() for _ in range(2)]
     cluster = {"worker": [f"localhost:{port}" for port in ports]}
-    processes = {
-        "single": _start(tmp / "single.npz", "runtime.strategy=cpu"),
-        "mirrored": _start(tmp / "mirrored.npz", "runtime.strategy=mirrored"),
-        "accum": _start(tmp / "accum.npz", "runtime.strategy=cpu", "train.grad_accum_steps=4"),
-    }
+    processes = {"mirrored": _start(tmp / "mirrored.npz", "runtime.strategy=mirrored")}
     for index in range(2):
         tf_config = json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}})
-        processes[f"worker{index}"] = _start(
-            tmp / f"worker{index}.npz",
-            "runtime.strategy=multiworker",
-            env=_env(TF_CONFIG=tf_config),
-        )
-    results = {}
+        out, env = tmp / f"worker{index}.npz", _env(TF_CONFIG=tf_config)
+        processes[f"worker{index}"] = _start(out, "runtime.strategy=multiworker", env=env)
+    results = {
+        "single": train_tiny(["runtime.strategy=cpu"])[:2],
+        "accum": train_tiny(["runtime.strategy=cpu", "train.grad_accum_steps=4"])[:2],
+    }
     for name, process in processes.items():
         code = process.wait(timeout=400)
         log = pathlib.Path(f"{tmp / name}.npz.log").read_text()
