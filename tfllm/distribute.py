@@ -148,8 +148,7 @@ def _tpu(runtime: RuntimeConfig) -> tf.distribute.Strategy:
         )
     try:
         resolver = tf.distribute.cluster_resolver.TPUClusterResolver(tpu=address)
-        if address != "local":  # a TPU VM's chips are local devices: no remote cluster to join
-            tf.config.experimental_connect_to_cluster(resolver)
+        tf.config.experimental_connect_to_cluster(resolver)
         tf.tpu.experimental.initialize_tpu_system(resolver)
     except (ValueError, tf.errors.OpError) as err:
         first = str(err).splitlines()[0] if str(err) else type(err).__name__
