@@ -163,6 +163,8 @@ def test_bad_runs_fail_before_compiling():
         load_config([], [*TINY, "train.steps_per_loop=0"])
     with pytest.raises(ConfigError, match="runtime.strategy must be one of"):
         load_config([], [*TINY, "runtime.strategy=horovod"])
+    with pytest.raises(ConfigError, match="train.remat needs model.dropout 0"):
+        load_config([], [*TINY, "train.remat=true", "model.dropout=0.1"])
     with pytest.raises(ConfigError, match="train.precision must be one of"):
         load_config([], [*TINY, "train.precision=float16"])
 

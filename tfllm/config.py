@@ -255,6 +255,9 @@ def validate(cfg: Config) -> None:
     for key, (value, valid) in choices.items():
         if value not in valid:
             raise ConfigError(f"{key} must be one of {', '.join(valid)}, got {value!r}")
+    if t.remat and m.dropout > 0:
+        # The backward pass would recompute each block with fresh dropout masks: wrong gradients.
+        raise ConfigError("train.remat needs model.dropout 0 (recomputation redraws the masks)")
     if t.keep_checkpoints < 2:
         raise ConfigError(f"train.keep_checkpoints must be at least 2, got {t.keep_checkpoints}")
 
