@@ -21,7 +21,7 @@ from tfllm.config import load_config
 from tfllm.data import split_inputs_targets
 from tfllm.model import build_model
 from tfllm.optim import completed_steps, make_optimizer
-from tfllm.train import Steps
+from tfllm.train import Steps, evaluate
 
 TINY = [
     "model.vocabulary_size=64",
@@ -60,25 +60,23 @@ def train_tiny(
 
     batch = cfg.train.global_batch_size
     data = windows(cfg, distinct_batches or loops * loop_steps, cfg.train.seed)
-    dataset = distribute.global_batches(
-        strategy,
-        lambda: (
-            tf.data.Dataset.from_tensor_slices(data)
-            .repeat()
-            .batch(batch, drop_remainder=True)
-            .map(split_inputs_targets)
-        ),
-        batch,
-    )
-    iterator = iter(dataset)
+
+    def batches(repeat: bool) -> tf.data.Dataset:
+        ds = tf.data.Dataset.from_tensor_slices(data)
+        ds = ds.repeat() if repeat else ds
+        return ds.batch(batch, drop_remainder=True).map(split_inputs_targets)
+
+    iterator = iter(distribute.global_batches(strategy, lambda: batches(repeat=True), batch))
     losses, seconds = [], []
     for _ in range(loops):
         started = time.perf_counter()
         loss, _ = steps.train_loop(iterator, tf.constant(loop_steps))
         losses.append(float(loss))
         seconds.append(time.perf_counter() - started)
+    eval_data = distribute.global_batches(strategy, lambda: batches(repeat=False), batch)
     summary = {
         "losses": losses,
+        "eval_loss": evaluate(steps, eval_data),
         "seconds": seconds,
         "traces": dict(steps.traces),
         "replicas": strategy.num_replicas_in_sync,

@@ -94,6 +94,7 @@ def test_equivalent_to_one_device(runs, name, label):
     assert diff <= TOLERANCE
     assert summary["steps"] == ref_summary["steps"] == 4
     np.testing.assert_allclose(summary["losses"], ref_summary["losses"], rtol=1e-5)
+    assert summary["eval_loss"] == pytest.approx(ref_summary["eval_loss"], rel=1e-5)
 
 
 @pytest.mark.parametrize("name", ["single", "mirrored", "accum", "worker0"])
@@ -102,6 +103,7 @@ def test_traces_once_per_shape(runs, name):
     traces, replicas = runs[name][1]["traces"], runs[name][1]["replicas"]
     print(f"{name}: traces {traces}, {replicas} replica(s)")
     assert traces["train_loop"] == 1
+    assert traces["eval"] == traces["gradients"]
     # MirroredStrategy calls the compiled step from one thread per local device, and a
     # tf.function traces once per device; multiworker has one local device per process.
     local_devices = replicas if name == "mirrored" else 1

@@ -109,7 +109,10 @@ class Steps:
         return loss, tf.cast(tf.size(targets), tf.float32)
 
     def _eval_step_fn(self, inputs, targets):
-        loss, count = self.strategy.run(self._eval, args=(inputs, targets))
+        # A plain Python replica function around the compiled one: handed to `strategy.run`
+        # directly, a jit-compiled tf.function loses the replica's device scope and reads the
+        # other replica's variables ("Trying to access resource ... located in device CPU:1").
+        loss, count = self.strategy.run(lambda x, y: self._eval(x, y), args=(inputs, targets))
         return self.strategy.reduce(SUM, loss, axis=None), self.strategy.reduce(
             SUM, count, axis=None
         )
