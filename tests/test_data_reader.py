@@ -12,7 +12,7 @@ from _data_helpers import batch_digest, small_config, write_corpus
 from tfllm import data, prepare, verify
 from tfllm.config import load_config
 from tfllm.model import build_model
-from tfllm.train import token_loss_sum
+from tfllm.steps import token_loss_sum
 
 GLOBAL_BATCH = 16
 

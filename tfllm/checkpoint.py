@@ -47,6 +47,10 @@ class Checkpointer:
             different one is refused. None skips the check (read-only tools).
         extras: more trackables to save, e.g. counters or a loss scale.
         log: where the reasons for skipped checkpoints and repairs go.
+
+    Under MultiWorkerMirroredStrategy every worker must take part in a save, but only the chief
+    (`chief=False` elsewhere) may write to the shared directory: the others write to a scratch
+    directory of their own and delete it; all of them restore from the chief's checkpoints.
     """
 
     def __init__(
@@ -58,11 +62,14 @@ class Checkpointer:
         model_config: dict | None = None,
         extras: dict | None = None,
         log=print,
+        chief: bool = True,
+        worker_id: int = 0,
     ):
         self.directory = posixpath.join(workdir, "checkpoints")
         self.checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer, **(extras or {}))
         self.keep, self.model_config, self.log = keep, model_config, log
         self._skipped: list[int] = []  # newer than the restored one; set aside at the next save
+        self.scratch = None if chief else posixpath.join(self.directory, f"scratch-{worker_id}")
 
     def _prefix(self, step: int) -> str:
         return posixpath.join(self.directory, f"ckpt-{step}")
@@ -196,6 +203,10 @@ class Checkpointer:
 
     def save(self, step: int) -> str:
         """Writes ckpt-`step`, publishes it with its marker, then drops the oldest ones."""
+        if self.scratch is not None:  # a non-chief worker: take part in the save, keep nothing
+            path = self.checkpoint.write(posixpath.join(self.scratch, f"ckpt-{step}"))
+            tf.io.gfile.rmtree(self.scratch)
+            return path
         tf.io.gfile.makedirs(self.directory)
         self._set_aside_skipped()
         marker_path = self._prefix(step) + MARKER_SUFFIX

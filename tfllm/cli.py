@@ -33,8 +33,27 @@ def make_parser(description: str) -> argparse.ArgumentParser:
     return parser
 
 
+def add_strategy_flags(parser: argparse.ArgumentParser) -> None:
+    """--strategy and --tpu: shorthands for --set runtime.strategy=... / runtime.tpu=..., for
+    every command that runs the model."""
+    parser.add_argument(
+        "--strategy",
+        help="auto | cpu | gpu | mirrored | multiworker | tpu (default: the config's "
+        "runtime.strategy, auto)",
+    )
+    parser.add_argument(
+        "--tpu",
+        help="TPU name, grpc://HOST:PORT, or 'local' on a TPU VM (default: $TPU_NAME)",
+    )
+
+
 def config_from_args(args: argparse.Namespace) -> Config:
-    return load_config(args.config or [DEFAULT_CONFIG], args.overrides)
+    overrides = list(args.overrides)
+    # The flags win over --set: they are the more specific spelling.
+    for key in ("strategy", "tpu"):
+        if getattr(args, key, None) is not None:
+            overrides.append(f"runtime.{key}={getattr(args, key)}")
+    return load_config(args.config or [DEFAULT_CONFIG], overrides)
 
 
 def run_command(main: Callable[[list[str] | None], int], argv: list[str] | None = None) -> None:

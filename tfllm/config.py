@@ -20,6 +20,9 @@ import yaml
 from tfllm.errors import ConfigError
 
 CONFIG_DIR = pathlib.Path(__file__).resolve().parent.parent / "configs"
+STRATEGIES = ("auto", "cpu", "gpu", "mirrored", "multiworker", "tpu")
+COLLECTIVES = ("auto", "ring", "nccl")
+PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
 
 
 @dataclass
@@ -83,6 +86,9 @@ class TrainConfig:
     on_nonfinite: str = "stop"  # stop | skip | rollback
     max_rollbacks: int = 3
     jit_compile: bool = True
+    grad_accum_steps: int = 1  # global batch = per-replica batch x replicas x grad_accum_steps
+    precision: str = "float32"  # float32 | mixed_bfloat16 | mixed_float16 (dynamic loss scaling)
+    remat: bool = False  # recompute each Transformer block's activations in the backward pass
     sample_tokens: int = 64
     sample_prompt: str = "def "
     profile_steps: str = ""  # "START,STOP": capture a profiler trace of those steps
@@ -94,6 +100,11 @@ class RuntimeConfig:
     strategy: str = "auto"
     peak_flops: float = 0.0  # peak FLOP/s of one device for MFU; 0 = detect (or measure on CPU)
     profiler_port: int = 0  # serve on-demand profiler captures on this port; 0 = off
+
+    strategy: str = "auto"  # auto | cpu | gpu | mirrored | multiworker | tpu
+    tpu: str = ""  # TPU name, grpc:// address or "local"; empty: $TPU_NAME
+    num_cpu_devices: int = 2  # logical CPU devices for `mirrored` on a host without a GPU
+    collective: str = "auto"  # multiworker all-reduce: auto | ring | nccl
 
 
 @dataclass
@@ -235,6 +246,8 @@ def validate(cfg: Config) -> None:
         "train.steps_per_loop": t.steps_per_loop,
         "train.eval_every": t.eval_every,
         "train.checkpoint_every": t.checkpoint_every,
+        "train.grad_accum_steps": t.grad_accum_steps,
+        "runtime.num_cpu_devices": cfg.runtime.num_cpu_devices,
     }
     for key, value in positive.items():
         if value < 1:
@@ -290,6 +303,23 @@ def validate(cfg: Config) -> None:
         )
     if t.max_rollbacks < 0:
         raise ConfigError(f"train.max_rollbacks must be at least 0, got {t.max_rollbacks}")
+
+    if t.global_batch_size % t.grad_accum_steps:
+        raise ConfigError(
+            f"train.global_batch_size ({t.global_batch_size}) is not divisible by "
+            f"train.grad_accum_steps ({t.grad_accum_steps})"
+        )
+    choices = {
+        "train.precision": (t.precision, PRECISIONS),
+        "runtime.strategy": (cfg.runtime.strategy, STRATEGIES),
+        "runtime.collective": (cfg.runtime.collective, COLLECTIVES),
+    }
+    for key, (value, valid) in choices.items():
+        if value not in valid:
+            raise ConfigError(f"{key} must be one of {', '.join(valid)}, got {value!r}")
+    if t.remat and m.dropout > 0:
+        # The backward pass would recompute each block with fresh dropout masks: wrong gradients.
+        raise ConfigError("train.remat needs model.dropout 0 (recomputation redraws the masks)")
     if t.keep_checkpoints < 2:
         raise ConfigError(f"train.keep_checkpoints must be at least 2, got {t.keep_checkpoints}")
 

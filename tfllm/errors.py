@@ -11,3 +11,7 @@ class ConfigError(TfllmError):
 
 class DataError(TfllmError):
     """A missing, empty or damaged corpus, shard or manifest."""
+
+
+class StrategyError(TfllmError):
+    """A tf.distribute strategy that cannot start on this machine (no TPU, bad TF_CONFIG, ...)."""

@@ -42,6 +42,7 @@ class TransformerLM(keras.Model):
         dropout: float = 0.0,
         rope_max_wavelength: float = 10000.0,
         layer_norm_epsilon: float = 1e-5,
+        remat: bool = False,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -55,6 +56,7 @@ class TransformerLM(keras.Model):
         self.dropout = dropout
         self.rope_max_wavelength = rope_max_wavelength
         self.layer_norm_epsilon = layer_norm_epsilon
+        self.remat = remat
         self.embedding = ReversibleEmbedding(
             vocabulary_size,
             hidden_dim,
@@ -119,6 +121,9 @@ class TransformerLM(keras.Model):
         x = self.embedding(token_ids)  # (B, T, D)
         new_cache = []
         for i, block in enumerate(self.blocks):
+            if self.remat and cache is None:
+                x = self._rematerialized(block, x, positions, mask, training)
+                continue
             layer_cache = None if cache is None else cache[i]
             x, layer_cache = block(
                 x, positions, mask, cache=layer_cache, cache_index=cache_index, training=training
@@ -128,6 +133,16 @@ class TransformerLM(keras.Model):
         if cache is None:
             return logits
         return logits, ops.stack(new_cache)
+
+    @staticmethod
+    def _rematerialized(block, x, positions, mask, training):
+        """Runs `block` keeping only its input for the backward pass, which recomputes the
+        block's activations: memory per block drops from O(activations) to O(B*T*D)."""
+
+        def forward(h):
+            return block(h, positions, mask, training=training)[0]
+
+        return keras.remat(forward)(x)
 
     def empty_cache(self, batch_size: int, length: int, dtype: str = "float32"):
         """A zero cache (L, B, 2, S, H, K) for `length` positions."""
@@ -148,11 +163,26 @@ class TransformerLM(keras.Model):
             "dropout": self.dropout,
             "rope_max_wavelength": self.rope_max_wavelength,
             "layer_norm_epsilon": self.layer_norm_epsilon,
+            "remat": self.remat,
         }
 
 
-def build_model(cfg: ModelConfig) -> TransformerLM:
-    """Creates the model of `cfg` with its weights (a two-token call builds every layer)."""
+def build_model(cfg: ModelConfig, precision: str = "float32", remat: bool = False) -> TransformerLM:
+    """Creates the model of `cfg` with its weights (a two-token call builds every layer).
+
+    `precision` is a Keras dtype policy (`float32`, `mixed_bfloat16`, `mixed_float16`): layers
+    compute in it and keep float32 variables; logits stay float32. Sublayers are created in
+    `build()`, so the policy is set globally for the whole construction and restored after.
+    """
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy(precision)
+    try:
+        return _build(cfg, remat)
+    finally:
+        keras.config.set_dtype_policy(previous)
+
+
+def _build(cfg: ModelConfig, remat: bool) -> TransformerLM:
     model = TransformerLM(
         vocabulary_size=cfg.vocabulary_size,
         num_layers=cfg.num_layers,
@@ -164,6 +194,7 @@ def build_model(cfg: ModelConfig) -> TransformerLM:
         dropout=cfg.dropout,
         rope_max_wavelength=cfg.rope_max_wavelength,
         layer_norm_epsilon=cfg.layer_norm_epsilon,
+        remat=remat,
         name="transformer_lm",
     )
     model(ops.zeros((1, 2), dtype="int32"))

@@ -1,4 +1,5 @@
-"""AdamW with linear warmup and cosine decay, global-norm clipping, and a weight-decay mask."""
+"""AdamW with linear warmup and cosine decay, global-norm clipping, a weight-decay mask, and
+dynamic loss scaling for float16."""
 
 from __future__ import annotations
 
@@ -49,7 +50,26 @@ class AdamW(keras.optimizers.AdamW):
         return grads_and_vars
 
 
-def make_optimizer(cfg: TrainConfig, trainable_variables: list) -> AdamW:
+class LossScaleOptimizer(keras.optimizers.LossScaleOptimizer):
+    """Keras dynamic loss scaling (halve on inf/NaN and skip the step, double after a run of
+    finite steps) that also counts the steps it skipped, so the step number survives resume."""
+
+    def build(self, var_list):
+        super().build(var_list)
+        self.skipped_steps = self.add_variable(
+            shape=(),
+            dtype="int",
+            initializer=keras.initializers.Zeros(),
+            aggregation="none",
+            name="skipped_steps",
+        )
+
+    def _stateful_handle_non_finite_grads(self):
+        self.skipped_steps.assign_add(1)
+        super()._stateful_handle_non_finite_grads()
+
+
+def make_optimizer(cfg: TrainConfig, trainable_variables: list) -> AdamW | LossScaleOptimizer:
     schedule = WarmupCosine(
         cfg.learning_rate, cfg.warmup_steps, cfg.steps, cfg.min_learning_rate_ratio
     )
@@ -63,14 +83,40 @@ def make_optimizer(cfg: TrainConfig, trainable_variables: list) -> AdamW:
     )
     # Norm scales (and any bias) are 1-D: decaying them toward 0 only hurts.
     optimizer.exclude_from_weight_decay(var_list=[v for v in trainable_variables if v.ndim < 2])
+    if cfg.precision == "mixed_float16":
+        optimizer = LossScaleOptimizer(optimizer, name="loss_scale")
     optimizer.build(trainable_variables)
     return optimizer
 
 
-def clip_by_global_norm(grads: list[tf.Tensor], max_norm: float):
-    """Returns (clipped grads, norm before clipping); max_norm <= 0 disables clipping."""
-    norm = tf.linalg.global_norm(grads)
+def loss_scale(optimizer) -> tf.Tensor:
+    """The factor the loss is multiplied by before differentiation (1 without loss scaling)."""
+    if isinstance(optimizer, LossScaleOptimizer):
+        return tf.convert_to_tensor(optimizer.dynamic_scale)
+    return tf.constant(1.0)
+
+
+def completed_steps(optimizer) -> int:
+    """Train steps run so far, counting those that loss scaling skipped."""
+    skipped = getattr(optimizer, "skipped_steps", None)
+    return int(optimizer.iterations.numpy()) + (0 if skipped is None else int(skipped.numpy()))
+
+
+def set_completed_steps(optimizer, step: int) -> None:
+    """Moves the step counter to `step` (a rollback skipping a data window)."""
+    skipped = getattr(optimizer, "skipped_steps", None)
+    optimizer.iterations.assign(step - (0 if skipped is None else int(skipped.numpy())))
+
+
+def clip_by_global_norm(grads: list[tf.Tensor], max_norm: float, scale: tf.Tensor | float = 1.0):
+    """Returns (clipped grads, norm of the unscaled grads before clipping); max_norm <= 0
+    disables clipping.
+
+    `grads` may still carry the loss scale `scale`: clipping them to `max_norm * scale` is
+    clipping the true gradients to `max_norm`, and inf/NaN stay non-finite for the skip check.
+    """
+    norm = tf.linalg.global_norm(grads) / scale
     if max_norm <= 0:
         return grads, norm
-    scale = tf.minimum(1.0, max_norm / tf.maximum(norm, 1e-12))
-    return [g * scale for g in grads], norm
+    factor = tf.minimum(1.0, max_norm / tf.maximum(norm, 1e-12))
+    return [g * factor for g in grads], norm

@@ -1,6 +1,7 @@
 """`python -m tfllm.train`: train a decoder-only LM under a tf.distribute strategy.
 
     python -m tfllm.train [--config FILE ...] [--set section.key=value ...]
+                          [--strategy auto|cpu|gpu|mirrored|multiworker|tpu] [--tpu NAME]
 
 With no arguments it trains `configs/tiny.yaml` on the built-in corpus (the running Python's
 standard library), preparing the shards first when they are missing. Running it again on the
@@ -20,139 +21,37 @@ import time
 
 import tensorflow as tf
 
-from tfllm import cli, data, faults, flops, generate, prepare, profiling, records, verify
+from tfllm import (
+    cli,
+    data,
+    distribute,
+    faults,
+    flops,
+    generate,
+    prepare,
+    profiling,
+    records,
+    verify,
+)
 from tfllm.checkpoint import Checkpointer
 from tfllm.config import Config, save_config
+from tfllm.errors import ConfigError
 from tfllm.metrics import Reporter
 from tfllm.model import build_model
-from tfllm.optim import clip_by_global_norm, make_optimizer
+from tfllm.optim import completed_steps, make_optimizer, set_completed_steps
+from tfllm.steps import Steps, evaluate, token_loss_sum
 from tfllm.workdir_lock import WorkdirLock
 
-SUM = tf.distribute.ReduceOp.SUM
 
-
-def target_count(targets) -> tf.Tensor:
-    """Targets that count in the loss: data.IGNORE marks padding and document boundaries."""
-    return tf.reduce_sum(tf.cast(targets != data.IGNORE, tf.float32))
-
-
-def token_loss_sum(model, inputs, targets, training: bool, segment_ids=None) -> tf.Tensor:
-    """Sum of next-token cross-entropies over every counted target in the batch."""
-    logits = model(inputs, segment_ids=segment_ids, training=training)  # (B, T, V) float32
-    counted = targets != data.IGNORE
-    losses = tf.nn.sparse_softmax_cross_entropy_with_logits(
-        labels=tf.where(counted, targets, 0), logits=logits
-    )
-    return tf.reduce_sum(tf.where(counted, losses, 0.0))
-
-
-class Steps:
-    """The compiled functions of one run: the train host loop and the eval step.
-
-    The per-replica gradient computation is XLA-compiled on its own inside `strategy.run`
-    (compiling the whole multi-device function fails under MirroredStrategy); all-reduce,
-    clipping and the optimizer update run around it in the same graph.
-    """
-
-    def __init__(self, cfg: Config, strategy: tf.distribute.Strategy, model, optimizer):
-        self.strategy, self.model, self.optimizer = strategy, model, optimizer
-        self.clip_norm = cfg.train.grad_clip_norm
-        # stop and rollback end the host loop at the first non-finite step; skip carries on.
-        self.halt_on_nonfinite = cfg.train.on_nonfinite != "skip"
-        self.traces = {"gradients": 0, "eval": 0}
-        self._gradients = tf.function(self._gradients_fn, jit_compile=cfg.train.jit_compile)
-        self._eval = tf.function(self._eval_fn, jit_compile=cfg.train.jit_compile)
-        self.train_loop = tf.function(self._train_loop_fn)
-        self.eval_step = tf.function(self._eval_step_fn)
-
-    def _gradients_fn(self, inputs, targets, global_tokens, segment_ids=None):
-        self.traces["gradients"] += 1  # Python side effect: runs once per trace
-        with tf.GradientTape() as tape:
-            loss = token_loss_sum(self.model, inputs, targets, True, segment_ids) / global_tokens
-        return loss, tape.gradient(loss, self.model.trainable_variables)
-
-    def _replica_step(self, inputs, targets, segment_ids=None):
-        ctx = tf.distribute.get_replica_context()
-        # Loss is a mean over the global target count, so it does not depend on the split.
-        global_tokens = ctx.all_reduce(SUM, target_count(targets))
-        loss, grads = self._gradients(inputs, targets, global_tokens, segment_ids)
-        loss, grads = ctx.all_reduce(SUM, [loss, grads])
-        grads, grad_norm = clip_by_global_norm(grads, self.clip_norm)
-        finite = tf.math.is_finite(loss) & tf.math.is_finite(grad_norm)
-        return loss, grad_norm, finite, grads
-
-    # --- non-finite guard (fault tolerance) ---
-    # The update runs under a tf.cond in cross-replica context: a cond inside the replica
-    # function cannot hold the optimizer's merge_call under MirroredStrategy. loss and
-    # grad_norm are all-reduced, so the condition is the same for every replica. A skipped
-    # update leaves weights and optimizer slots as they were but still advances `iterations`:
-    # the step counter is the data position and the schedule's step.
-    def _apply_if_finite(self, finite, grads):
-        def apply():
-            self.strategy.run(
-                lambda g: self.optimizer.apply(g, self.model.trainable_variables), args=(grads,)
-            )
-            return tf.constant(True)
-
-        def skip():
-            self.optimizer.iterations.assign_add(1)
-            return tf.constant(False)
-
-        return tf.cond(finite, apply, skip)
-
-    def _train_loop_fn(self, iterator, num_steps):
-        """Runs up to `num_steps` steps; returns means over finite steps and what was skipped."""
-        loss_sum, norm_sum = tf.constant(0.0), tf.constant(0.0)
-        done, skipped, first_bad = tf.constant(0), tf.constant(0), tf.constant(-1)
-        for i in tf.range(num_steps):
-            batch = next(iterator)  # (inputs, targets[, segment_ids])
-            loss, norm, finite, grads = self.strategy.run(self._replica_step, args=batch)
-            # All three are already all-reduced: every replica holds the same value.
-            loss, norm, finite = (
-                self.strategy.experimental_local_results(x)[0] for x in (loss, norm, finite)
-            )
-            self._apply_if_finite(finite, grads)
-            done += 1
-            bad = tf.logical_not(finite)
-            loss_sum += tf.where(bad, 0.0, loss)
-            norm_sum += tf.where(bad, 0.0, norm)
-            skipped += tf.cast(bad, tf.int32)
-            first_bad = tf.where(bad & (first_bad < 0), i, first_bad)
-            if bad and self.halt_on_nonfinite:
-                break
-        good = tf.cast(done - skipped, tf.float32)  # NaN below when every step was skipped
-        return {
-            "loss": loss_sum / good,
-            "grad_norm": norm_sum / good,
-            "steps": done,
-            "skipped": skipped,
-            "first_bad": first_bad,
-        }
-
-    def _eval_fn(self, inputs, targets, segment_ids=None):
-        self.traces["eval"] += 1
-        loss = token_loss_sum(self.model, inputs, targets, False, segment_ids)
-        return loss, target_count(targets)
-
-    def _eval_step_fn(self, *batch):
-        loss, count = self.strategy.run(self._eval, args=batch)
-        return self.strategy.reduce(SUM, loss, axis=None), self.strategy.reduce(
-            SUM, count, axis=None
+def validate_run(cfg: Config, replicas: int) -> None:
+    """What the config alone cannot check: the batch split over replicas and micro-batches.
+    Runs before anything is built or compiled."""
+    t = cfg.train
+    if t.global_batch_size % (replicas * t.grad_accum_steps):
+        raise ConfigError(
+            f"train.global_batch_size ({t.global_batch_size}) must be divisible by replicas "
+            f"({replicas}) x train.grad_accum_steps ({t.grad_accum_steps})"
         )
-
-
-def evaluate(steps: Steps, dataset) -> float:
-    """Mean validation loss per target token over the fixed evaluation batches."""
-    total, count = 0.0, 0.0
-    for batch in dataset:
-        loss, tokens = steps.eval_step(*batch)
-        total, count = total + float(loss), count + float(tokens)
-    return total / max(count, 1.0)
-
-
-def precision_of(cfg: Config) -> str:
-    """The Keras dtype policy of the run (train.precision, once the config has it)."""
-    return getattr(cfg.train, "precision", "float32")
 
 
 def loop_values(loss: float, grad_norm, model, optimizer) -> dict[str, float]:
@@ -166,6 +65,7 @@ def loop_values(loss: float, grad_norm, model, optimizer) -> dict[str, float]:
     # Only keras' LossScaleOptimizer (mixed_float16) has a dynamic loss scale.
     if hasattr(optimizer, "dynamic_scale"):
         values["loss_scale"] = float(optimizer.dynamic_scale)
+        values["loss_scale_skipped_steps"] = int(optimizer.skipped_steps.numpy())
     return values
 
 
@@ -186,7 +86,8 @@ def train(
         TfllmError: another process holds the workdir, or no checkpoint is usable.
         faults.NonFiniteError: a non-finite loss that the `train.on_nonfinite` policy stops on.
     """
-    strategy = strategy or tf.distribute.get_strategy()
+    strategy = strategy or distribute.make_strategy(cfg.runtime, log)
+    validate_run(cfg, strategy.num_replicas_in_sync)
     tf.io.gfile.makedirs(cfg.runtime.workdir)
     # Under MultiWorkerMirroredStrategy every worker runs this on the same workdir: their
     # coordination belongs to the multi-worker checkpointing, not to this lock.
@@ -204,8 +105,9 @@ def _train(cfg: Config, strategy, log, stop_after, watcher: faults.PreemptionWat
     tf.keras.utils.set_random_seed(cfg.train.seed)
 
     with strategy.scope():
-        model = build_model(cfg.model)
+        model = build_model(cfg.model, cfg.train.precision, cfg.train.remat)
         optimizer = make_optimizer(cfg.train, model.trainable_variables)
+    resolver = getattr(strategy, "cluster_resolver", None)
     counters = {
         "skipped_steps": tf.Variable(0, dtype=tf.int64, trainable=False),
         "rollbacks": tf.Variable(0, dtype=tf.int64, trainable=False),
@@ -218,9 +120,11 @@ def _train(cfg: Config, strategy, log, stop_after, watcher: faults.PreemptionWat
         model_config=cfg.to_dict()["model"],
         extras=counters,
         log=log,
+        chief=strategy.extended.should_checkpoint,
+        worker_id=resolver.task_id if resolver is not None and resolver.task_id else 0,
     )
     restored = checkpointer.restore_latest()
-    step = int(optimizer.iterations.numpy())
+    step = completed_steps(optimizer)
     log(
         f"model: {model.count_params():,} parameters; "
         + (f"resumed from {restored} at step {step}" if restored else "starting from scratch")
@@ -252,19 +156,24 @@ def _train(cfg: Config, strategy, log, stop_after, watcher: faults.PreemptionWat
             )
         )
 
-    eval_ds = strategy.distribute_datasets_from_function(
-        lambda ctx: data.eval_dataset(
-            val_shards, ctx.get_per_replica_batch_size(batch), cfg.train.eval_batches, ctx
-        )
+    # Every host evaluates its slice of the same global batches: the validation loss is the
+    # same number under every strategy, and a small validation split needs no shard per host.
+    eval_ds = distribute.global_batches(
+        strategy, lambda: data.eval_dataset(val_shards, batch, cfg.train.eval_batches), batch
     )
     steps = Steps(cfg, strategy, model, optimizer)
     flops_per_token = flops.flops_per_token(cfg.model, cfg.data.seq_len)
-    peak = flops.find_peak(cfg.runtime.peak_flops, precision_of(cfg), replicas)
+    peak = flops.find_peak(cfg.runtime.peak_flops, cfg.train.precision, replicas)
     reporter = Reporter(
         cfg.runtime.workdir, cfg.train.steps, tokens_per_step, flops_per_token, peak
     )
     reporter.run_config(step, cfg)
-    log(f"training to step {cfg.train.steps}: {replicas} replica(s), {tokens_per_step} tokens/step")
+    log(
+        f"training to step {cfg.train.steps}: {replicas} replica(s) x "
+        f"{batch // replicas // cfg.train.grad_accum_steps} rows x "
+        f"{cfg.train.grad_accum_steps} micro-batch(es) = {batch} rows, {tokens_per_step} tokens "
+        f"per step, {cfg.train.precision}" + (", remat" if cfg.train.remat else "")
+    )
     log(
         f"MFU: {flops_per_token['palm']:.3g} FLOPs/token (PaLM), "
         f"{flops_per_token['causal']:.3g} (causal); peak {peak.describe()}"
@@ -394,7 +303,7 @@ def _roll_back_or_stop(
     # Restore brought back the counters of the old checkpoint: the run's totals win.
     counters["rollbacks"].assign(rollbacks + 1)
     counters["skipped_steps"].assign(skipped)
-    steps.optimizer.iterations.assign(bad_step + 1)
+    set_completed_steps(steps.optimizer, bad_step + 1)
     log(
         f"{message}: rolled back to {restored}, skipping data up to step {bad_step} "
         f"(rollback {rollbacks + 1} of {cfg.train.max_rollbacks})"
@@ -403,7 +312,9 @@ def _roll_back_or_stop(
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = cli.make_parser(__doc__.splitlines()[0]).parse_args(argv)
+    parser = cli.make_parser(__doc__.splitlines()[0])
+    cli.add_strategy_flags(parser)
+    args = parser.parse_args(argv)
     cfg = cli.config_from_args(args)
     started = time.time()
     result = train(cfg)

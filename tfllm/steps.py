@@ -1,0 +1,161 @@
+"""The compiled training and evaluation steps of one run, under any tf.distribute strategy.
+
+The per-replica gradient computation (every micro-batch of gradient accumulation included) is
+XLA-compiled on its own inside `strategy.run`: compiling the whole multi-device function fails
+under MirroredStrategy. All-reduce, clipping, loss scaling, the non-finite guard and the
+optimizer update run around it in the same graph, and a host loop runs `steps_per_loop` steps
+per call so the accelerator never waits for Python.
+"""
+
+from __future__ import annotations
+
+import tensorflow as tf
+
+from tfllm import data
+from tfllm.config import Config
+from tfllm.optim import clip_by_global_norm, loss_scale
+
+SUM = tf.distribute.ReduceOp.SUM
+
+
+def target_count(targets) -> tf.Tensor:
+    """Targets that count in the loss: data.IGNORE marks padding and document boundaries."""
+    return tf.reduce_sum(tf.cast(targets != data.IGNORE, tf.float32))
+
+
+def token_loss_sum(model, inputs, targets, training: bool, segment_ids=None) -> tf.Tensor:
+    """Sum of next-token cross-entropies over every counted target in the batch."""
+    logits = model(inputs, segment_ids=segment_ids, training=training)  # (B, T, V) float32
+    counted = targets != data.IGNORE
+    losses = tf.nn.sparse_softmax_cross_entropy_with_logits(
+        labels=tf.where(counted, targets, 0), logits=logits
+    )
+    return tf.reduce_sum(tf.where(counted, losses, 0.0))
+
+
+class Steps:
+    """The train host loop and the eval step; `traces` counts how often each was traced."""
+
+    def __init__(self, cfg: Config, strategy: tf.distribute.Strategy, model, optimizer):
+        self.strategy, self.model, self.optimizer = strategy, model, optimizer
+        self.clip_norm = cfg.train.grad_clip_norm
+        self.accum = cfg.train.grad_accum_steps
+        # stop and rollback end the host loop at the first non-finite step; skip carries on.
+        self.halt_on_nonfinite = cfg.train.on_nonfinite != "skip"
+        # With float16 loss scaling an overflowing gradient is routine: the loss-scale optimizer
+        # skips that update and lowers the scale. Only a non-finite loss is the model's fault.
+        self.grads_may_overflow = cfg.train.precision == "mixed_float16"
+        self.traces = {"train_loop": 0, "gradients": 0, "eval": 0}
+        self._gradients = tf.function(self._gradients_fn, jit_compile=cfg.train.jit_compile)
+        self._eval = tf.function(self._eval_fn, jit_compile=cfg.train.jit_compile)
+        self.train_loop = tf.function(self._train_loop_fn)
+        self.eval_step = tf.function(self._eval_step_fn)
+
+    def _micro_gradients(self, batch, global_tokens, scale):
+        with tf.GradientTape() as tape:
+            loss = token_loss_sum(self.model, batch[0], batch[1], True, *batch[2:])
+            loss = loss / global_tokens
+            scaled = loss * scale
+        grads = tape.gradient(scaled, self.model.trainable_variables)
+        # The embedding's gradient is IndexedSlices: densify to sum and all-reduce it.
+        return loss, [tf.convert_to_tensor(g) for g in grads]
+
+    def _gradients_fn(self, global_tokens, scale, *batch):
+        """This replica's (loss, scaled grads), summed over `accum` micro-batches that run one
+        after another, so only one micro-batch's activations are alive at a time."""
+        self.traces["gradients"] += 1  # Python side effect: runs once per trace
+        micro = [tf.reshape(t, [self.accum, -1, t.shape[-1]]) for t in batch]  # (A, B/A, T)
+        loss, grads = self._micro_gradients([t[0] for t in micro], global_tokens, scale)
+        for i in tf.range(1, self.accum):
+            micro_loss, micro_grads = self._micro_gradients(
+                [t[i] for t in micro], global_tokens, scale
+            )
+            loss += micro_loss
+            grads = [g + m for g, m in zip(grads, micro_grads, strict=True)]
+        return loss, grads
+
+    def _replica_step(self, *batch):
+        """(inputs, targets[, segment_ids]) -> all-reduced loss, grad norm, finite, grads."""
+        ctx = tf.distribute.get_replica_context()
+        # Loss is a mean over the global target count, so it does not depend on the split.
+        global_tokens = ctx.all_reduce(SUM, target_count(batch[1]))
+        scale = loss_scale(self.optimizer)
+        loss, grads = self._gradients(global_tokens, scale, *batch)
+        loss, grads = ctx.all_reduce(SUM, [loss, grads])
+        grads, grad_norm = clip_by_global_norm(grads, self.clip_norm, scale)
+        finite = tf.math.is_finite(loss)
+        if not self.grads_may_overflow:
+            finite &= tf.math.is_finite(grad_norm)
+        return loss, grad_norm, finite, grads
+
+    def _apply_if_finite(self, finite, grads):
+        """The update, under a tf.cond in cross-replica context (a cond inside the replica
+        function cannot hold the optimizer's merge_call under MirroredStrategy). `finite` is
+        all-reduced, so every replica takes the same branch. A skipped update leaves weights and
+        optimizer slots as they were but still advances `iterations`: the step counter is the
+        data position and the schedule's step."""
+
+        def apply():
+            self.strategy.run(
+                lambda g: self.optimizer.apply(g, self.model.trainable_variables), args=(grads,)
+            )
+            return tf.constant(True)
+
+        def skip():
+            self.optimizer.iterations.assign_add(1)
+            return tf.constant(False)
+
+        return tf.cond(finite, apply, skip)
+
+    def _train_loop_fn(self, iterator, num_steps):
+        """Runs up to `num_steps` steps; returns means over finite steps and what was skipped."""
+        self.traces["train_loop"] += 1
+        loss_sum, norm_sum = tf.constant(0.0), tf.constant(0.0)
+        done, skipped, first_bad = tf.constant(0), tf.constant(0), tf.constant(-1)
+        for i in tf.range(num_steps):
+            batch = next(iterator)  # (inputs, targets[, segment_ids])
+            loss, norm, finite, grads = self.strategy.run(self._replica_step, args=batch)
+            # All three are already all-reduced: every replica holds the same value.
+            loss, norm, finite = (
+                self.strategy.experimental_local_results(x)[0] for x in (loss, norm, finite)
+            )
+            self._apply_if_finite(finite, grads)
+            done += 1
+            bad = tf.logical_not(finite)
+            loss_sum += tf.where(bad, 0.0, loss)
+            norm_sum += tf.where(bad, 0.0, norm)
+            skipped += tf.cast(bad, tf.int32)
+            first_bad = tf.where(bad & (first_bad < 0), i, first_bad)
+            if bad and self.halt_on_nonfinite:
+                break
+        good = tf.cast(done - skipped, tf.float32)  # NaN below when every step was skipped
+        return {
+            "loss": loss_sum / good,
+            "grad_norm": norm_sum / good,
+            "steps": done,
+            "skipped": skipped,
+            "first_bad": first_bad,
+        }
+
+    def _eval_fn(self, inputs, targets, segment_ids=None):
+        self.traces["eval"] += 1
+        loss = token_loss_sum(self.model, inputs, targets, False, segment_ids)
+        return loss, target_count(targets)
+
+    def _eval_step_fn(self, *batch):
+        # A plain Python replica function around the compiled one: handed to `strategy.run`
+        # directly, a jit-compiled tf.function loses the replica's device scope and reads the
+        # other replica's variables ("Trying to access resource ... located in device CPU:1").
+        loss, count = self.strategy.run(lambda *b: self._eval(*b), args=batch)
+        return self.strategy.reduce(SUM, loss, axis=None), self.strategy.reduce(
+            SUM, count, axis=None
+        )
+
+
+def evaluate(steps: Steps, dataset) -> float:
+    """Mean validation loss per target token over the fixed evaluation batches."""
+    total, count = 0.0, 0.0
+    for batch in dataset:
+        loss, tokens = steps.eval_step(*batch)
+        total, count = total + float(loss), count + float(tokens)
+    return total / max(count, 1.0)
