@@ -50,12 +50,4 @@ setup(
     python_requires=">=3.10",
     install_requires=INSTALL_REQUIRES,
     extras_require=EXTRAS_REQUIRE,
-    entry_points={
-        "console_scripts": [
-            "tfllm-prepare=tfllm.prepare:main",
-            "tfllm-train=tfllm.train:main",
-            "tfllm-generate=tfllm.generate:main",
-            "tfllm-export=tfllm.export:main",
-        ]
-    },
 )

@@ -18,7 +18,6 @@ import tensorflow as tf
 
 from tfllm import distribute
 from tfllm.config import load_config
-from tfllm.data import split_inputs_targets
 from tfllm.model import build_model
 from tfllm.optim import completed_steps, make_optimizer
 from tfllm.steps import Steps, evaluate
@@ -64,7 +63,7 @@ def train_tiny(
     def batches(repeat: bool) -> tf.data.Dataset:
         ds = tf.data.Dataset.from_tensor_slices(data)
         ds = ds.repeat() if repeat else ds
-        return ds.batch(batch, drop_remainder=True).map(split_inputs_targets)
+        return ds.batch(batch, drop_remainder=True).map(lambda w: (w[:, :-1], w[:, 1:]))
 
     iterator = iter(distribute.global_batches(strategy, lambda: batches(repeat=True), batch))
     losses, seconds = [], []
