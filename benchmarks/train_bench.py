@@ -121,7 +121,9 @@ def run_keras_hub(shape: dict, steps: int):
     )
     windows = token_batches(shape)
     ds = tf.data.Dataset.from_tensor_slices(windows).repeat()
-    ds = ds.map(lambda w: ({"token_ids": w[:, :-1], "padding_mask": tf.ones_like(w[:, :-1])}, w[:, 1:]))
+    ds = ds.map(
+        lambda w: ({"token_ids": w[:, :-1], "padding_mask": tf.ones_like(w[:, :-1])}, w[:, 1:])
+    )
     ds = ds.prefetch(2)
     return (
         lambda: model.fit(ds, steps_per_epoch=1, epochs=1, verbose=0),
