@@ -98,12 +98,12 @@ def bench_training(cfg, shards, rounds: int, steps: int) -> dict[str, list[float
         "shards": iter(strategy.distribute_datasets_from_function(reader)),
     }
     for iterator in feeds.values():  # compile, warm the reader
-        float(train_steps.train_loop(iterator, tf.constant(2))[0])
+        float(train_steps.train_loop(iterator, tf.constant(2))["loss"])
     rates: dict[str, list[float]] = {name: [] for name in feeds}
     for _ in range(rounds):
         for name, iterator in feeds.items():
             started = time.perf_counter()
-            float(train_steps.train_loop(iterator, tf.constant(steps))[0])
+            float(train_steps.train_loop(iterator, tf.constant(steps))["loss"])
             elapsed = time.perf_counter() - started
             rates[name].append(steps * batch * cfg.data.seq_len / elapsed)
     return rates

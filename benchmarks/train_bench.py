@@ -1,6 +1,6 @@
 """One training contender in one process: first-step seconds, tokens/s, peak RSS.
 
-    python -m benchmarks.train_bench CONTENDER SIZE STEPS
+    python -m benchmarks.train_bench CONTENDER SIZE STEPS CHUNKS
 
 `benchmarks.run` starts this once per repetition, alternating contenders, so every number
 comes from a clean process (its own peak RSS, no cross-talk). All contenders train the same
@@ -159,25 +159,29 @@ CONTENDERS = {
 }
 
 
-def measure(contender: str, size: str, steps: int) -> dict:
+def measure(contender: str, size: str, steps: int, chunks: int = 3) -> dict:
+    """First-step seconds, then `chunks` timed runs of `steps` steps (spread within a process)."""
     shape = shape_of(size)
     started = time.perf_counter()
     first, many = CONTENDERS[contender](shape, steps)
     first()  # traces and compiles: what a user waits for before the first step
     first_step = time.perf_counter() - started
     first()  # a second single step finishes any lazy compilation
-    started = time.perf_counter()
-    many()
-    elapsed = time.perf_counter() - started
+    rates = []
+    for _ in range(chunks):
+        started = time.perf_counter()
+        many()
+        rates.append(steps * shape["batch"] * shape["seq_len"] / (time.perf_counter() - started))
     return {
         "contender": contender,
         "size": size,
         "steps": steps,
-        "tokens_per_second": steps * shape["batch"] * shape["seq_len"] / elapsed,
+        "tokens_per_second": sorted(rates)[len(rates) // 2],
+        "chunks_tokens_per_second": rates,
         "first_step_seconds": first_step,
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
     }
 
 
 if __name__ == "__main__":
-    emit(measure(sys.argv[1], sys.argv[2], int(sys.argv[3])))
+    emit(measure(sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])))
