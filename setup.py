@@ -38,6 +38,9 @@ EXTRAS_REQUIRE = {
     "gpu": ["tensorflow[and-cuda]>=2.20,<2.22"],
     "serving": ["tensorflow-serving-api>=2.20,<2.22"],
     "profile": ["tensorboard-plugin-profile"],
+    # Only the PyTorch peer of benchmarks/ needs it; take the CPU wheel from PyTorch's index
+    # (--extra-index-url https://download.pytorch.org/whl/cpu): PyPI's pulls GBs of CUDA.
+    "bench": ["torch==2.13.0"],
 }
 
 setup(

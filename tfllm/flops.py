@@ -106,8 +106,8 @@ def accelerator_name() -> str | None:
     return None
 
 
-def matmul_probe(n: int = 1024, repeats: int = 10) -> float:
-    """Measured float32 FLOP/s of an XLA-compiled (n, n) matmul: the best of `repeats` runs."""
+def matmul_probe(n: int = 1024, repeats: int = 10, jit_compile: bool = True) -> float:
+    """Measured float32 FLOP/s of an (n, n) matmul (XLA by default): the best of `repeats`."""
     a = tf.random.stateless_normal((n, n), seed=[1, 2])
     b = tf.random.stateless_normal((n, n), seed=[3, 4])
     chain = 8  # several dependent matmuls per call, so the call overhead does not dominate
@@ -115,7 +115,7 @@ def matmul_probe(n: int = 1024, repeats: int = 10) -> float:
         lambda a, b: tf.reduce_sum(
             tf.foldl(lambda x, _: tf.matmul(x, b) * 1e-3, tf.range(chain), initializer=a)
         ),
-        jit_compile=True,
+        jit_compile=jit_compile,
     )
     float(matmuls(a, b))  # compile
     best = float("inf")

@@ -94,22 +94,29 @@ class CausalSelfAttention(keras.layers.Layer):
 
     def call(self, x, positions, mask, cache=None, cache_index=None, training=False):
         """x (B, T, D), positions (B, T), mask (B, T, S) bool -> (B, T, D), updated cache."""
-        qkv = ops.einsum("btd,dnhk->nbthk", x, self.qkv_kernel)  # (3, B, T, H, K)
-        query = apply_rotary(qkv[0], positions, self.rope_max_wavelength)
-        key = apply_rotary(qkv[1], positions, self.rope_max_wavelength)
-        value = qkv[2]
+        # Projections as plain 2-D matmuls over reshaped kernels (same weights): XLA on CPU ran
+        # the 4-D einsums with transposed operands, measurably slower (benchmarks/README.md).
+        batch, length = ops.shape(x)[0], ops.shape(x)[1]
+        head_dim = self.hidden_dim // self.num_heads
+        qkv = ops.matmul(x, ops.reshape(self.qkv_kernel, (self.hidden_dim, 3 * self.hidden_dim)))
+        qkv = ops.reshape(qkv, (batch, length, 3, self.num_heads, head_dim))  # (B, T, 3, H, K)
+        query = apply_rotary(qkv[:, :, 0], positions, self.rope_max_wavelength)
+        key = apply_rotary(qkv[:, :, 1], positions, self.rope_max_wavelength)
+        value = qkv[:, :, 2]
         if cache is not None:  # cache (B, 2, S, H, K): write this step's keys and values
             indices = _cache_slots(ops.shape(x)[0], ops.shape(x)[1], cache_index)
             key = ops.scatter_update(cache[:, 0], indices, ops.cast(key, cache.dtype))
             value = ops.scatter_update(cache[:, 1], indices, ops.cast(value, cache.dtype))
             cache = ops.stack([key, value], axis=1)
-        scale = (self.hidden_dim // self.num_heads) ** -0.5
+        scale = head_dim**-0.5
         scores = ops.einsum("bthk,bshk->bhts", query * scale, key)  # (B, H, T, S)
         scores = ops.where(mask[:, None, :, :], ops.cast(scores, "float32"), _MASKED)
         probs = ops.cast(ops.softmax(scores, axis=-1), self.compute_dtype)
         probs = self.dropout_layer(probs, training=training)
         attended = ops.einsum("bhts,bshk->bthk", probs, value)  # (B, T, H, K)
-        return ops.einsum("bthk,hkd->btd", attended, self.output_kernel), cache
+        attended = ops.reshape(attended, (batch, length, self.hidden_dim))  # (B, T, D)
+        output = ops.reshape(self.output_kernel, (self.hidden_dim, self.hidden_dim))
+        return ops.matmul(attended, output), cache
 
     def get_config(self):
         return {
@@ -153,12 +160,15 @@ class MLP(keras.layers.Layer):
         )
 
     def call(self, x):
-        projected = ops.einsum("btd,dgf->gbtf", x, self.input_kernel)  # (gates, B, T, F)
+        gates = 2 if self.activation == "swiglu" else 1
+        kernel = ops.reshape(self.input_kernel, (self.hidden_dim, gates * self.intermediate_dim))
+        projected = ops.matmul(x, kernel)  # (B, T, gates * F): a plain matmul, as in attention
         if self.activation == "swiglu":
-            hidden = ops.silu(projected[0]) * projected[1]
+            gate, up = ops.split(projected, 2, axis=-1)
+            hidden = ops.silu(gate) * up
         else:
-            hidden = ops.gelu(projected[0], approximate=True)
-        return ops.einsum("btf,fd->btd", hidden, self.output_kernel)
+            hidden = ops.gelu(projected, approximate=True)
+        return ops.matmul(hidden, self.output_kernel)
 
     def get_config(self):
         return {

@@ -1,0 +1,108 @@
+"""Shared pieces of the benchmarks: statistics over repetitions, the machine, subprocesses.
+
+Every comparison alternates its contenders (A B C A B C ...) and reports the median with the
+spread (min-max), because this machine is shared: single runs were seen at half speed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import socket
+import statistics
+import subprocess
+import sys
+from importlib import metadata
+
+# A repetition further than this from the median (relative) is flagged as an outlier.
+OUTLIER = 0.25
+RESULT_PREFIX = "RESULT "  # the line a worker subprocess prints its JSON result on
+
+
+def summarize(values: list[float]) -> dict:
+    """Median, spread and outliers of repetitions (empty input gives None fields)."""
+    if not values:
+        return {"median": None, "min": None, "max": None, "runs": [], "outliers": []}
+    median = statistics.median(values)
+    outliers = [v for v in values if median and abs(v - median) / median > OUTLIER]
+    return {
+        "median": median,
+        "min": min(values),
+        "max": max(values),
+        "runs": list(values),
+        "outliers": outliers,
+    }
+
+
+def ratio(numerator: dict | None, denominator: dict | None) -> float | None:
+    """Ratio of two summaries' medians; None when either is missing."""
+    if not numerator or not denominator:
+        return None
+    a, b = numerator.get("median"), denominator.get("median")
+    return a / b if a and b else None
+
+
+def cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def machine() -> dict:
+    return {
+        "host": socket.gethostname(),
+        "cpu": cpu_model(),
+        "cores": os.cpu_count(),
+        "load_average": list(os.getloadavg()),
+        "python": platform.python_version(),
+    }
+
+
+def versions() -> dict:
+    """Library versions; a package that is not installed says so."""
+    found = {}
+    for name in ("tensorflow", "keras", "keras-hub", "numpy", "torch"):
+        try:
+            found[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            found[name] = "not installed"
+    return found
+
+
+def has_torch() -> bool:
+    try:
+        metadata.version("torch")
+    except metadata.PackageNotFoundError:
+        return False
+    return True
+
+
+def emit(result: dict) -> None:
+    """Prints a worker's result as the one line `run_worker` looks for."""
+    print(RESULT_PREFIX + json.dumps(result), flush=True)
+
+
+def run_worker(module: str, args: list[str], timeout: float = 600) -> dict:
+    """Runs `python -m module args` in a fresh process; its result dict, or {"error": ...}."""
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONWARNINGS": "ignore"}
+    try:
+        done = subprocess.run(
+            [sys.executable, "-m", module, *args],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            env=env,
+        )
+    except subprocess.TimeoutExpired:
+        return {"error": f"timed out after {timeout:.0f}s"}
+    for line in reversed(done.stdout.splitlines()):
+        if line.startswith(RESULT_PREFIX):
+            return json.loads(line[len(RESULT_PREFIX) :])
+    tail = (done.stderr or done.stdout).strip().splitlines()[-3:]
+    return {"error": f"exit {done.returncode}: " + " | ".join(tail)}
