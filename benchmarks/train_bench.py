@@ -72,7 +72,7 @@ def run_tfllm(shape: dict, steps: int, jit_compile: bool = True, replicas: int =
     from tfllm.config import load_config
     from tfllm.model import build_model
     from tfllm.optim import make_optimizer
-    from tfllm.train import Steps
+    from tfllm.steps import Steps
 
     cfg = load_config([], tfllm_overrides(shape, jit_compile))
     tf.keras.utils.set_random_seed(0)
