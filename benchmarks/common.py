@@ -106,3 +106,18 @@ def run_worker(module: str, args: list[str], timeout: float = 600) -> dict:
             return json.loads(line[len(RESULT_PREFIX) :])
     tail = (done.stderr or done.stdout).strip().splitlines()[-3:]
     return {"error": f"exit {done.returncode}: " + " | ".join(tail)}
+
+
+def gpt2_backbone(shape: dict, max_sequence_length: int):
+    """keras-hub's GPT2Backbone on a benchmark shape: the peer both B1 and B4 measure."""
+    import keras_hub
+
+    return keras_hub.models.GPT2Backbone(
+        vocabulary_size=shape["vocabulary_size"],
+        num_layers=shape["num_layers"],
+        num_heads=shape["num_heads"],
+        hidden_dim=shape["hidden_dim"],
+        intermediate_dim=shape["intermediate_dim"],
+        dropout=0.0,
+        max_sequence_length=max_sequence_length,
+    )

@@ -16,7 +16,7 @@ import numpy as np
 import tensorflow as tf
 
 from benchmarks import data_bench, generate_bench
-from benchmarks.common import emit, summarize
+from benchmarks.common import emit, gpt2_backbone, summarize
 from benchmarks.train_bench import shape_of
 from tfllm import flops, generate, prepare, verify
 from tfllm.config import load_config
@@ -59,14 +59,7 @@ def keras_hub_generate(shape: dict, prompt: np.ndarray, new_tokens: int):
     """keras-hub GPT2CausalLM.generate (greedy) on the same shapes, as a zero-arg callable."""
     import keras_hub
 
-    backbone = keras_hub.models.GPT2Backbone(
-        vocabulary_size=shape["vocabulary_size"],
-        num_layers=shape["num_layers"],
-        num_heads=shape["num_heads"],
-        hidden_dim=shape["hidden_dim"],
-        intermediate_dim=shape["intermediate_dim"],
-        max_sequence_length=2 * shape["seq_len"],
-    )
+    backbone = gpt2_backbone(shape, 2 * shape["seq_len"])
     lm = keras_hub.models.GPT2CausalLM(backbone=backbone, preprocessor=None)
     lm.compile(sampler="greedy")
     width = prompt.shape[1] + new_tokens  # generation fills the padding after the prompt

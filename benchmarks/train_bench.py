@@ -17,7 +17,7 @@ import time
 
 import numpy as np
 
-from benchmarks.common import emit
+from benchmarks.common import emit, gpt2_backbone
 
 SIZES = {
     # Overhead-bound: per-step framework cost decides.
@@ -98,19 +98,10 @@ def run_tfllm(shape: dict, steps: int, jit_compile: bool = True, replicas: int =
 def run_keras_hub(shape: dict, steps: int):
     """keras-hub GPT2Backbone + tied head, trained with `model.fit(jit_compile=True)`."""
     import keras
-    import keras_hub
     import tensorflow as tf
 
     keras.utils.set_random_seed(0)
-    backbone = keras_hub.models.GPT2Backbone(
-        vocabulary_size=shape["vocabulary_size"],
-        num_layers=shape["num_layers"],
-        num_heads=shape["num_heads"],
-        hidden_dim=shape["hidden_dim"],
-        intermediate_dim=shape["intermediate_dim"],
-        dropout=0.0,
-        max_sequence_length=shape["seq_len"],
-    )
+    backbone = gpt2_backbone(shape, shape["seq_len"])
     inputs = backbone.input
     logits = backbone.token_embedding(backbone(inputs), reverse=True)
     model = keras.Model(inputs, logits)

@@ -54,16 +54,16 @@ def test_prepare_conserves_tokens_and_reads_back(make_config):
 
     # The reader yields windows of the shards, shifted by one into inputs and targets.
     window_len = manifest["window_len"]
-    written = set()
-    for path in records.shard_paths(directory, manifest, "train"):
-        for batch in tf.data.TFRecordDataset(path).batch(256):
-            written.update(
-                map(tuple, records.parse_batch(batch, window_len)[records.TOKENS_KEY].numpy())
-            )
     shards = {
         split: verify.check_split(directory, manifest, split, "sha256", "stop", log=print)
         for split in ("train", "val")
     }
+    written = set()
+    for path in shards["train"].paths:
+        for batch in tf.data.TFRecordDataset(path).batch(256):
+            written.update(
+                map(tuple, records.parse_batch(batch, window_len)[records.TOKENS_KEY].numpy())
+            )
     ds = data.train_dataset(shards["train"], 4, seed=0, shuffle_buffer=16)
     for x, y in ds.take(50):
         np.testing.assert_array_equal(x[:, 1:], y[:, :-1])

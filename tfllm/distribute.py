@@ -179,15 +179,6 @@ def make_strategy(runtime: RuntimeConfig, log: Callable[[str], None] = print):
     return strategy
 
 
-def num_input_pipelines(strategy: tf.distribute.Strategy) -> int:
-    """How many input pipelines `distribute_datasets_from_function` will start: one per host."""
-    resolver = getattr(strategy, "cluster_resolver", None)
-    if resolver is None:
-        return 1
-    jobs = resolver.cluster_spec().as_dict()
-    return max(1, len(jobs.get("chief", [])) + len(jobs.get("worker", [])))
-
-
 def global_batches(
     strategy: tf.distribute.Strategy, make_dataset: Callable[[], tf.data.Dataset], batch: int
 ):

@@ -143,14 +143,3 @@ def read_manifest(directory: str) -> dict:
             f"(expected {MANIFEST_VERSION}); run python -m tfllm.prepare --force"
         )
     return manifest
-
-
-def shard_paths(directory: str, manifest: dict, split: str) -> list[str]:
-    shards = manifest["splits"].get(split, {}).get("shards", [])
-    if not shards:
-        raise DataError(f"{directory}: the manifest lists no {split} shards")
-    paths = [posixpath.join(directory, s["file"]) for s in shards]
-    for path in paths:
-        if not tf.io.gfile.exists(path):
-            raise DataError(f"shard listed in the manifest is missing: {path}")
-    return paths
