@@ -25,6 +25,7 @@ import time
 import numpy as np
 import tensorflow as tf
 
+from benchmarks.common import never_end
 from tfllm import export, generate, tokenizer
 from tfllm.config import load_config, save_config
 from tfllm.model import build_model
@@ -89,8 +90,7 @@ def make_run(root: str):
     save_config(cfg, f"{root}/config.yaml")
     tf.keras.utils.set_random_seed(0)
     model = build_model(cfg.model)
-    embeddings = model.embedding.embeddings
-    embeddings.assign(tf.tensor_scatter_nd_update(embeddings, [[tokenizer.EOS_ID]], [[0.0] * 512]))
+    never_end(model, tokenizer.EOS_ID)
     tf.train.Checkpoint(model=model).save(f"{root}/checkpoints/ckpt")
     version_dir = export.export(root, f"{root}/export/bench", log=lambda _: None)
     return model, tokenizer_path, version_dir

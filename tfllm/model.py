@@ -12,18 +12,18 @@ import math
 
 import keras
 from keras import ops
-from keras_hub.layers import ReversibleEmbedding
 
 from tfllm.config import ModelConfig
-from tfllm.layers import RMSNorm, TransformerBlock
+from tfllm.layers import RMSNorm, TiedEmbedding, TransformerBlock
 
 
 class TransformerLM(keras.Model):
     """A pre-norm Transformer LM with rotary positions and tied input/output embeddings.
 
     `call(token_ids)` returns logits; `call(token_ids, cache=..., cache_index=i)` also writes
-    the keys and values of the T tokens into cache slots i..i+T-1 of the (L, B, 2, S, H, K)
-    cache and returns `(logits, cache)`, for prefill and one-token decode steps alike.
+    the keys and values of the T tokens into cache slots i..i+T-1 of the cache (one
+    (keys, values) pair of (B, H, S, K) tensors per layer, from `empty_cache`) and returns
+    `(logits, cache)`, for prefill and one-token decode steps alike.
 
     A batch of prompts of different lengths is left-padded: `cache_start` (B,) says how many
     leading slots of each row are padding, so slot s of row b holds position s - cache_start[b]
@@ -57,14 +57,7 @@ class TransformerLM(keras.Model):
         self.rope_max_wavelength = rope_max_wavelength
         self.layer_norm_epsilon = layer_norm_epsilon
         self.remat = remat
-        self.embedding = ReversibleEmbedding(
-            vocabulary_size,
-            hidden_dim,
-            tie_weights=True,
-            embeddings_initializer=keras.initializers.RandomNormal(stddev=0.02),
-            reverse_dtype="float32",
-            name="token_embedding",
-        )
+        self.embedding = TiedEmbedding(vocabulary_size, hidden_dim, name="token_embedding")
         # GPT-2's scaled init: each residual branch's output starts at std 0.02 / sqrt(2L).
         output_init_std = 0.02 / math.sqrt(2 * num_layers)
         self.blocks = [
@@ -97,7 +90,7 @@ class TransformerLM(keras.Model):
         cache_start=None,
         training=False,
     ):
-        """Token ids (B, T) -> float32 logits (B, T, V) [, cache (L, B, 2, S, H, K)].
+        """Token ids (B, T) -> float32 logits (B, T, V) [, cache].
 
         `cache_start` (B,) int32, only with `cache`: leading padding slots per row (default 0).
         """
@@ -114,7 +107,7 @@ class TransformerLM(keras.Model):
             if segment_ids is not None:  # document packing: never attend across documents
                 mask = mask & (segment_ids[:, None, :] == segment_ids[:, :, None])
         else:  # slot s of row b holds position s - cache_start[b]; negative ones are padding
-            slots = ops.arange(ops.shape(cache)[3], dtype="int32")
+            slots = ops.arange(ops.shape(cache[0][0])[2], dtype="int32")
             key_positions = (slots[None, :] - cache_start[:, None])[:, None, :]  # (B, 1, S)
             mask = (key_positions >= 0) & (key_positions <= positions[:, :, None])  # (B, T, S)
 
@@ -129,10 +122,10 @@ class TransformerLM(keras.Model):
                 x, positions, mask, cache=layer_cache, cache_index=cache_index, training=training
             )
             new_cache.append(layer_cache)
-        logits = self.embedding(self.final_norm(x), reverse=True)  # (B, T, V)
+        logits = self.embedding.logits(self.final_norm(x))  # (B, T, V)
         if cache is None:
             return logits
-        return logits, ops.stack(new_cache)
+        return logits, tuple(new_cache)
 
     @staticmethod
     def _rematerialized(block, x, positions, mask, training):
@@ -145,10 +138,14 @@ class TransformerLM(keras.Model):
         return keras.remat(forward)(x)
 
     def empty_cache(self, batch_size: int, length: int, dtype: str = "float32"):
-        """A zero cache (L, B, 2, S, H, K) for `length` positions."""
+        """A zero cache for `length` positions: per layer a (keys, values) pair of
+        (B, H, S, K) tensors."""
         head_dim = self.hidden_dim // self.num_heads
-        shape = (self.num_layers, batch_size, 2, length, self.num_heads, head_dim)
-        return ops.zeros(shape, dtype=dtype)
+        shape = (batch_size, self.num_heads, length, head_dim)
+        return tuple(
+            (ops.zeros(shape, dtype=dtype), ops.zeros(shape, dtype=dtype))
+            for _ in range(self.num_layers)
+        )
 
     def get_config(self):
         return {
