@@ -24,12 +24,13 @@ RUN += ("train.eval_every=40",)
 
 
 class TrainProcess:
-    """`python -m tfllm.train --config FILE` in a subprocess, its stdout read line by line."""
+    """`python -m tfllm.train --config FILE [ARGS]` in a subprocess, its stdout read line by
+    line; `env` adds environment variables (e.g. TF_CONFIG)."""
 
-    def __init__(self, config_path):
-        env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(ROOT)}
+    def __init__(self, config_path, *args: str, env: dict | None = None):
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(ROOT), **(env or {})}
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "tfllm.train", "--config", str(config_path)],
+            [sys.executable, "-m", "tfllm.train", "--config", str(config_path), *args],
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
@@ -50,6 +51,12 @@ class TrainProcess:
         out, _ = self.proc.communicate(timeout=timeout)
         self.lines += out.splitlines()
         return self.proc.returncode
+
+    def kill(self) -> None:
+        """Ends the process if it still runs: a failing test leaves no stray trainer behind."""
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
 
 
 def test_sigterm_kill9_restart_equals_uninterrupted(make_config, tmp_path):
