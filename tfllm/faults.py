@@ -51,11 +51,12 @@ def write_diagnostics(workdir: str, report: dict) -> str:
 def gradient_report(model, loss_fn, batch: tuple, step: int) -> dict:
     """Loss and per-variable gradient norms of one batch (inputs, targets[, segment_ids]),
     computed eagerly at the current weights, so a non-finite value can be traced to the layer
-    where it starts."""
+    where it starts. The loss is divided by the batch's count of targets as in the train step,
+    so a batch with none (all padding) reports the same 0/0 = NaN that stopped the step."""
     inputs, targets, *segment_ids = batch
     counted = tf.reduce_sum(tf.cast(targets >= 0, tf.float32))  # ignored targets are -1
     with tf.GradientTape() as tape:
-        loss = loss_fn(model, inputs, targets, True, *segment_ids) / tf.maximum(counted, 1.0)
+        loss = loss_fn(model, inputs, targets, True, *segment_ids) / counted
     grads = tape.gradient(loss, model.trainable_variables)
     norms = {
         v.path: float(tf.norm(g)) if g is not None else None
@@ -65,6 +66,7 @@ def gradient_report(model, loss_fn, batch: tuple, step: int) -> dict:
         "step": step,
         "batch_fingerprint": batch_fingerprint(inputs),
         "loss": float(loss),
+        "counted_targets": int(counted),
         "gradient_norms": norms,
         "nonfinite_gradients": [
             k for k, n in norms.items() if n is not None and not np.isfinite(n)

@@ -290,7 +290,8 @@ def _roll_back_or_stop(
     report = faults.gradient_report(steps.model, token_loss_sum, batch, bad_step)
     path = faults.write_diagnostics(cfg.runtime.workdir, report)
     message = (
-        f"non-finite loss or gradients at step {bad_step} (loss {report['loss']:.4g}, "
+        f"non-finite loss or gradients at step {bad_step} (loss {report['loss']:.4g} over "
+        f"{report['counted_targets']} targets, "
         f"{len(report['nonfinite_gradients'])} non-finite gradient(s); diagnostics: {path})"
     )
     rollbacks = int(counters["rollbacks"])
