@@ -136,10 +136,8 @@ def _train(cfg: Config, strategy, log, stop_after, watcher: PreemptionWatcher) -
     preemption = Preemption(strategy, watcher, checkpointer.save, cfg.runtime.workdir, log)
 
     replicas = strategy.num_replicas_in_sync
-    batch, tokens_per_step = (
-        cfg.train.global_batch_size,
-        cfg.train.global_batch_size * cfg.data.seq_len,
-    )
+    batch = cfg.train.global_batch_size
+    tokens_per_step = batch * cfg.data.seq_len
     train_shards, val_shards = (
         verify.check_split(directory, manifest, split, cfg.data.verify, cfg.data.on_corrupt, log)
         for split in ("train", "val")
