@@ -132,12 +132,16 @@ def test_trains_with_falling_loss(overrides):
         assert steps.model.blocks[0].compute_dtype == overrides[0].split("=mixed_")[1]
 
 
-def test_float16_loss_scaling_skips_overflowing_steps():
-    """A loss scale of 1e38 overflows float16: the step is skipped and the scale halved."""
+def test_float16_loss_scaling_skips_overflowing_steps(tmp_path):
+    """A loss scale of 1e38 overflows float16: the step is skipped and the scale halved. The
+    skip is reported as `loss_scale_skipped_steps` and survives a checkpoint round trip, so a
+    resumed run knows its step (iterations + skipped) and its data position."""
     cfg = load_config([], [*TINY, "train.precision=mixed_float16", "runtime.strategy=cpu"])
+    from tfllm.checkpoint import Checkpointer
     from tfllm.model import build_model
-    from tfllm.optim import make_optimizer
+    from tfllm.optim import completed_steps, make_optimizer
     from tfllm.steps import Steps
+    from tfllm.train import loop_values
 
     model = build_model(cfg.model, cfg.train.precision)
     optimizer = make_optimizer(cfg.train, model.trainable_variables)
@@ -145,12 +149,22 @@ def test_float16_loss_scaling_skips_overflowing_steps():
     before = [v.numpy() for v in model.trainable_variables]
     steps = Steps(cfg, tf.distribute.get_strategy(), model, optimizer)
     tokens = tf.zeros((8, 16), tf.int32)
-    steps.train_loop(iter(tf.data.Dataset.from_tensors((tokens, tokens))), tf.constant(1))
+    out = steps.train_loop(iter(tf.data.Dataset.from_tensors((tokens, tokens))), tf.constant(1))
     assert int(optimizer.skipped_steps.numpy()) == 1
     assert int(optimizer.iterations.numpy()) == 0
     assert float(optimizer.dynamic_scale.numpy()) == pytest.approx(5e37, rel=1e-6)
     for old, variable in zip(before, model.trainable_variables, strict=True):
         np.testing.assert_array_equal(old, variable.numpy())
+    values = loop_values(float(out["loss"]), out["grad_norm"], model, optimizer)
+    assert values["loss_scale_skipped_steps"] == 1
+    assert values["loss_scale"] == pytest.approx(5e37, rel=1e-6)
+
+    Checkpointer(str(tmp_path), model, optimizer, keep=2).save(completed_steps(optimizer))
+    model = build_model(cfg.model, cfg.train.precision)
+    restored = make_optimizer(cfg.train, model.trainable_variables)
+    assert Checkpointer(str(tmp_path), model, restored, keep=2).restore_latest()
+    assert int(restored.skipped_steps.numpy()) == 1 and completed_steps(restored) == 1
+    assert float(restored.dynamic_scale.numpy()) == pytest.approx(5e37, rel=1e-6)
 
 
 def test_bad_runs_fail_before_compiling():

@@ -11,8 +11,10 @@ import sys
 
 import numpy as np
 import pytest
-from test_train import final_weights
+import tensorflow as tf
+from test_train import final_weights, read_scalars
 
+from tfllm import data, prepare, records, verify
 from tfllm.config import save_config
 from tfllm.errors import TfllmError
 from tfllm.faults import EXIT_NONFINITE, NonFiniteError
@@ -24,12 +26,13 @@ RUN += ("train.eval_every=40",)
 
 
 class TrainProcess:
-    """`python -m tfllm.train --config FILE` in a subprocess, its stdout read line by line."""
+    """`python -m tfllm.train --config FILE [ARGS]` in a subprocess, its stdout read line by
+    line; `env` adds environment variables (e.g. TF_CONFIG)."""
 
-    def __init__(self, config_path):
-        env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(ROOT)}
+    def __init__(self, config_path, *args: str, env: dict | None = None):
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(ROOT), **(env or {})}
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "tfllm.train", "--config", str(config_path)],
+            [sys.executable, "-m", "tfllm.train", "--config", str(config_path), *args],
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
@@ -50,6 +53,12 @@ class TrainProcess:
         out, _ = self.proc.communicate(timeout=timeout)
         self.lines += out.splitlines()
         return self.proc.returncode
+
+    def kill(self) -> None:
+        """Ends the process if it still runs: a failing test leaves no stray trainer behind."""
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
 
 
 def test_sigterm_kill9_restart_equals_uninterrupted(make_config, tmp_path):
@@ -128,6 +137,61 @@ def test_nonfinite_rollback_is_bounded(make_config):
     print("\n".join(rollbacks))
     assert len(rollbacks) == 2
     assert all("skipping data up to step" in line for line in rollbacks)
+
+
+def poison_step(cfg, step: int) -> None:
+    """Rewrites the training shards so that the global batch of `step` is all padding (segment
+    id 0 everywhere, `data.packing=document`): no target counts, so the step's loss is 0/0, a
+    NaN that comes from the data alone. The manifest is updated to match."""
+    directory = prepare.data_dir(cfg)
+    manifest = records.read_manifest(directory)
+    shards = verify.check_split(directory, manifest, "train", "size", "error")
+    size = cfg.train.global_batch_size
+    stream = data.global_records(shards, cfg.train.seed, cfg.data.shuffle_buffer, step * size)
+    victims = {record.numpy() for record in stream.take(size)}
+    zeros = np.zeros(manifest["window_len"], np.int64)
+    padding = records.serialize_window(zeros, zeros)
+    replaced = 0
+    for entry in manifest["splits"]["train"]["shards"]:
+        path = os.path.join(directory, entry["file"])
+        old = [record.numpy() for record in tf.data.TFRecordDataset(path)]
+        if victims.isdisjoint(old):
+            continue
+        with tf.io.TFRecordWriter(path) as writer:
+            for record in old:
+                writer.write(padding if record in victims else record)
+        replaced += sum(record in victims for record in old)
+        entry.update(bytes=os.path.getsize(path), sha256=records.file_sha256(path))
+    assert replaced == size
+    records.write_manifest(directory, manifest)
+
+
+def test_nonfinite_rollback_recovers_from_a_poisoned_batch(make_config, tmp_path):
+    """One bad batch at step 17: roll back to ckpt-10 once, skip steps 11..17, train to 30."""
+    cfg = make_config(
+        "data.packing=document",
+        f"data.root={tmp_path / 'data'}",
+        "train.steps=30",
+        "train.steps_per_loop=5",
+        "train.checkpoint_every=10",
+        "train.eval_every=30",
+        "train.on_nonfinite=rollback",
+    )
+    prepare.prepare(cfg, log=lambda *_: None)
+    poison_step(cfg, 17)
+    lines = []
+    result = train(cfg, log=lines.append)
+    rollbacks = [line for line in lines if "rolled back to" in line]
+    print("\n".join(rollbacks))
+    assert len(rollbacks) == 1 and result["rollbacks"] == 1
+    assert "at step 17 (loss nan over 0 targets" in rollbacks[0]
+    assert "ckpt-10, skipping data up to step 17" in rollbacks[0]
+    assert result["step"] == 30 and np.isfinite(result["val_loss"])
+    losses = read_scalars(tmp_path / "run" / "train", "loss")
+    print("training loss by step:", {k: round(v, 3) for k, v in sorted(losses.items())})
+    assert sorted(losses) == [5, 10, 15, 20, 25, 30] and all(np.isfinite(list(losses.values())))
+    weights, step = final_weights(cfg)
+    assert step == 30 and all(np.isfinite(w).all() for w in weights)
 
 
 def test_package_uses_no_unsafe_deserialization():

@@ -202,11 +202,15 @@ class Checkpointer:
         self.log(f"checkpoint: rebuilt the '{STATE_FILE}' state file from disk (it was {was})")
 
     def save(self, step: int) -> str:
-        """Writes ckpt-`step`, publishes it with its marker, then drops the oldest ones."""
+        """Writes ckpt-`step`, publishes it with its marker, then drops the oldest ones.
+
+        Returns the checkpoint's path prefix; on a non-chief worker, the chief's, which this
+        worker's part of the save goes with.
+        """
         if self.scratch is not None:  # a non-chief worker: take part in the save, keep nothing
-            path = self.checkpoint.write(posixpath.join(self.scratch, f"ckpt-{step}"))
+            self.checkpoint.write(posixpath.join(self.scratch, f"ckpt-{step}"))
             tf.io.gfile.rmtree(self.scratch)
-            return path
+            return self._prefix(step)
         tf.io.gfile.makedirs(self.directory)
         self._set_aside_skipped()
         marker_path = self._prefix(step) + MARKER_SUFFIX

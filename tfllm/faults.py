@@ -1,4 +1,4 @@
-"""Preemption signals, exit codes and non-finite-loss diagnostics for the training loop.
+"""Exit codes and non-finite-loss diagnostics for the training loop (signals: `preemption.py`).
 
 Exit codes of `python -m tfllm.train` (also in the README):
     0    trained to `train.steps`
@@ -6,18 +6,15 @@ Exit codes of `python -m tfllm.train` (also in the README):
     3    non-finite loss or gradients (`train.on_nonfinite=stop`, or rollbacks used up);
          diagnostics in `<workdir>/nonfinite-step-N.json`
     130  SIGINT: a checkpoint was saved at the next loop boundary; run again to resume
-    143  SIGTERM (preemption): the same
+    143  SIGTERM (preemption): the same. Under a multi-worker cluster every worker exits 143
+         when any of them is preempted (a worker that got SIGINT itself exits 130)
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import os
 import posixpath
-import signal
-import sys
-import threading
 
 import numpy as np
 import tensorflow as tf
@@ -25,7 +22,6 @@ import tensorflow as tf
 from tfllm.errors import TfllmError
 
 EXIT_NONFINITE = 3
-POLICIES = ("stop", "skip", "rollback")
 
 
 def exit_code_for(signum: int) -> int:
@@ -37,38 +33,6 @@ class NonFiniteError(TfllmError):
     """Training met a non-finite loss or gradient and the policy says stop."""
 
     exit_code = EXIT_NONFINITE
-
-
-class PreemptionWatcher:
-    """Turns SIGTERM and SIGINT into a flag that the loop checks at each loop boundary.
-
-    A second signal while the save is pending ends the process at once (exit 128 + signal):
-    an impatient user or a scheduler's final kill is obeyed. Handlers are installed only on
-    the main thread (Python allows no other) and the previous ones come back on exit.
-    """
-
-    SIGNALS = (signal.SIGTERM, signal.SIGINT)
-
-    def __init__(self):
-        self.signum: int | None = None
-        self._previous: dict = {}
-
-    def _handle(self, signum, frame) -> None:
-        if self.signum is not None:
-            print(f"second signal {signum}: exiting without a checkpoint", file=sys.stderr)
-            os._exit(exit_code_for(signum))
-        self.signum = signum
-
-    def __enter__(self) -> PreemptionWatcher:
-        if threading.current_thread() is threading.main_thread():
-            for signum in self.SIGNALS:
-                self._previous[signum] = signal.signal(signum, self._handle)
-        return self
-
-    def __exit__(self, *exc) -> None:
-        for signum, handler in self._previous.items():
-            signal.signal(signum, handler)
-        self._previous = {}
 
 
 def batch_fingerprint(inputs) -> str:
@@ -87,11 +51,12 @@ def write_diagnostics(workdir: str, report: dict) -> str:
 def gradient_report(model, loss_fn, batch: tuple, step: int) -> dict:
     """Loss and per-variable gradient norms of one batch (inputs, targets[, segment_ids]),
     computed eagerly at the current weights, so a non-finite value can be traced to the layer
-    where it starts."""
+    where it starts. The loss is divided by the batch's count of targets as in the train step,
+    so a batch with none (all padding) reports the same 0/0 = NaN that stopped the step."""
     inputs, targets, *segment_ids = batch
     counted = tf.reduce_sum(tf.cast(targets >= 0, tf.float32))  # ignored targets are -1
     with tf.GradientTape() as tape:
-        loss = loss_fn(model, inputs, targets, True, *segment_ids) / tf.maximum(counted, 1.0)
+        loss = loss_fn(model, inputs, targets, True, *segment_ids) / counted
     grads = tape.gradient(loss, model.trainable_variables)
     norms = {
         v.path: float(tf.norm(g)) if g is not None else None
@@ -101,6 +66,7 @@ def gradient_report(model, loss_fn, batch: tuple, step: int) -> dict:
         "step": step,
         "batch_fingerprint": batch_fingerprint(inputs),
         "loss": float(loss),
+        "counted_targets": int(counted),
         "gradient_norms": norms,
         "nonfinite_gradients": [
             k for k, n in norms.items() if n is not None and not np.isfinite(n)

@@ -8,8 +8,9 @@ standard library), preparing the shards first when they are missing. Running it 
 same workdir resumes from the latest checkpoint.
 
 The loop, top to bottom: lock the workdir -> restore the newest usable checkpoint -> [host loop
-of steps_per_loop XLA-compiled steps -> non-finite policy -> log -> on SIGTERM/SIGINT save and
-exit -> evaluate / checkpoint every N steps] -> final evaluation, checkpoint and a sample.
+of steps_per_loop XLA-compiled steps -> non-finite policy -> log -> on SIGTERM/SIGINT save (all
+workers at one step) and exit -> evaluate / checkpoint every N steps] -> final evaluation,
+checkpoint and a sample.
 Exit codes are listed in `tfllm/faults.py` and the README.
 """
 
@@ -39,6 +40,7 @@ from tfllm.errors import ConfigError
 from tfllm.metrics import Reporter
 from tfllm.model import build_model
 from tfllm.optim import completed_steps, make_optimizer, set_completed_steps
+from tfllm.preemption import Preemption, PreemptionWatcher
 from tfllm.steps import Steps, evaluate, token_loss_sum
 from tfllm.workdir_lock import WorkdirLock
 
@@ -89,16 +91,16 @@ def train(
     strategy = strategy or distribute.make_strategy(cfg.runtime, log)
     validate_run(cfg, strategy.num_replicas_in_sync)
     tf.io.gfile.makedirs(cfg.runtime.workdir)
-    # Under MultiWorkerMirroredStrategy every worker runs this on the same workdir: their
-    # coordination belongs to the multi-worker checkpointing, not to this lock.
-    resolver = getattr(strategy, "cluster_resolver", None)
-    single = resolver is None or not resolver.cluster_spec().as_dict()
-    lock = WorkdirLock(cfg.runtime.workdir, log) if single else contextlib.nullcontext()
-    with lock, faults.PreemptionWatcher() as watcher:
+    # Under MultiWorkerMirroredStrategy every worker of a job runs on the same workdir: the
+    # chief, the one writer of checkpoints, holds the lock for the job, so a second job is
+    # refused at its chief; the other workers write only scratch directories of their own.
+    chief = strategy.extended.should_checkpoint
+    lock = WorkdirLock(cfg.runtime.workdir, log) if chief else contextlib.nullcontext()
+    with lock, PreemptionWatcher() as watcher:
         return _train(cfg, strategy, log, stop_after, watcher)
 
 
-def _train(cfg: Config, strategy, log, stop_after, watcher: faults.PreemptionWatcher) -> dict:
+def _train(cfg: Config, strategy, log, stop_after, watcher: PreemptionWatcher) -> dict:
     manifest = prepare.ensure_prepared(cfg, log)
     directory = prepare.data_dir(cfg)
     save_config(cfg, f"{cfg.runtime.workdir}/config.yaml")
@@ -131,12 +133,11 @@ def _train(cfg: Config, strategy, log, stop_after, watcher: faults.PreemptionWat
     )
     if restored is None and cfg.train.on_nonfinite == "rollback":
         checkpointer.save(step)  # something to roll back to before the first checkpoint
+    preemption = Preemption(strategy, watcher, checkpointer.save, cfg.runtime.workdir, log)
 
     replicas = strategy.num_replicas_in_sync
-    batch, tokens_per_step = (
-        cfg.train.global_batch_size,
-        cfg.train.global_batch_size * cfg.data.seq_len,
-    )
+    batch = cfg.train.global_batch_size
+    tokens_per_step = batch * cfg.data.seq_len
     train_shards, val_shards = (
         verify.check_split(directory, manifest, split, cfg.data.verify, cfg.data.on_corrupt, log)
         for split in ("train", "val")
@@ -236,11 +237,10 @@ def _train(cfg: Config, strategy, log, stop_after, watcher: faults.PreemptionWat
         values = loop_values(float(out["loss"]), out["grad_norm"], model, optimizer)
         values["nonfinite_steps"] = int(counters["skipped_steps"])
         reporter.train_progress(step, done, elapsed, values)
-        if watcher.signum is not None:
-            path = checkpointer.save(step)
-            log(f"signal {watcher.signum}: saved {path} at step {step}; run again to resume")
+        signum = preemption.check(step)  # every worker saves at the same step, then stops
+        if signum is not None:
             reporter.close()
-            return {"step": step, "val_loss": math.nan, "preempted": watcher.signum}
+            return {"step": step, "val_loss": math.nan, "preempted": signum}
         if step % cfg.train.eval_every == 0 or step == last_step:
             val_loss = evaluate(steps, eval_ds)
             reporter.scalars("val", step, {"loss": val_loss, "perplexity": math.exp(val_loss)})
@@ -288,7 +288,8 @@ def _roll_back_or_stop(
     report = faults.gradient_report(steps.model, token_loss_sum, batch, bad_step)
     path = faults.write_diagnostics(cfg.runtime.workdir, report)
     message = (
-        f"non-finite loss or gradients at step {bad_step} (loss {report['loss']:.4g}, "
+        f"non-finite loss or gradients at step {bad_step} (loss {report['loss']:.4g} over "
+        f"{report['counted_targets']} targets, "
         f"{len(report['nonfinite_gradients'])} non-finite gradient(s); diagnostics: {path})"
     )
     rollbacks = int(counters["rollbacks"])

@@ -4,6 +4,9 @@ Two processes training into one workdir would interleave checkpoints and delete 
 files. The lock is created with O_CREAT | O_EXCL, so exactly one of two racing processes gets
 it. A lock left by a process that died on this host is taken over (and logged); a lock held by
 a live process, or by any process on another host, is refused with a message naming it.
+
+Under a multi-worker cluster all workers of one job share the workdir: `train.py` lets only
+the chief take the lock, so it stands for the whole job and a second job stops at its chief.
 """
 
 from __future__ import annotations
