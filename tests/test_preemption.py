@@ -117,3 +117,27 @@ def test_sigterm_one_worker_all_save_at_one_step_and_resume(make_config, tmp_pat
     diff = max(float(np.max(np.abs(a - b))) for a, b in zip(expected, got, strict=True))
     print(f"2 workers, SIGTERM at step {step0} + restart vs uninterrupted: max abs diff {diff:.3g}")
     assert diff <= 1e-6
+
+
+def test_sigint_to_the_chief_stops_both_at_one_step(make_config, tmp_path):
+    """The chief is the signalled one (it writes the checkpoint as well as deciding), and the
+    signal is SIGINT: the chief exits 130, its peer 143, after one save at one step."""
+    cfg = make_config(*RUN, workdir=tmp_path / "interrupted")
+    prepare.ensure_prepared(cfg, log=lambda *_: None)
+    path = tmp_path / "interrupted.yaml"
+    save_config(cfg, str(path))
+    cluster = Cluster(path)
+    try:
+        chief, _ = cluster.workers
+        chief.wait_for(r"^step \d+/")
+        chief.proc.send_signal(signal.SIGINT)
+        codes = cluster.finish()
+    finally:
+        cluster.kill()
+    assert codes == [130, 143], cluster.log()
+    saved = re.compile(r"(signal 2|a peer worker was preempted): saved \S+ at step (\d+)")
+    (chief_save,), (peer_save,) = (saved.findall("\n".join(w.lines)) for w in cluster.workers)
+    assert chief_save[0] == "signal 2" and peer_save[0] == "a peer worker was preempted"
+    assert chief_save[1] == peer_save[1]
+    markers = sorted(p.name for p in (tmp_path / "interrupted" / "checkpoints").glob("*.done.json"))
+    assert markers == [f"ckpt-{chief_save[1]}.done.json"]
