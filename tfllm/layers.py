@@ -1,5 +1,5 @@
-"""Transformer layers in Keras 3: tied embedding, RMSNorm, rotary causal self-attention with a
-KV cache, MLP, block.
+"""Transformer layers in Keras 3: RMSNorm, rotary causal self-attention with a KV cache, MLP,
+block.
 
 Shape letters, used in every comment and einsum below:
     B batch, T query length, S key length (T, or the cache size when decoding),
@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import keras
 from keras import ops
+
+from tfllm.projections import dense
 
 _MASKED = -1e9  # added to masked scores in float32; exp() of it is exactly 0
 HEADS_FIRST = (0, 2, 1, 3)  # (B, T, H, K) <-> (B, H, T, K)
@@ -38,56 +40,6 @@ class RMSNorm(keras.layers.Layer):
 
     def get_config(self):
         return {**super().get_config(), "epsilon": self.epsilon}
-
-
-def dense(x, kernel):
-    """(..., D) @ (D, F) -> (..., F) as one 2-D matmul over the flattened leading axes.
-
-    `ops.matmul` of a 3-D tensor by a 2-D one becomes `tf.tensordot`, which adds a transpose
-    (a copy) of each operand; outside XLA, as in the decode loop and the exported graph, those
-    copies took half of the time per generated token.
-    """
-    flat = ops.matmul(ops.reshape(x, (-1, ops.shape(x)[-1])), kernel)
-    return ops.reshape(flat, (*ops.shape(x)[:-1], ops.shape(kernel)[-1]))
-
-
-class TiedEmbedding(keras.layers.Layer):
-    """Token embedding whose table is also the output projection (tied weights).
-
-    The table is stored as the projection's kernel, (D, V), not as (V, D): XLA on CPU computes
-    the projection's weight gradient as x^T @ dlogits at about twice the speed of the
-    dlogits^T @ x that a (V, D) table gets, since it folds any transpose we write into the dot
-    (benchmarks/README.md). The lookup gathers columns.
-    """
-
-    def __init__(self, vocabulary_size: int, hidden_dim: int, **kwargs):
-        # Looked-up rows are cast by hand; the projection reads the float32 table.
-        super().__init__(autocast=False, **kwargs)
-        self.vocabulary_size = vocabulary_size
-        self.hidden_dim = hidden_dim
-
-    def build(self, input_shape=None):
-        self.kernel = self.add_weight(
-            name="kernel",
-            shape=(self.hidden_dim, self.vocabulary_size),
-            initializer=keras.initializers.RandomNormal(stddev=0.02),
-        )
-
-    def call(self, token_ids):
-        """(B, T) int -> (B, T, D) in the compute dtype."""
-        columns = ops.take(self.kernel, token_ids, axis=1)  # (D, B, T)
-        return ops.cast(ops.transpose(columns, (1, 2, 0)), self.compute_dtype)
-
-    def logits(self, x):
-        """(B, T, D) -> (B, T, V) float32 logits."""
-        return dense(ops.cast(x, "float32"), ops.cast(self.kernel, "float32"))
-
-    def get_config(self):
-        return {
-            **super().get_config(),
-            "vocabulary_size": self.vocabulary_size,
-            "hidden_dim": self.hidden_dim,
-        }
 
 
 def apply_rotary(x, positions, max_wavelength: float):

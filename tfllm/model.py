@@ -14,7 +14,8 @@ import keras
 from keras import ops
 
 from tfllm.config import ModelConfig
-from tfllm.layers import RMSNorm, TiedEmbedding, TransformerBlock
+from tfllm.layers import RMSNorm, TransformerBlock
+from tfllm.projections import TiedEmbedding
 
 
 class TransformerLM(keras.Model):
