@@ -21,6 +21,14 @@ def final_weights(cfg):
     return [v.numpy() for v in model.trainable_variables], int(optimizer.iterations.numpy())
 
 
+def weight_difference(expected_cfg, got_cfg) -> tuple[float, int, int]:
+    """Max abs difference between the final weights of two runs, and each run's final step."""
+    expected, expected_step = final_weights(expected_cfg)
+    got, got_step = final_weights(got_cfg)
+    diff = max(float(np.max(np.abs(a - b))) for a, b in zip(expected, got, strict=True))
+    return diff, expected_step, got_step
+
+
 def read_scalars(logdir, tag):
     values = {}
     for path in tf.io.gfile.glob(f"{logdir}/events.out.tfevents.*"):
@@ -63,10 +71,8 @@ def test_resume_carries_on_exactly(make_config, tmp_path):
     train(again, log=lines.append)
     assert any("resumed from" in line and "at step 20" in line for line in lines)
 
-    expected, expected_step = final_weights(straight)
-    got, got_step = final_weights(again)
+    diff, expected_step, got_step = weight_difference(straight, again)
     assert got_step == expected_step == 40
-    diff = max(float(np.max(np.abs(a - b))) for a, b in zip(expected, got, strict=True))
     print(f"resume vs uninterrupted: max abs weight difference {diff:.3g}")
     assert diff <= 1e-6
     losses = read_scalars(tmp_path / "resumed" / "train", "loss")

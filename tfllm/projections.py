@@ -31,7 +31,7 @@ class TiedEmbedding(keras.layers.Layer):
     """
 
     def __init__(self, vocabulary_size: int, hidden_dim: int, **kwargs):
-        # Looked-up rows are cast by hand; the projection reads the float32 table.
+        # Looked-up embeddings are cast by hand; the projection reads the float32 table.
         super().__init__(autocast=False, **kwargs)
         self.vocabulary_size = vocabulary_size
         self.hidden_dim = hidden_dim
