@@ -40,7 +40,8 @@ class WarmupCosine(keras.optimizers.schedules.LearningRateSchedule):
 
 
 class AdamW(keras.optimizers.AdamW):
-    """Keras AdamW that takes gradients already summed across replicas.
+    """Keras AdamW that takes gradients already summed across replicas and updates each
+    variable with one fused kernel.
 
     The train step all-reduces gradients itself so that it can clip by the *global* norm of
     the summed gradient; Keras would otherwise clip per replica and then all-reduce again.
@@ -48,6 +49,30 @@ class AdamW(keras.optimizers.AdamW):
 
     def _all_reduce_sum_gradients(self, grads_and_vars):
         return grads_and_vars
+
+    def update_step(self, gradient, variable, learning_rate):
+        """Keras' Adam arithmetic (bias correction folded into the step size, epsilon outside
+        the square root) as TF's ResourceApplyAdam: one pass over the weights and both moments
+        instead of Keras' seven elementwise ops. With clipping, that cut the update from 11 to
+        7 ms per step on the 4.2M-parameter benchmark shape (benchmarks/README.md). Decoupled
+        weight decay stays Keras' own, applied before this."""
+        if self.amsgrad:
+            return super().update_step(gradient, variable, learning_rate)
+        dtype = variable.dtype
+        index = self._get_variable_index(variable)
+        step = tf.cast(self.iterations + 1, dtype)
+        tf.raw_ops.ResourceApplyAdam(
+            var=variable.handle,
+            m=self._momentums[index].handle,
+            v=self._velocities[index].handle,
+            beta1_power=tf.pow(tf.cast(self.beta_1, dtype), step),
+            beta2_power=tf.pow(tf.cast(self.beta_2, dtype), step),
+            lr=tf.cast(learning_rate, dtype),
+            beta1=tf.cast(self.beta_1, dtype),
+            beta2=tf.cast(self.beta_2, dtype),
+            epsilon=tf.cast(self.epsilon, dtype),
+            grad=tf.cast(gradient, dtype),
+        )
 
 
 class LossScaleOptimizer(keras.optimizers.LossScaleOptimizer):

@@ -68,6 +68,8 @@ class Steps:
         self.traces["gradients"] += 1  # Python side effect: runs once per trace
         micro = [tf.reshape(t, [self.accum, -1, t.shape[-1]]) for t in batch]  # (A, B/A, T)
         loss, grads = self._micro_gradients([t[0] for t in micro], global_tokens, scale)
+        if self.accum == 1:  # an XLA while loop, even one of no trips, copies every gradient
+            return loss, grads
         for i in tf.range(1, self.accum):
             micro_loss, micro_grads = self._micro_gradients(
                 [t[i] for t in micro], global_tokens, scale
