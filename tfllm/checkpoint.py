@@ -180,10 +180,17 @@ class Checkpointer:
         ]
 
     def _write_state_file(self, steps: list[int]) -> None:
-        paths = [self._prefix(s) for s in sorted(steps)]
-        tf.compat.v1.train.update_checkpoint_state(
-            self.directory, paths[-1], all_model_checkpoint_paths=paths
+        """Writes TF's CheckpointState text proto (what `tf.train.latest_checkpoint` reads)
+        with paths relative to the directory, atomically. Written by hand: the only public
+        writer, `tf.compat.v1.train.update_checkpoint_state`, prints a deprecation warning."""
+        names = [posixpath.basename(self._prefix(s)) for s in sorted(steps)]
+        text = f'model_checkpoint_path: "{names[-1]}"\n' + "".join(
+            f'all_model_checkpoint_paths: "{name}"\n' for name in names
         )
+        path = posixpath.join(self.directory, STATE_FILE)
+        with tf.io.gfile.GFile(path + ".tmp", "w") as f:
+            f.write(text)
+        tf.io.gfile.rename(path + ".tmp", path, overwrite=True)
 
     def _repair_state_file(self, restored: int) -> None:
         """Rewrites TF's `checkpoint` state file when it does not name the restored step."""
