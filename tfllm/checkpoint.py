@@ -35,6 +35,14 @@ _STEP = re.compile(r"^ckpt-(\d+)(?:[._]|$)")
 SAVE_POINTS = ("before_write", "after_write", "after_marker", "after_state")
 
 
+def _write_atomically(path: str, text: str) -> None:
+    """Writes `path` through `path.tmp` and a rename: a reader sees the old file or the whole
+    new one, never a torn write."""
+    with tf.io.gfile.GFile(path + ".tmp", "w") as f:
+        f.write(text)
+    tf.io.gfile.rename(path + ".tmp", path, overwrite=True)
+
+
 class Checkpointer:
     """Saves complete checkpoints, keeps the newest `keep`, restores the newest usable one.
 
@@ -187,10 +195,7 @@ class Checkpointer:
         text = f'model_checkpoint_path: "{names[-1]}"\n' + "".join(
             f'all_model_checkpoint_paths: "{name}"\n' for name in names
         )
-        path = posixpath.join(self.directory, STATE_FILE)
-        with tf.io.gfile.GFile(path + ".tmp", "w") as f:
-            f.write(text)
-        tf.io.gfile.rename(path + ".tmp", path, overwrite=True)
+        _write_atomically(posixpath.join(self.directory, STATE_FILE), text)
 
     def _repair_state_file(self, restored: int) -> None:
         """Rewrites TF's `checkpoint` state file when it does not name the restored step."""
@@ -232,10 +237,7 @@ class Checkpointer:
             if MARKER_SUFFIX not in n  # the marker, and a stale temp one
         }
         marker = {"step": step, "model": self.model_config, "files": files}
-        tmp = prefix + MARKER_SUFFIX + ".tmp"
-        with tf.io.gfile.GFile(tmp, "w") as f:
-            json.dump(marker, f, indent=1, sort_keys=True)
-        tf.io.gfile.rename(tmp, marker_path, overwrite=True)  # the publish point
+        _write_atomically(marker_path, json.dumps(marker, indent=1, sort_keys=True))  # publish
         _test_exit_point("after_marker", step)
         published = self._published_steps()
         self._write_state_file(published[: self.keep])
