@@ -70,15 +70,25 @@ def test_sigterm_kill9_restart_equals_uninterrupted(make_config, tmp_path):
 
     first = TrainProcess(path)
     first.wait_for(r"^step 5/40")
-    with pytest.raises(TfllmError, match="in use by process"):  # a second writer
-        train(cfg, log=lambda *_: None)
-    first.proc.send_signal(signal.SIGTERM)
+    # Stopped, the trainer still holds its lock but cannot run to the end while the second
+    # writer is tried: on a fast machine 40 steps take less than this process's own setup.
+    first.proc.send_signal(signal.SIGSTOP)
+    try:
+        with pytest.raises(TfllmError, match="in use by process"):  # a second writer
+            train(cfg, log=lambda *_: None)
+    finally:
+        first.proc.send_signal(signal.SIGTERM)
+        first.proc.send_signal(signal.SIGCONT)
     assert first.finish() == 143, "\n".join(first.lines)
     saved = [line for line in first.lines if "signal 15: saved" in line]
     print("SIGTERM:", saved)
     assert saved
+    saved_step = int(re.search(r"at step (\d+)", saved[0]).group(1))
+    assert 5 <= saved_step < 35, saved[0]
 
-    kill_at = random.Random().choice([15, 20, 25, 30, 35])
+    # The kill must land after the resume point: the second process's first line is the
+    # step after the one the SIGTERM saved.
+    kill_at = random.Random().choice(range(saved_step + 5, 40, 5))
     second = TrainProcess(path)
     second.wait_for(rf"^step {kill_at}/40")
     second.proc.kill()  # SIGKILL: no handler, no save, the lock stays behind
