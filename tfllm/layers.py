@@ -17,9 +17,9 @@ from __future__ import annotations
 import keras
 from keras import ops
 
+from tfllm import attention
 from tfllm.projections import dense
 
-_MASKED = -1e9  # added to masked scores in float32; exp() of it is exactly 0
 HEADS_FIRST = (0, 2, 1, 3)  # (B, T, H, K) <-> (B, H, T, K)
 
 
@@ -51,14 +51,6 @@ def apply_rotary(x, positions, max_wavelength: float):
     sin = ops.cast(ops.sin(angles)[:, :, None, :], x.dtype)
     x1, x2 = x[..., :half], x[..., half:]
     return ops.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
-
-
-def softmax(scores):
-    """Softmax over the last axis, written out: TF's fused Softmax kernel (oneDNN on CPU) costs
-    about 45 us a call even on a decode step's (B, H, 1, S) scores; under XLA both lower alike.
-    """
-    exp = ops.exp(scores - ops.max(scores, axis=-1, keepdims=True))
-    return exp / ops.sum(exp, axis=-1, keepdims=True)
 
 
 def _cache_slots(batch, heads, length, cache_index):
@@ -134,21 +126,16 @@ class CausalSelfAttention(keras.layers.Layer):
             key = ops.scatter_update(cache[0], indices, ops.cast(key, cache[0].dtype))
             value = ops.scatter_update(cache[1], indices, ops.cast(value, cache[1].dtype))
             cache = (key, value)
-        # One query per row (a decode step) multiplies and sums instead: at (1, S) per head,
-        # batched-matmul kernels outside XLA are all fixed cost (about 75 us a call here).
-        one_query = x.shape[1] == 1
         query = query * head_dim**-0.5
-        if one_query:
-            scores = ops.sum(query * key, axis=-1)[:, :, None, :]  # (B, H, 1, S)
+        if x.shape[1] == 1:  # a decode step: (B, H, 1, K) reshapes to (B, 1, H, K) for free
+            attended = attention.attend_one_query(query, key, value, mask)
         else:
-            scores = ops.einsum("bhtk,bhsk->bhts", query, key)  # (B, H, T, S)
-        scores = ops.where(mask[:, None, :, :], ops.cast(scores, "float32"), _MASKED)
-        probs = ops.cast(softmax(scores), self.compute_dtype)
-        probs = self.dropout_layer(probs, training=training)
-        if one_query:
-            attended = ops.sum(probs[:, :, 0, :, None] * value, axis=2)[:, None]  # (B, 1, H, K)
-        else:
-            attended = ops.einsum("bhts,bhsk->bthk", probs, value)  # (B, T, H, K)
+            keep = None
+            if training and self.dropout > 0:  # the dropout multiplier, one per probability
+                shape = (batch, self.num_heads, length, ops.shape(key)[2])
+                keep = self.dropout_layer(ops.ones(shape, query.dtype), training=True)
+            core = attention.attend_for_training if training else attention.attend
+            attended = ops.transpose(core(query, key, value, mask, keep), HEADS_FIRST)
         attended = ops.reshape(attended, (batch, length, self.hidden_dim))  # (B, T, D)
         output = ops.reshape(self.output_kernel, (self.hidden_dim, self.hidden_dim))
         return dense(attended, output), cache
