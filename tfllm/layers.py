@@ -110,7 +110,8 @@ class CausalSelfAttention(keras.layers.Layer):
         # the 4-D einsums with transposed operands, measurably slower (benchmarks/README.md).
         batch, length = ops.shape(x)[0], ops.shape(x)[1]
         head_dim = self.hidden_dim // self.num_heads
-        qkv = dense(x, ops.reshape(self.qkv_kernel, (self.hidden_dim, 3 * self.hidden_dim)))
+        kernel = ops.reshape(self.qkv_kernel, (self.hidden_dim, 3 * self.hidden_dim))
+        qkv = dense(x, kernel, training)
         qkv = ops.reshape(qkv, (batch, length, 3, self.num_heads, head_dim))  # (B, T, 3, H, K)
         # Heads first, (B, H, T, K): the cache is kept in this layout, so attention reads it
         # without a transposed copy of every cached key and value at every generated token.
@@ -138,7 +139,7 @@ class CausalSelfAttention(keras.layers.Layer):
             attended = ops.transpose(core(query, key, value, mask, keep), HEADS_FIRST)
         attended = ops.reshape(attended, (batch, length, self.hidden_dim))  # (B, T, D)
         output = ops.reshape(self.output_kernel, (self.hidden_dim, self.hidden_dim))
-        return dense(attended, output), cache
+        return dense(attended, output, training), cache
 
     def get_config(self):
         return {
@@ -181,16 +182,16 @@ class MLP(keras.layers.Layer):
             initializer=keras.initializers.RandomNormal(stddev=self.output_init_std),
         )
 
-    def call(self, x):
+    def call(self, x, training=False):
         gates = 2 if self.activation == "swiglu" else 1
         kernel = ops.reshape(self.input_kernel, (self.hidden_dim, gates * self.intermediate_dim))
-        projected = dense(x, kernel)  # (B, T, gates * F)
+        projected = dense(x, kernel, training)  # (B, T, gates * F)
         if self.activation == "swiglu":
             gate, up = ops.split(projected, 2, axis=-1)
             hidden = ops.silu(gate) * up
         else:
             hidden = ops.gelu(projected, approximate=True)
-        return dense(hidden, self.output_kernel)
+        return dense(hidden, self.output_kernel, training)
 
     def get_config(self):
         return {
@@ -259,7 +260,8 @@ class TransformerBlock(keras.layers.Layer):
             training=training,
         )
         x = x + self.residual_dropout(attended, training=training)
-        x = x + self.residual_dropout(self.mlp(self.mlp_norm(x)), training=training)
+        mlp = self.mlp(self.mlp_norm(x), training=training)
+        x = x + self.residual_dropout(mlp, training=training)
         return x, cache
 
     def get_config(self):

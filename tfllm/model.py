@@ -123,7 +123,7 @@ class TransformerLM(keras.Model):
                 x, positions, mask, cache=layer_cache, cache_index=cache_index, training=training
             )
             new_cache.append(layer_cache)
-        logits = self.embedding.logits(self.final_norm(x))  # (B, T, V)
+        logits = self.embedding.logits(self.final_norm(x), training)  # (B, T, V)
         if cache is None:
             return logits
         return logits, tuple(new_cache)
