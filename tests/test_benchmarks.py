@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from benchmarks import report, run
+from benchmarks import backward_bench, report, run
 from benchmarks.common import ratio, summarize
 from benchmarks.train_bench import measure, shape_of, token_batches
 
@@ -98,3 +98,15 @@ def test_every_contender_sees_the_same_batches():
 def test_tfllm_contender_runs_one_step():
     result = measure("tfllm", "tiny", steps=1, chunks=1)
     assert result["tokens_per_second"] > 0 and result["peak_rss_mb"] > 0
+
+
+def test_backward_bench_variants_train_alike_and_the_patch_is_undone():
+    """The hand-written backward passes and TensorFlow's own differentiation, in the whole
+    model: the same loss after two updates. And the comparison leaves tfllm as it was."""
+    from tfllm import attention, layers, projections
+
+    before = attention.attend_for_training, layers.dense, projections.dense
+    hand_written, _ = backward_bench.build("tiny", 1, hand_written=True)
+    autodiff, _ = backward_bench.build("tiny", 1, hand_written=False)
+    assert (attention.attend_for_training, layers.dense, projections.dense) == before
+    assert autodiff == pytest.approx(hand_written, abs=1e-5)

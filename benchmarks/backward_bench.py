@@ -1,0 +1,97 @@
+"""tfllm's hand-written backward passes against TensorFlow's own differentiation of the same
+forward pass, side by side in one process.
+
+    PYTHONPATH=. python -m benchmarks.backward_bench [--sizes tiny,small] [--rounds 16]
+
+On CPU, training uses a hand-written backward pass for the attention core
+(`tfllm.attention.attend_for_training`) and for the projections' weight gradients
+(`tfllm.projections._trained_matmul`). Here both variants of `Steps.train_loop` are built and
+traced in one process, from the same initial weights, then timed alternately (A B B A ...), so
+that the machine's slow spells fall on both. Prints each variant's median tokens/s and the
+median of the per-round ratios with its spread; the losses of the third step must agree (the
+same gradients), and are printed too.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import statistics
+import time
+
+from benchmarks.train_bench import run_tfllm, shape_of
+
+STEPS = {"tiny": 20, "small": 4}  # about 0.7 and 1.5 s a round here
+
+
+@contextlib.contextmanager
+def autodiff_only():
+    """While the train step is traced inside this block, TensorFlow differentiates the forward
+    pass itself: the attention core and the projections lose their hand-written gradients."""
+    from tfllm import attention, layers, projections
+
+    saved = attention.attend_for_training, layers.dense, projections.dense
+
+    def plain_dense(x, kernel, training=False):
+        return saved[2](x, kernel)
+
+    attention.attend_for_training = attention.attend
+    layers.dense = projections.dense = plain_dense
+    try:
+        yield
+    finally:
+        attention.attend_for_training, layers.dense, projections.dense = saved
+
+
+def build(size: str, steps: int, hand_written: bool):
+    """-> (the loss of the third step, which two updates shaped; a function running `steps`
+    steps)."""
+    with contextlib.nullcontext() if hand_written else autodiff_only():
+        first, many = run_tfllm(shape_of(size), steps)
+        first()  # traces (and compiles) with the variant in place
+    first()
+    return first(), many
+
+
+def compare(size: str, rounds: int) -> dict:
+    steps = STEPS[size]
+    shape = shape_of(size)
+    tokens = steps * shape["batch"] * shape["seq_len"]
+    variants = {"hand-written": build(size, steps, True), "autodiff": build(size, steps, False)}
+    rates = {name: [] for name in variants}
+    for r in range(rounds):
+        order = list(variants) if r % 2 == 0 else list(reversed(variants))
+        for name in order:
+            started = time.perf_counter()
+            variants[name][1]()
+            rates[name].append(tokens / (time.perf_counter() - started))
+    ratios = [a / b for a, b in zip(rates["hand-written"], rates["autodiff"], strict=True)]
+    return {
+        "size": size,
+        "third_step_losses": {name: v[0] for name, v in variants.items()},
+        "tokens_per_second": {name: statistics.median(v) for name, v in rates.items()},
+        "ratio": statistics.median(ratios),
+        "ratio_min": min(ratios),
+        "ratio_max": max(ratios),
+    }
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sizes", default="tiny,small")
+    parser.add_argument("--rounds", type=int, default=16)
+    args = parser.parse_args(argv)
+    print("| size | hand-written tok/s | autodiff tok/s | paired ratio (min-max) | step-3 losses |")
+    print("|---|---|---|---|---|")
+    for size in args.sizes.split(","):
+        result = compare(size, args.rounds)
+        rates, losses = result["tokens_per_second"], result["third_step_losses"]
+        print(
+            f"| {size} | {rates['hand-written']:,.0f} | {rates['autodiff']:,.0f} | "
+            f"{result['ratio']:.3f} ({result['ratio_min']:.3f}-{result['ratio_max']:.3f}) | "
+            f"{losses['hand-written']:.6f} / {losses['autodiff']:.6f} |"
+        )
+
+
+if __name__ == "__main__":
+    main()
