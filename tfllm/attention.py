@@ -30,10 +30,15 @@ def softmax(scores):
     return exp / tf.reduce_sum(exp, axis=-1, keepdims=True)
 
 
+def _probabilities(scores, mask):
+    """float32 softmax of (B, H, T, S) scores where the (B, T, S) mask allows, 0 elsewhere."""
+    return softmax(tf.where(mask[:, None], tf.cast(scores, tf.float32), MASKED))
+
+
 def _forward(query, key, value, mask, keep):
     """-> (B, H, T, K) output, float32 probabilities, probabilities after dropout."""
     scores = tf.matmul(query, key, transpose_b=True)  # (B, H, T, S)
-    probs = softmax(tf.where(mask[:, None], tf.cast(scores, tf.float32), MASKED))
+    probs = _probabilities(scores, mask)
     dropped = tf.cast(probs, query.dtype)
     if keep is not None:
         dropped *= keep
@@ -80,6 +85,5 @@ def attend_one_query(query, key, value, mask):
     outside XLA cost a fixed 75 us a call at (1, S) per head here. -> (B, H, 1, K), which
     reshapes to (B, 1, H * K) without a transpose."""
     scores = tf.reduce_sum(query * key, axis=-1)[:, :, None, :]  # (B, H, 1, S)
-    probs = softmax(tf.where(mask[:, None], tf.cast(scores, tf.float32), MASKED))
-    probs = tf.cast(probs, query.dtype)
+    probs = tf.cast(_probabilities(scores, mask), query.dtype)
     return tf.reduce_sum(probs[:, :, 0, :, None] * value, axis=2)[:, :, None]

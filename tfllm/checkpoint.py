@@ -24,6 +24,7 @@ import keras
 import tensorflow as tf
 
 from tfllm.errors import TfllmError
+from tfllm.records import write_atomically
 
 MARKER_SUFFIX = ".done.json"
 STATE_FILE = "checkpoint"
@@ -33,14 +34,6 @@ _STEP = re.compile(r"^ckpt-(\d+)(?:[._]|$)")
 # point of the save of that step, to prove that a kill anywhere in a save leaves the previous
 # checkpoint usable.
 SAVE_POINTS = ("before_write", "after_write", "after_marker", "after_state")
-
-
-def _write_atomically(path: str, text: str) -> None:
-    """Writes `path` through `path.tmp` and a rename: a reader sees the old file or the whole
-    new one, never a torn write."""
-    with tf.io.gfile.GFile(path + ".tmp", "w") as f:
-        f.write(text)
-    tf.io.gfile.rename(path + ".tmp", path, overwrite=True)
 
 
 class Checkpointer:
@@ -195,7 +188,7 @@ class Checkpointer:
         text = f'model_checkpoint_path: "{names[-1]}"\n' + "".join(
             f'all_model_checkpoint_paths: "{name}"\n' for name in names
         )
-        _write_atomically(posixpath.join(self.directory, STATE_FILE), text)
+        write_atomically(posixpath.join(self.directory, STATE_FILE), text)
 
     def _repair_state_file(self, restored: int) -> None:
         """Rewrites TF's `checkpoint` state file when it does not name the restored step."""
@@ -237,7 +230,7 @@ class Checkpointer:
             if MARKER_SUFFIX not in n  # the marker, and a stale temp one
         }
         marker = {"step": step, "model": self.model_config, "files": files}
-        _write_atomically(marker_path, json.dumps(marker, indent=1, sort_keys=True))  # publish
+        write_atomically(marker_path, json.dumps(marker, indent=1, sort_keys=True))  # publish
         _test_exit_point("after_marker", step)
         published = self._published_steps()
         self._write_state_file(published[: self.keep])

@@ -6,6 +6,8 @@ Shape letters as in `tfllm.layers`; V is vocabulary_size.
 
 from __future__ import annotations
 
+import functools
+
 import keras
 import tensorflow as tf
 from keras import ops
@@ -21,9 +23,15 @@ def materialized(x):
     Outside XLA the barrier is an identity. On a GPU or TPU, where XLA's own operand order is
     the tuned one and nothing here was measured, x is returned as it is.
     """
-    if tf.config.list_logical_devices("GPU") or tf.config.list_logical_devices("TPU"):
+    if _on_accelerator():
         return x
     return gen_xla_ops.xla_optimization_barrier([x])[0]
+
+
+@functools.cache
+def _on_accelerator() -> bool:
+    """Whether this process has a GPU or TPU (the set of logical devices is fixed once TF runs)."""
+    return bool(tf.config.list_logical_devices("GPU") or tf.config.list_logical_devices("TPU"))
 
 
 def dense(x, kernel, training=False):

@@ -120,12 +120,16 @@ class ShardWriter:
         return shards
 
 
+def write_atomically(path: str, text: str) -> None:
+    """Writes `path` through `path.tmp` and a rename: a reader sees the old file or the whole
+    new one, never a torn write."""
+    with tf.io.gfile.GFile(path + ".tmp", "w") as f:
+        f.write(text)
+    tf.io.gfile.rename(path + ".tmp", path, overwrite=True)
+
+
 def write_manifest(directory: str, manifest: dict) -> None:
-    path = posixpath.join(directory, MANIFEST)
-    temp = path + ".tmp"
-    with tf.io.gfile.GFile(temp, "w") as f:
-        json.dump(manifest, f, indent=2, sort_keys=False)
-    tf.io.gfile.rename(temp, path, overwrite=True)
+    write_atomically(posixpath.join(directory, MANIFEST), json.dumps(manifest, indent=2))
 
 
 def read_manifest(directory: str) -> dict:
