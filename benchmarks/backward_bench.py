@@ -4,8 +4,8 @@ forward pass, side by side in one process.
     PYTHONPATH=. python -m benchmarks.backward_bench [--sizes tiny,small] [--rounds 16]
 
 On CPU, training uses a hand-written backward pass for the attention core
-(`tfllm.attention.attend_for_training`) and for the projections' weight gradients
-(`tfllm.projections._trained_matmul`). Here both variants of `Steps.train_loop` are built and
+(`tfllm.model.attention.attend_for_training`) and for the projections' weight gradients
+(`tfllm.model.projections._trained_matmul`). Here both variants of `Steps.train_loop` are built and
 traced in one process, from the same initial weights, then timed alternately (A B B A ...), so
 that the machine's slow spells fall on both. Prints each variant's median tokens/s and the
 median of the per-round ratios with its spread; the losses of the third step must agree (the
@@ -28,7 +28,7 @@ STEPS = {"tiny": 20, "small": 4}  # about 0.7 and 1.5 s a round here
 def autodiff_only():
     """While the train step is traced inside this block, TensorFlow differentiates the forward
     pass itself: the attention core and the projections lose their hand-written gradients."""
-    from tfllm import attention, layers, projections
+    from tfllm.model import attention, layers, projections
 
     saved = attention.attend_for_training, layers.dense, projections.dense
 

@@ -23,11 +23,11 @@ import time
 
 import tensorflow as tf
 
-from tfllm import data, prepare, verify
 from tfllm.config import load_config
-from tfllm.model import build_model
-from tfllm.optim import make_optimizer
-from tfllm.steps import Steps
+from tfllm.data import prepare, reader, verify
+from tfllm.model.lm import build_model
+from tfllm.training.optim import make_optimizer
+from tfllm.training.steps import Steps
 
 SMALL = [
     "model.num_layers=4",
@@ -41,7 +41,7 @@ SMALL = [
 
 
 def bench_reader(shards, cfg, batches: int) -> float:
-    ds = data.train_dataset(shards, cfg.train.global_batch_size, 0, cfg.data.shuffle_buffer, 1000)
+    ds = reader.train_dataset(shards, cfg.train.global_batch_size, 0, cfg.data.shuffle_buffer, 1000)
     iterator = iter(ds)
     next(iterator)  # start-up (file opening, first block) is not throughput
     started = time.perf_counter()
@@ -67,7 +67,7 @@ def bench_resume(shards, cfg) -> None:
     batch, block = cfg.train.global_batch_size, cfg.data.shuffle_buffer
     for step in (0, 10**3, 10**6, 10**9):
         started = time.perf_counter()
-        next(iter(data.train_dataset(shards, batch, 0, block, step)))
+        next(iter(reader.train_dataset(shards, batch, 0, block, step)))
         print(f"resume at step {step:>13,}: first batch after {time.perf_counter() - started:.2f}s")
     for step in (0, 2000):
         started = time.perf_counter()
@@ -86,9 +86,9 @@ def bench_training(cfg, shards, rounds: int, steps: int) -> dict[str, list[float
     batch = cfg.train.global_batch_size
 
     def reader(ctx):
-        return data.train_dataset(shards, batch, 0, cfg.data.shuffle_buffer, 0, ctx)
+        return reader.train_dataset(shards, batch, 0, cfg.data.shuffle_buffer, 0, ctx)
 
-    first = next(iter(data.train_dataset(shards, batch, 0, cfg.data.shuffle_buffer)))
+    first = next(iter(reader.train_dataset(shards, batch, 0, cfg.data.shuffle_buffer)))
     feeds = {
         "memory": iter(
             strategy.distribute_datasets_from_function(

@@ -7,7 +7,7 @@ On configs/small.yaml shapes (6 layers, hidden 512, 8 heads, intermediate 1536, 
 run alternately, `repeats` times each, and the medians are compared, because this machine is
 shared and single runs are noisy. The EOS embedding is zeroed so no run stops early.
 
-    cached      `tfllm.generate.decode`: prefill, then one token per step through the KV cache
+    cached      `tfllm.serve.generate.decode`: prefill, then one token per step through the KV cache
     uncached    the same loop without a cache: every step runs the whole prefix again
     exported    the SavedModel's serving_default (plain graph, no XLA), text in and out
     in-process  `Generator.generate` (a tf.function graph, its default), text in and out
@@ -26,9 +26,10 @@ import numpy as np
 import tensorflow as tf
 
 from benchmarks.common import never_end
-from tfllm import export, generate, tokenizer
 from tfllm.config import load_config, save_config
-from tfllm.model import build_model
+from tfllm.data import tokenizer
+from tfllm.model.lm import build_model
+from tfllm.serve import export, generate
 
 SMALL = [
     "model.num_layers=6",

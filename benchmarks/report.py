@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from benchmarks.common import ratio
-from tfllm import flops
 from tfllm.config import ModelConfig
+from tfllm.observe import flops
 
 PEERS = ["keras-hub-fit", "torch-eager", "torch-compile"]
 

@@ -18,9 +18,11 @@ import tensorflow as tf
 from benchmarks import data_bench, generate_bench
 from benchmarks.common import emit, gpt2_backbone, never_end, summarize
 from benchmarks.train_bench import shape_of
-from tfllm import flops, generate, prepare, verify
 from tfllm.config import load_config
-from tfllm.model import build_model
+from tfllm.data import prepare, verify
+from tfllm.model.lm import build_model
+from tfllm.observe import flops
+from tfllm.serve import generate
 
 DATA_ROOT = pathlib.Path.home() / ".cache" / "tfllm" / "bench-data"
 

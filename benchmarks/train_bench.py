@@ -70,9 +70,9 @@ def run_tfllm(shape: dict, steps: int, jit_compile: bool = True, replicas: int =
     else:
         strategy = tf.distribute.get_strategy()
     from tfllm.config import load_config
-    from tfllm.model import build_model
-    from tfllm.optim import make_optimizer
-    from tfllm.steps import Steps
+    from tfllm.model.lm import build_model
+    from tfllm.training.optim import make_optimizer
+    from tfllm.training.steps import Steps
 
     cfg = load_config([], tfllm_overrides(shape, jit_compile))
     tf.keras.utils.set_random_seed(0)

@@ -16,11 +16,11 @@ import time
 import numpy as np
 import tensorflow as tf
 
-from tfllm import distribute
 from tfllm.config import load_config
-from tfllm.model import build_model
-from tfllm.optim import completed_steps, make_optimizer
-from tfllm.steps import Steps, evaluate
+from tfllm.model.lm import build_model
+from tfllm.training import distribute
+from tfllm.training.optim import completed_steps, make_optimizer
+from tfllm.training.steps import Steps, evaluate
 
 TINY = [
     "model.vocabulary_size=64",

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tfllm.attention import attend, attend_for_training, attend_one_query
+from tfllm.model.attention import attend, attend_for_training, attend_one_query
 
 B, H, T, K = 2, 3, 16, 8
 

@@ -103,7 +103,7 @@ def test_tfllm_contender_runs_one_step():
 def test_backward_bench_variants_train_alike_and_the_patch_is_undone():
     """The hand-written backward passes and TensorFlow's own differentiation, in the whole
     model: the same loss after two updates. And the comparison leaves tfllm as it was."""
-    from tfllm import attention, layers, projections
+    from tfllm.model import attention, layers, projections
 
     before = attention.attend_for_training, layers.dense, projections.dense
     hand_written, _ = backward_bench.build("tiny", 1, hand_written=True)

@@ -14,19 +14,19 @@ import numpy as np
 import pytest
 from conftest import TINY_MODEL
 
-from tfllm.checkpoint import SAVE_POINTS, Checkpointer
 from tfllm.config import load_config, save_config
 from tfllm.errors import TfllmError
-from tfllm.model import build_model
-from tfllm.optim import make_optimizer
-from tfllm.workdir_lock import LOCK_NAME, WorkdirLock
+from tfllm.model.lm import build_model
+from tfllm.runs.checkpoint import SAVE_POINTS, Checkpointer
+from tfllm.runs.lock import LOCK_NAME, WorkdirLock
+from tfllm.training.optim import make_optimizer
 
 SAVE_TWO = """
 import sys
-from tfllm.checkpoint import Checkpointer
+from tfllm.runs.checkpoint import Checkpointer
 from tfllm.config import load_config, save_config
-from tfllm.model import build_model
-from tfllm.optim import make_optimizer
+from tfllm.model.lm import build_model
+from tfllm.training.optim import make_optimizer
 
 cfg = load_config([sys.argv[1]])
 model = build_model(cfg.model)

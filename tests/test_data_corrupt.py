@@ -9,8 +9,9 @@ import shutil
 import pytest
 import tensorflow as tf
 from _data_helpers import small_config, write_corpus
+from commands import run_main
 
-from tfllm import data, prepare, records, verify
+from tfllm.data import prepare, reader, records, verify
 from tfllm.errors import DataError
 
 VICTIM = 1  # index of the damaged train shard
@@ -138,7 +139,7 @@ def test_skip_continues_and_counts_the_loss(datasets, tmp_path, kind):
     )
     total = manifest["splits"]["train"]["records"]
     assert shards.total_records + entry["records"] == total
-    stream = data.global_records(shards, 0, 32, 0).take(shards.total_records + 1)
+    stream = reader.global_records(shards, 0, 32, 0).take(shards.total_records + 1)
     assert sum(1 for _ in stream) == shards.total_records + 1  # reads on, into the next epoch
 
 
@@ -146,13 +147,13 @@ def test_skip_continues_and_counts_the_loss(datasets, tmp_path, kind):
 def test_damage_behind_a_size_check_is_caught_while_reading(datasets, tmp_path, kind):
     directory, manifest, entry = _damaged_copy(datasets, tmp_path, kind)
     shards = verify.check_split(directory, manifest, "train", "size", "error", log=lambda _: None)
-    ds = data.train_dataset(shards, 16, 0, 32)
+    ds = reader.train_dataset(shards, 16, 0, 32)
     with pytest.raises(DataError, match=f"damaged shard .*{entry['file']}: it ended after"):
         try:
             for _ in ds.take(shards.total_records // 16 + 1):
                 pass
         except tf.errors.InvalidArgumentError as err:
-            data.raise_if_damaged_shard(err)
+            reader.raise_if_damaged_shard(err)
             raise
 
 
@@ -160,9 +161,9 @@ def test_prepare_verify_reports_every_shard(datasets, tmp_path, capsys):
     directory, manifest, entry = _damaged_copy(datasets, tmp_path, "flip_middle")
     root, name = os.path.split(directory)
     argv = ["--set", f"data.root={root}", "--set", f"data.name={name}", "--verify"]
-    with pytest.raises(DataError, match="1 damaged file"):
-        prepare.main(argv)
-    out = capsys.readouterr().out
+    assert run_main("prepare", argv) == 2
+    out, err = capsys.readouterr()
+    assert "1 damaged file" in err
     shards = sum(len(s["shards"]) for s in manifest["splits"].values())
     assert out.count("ok  ") == shards - 1
     assert f"BAD {entry['file']} (train): has a different sha256" in out
@@ -170,4 +171,4 @@ def test_prepare_verify_reports_every_shard(datasets, tmp_path, capsys):
     records.file_sha256(os.path.join(directory, records.TOKENIZER))
     shutil.rmtree(directory)
     shutil.copytree(datasets["none"][0], directory)
-    assert prepare.main(argv) == 0
+    assert run_main("prepare", argv) == 0

@@ -10,8 +10,8 @@ import pytest
 import tensorflow as tf
 from _data_helpers import WORDS, small_config, write_corpus
 
-from tfllm import prepare, records, tokenizer
-from tfllm.clean import Cleaner, CleaningStats, split_long
+from tfllm.data import prepare, records, tokenizer
+from tfllm.data.clean import Cleaner, CleaningStats, split_long
 from tfllm.errors import DataError
 
 

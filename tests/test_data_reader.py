@@ -9,10 +9,10 @@ import pytest
 import tensorflow as tf
 from _data_helpers import batch_digest, small_config, write_corpus
 
-from tfllm import data, prepare, verify
 from tfllm.config import load_config
-from tfllm.model import build_model
-from tfllm.steps import token_loss_sum
+from tfllm.data import prepare, reader, verify
+from tfllm.model.lm import build_model
+from tfllm.training.steps import token_loss_sum
 
 GLOBAL_BATCH = 16
 
@@ -37,7 +37,7 @@ def doc_shards(tmp_path_factory):
 
 
 def _digests(shards, start: int, count: int, seed: int = 7, ctx=None) -> list[str]:
-    ds = data.train_dataset(shards, GLOBAL_BATCH, seed, 32, start_step=start, input_context=ctx)
+    ds = reader.train_dataset(shards, GLOBAL_BATCH, seed, 32, start_step=start, input_context=ctx)
     return [batch_digest(b) for b in ds.take(count)]
 
 
@@ -52,7 +52,7 @@ def test_restart_at_step_k_sees_the_uninterrupted_batches(shards):
 
 def test_every_epoch_holds_every_record_once_in_a_new_order(shards):
     total = shards.total_records
-    stream = [r.numpy() for r in data.global_records(shards, 3, 32, 0).take(2 * total)]
+    stream = [r.numpy() for r in reader.global_records(shards, 3, 32, 0).take(2 * total)]
     every = [r.numpy() for p in shards.paths for r in tf.data.TFRecordDataset(p)]
     assert sorted(stream[:total]) == sorted(every) == sorted(stream[total:])
     assert stream[:total] != stream[total:] and stream[:total] != every
@@ -61,20 +61,20 @@ def test_every_epoch_holds_every_record_once_in_a_new_order(shards):
 def test_resume_far_into_a_long_run_is_exact_and_cheap(shards):
     far = 10**9 * GLOBAL_BATCH + 5  # a billion steps in: millions of epochs
     started = time.perf_counter()
-    head = [r.numpy() for r in data.global_records(shards, 3, 32, far).take(40)]
+    head = [r.numpy() for r in reader.global_records(shards, 3, 32, far).take(40)]
     elapsed = time.perf_counter() - started
-    before = [r.numpy() for r in data.global_records(shards, 3, 32, far - 45).skip(45).take(40)]
+    before = [r.numpy() for r in reader.global_records(shards, 3, 32, far - 45).skip(45).take(40)]
     assert head == before
     assert elapsed < 10.0  # no record before the resume position is read, but one block
 
 
 def test_two_input_pipelines_split_each_global_batch(shards):
-    one = data.train_dataset(shards, GLOBAL_BATCH, 5, 32).take(30)
+    one = reader.train_dataset(shards, GLOBAL_BATCH, 5, 32).take(30)
     halves = []
     for pipeline in range(2):
         ctx = tf.distribute.InputContext(2, pipeline, 2)
         halves.append(
-            list(data.train_dataset(shards, GLOBAL_BATCH, 5, 32, input_context=ctx).take(30))
+            list(reader.train_dataset(shards, GLOBAL_BATCH, 5, 32, input_context=ctx).take(30))
         )
     for step, (inputs, targets) in enumerate(one):
         inputs_0, targets_0 = halves[0][step]
@@ -88,22 +88,22 @@ def test_two_input_pipelines_split_each_global_batch(shards):
 
 
 def test_one_pipeline_with_two_replicas_alternates_halves(shards):
-    one = list(data.train_dataset(shards, GLOBAL_BATCH, 5, 32).take(2))
+    one = list(reader.train_dataset(shards, GLOBAL_BATCH, 5, 32).take(2))
     ctx = tf.distribute.InputContext(1, 0, 2)
-    per_replica = list(data.train_dataset(shards, GLOBAL_BATCH, 5, 32, input_context=ctx).take(4))
+    per_replica = list(reader.train_dataset(shards, GLOBAL_BATCH, 5, 32, input_context=ctx).take(4))
     np.testing.assert_array_equal(one[1][0], tf.concat([per_replica[2][0], per_replica[3][0]], 0))
 
 
 def test_document_packing_masks_boundaries_and_padding(doc_shards):
-    inputs, targets, segments = next(iter(data.train_dataset(doc_shards, 64, 1, 32)))
+    inputs, targets, segments = next(iter(reader.train_dataset(doc_shards, 64, 1, 32)))
     seg = segments.numpy()
     tgt = targets.numpy()
     assert (seg == 0).any() and (np.diff(seg, axis=1) != 0).any()
     next_seg = np.concatenate([seg[:, 1:], np.full([seg.shape[0], 1], -1)], 1)
     boundary = (next_seg != seg)[:, :-1]
-    assert (tgt[:, :-1][boundary] == data.IGNORE).all()
-    assert (tgt[seg == 0] == data.IGNORE).all()  # padding never trains
-    assert (tgt[tgt != data.IGNORE] >= 0).all()
+    assert (tgt[:, :-1][boundary] == reader.IGNORE).all()
+    assert (tgt[seg == 0] == reader.IGNORE).all()  # padding never trains
+    assert (tgt[tgt != reader.IGNORE] >= 0).all()
 
 
 def test_no_attention_across_documents():
@@ -141,7 +141,7 @@ def test_ignored_targets_add_nothing_to_the_loss():
     model = build_model(cfg.model)
     inputs = tf.constant([[5, 6, 7, 8]])
     segments = tf.constant([[1, 1, 2, 0]])
-    targets = tf.constant([[6, data.IGNORE, 8, data.IGNORE]])
+    targets = tf.constant([[6, reader.IGNORE, 8, reader.IGNORE]])
     loss = token_loss_sum(model, inputs, targets, False, segments)
     logits = model(inputs, segment_ids=segments)
     expected = sum(

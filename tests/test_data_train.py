@@ -8,8 +8,9 @@ import os
 import pytest
 from _data_helpers import small_config, write_corpus
 
-from tfllm import prepare, train
+from tfllm.data import prepare
 from tfllm.errors import DataError
+from tfllm.training import loop as train
 
 
 def test_train_on_document_packing_with_a_skipped_shard(tmp_path):

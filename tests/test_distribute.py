@@ -18,10 +18,10 @@ import portpicker
 import pytest
 import tensorflow as tf
 
-from tfllm import distribute
 from tfllm.config import RuntimeConfig, load_config
 from tfllm.errors import ConfigError, StrategyError
-from tfllm.train import validate_run
+from tfllm.training import distribute
+from tfllm.training.loop import validate_run
 
 sys.path.insert(0, str(pathlib.Path(__file__).parent))
 from distributed_run import TINY, train_tiny  # noqa: E402
@@ -137,11 +137,11 @@ def test_float16_loss_scaling_skips_overflowing_steps(tmp_path):
     skip is reported as `loss_scale_skipped_steps` and survives a checkpoint round trip, so a
     resumed run knows its step (iterations + skipped) and its data position."""
     cfg = load_config([], [*TINY, "train.precision=mixed_float16", "runtime.strategy=cpu"])
-    from tfllm.checkpoint import Checkpointer
-    from tfllm.model import build_model
-    from tfllm.optim import completed_steps, make_optimizer
-    from tfllm.steps import Steps
-    from tfllm.train import loop_values
+    from tfllm.model.lm import build_model
+    from tfllm.runs.checkpoint import Checkpointer
+    from tfllm.training.loop import loop_values
+    from tfllm.training.optim import completed_steps, make_optimizer
+    from tfllm.training.steps import Steps
 
     model = build_model(cfg.model, cfg.train.precision)
     optimizer = make_optimizer(cfg.train, model.trainable_variables)

@@ -14,9 +14,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 import tiny_run
+from commands import run_main
 
-from tfllm import export
 from tfllm.errors import TfllmError
+from tfllm.serve import export
 
 PROMPTS = ["def ", "", "import numpy as np\nx = np.", "class A:\n"]
 TOKEN_IDS = [[2, 17, 260, 5, 99], [2, 300, 301, 302, 4]]
@@ -195,6 +196,6 @@ def test_existing_version_is_refused(run):
 
 def test_command_line_writes_the_next_version(run, tmp_path):
     base = tmp_path / "export" / "cli"
-    assert export.main(["--workdir", run.workdir, "--export_dir", str(base)]) == 0
-    assert export.main(["--workdir", run.workdir, "--export_dir", str(base)]) == 0
+    assert run_main("export", ["--workdir", run.workdir, "--export_dir", str(base)]) == 0
+    assert run_main("export", ["--workdir", run.workdir, "--export_dir", str(base)]) == 0
     assert sorted(p.name for p in base.iterdir()) == ["1", "2"]

@@ -14,11 +14,11 @@ import pytest
 import tensorflow as tf
 from test_train import final_weights, read_scalars, weight_difference
 
-from tfllm import data, prepare, records, verify
 from tfllm.config import save_config
+from tfllm.data import prepare, reader, records, verify
 from tfllm.errors import TfllmError
-from tfllm.faults import EXIT_NONFINITE, NonFiniteError
-from tfllm.train import train
+from tfllm.training.faults import EXIT_NONFINITE, NonFiniteError
+from tfllm.training.loop import train
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 RUN = ("train.steps=40", "train.steps_per_loop=5", "train.checkpoint_every=10")
@@ -155,7 +155,7 @@ def poison_step(cfg, step: int) -> None:
     manifest = records.read_manifest(directory)
     shards = verify.check_split(directory, manifest, "train", "size", "error")
     size = cfg.train.global_batch_size
-    stream = data.global_records(shards, cfg.train.seed, cfg.data.shuffle_buffer, step * size)
+    stream = reader.global_records(shards, cfg.train.seed, cfg.data.shuffle_buffer, step * size)
     victims = {record.numpy() for record in stream.take(size)}
     zeros = np.zeros(manifest["window_len"], np.int64)
     padding = records.serialize_window(zeros, zeros)

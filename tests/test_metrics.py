@@ -5,12 +5,12 @@ import json
 
 import pytest
 
-from tfllm import flops
 from tfllm.config import ModelConfig, load_config
-from tfllm.console import Console, progress_line
 from tfllm.errors import ConfigError
-from tfllm.model import build_model
-from tfllm.profiling import ProfileWindow
+from tfllm.model.lm import build_model
+from tfllm.observe import flops
+from tfllm.observe.console import Console, progress_line
+from tfllm.observe.profiling import ProfileWindow
 
 # The test model of conftest.TINY_MODEL: V=512, L=2, H=2, D=32, F=64, SwiGLU, T=32 (Q=16).
 TINY = ModelConfig(

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from tfllm.config import load_config
-from tfllm.model import build_model
+from tfllm.model.lm import build_model
 
 SMALL = [
     "model.vocabulary_size=97",

@@ -16,7 +16,7 @@ from conftest import TINY_MODEL
 from tensorflow.tsl.profiler.protobuf import xplane_pb2
 
 from tfllm.config import load_config
-from tfllm.train import train
+from tfllm.training.loop import train
 
 # Every scalar a training run writes on CPU (no device memory, no loss scale in float32).
 TRAIN_TAGS = {

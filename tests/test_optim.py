@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tfllm.optim import AdamW, WarmupCosine, clip_by_global_norm
+from tfllm.training.optim import AdamW, WarmupCosine, clip_by_global_norm
 
 
 def train_five_steps(optimizer_class, init, grads):

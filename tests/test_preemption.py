@@ -12,10 +12,10 @@ import pytest
 from test_faults import TrainProcess
 from test_train import weight_difference
 
-from tfllm import prepare
 from tfllm.config import save_config
+from tfllm.data import prepare
 from tfllm.errors import TfllmError
-from tfllm.train import train
+from tfllm.training.loop import train
 
 # PCH polls the signal flag once a second and saves one host loop after the next boundary:
 # 400 steps of 4-step loops (about 9 ms a step here) leave room for that after the signal.

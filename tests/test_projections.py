@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tfllm.projections import dense
+from tfllm.model.projections import dense
 
 
 def gradients(x, kernel, d_y, training, jit_compile):

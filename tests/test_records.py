@@ -6,8 +6,8 @@ import pathlib
 import numpy as np
 import tensorflow as tf
 
-from tfllm import data, records, tokenizer, verify
-from tfllm.prepare import data_dir, prepare
+from tfllm.data import reader, records, tokenizer, verify
+from tfllm.data.prepare import data_dir, prepare
 
 
 def test_shard_writer_round_trip(tmp_path):
@@ -64,12 +64,12 @@ def test_prepare_conserves_tokens_and_reads_back(make_config):
             written.update(
                 map(tuple, records.parse_batch(batch, window_len)[records.TOKENS_KEY].numpy())
             )
-    ds = data.train_dataset(shards["train"], 4, seed=0, shuffle_buffer=16)
+    ds = reader.train_dataset(shards["train"], 4, seed=0, shuffle_buffer=16)
     for x, y in ds.take(50):
         np.testing.assert_array_equal(x[:, 1:], y[:, :-1])
         windows = np.concatenate([x, y[:, -1:]], axis=1)
         assert all(tuple(w) in written for w in windows)
-    val = data.eval_dataset(shards["val"], batch_size=4, num_batches=3)
+    val = reader.eval_dataset(shards["val"], batch_size=4, num_batches=3)
     assert sum(1 for _ in val) == 3
 
 

@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tfllm.checkpoint import Checkpointer
 from tfllm.config import load_config
-from tfllm.model import build_model
-from tfllm.optim import make_optimizer
-from tfllm.train import train
+from tfllm.model.lm import build_model
+from tfllm.runs.checkpoint import Checkpointer
+from tfllm.training.loop import train
+from tfllm.training.optim import make_optimizer
 
 
 def final_weights(cfg):

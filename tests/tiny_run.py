@@ -1,4 +1,7 @@
-"""A tiny trained-looking workdir and its export, built once per test session.
+"""A tiny trained-looking workdir and its export, built once per test session through tfllm's
+own code: `prepare` writes the dataset and tokenizer, the trainer's `make_checkpointer` writes
+the checkpoint (model, optimizer, counters: the files `tfllm.train` writes), `export` the
+SavedModel.
 
 Random weights with a large spread (std 0.5) instead of training: the logits are far from
 uniform, so greedy decoding and the parity checks are not trivially satisfied.
@@ -11,11 +14,14 @@ import functools
 import pathlib
 
 import numpy as np
-import tensorflow as tf
 
-from tfllm import export, generate, tokenizer
+import tfllm
 from tfllm.config import Config, load_config, save_config
-from tfllm.model import build_model
+from tfllm.data import prepare
+from tfllm.model.lm import build_model
+from tfllm.serve import export, generate
+from tfllm.training.loop import make_checkpointer, new_counters
+from tfllm.training.optim import make_optimizer
 
 SEQ = 32
 VOCAB = 512  # byte fallback alone needs 256 pieces
@@ -49,23 +55,24 @@ def build(root: str) -> TinyRun:
             f"model.max_sequence_length={SEQ}",
             f"data.seq_len={SEQ}",
             f"data.root={root_path / 'data'}",
+            f"data.source={pathlib.Path(tfllm.__file__).parent}",
             "data.name=tiny",
+            "data.tokenizer_sample_mb=1",
             f"runtime.workdir={workdir}",
             "train.sample_tokens=8",
         ]
     )
-    sources = sorted((pathlib.Path(tokenizer.__file__).parent).glob("*.py"))
-    tokenizer_path = root_path / "data" / "tiny" / "tokenizer.model"
-    tokenizer_path.parent.mkdir(parents=True)
-    tokenizer_path.write_bytes(tokenizer.train_tokenizer([p.read_text() for p in sources], VOCAB))
+    prepare.prepare(cfg, log=lambda _: None)
     workdir.mkdir()
     save_config(cfg, str(workdir / "config.yaml"))
     model = build_model(cfg.model)
     rng = np.random.default_rng(0)
     for variable in model.weights:
         variable.assign(rng.normal(0.0, 0.5, variable.shape).astype("float32"))
-    tf.train.Checkpoint(model=model).save(str(workdir / "checkpoints" / "ckpt"))
+    optimizer = make_optimizer(cfg.train, model.trainable_variables)
+    make_checkpointer(cfg, model, optimizer, new_counters(), log=lambda _: None).save(0)
     export_dir = str(root_path / "export" / "tiny")
     export.export(str(workdir), export_dir, log=lambda _: None)
-    generator = generate.Generator(model, str(tokenizer_path))
-    return TinyRun(cfg, str(workdir), str(tokenizer_path), export_dir, model, generator)
+    tokenizer_path = str(pathlib.Path(prepare.data_dir(cfg)) / "tokenizer.model")
+    generator = generate.Generator(model, tokenizer_path)
+    return TinyRun(cfg, str(workdir), tokenizer_path, export_dir, model, generator)

@@ -1,9 +1,71 @@
-"""tfllm: decoder-only Transformer LMs with TensorFlow, Keras 3, XLA and tf.distribute."""
+"""tfllm: decoder-only Transformer LMs with TensorFlow, Keras 3, XLA and tf.distribute.
 
-import os
+The Python API, for scripts and notebooks (the commands `python -m tfllm.<command>` do the same
+from a shell)::
 
-# TensorFlow's C++ start-up chatter (oneDNN, CUDA probing) buries the lines a user needs.
-# This must run before TensorFlow is imported; an explicit user setting wins.
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    import tfllm
+    cfg = tfllm.load_config("tiny", overrides=["train.steps=200", "runtime.workdir=runs/demo"])
+    tfllm.prepare(cfg)                       # text -> tokenizer -> TFRecord shards
+    tfllm.train(cfg)                         # or resume: the same call again
+    model = tfllm.load("runs/demo")          # the newest usable checkpoint
+    print(tfllm.generate(model, ["def main("], max_new_tokens=32))
+    tfllm.export("runs/demo", "export/demo")
+
+Importing tfllm does not import TensorFlow; each function imports its stage when called.
+"""
+
+from __future__ import annotations
 
 __version__ = "0.1.0"
+__all__ = ["load_config", "prepare", "train", "load", "generate", "export"]
+
+
+def load_config(*files: str, overrides: list[str] | tuple[str, ...] = ()):
+    """A `Config` from YAML files (paths or names in configs/, default "tiny") and
+    `section.key=value` overrides, validated as the commands' --config/--set are."""
+    from tfllm.cli import DEFAULT_CONFIG
+    from tfllm.config import load_config as load
+
+    return load(list(files) or [DEFAULT_CONFIG], list(overrides))
+
+
+def prepare(cfg, force: bool = False) -> dict:
+    """Builds the dataset of `cfg.data` (unless it is already there and `force` is False);
+    returns its manifest. As `python -m tfllm.prepare [--force]`."""
+    from tfllm.data import prepare as stage
+
+    return stage.prepare(cfg) if force else stage.ensure_prepared(cfg)
+
+
+def train(cfg, strategy=None) -> dict:
+    """Trains (or resumes) to `cfg.train.steps` in `cfg.runtime.workdir`; returns the final
+    step, validation loss and counters. As `python -m tfllm.train`; `strategy` defaults to
+    the one `cfg.runtime.strategy` names."""
+    from tfllm.training import loop
+
+    return loop.train(cfg, strategy)
+
+
+def load(workdir: str, step: int | None = None):
+    """The model of a workdir's newest usable checkpoint (or ckpt-`step`): a `TrainedModel`
+    with `.model`, `.cfg`, `.tokenizer_path`, `.checkpoint` and `.step`."""
+    from tfllm.runs.trained import load_trained
+
+    return load_trained(workdir, step)
+
+
+def generate(model, prompts: list[str], **options) -> list[str]:
+    """Completions of `prompts` from a `TrainedModel` (or a workdir path). Options:
+    max_new_tokens, temperature (0 = greedy, the default), top_k, top_p, seed."""
+    from tfllm.serve.generate import Generator
+
+    trained = load(model) if isinstance(model, str) else model
+    return Generator(trained.model, trained.tokenizer_path).generate(list(prompts), **options)
+
+
+def export(workdir: str, export_dir: str, version: int | None = None) -> str:
+    """Writes a TF Serving version of the workdir's newest usable checkpoint under
+    `export_dir`; returns its directory. As `python -m tfllm.export`."""
+    from tfllm.serve import export as stage
+
+    return stage.export(workdir, export_dir, version)

@@ -1,34 +1,59 @@
-"""What every command shares: --config/--set parsing and one-line errors for user mistakes."""
+"""What every command shares: --config/--set/--verbose parsing, quiet native logging, and
+one-line errors for user mistakes.
+
+Nothing here imports TensorFlow: a command parses its flags and calls `quiet_unless` before its
+stage (and TensorFlow) is imported, because TensorFlow reads its log level once, at import.
+"""
 
 from __future__ import annotations
 
 import argparse
+import atexit
+import logging
+import os
+import re
 import sys
+import threading
+import warnings
 from collections.abc import Callable
 
 from tfllm.config import Config, load_config
 from tfllm.errors import TfllmError
 
 DEFAULT_CONFIG = "tiny"
+# Native lines a healthy CPU run prints: absl-format logs of any level (`I0000 ...`, the
+# `E0000 ... failed call to cuInit` of a host without a GPU, oneDNN notes), absl's pre-init
+# banner, and SentencePiece's `normalizer.cc(51) LOG(INFO)` notes. Anything else still shows.
+_NATIVE_NOISE = re.compile(
+    rb"^([IWE]\d{4} \d\d:\d\d:\d\d\.\d+ |WARNING: All log messages before absl::InitializeLog"
+    rb"|\S+\.cc\(\d+\) LOG\((INFO|WARNING)\) )"
+)
+_quiet = False
 
 
-def make_parser(description: str) -> argparse.ArgumentParser:
+def make_parser(description: str, config: bool = True) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=description)
+    if config:
+        parser.add_argument(
+            "--config",
+            action="append",
+            default=[],
+            metavar="FILE",
+            help="YAML overlay (repeatable, applied in order); a path or a name in configs/. "
+            f"Default: {DEFAULT_CONFIG}",
+        )
+        parser.add_argument(
+            "--set",
+            action="append",
+            default=[],
+            dest="overrides",
+            metavar="SECTION.KEY=VALUE",
+            help="override one config value (repeatable, applied after the files)",
+        )
     parser.add_argument(
-        "--config",
-        action="append",
-        default=[],
-        metavar="FILE",
-        help="YAML overlay (repeatable, applied in order); a path or a name in configs/. "
-        f"Default: {DEFAULT_CONFIG}",
-    )
-    parser.add_argument(
-        "--set",
-        action="append",
-        default=[],
-        dest="overrides",
-        metavar="SECTION.KEY=VALUE",
-        help="override one config value (repeatable, applied after the files)",
+        "--verbose",
+        action="store_true",
+        help="show TensorFlow's own log lines too (also: TFLLM_VERBOSE=1)",
     )
     return parser
 
@@ -48,12 +73,62 @@ def add_strategy_flags(parser: argparse.ArgumentParser) -> None:
 
 
 def config_from_args(args: argparse.Namespace) -> Config:
+    quiet_unless(getattr(args, "verbose", False))
     overrides = list(args.overrides)
     # The flags win over --set: they are the more specific spelling.
     for key in ("strategy", "tpu"):
         if getattr(args, key, None) is not None:
             overrides.append(f"runtime.{key}={getattr(args, key)}")
     return load_config(args.config or [DEFAULT_CONFIG], overrides)
+
+
+def quiet_unless(verbose: bool) -> None:
+    """Keeps a healthy run to tfllm's own lines, unless `verbose` or TFLLM_VERBOSE=1.
+
+    TensorFlow's C++ log level is raised (a user's own TF_CPP_MIN_LOG_LEVEL wins), the lines
+    that native code writes before that level is read are filtered out of file descriptor 2,
+    and TensorFlow's and absl's Python loggers show errors only. Python's own stderr (tfllm's
+    errors, tracebacks of real bugs) bypasses the filter.
+    """
+    global _quiet
+    if verbose or os.environ.get("TFLLM_VERBOSE", "") not in ("", "0") or _quiet:
+        return
+    _quiet = True
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    for name in ("tensorflow", "absl", "keras"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    # Keras' "Skipping variable loading for optimizer" and friends on a model-only read.
+    warnings.filterwarnings("ignore", module=r"keras\..*")
+    _filter_native_stderr()
+
+
+def _filter_native_stderr() -> None:
+    """Points fd 2 at a pipe drained by a thread that drops `_NATIVE_NOISE` lines; Python's
+    sys.stderr keeps writing to the real stderr directly, so its lines are never delayed."""
+    try:
+        real = os.dup(2)
+        read_end, write_end = os.pipe()
+    except OSError:  # no usable fd 2 (a detached process): nothing to filter
+        return
+    sys.stderr.flush()
+    sys.stderr = open(real, "w", buffering=1, closefd=False, errors="backslashreplace")
+    os.dup2(write_end, 2)
+    os.close(write_end)
+
+    def forward() -> None:
+        with open(read_end, "rb") as pipe:
+            for line in pipe:
+                if not _NATIVE_NOISE.match(line):
+                    os.write(real, line)
+
+    thread = threading.Thread(target=forward, name="tfllm-native-stderr", daemon=True)
+    thread.start()
+
+    def drain() -> None:  # at exit: close the pipe's write end, let the thread finish
+        os.dup2(real, 2)
+        thread.join(timeout=2)
+
+    atexit.register(drain)
 
 
 def run_command(main: Callable[[list[str] | None], int], argv: list[str] | None = None) -> None:

@@ -1,163 +1,28 @@
 """`python -m tfllm.export`: write a TF Serving model version from a training workdir.
 
-    python -m tfllm.export --workdir DIR --export_dir export/NAME [--version N]
+    python -m tfllm.export --workdir DIR --export_dir export/NAME [--version N] [--verbose]
 
 Writes `export/NAME/<version>/` (the next integer by default): saved_model.pb, variables/,
 assets/ (the resolved config.yaml and tokenizer.model) and
-assets.extra/tf_serving_warmup_requests. The version is written under a temporary name and
-renamed into place, so a server watching export/NAME never loads a half-written model.
-Signatures and request limits: see `tfllm.serving`.
+assets.extra/tf_serving_warmup_requests. The stage is `tfllm.serve.export`; signatures and
+request limits: `tfllm.serve.module`.
 """
 
 from __future__ import annotations
 
-import argparse
-import collections
-import contextlib
-import os
-import posixpath
-
-import tensorflow as tf
-from tensorflow.core.protobuf import saved_model_pb2
-
 from tfllm import cli
-from tfllm.errors import TfllmError
-from tfllm.generate import load_trained
-from tfllm.serving import GENERATE_DEFAULTS, ServingModule
-from tfllm.tokenizer import EOS_ID
-
-WARMUP_FILE = "assets.extra/tf_serving_warmup_requests"
-
-
-def next_version(export_dir: str) -> int:
-    """One more than the largest integer version under export_dir (1 when there is none)."""
-    if not tf.io.gfile.isdir(export_dir):
-        return 1
-    versions = [
-        int(name.rstrip("/"))
-        for name in tf.io.gfile.listdir(export_dir)
-        if name.rstrip("/").isdigit()
-    ]
-    return max(versions, default=0) + 1
-
-
-@contextlib.contextmanager
-def unique_variable_names():
-    """Gives every tf.Variable created inside a distinct name.
-
-    Keras 3 names a variable by its short name ("output_kernel"), so several variables share
-    one name. TF2 loading does not care, but the TF1 session loader that TF Serving uses maps
-    variables by name, and duplicates there fail with "Could not find variable ...".
-    Checkpoints match variables by object path, so restoring is unaffected.
-    """
-    seen = collections.Counter()
-
-    def creator(next_creator, **kwargs):
-        name = kwargs.get("name") or "Variable"
-        seen[name] += 1
-        if seen[name] > 1:
-            kwargs["name"] = f"{name}_{seen[name] - 1}"
-        return next_creator(**kwargs)
-
-    with tf.variable_creator_scope(creator):
-        yield
-
-
-def make_inputs_optional(saved_model_dir: str, signature: str, defaults: dict) -> None:
-    """Turns the signature's input placeholders in `defaults` into PlaceholderWithDefault.
-
-    TF Serving and the TF1 session loader feed a signature by tensor name; a plain Placeholder
-    that a request leaves out fails with "You must feed a value for placeholder tensor". TF2's
-    `tf.saved_model.load` calls the traced functions instead and still takes every input.
-    """
-    path = posixpath.join(saved_model_dir, "saved_model.pb")
-    saved_model = saved_model_pb2.SavedModel()
-    with tf.io.gfile.GFile(path, "rb") as f:
-        saved_model.ParseFromString(f.read())
-    meta_graph = saved_model.meta_graphs[0]
-    nodes = {node.name: node for node in meta_graph.graph_def.node}
-    for key, value in defaults.items():
-        node = nodes[meta_graph.signature_def[signature].inputs[key].name.split(":")[0]]
-        default = meta_graph.graph_def.node.add(name=f"{node.name}/default", op="Const")
-        default.attr["dtype"].CopyFrom(node.attr["dtype"])
-        default.attr["value"].tensor.CopyFrom(
-            tf.make_tensor_proto(value, tf.dtypes.as_dtype(node.attr["dtype"].type))
-        )
-        node.op = "PlaceholderWithDefault"
-        node.input.append(default.name)
-    with tf.io.gfile.GFile(path, "wb") as f:
-        f.write(saved_model.SerializeToString())
-
-
-def warmup_requests(model_name: str, max_new_tokens: int) -> list:
-    """PredictionLog records that exercise each signature once, defaults included."""
-    from tensorflow_serving.apis import model_pb2, predict_pb2, prediction_log_pb2
-
-    requests = [
-        ("serving_default", {"prompts": tf.constant(["def ", ""])}),
-        (
-            "serving_default",
-            {
-                "prompts": tf.constant(["import "]),
-                "max_new_tokens": tf.constant(max_new_tokens),
-                "temperature": tf.constant(0.8),
-                "top_k": tf.constant(40),
-                "top_p": tf.constant(0.95),
-                "seed": tf.constant(1, tf.int64),
-            },
-        ),
-        ("score", {"texts": tf.constant(["def f(x):\n    return x\n"])}),
-        ("logits", {"token_ids": tf.constant([[EOS_ID, EOS_ID]], tf.int32)}),
-    ]
-    logs = []
-    for signature, inputs in requests:
-        request = predict_pb2.PredictRequest(
-            model_spec=model_pb2.ModelSpec(name=model_name, signature_name=signature)
-        )
-        for key, value in inputs.items():
-            request.inputs[key].CopyFrom(tf.make_tensor_proto(value))
-        logs.append(
-            prediction_log_pb2.PredictionLog(
-                predict_log=prediction_log_pb2.PredictLog(request=request)
-            )
-        )
-    return logs
-
-
-def export(workdir: str, export_dir: str, version: int | None = None, log=print) -> str:
-    """Exports the latest checkpoint of `workdir`; returns the version directory."""
-    version = next_version(export_dir) if version is None else version
-    if version < 1:
-        raise TfllmError(f"--version must be a positive integer, got {version}")
-    final = posixpath.join(export_dir, str(version))
-    if tf.io.gfile.exists(final):
-        raise TfllmError(f"{final} already exists; pick another --version")
-    with unique_variable_names():
-        cfg, model, tokenizer_path = load_trained(workdir)
-    # Not a number, so TF Serving ignores it until the rename.
-    temporary = posixpath.join(export_dir, f".tmp-{version}-{os.getpid()}")
-    module = ServingModule(model, tokenizer_path, posixpath.join(workdir, "config.yaml"))
-    max_new_tokens = min(cfg.train.sample_tokens, module.max_new_tokens_limit)
-    tf.saved_model.save(module, temporary, signatures=module.signatures())
-    make_inputs_optional(
-        temporary, "serving_default", {"max_new_tokens": max_new_tokens, **GENERATE_DEFAULTS}
-    )
-    tf.io.gfile.makedirs(posixpath.join(temporary, "assets.extra"))
-    with tf.io.TFRecordWriter(posixpath.join(temporary, WARMUP_FILE)) as writer:
-        for record in warmup_requests(posixpath.basename(export_dir.rstrip("/")), 4):
-            writer.write(record.SerializeToString())
-    tf.io.gfile.rename(temporary, final)
-    log(f"exported {workdir} to {final} (default max_new_tokens {max_new_tokens})")
-    return final
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = cli.make_parser(__doc__.splitlines()[0], config=False)
     parser.add_argument("--workdir", required=True, help="training workdir (config, checkpoints)")
     parser.add_argument("--export_dir", required=True, help="model base path, e.g. export/NAME")
     parser.add_argument("--version", type=int, default=None, help="default: the next integer")
     args = parser.parse_args(argv)
-    export(args.workdir, args.export_dir, args.version)
+    cli.quiet_unless(args.verbose)
+    from tfllm.serve import export
+
+    export.export(args.workdir, args.export_dir, args.version)
     return 0
 
 

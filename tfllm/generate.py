@@ -1,229 +1,19 @@
-"""`python -m tfllm.generate`: sample text from the latest checkpoint with the model's KV cache.
+"""`python -m tfllm.generate`: sample text from a trained workdir with the model's KV cache.
 
     python -m tfllm.generate --workdir DIR --prompt TEXT [--prompt TEXT ...] [--max_new_tokens N]
-        [--temperature T] [--top_k K] [--top_p P] [--seed S]
+        [--temperature T] [--top_k K] [--top_p P] [--seed S] [--verbose]
 
-Decoding is one compiled `tf.while_loop`: a prefill call writes the prompt's keys and values
-into a fixed-size cache of max_sequence_length slots, then each step feeds one token through the
-same `TransformerLM.call` that training uses. Prompts of different lengths are left-padded to a
-common width, so every row's last prompt token sits in the same column.
-
-The prompt rule (shared with the exported SavedModel): every prompt is read as the start of a
-document, so the EOS separator of the training data is put in front of its tokens; when
-[EOS] + prompt is longer than max_sequence_length - max_new_tokens tokens, the oldest tokens are
-dropped (truncation from the left), so the newest text always stays in the context.
-
-Shape letters: B batch, P padded prompt width, S max_sequence_length, N max_new_tokens.
+Reads the newest usable checkpoint of DIR (as training would restore it) and prints each prompt
+followed by its completion. Decoding and the prompt rule: `tfllm.serve.generate`.
 """
 
 from __future__ import annotations
 
-import argparse
-import posixpath
-
-import tensorflow as tf
-
-from tfllm import cli, prepare, records, sampling, tokenizer
-from tfllm.config import Config, load_config
-from tfllm.errors import TfllmError
-from tfllm.model import TransformerLM, build_model
-from tfllm.tokenizer import EOS_ID, PAD_ID
-
-_MIN_BUCKET = 8  # prompt widths are rounded up to a power of two, at least this
-
-
-class GenerationError(TfllmError):
-    """A generation request outside the limits (max_new_tokens, temperature, top-k, top-p)."""
-
-
-def prompt_ids(sp, prompts) -> tf.RaggedTensor:
-    """Strings (B,) -> ragged int32 ids (B, None): EOS then the prompt's tokens."""
-    ids = sp.tokenize(prompts)
-    eos = tf.fill([ids.nrows(), 1], tf.constant(EOS_ID, ids.dtype))
-    return tf.concat([tf.RaggedTensor.from_tensor(eos), ids], axis=1)
-
-
-def left_pad(ids: tf.RaggedTensor, width):
-    """Keeps the last `width` ids of each row, left-padded with PAD_ID.
-
-    Returns:
-        (B, width) int32 ids and (B,) int32 `start`: the number of padding columns per row.
-    """
-    lengths = tf.cast(ids.row_lengths(), tf.int32)
-    right_padded = ids.to_tensor(default_value=PAD_ID)  # (B, max length)
-    source = lengths[:, None] - width + tf.range(width)[None, :]  # column read for each column
-    gathered = tf.gather(right_padded, tf.maximum(source, 0), batch_dims=1)
-    padded = tf.where(source >= 0, gathered, PAD_ID)
-    return padded, tf.maximum(width - lengths, 0)
-
-
-def bucket(length: int, limit: int) -> int:
-    """The padded prompt width for `length` tokens: a power of two, capped at `limit`."""
-    width = _MIN_BUCKET
-    while width < length:
-        width *= 2
-    return min(width, limit)
-
-
-def decode(model: TransformerLM, ids, start, max_new_tokens, temperature, top_k, top_p, seed):
-    """Prefill, then up to `max_new_tokens` cached steps; stops early once every row hit EOS.
-
-    Args:
-        model: the language model.
-        ids: (B, P) int32 left-padded prompts (from `left_pad`), P + max_new_tokens <= S.
-        start: (B,) int32 padding columns per row.
-        max_new_tokens, temperature, top_k, top_p, seed: scalars, see `sampling.next_token`.
-
-    Returns:
-        (B, N) int32 generated tokens (the EOS that ended a row is kept, PAD_ID after it) and
-        (B,) int32 number of text tokens per row (before EOS).
-    """
-    batch, width = tf.shape(ids)[0], tf.shape(ids)[1]
-    slots = model.max_sequence_length
-    positions = tf.maximum(tf.range(width)[None, :] - start[:, None], 0)  # (B, P)
-    cache = model.empty_cache(batch, slots)
-    logits, cache = model(ids, positions=positions, cache=cache, cache_index=0, cache_start=start)
-    columns = tf.range(slots)[None, :]
-
-    def unfinished(step, logits, cache, tokens, lengths, done):
-        return (step < max_new_tokens) & ~tf.reduce_all(done)
-
-    def one_token(step, logits, cache, tokens, lengths, done):
-        token = sampling.next_token(logits, temperature, top_k, top_p, seed, step)
-        token = tf.where(done, PAD_ID, token)  # (B,)
-        tokens = tf.where(columns == step, token[:, None], tokens)  # (B, S)
-        done = done | (token == EOS_ID)
-        lengths = lengths + tf.cast(~done, tf.int32)
-        index = width + step
-        logits, cache = model(
-            token[:, None],
-            positions=(index - start)[:, None],
-            cache=cache,
-            cache_index=index,
-            cache_start=start,
-        )
-        return step + 1, logits[:, -1, :], cache, tokens, lengths, done
-
-    state = (
-        tf.constant(0),
-        logits[:, -1, :],  # (B, V)
-        cache,
-        tf.fill([batch, slots], PAD_ID),  # generated token j in column j
-        tf.zeros([batch], tf.int32),
-        tf.zeros([batch], tf.bool),
-    )
-    _, _, _, tokens, lengths, _ = tf.while_loop(unfinished, one_token, state)
-    return tokens[:, :max_new_tokens], lengths
-
-
-class Generator:
-    """Text in, text out around one compiled `decode` per (batch size, prompt bucket).
-
-    `traces` counts how often the decode function was traced (a Python side effect runs once
-    per trace), so tests can assert that prompts within one bucket share one program.
-    """
-
-    # A plain graph by default: on CPU, the XLA-compiled loop measured about 2-3x slower per
-    # token than the graph (benchmarks/generate_bench.py); the graph is also what gets exported.
-    def __init__(self, model: TransformerLM, tokenizer_path: str, jit_compile: bool = False):
-        self.model = model
-        self.traces = 0
-        self._decode = tf.function(self._decode_fn, jit_compile=jit_compile)
-        # Each tokenizer is created inside its graph: tensorflow-text's SentencePiece resource is
-        # owned by the kernel that made it, and an eagerly made one can vanish ("Resource ...
-        # SentencepieceResource does not exist") once TF drops that kernel from its cache.
-        if not tf.io.gfile.exists(tokenizer_path):
-            raise TfllmError(f"tokenizer not found: {tokenizer_path}")
-        self._prompt_ids = tf.function(
-            lambda prompts: prompt_ids(tokenizer.load_tokenizer(tokenizer_path), prompts),
-            input_signature=[tf.TensorSpec([None], tf.string)],
-        )
-        self._detokenize = tf.function(
-            lambda tokens, lengths: tokenizer.load_tokenizer(tokenizer_path).detokenize(
-                tf.RaggedTensor.from_tensor(tokens, lengths)
-            ),
-            input_signature=[
-                tf.TensorSpec([None, None], tf.int32),
-                tf.TensorSpec([None], tf.int32),
-            ],
-        )
-
-    def _decode_fn(self, ids, start, max_new_tokens, temperature, top_k, top_p, seed):
-        self.traces += 1
-        return decode(self.model, ids, start, max_new_tokens, temperature, top_k, top_p, seed)
-
-    def generate_ids(
-        self,
-        prompts: list[str],
-        max_new_tokens: int | None = None,
-        temperature: float = 0.0,
-        top_k: int = 0,
-        top_p: float = 1.0,
-        seed: int = 0,
-    ):
-        """Returns (B, N) generated token ids and (B,) text lengths, as `decode`.
-
-        max_new_tokens defaults to 64, or less when the context is shorter.
-        """
-        if max_new_tokens is None:
-            max_new_tokens = min(64, self.model.max_sequence_length - 1)
-        check_request(self.model, prompts, max_new_tokens, temperature, top_k, top_p)
-        ids = self._prompt_ids(tf.constant(prompts, tf.string))
-        longest = int(tf.reduce_max(ids.row_lengths()))
-        width = bucket(longest, self.model.max_sequence_length - max_new_tokens)
-        padded, start = left_pad(ids, tf.constant(width))
-        return self._decode(
-            padded,
-            start,
-            tf.constant(max_new_tokens),
-            tf.constant(temperature, tf.float32),
-            tf.constant(top_k),
-            tf.constant(top_p, tf.float32),
-            tf.constant(seed, tf.int64),
-        )
-
-    def generate(self, prompts: list[str], **options) -> list[str]:
-        """Completions of `prompts` (without the prompts); options as `generate_ids`."""
-        tokens, lengths = self.generate_ids(prompts, **options)
-        texts = self._detokenize(tokens, lengths)
-        return [text.decode("utf-8", "replace") for text in texts.numpy().tolist()]
-
-
-def check_request(model, prompts, max_new_tokens, temperature, top_k, top_p) -> None:
-    """The request limits, as one-line errors (the SavedModel checks the same in its graph)."""
-    limit = model.max_sequence_length - 1  # at least one context token: the EOS
-    if not prompts:
-        raise GenerationError("give at least one prompt")
-    if not 1 <= max_new_tokens <= limit:
-        raise GenerationError(f"max_new_tokens must be in [1, {limit}], got {max_new_tokens}")
-    if not 0.0 <= temperature <= 100.0:
-        raise GenerationError(f"temperature must be in [0, 100], got {temperature}")
-    if not 0 <= top_k <= model.vocabulary_size:
-        raise GenerationError(f"top_k must be in [0, {model.vocabulary_size}], got {top_k}")
-    if not 0.0 < top_p <= 1.0:
-        raise GenerationError(f"top_p must be in (0, 1], got {top_p}")
-
-
-def load_trained(workdir: str) -> tuple[Config, TransformerLM, str]:
-    """The resolved config, the model with the latest checkpoint, and the tokenizer path."""
-    config_path = posixpath.join(workdir, "config.yaml")
-    if not tf.io.gfile.exists(config_path):
-        raise TfllmError(f"{config_path} not found: is {workdir} a training workdir?")
-    cfg = load_config([config_path])
-    model = build_model(cfg.model)
-    checkpoint = tf.train.latest_checkpoint(posixpath.join(workdir, "checkpoints"))
-    if checkpoint is None:
-        raise TfllmError(f"no checkpoint in {workdir}/checkpoints: train first")
-    try:
-        status = tf.train.Checkpoint(model=model).restore(checkpoint)
-        status.assert_existing_objects_matched().expect_partial()  # optimizer slots are skipped
-    except (tf.errors.OpError, AssertionError, ValueError) as err:
-        raise TfllmError(f"cannot restore {checkpoint}: {str(err).splitlines()[0]}") from None
-    return cfg, model, posixpath.join(prepare.data_dir(cfg), records.TOKENIZER)
+from tfllm import cli
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = cli.make_parser(__doc__.splitlines()[0], config=False)
     parser.add_argument("--workdir", required=True, help="training workdir (config, checkpoints)")
     parser.add_argument("--prompt", action="append", required=True, help="repeatable")
     parser.add_argument("--max_new_tokens", type=int, default=None, help="default 64")
@@ -232,8 +22,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--top_p", type=float, default=1.0, help="1 = no nucleus filter")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
-    _, model, tokenizer_path = load_trained(args.workdir)
-    generator = Generator(model, tokenizer_path)
+    cli.quiet_unless(args.verbose)
+    from tfllm.runs.trained import load_trained
+    from tfllm.serve.generate import Generator
+
+    trained = load_trained(args.workdir)
+    generator = Generator(trained.model, trained.tokenizer_path)
     completions = generator.generate(
         args.prompt,
         max_new_tokens=args.max_new_tokens,

@@ -19,7 +19,11 @@ import posixpath
 import numpy as np
 import tensorflow as tf
 
+from tfllm.config import Config
+from tfllm.data import reader
 from tfllm.errors import TfllmError
+from tfllm.training.optim import set_completed_steps
+from tfllm.training.steps import Steps, token_loss_sum
 
 EXIT_NONFINITE = 3
 
@@ -72,3 +76,51 @@ def gradient_report(model, loss_fn, batch: tuple, step: int) -> dict:
             k for k, n in norms.items() if n is not None and not np.isfinite(n)
         ],
     }
+
+
+def roll_back_or_stop(
+    cfg: Config, steps: Steps, train_shards, checkpointer, counters, bad_step, log
+) -> int:
+    """Handles the first non-finite step of a host loop under `stop` or `rollback`.
+
+    Writes the diagnostics; then either raises NonFiniteError, or restores the newest good
+    checkpoint (step c) and returns `bad_step + 1`: the data window c+1..bad_step is skipped
+    and the step counter jumps with it, so the schedule and the data stream stay aligned.
+    """
+    batch = next(
+        iter(
+            reader.train_dataset(
+                train_shards,
+                cfg.train.global_batch_size,
+                cfg.train.seed,
+                cfg.data.shuffle_buffer,
+                start_step=bad_step,
+            )
+        )
+    )
+    # The loop stopped at bad_step without updating, so these are the weights it saw.
+    report = gradient_report(steps.model, token_loss_sum, batch, bad_step)
+    path = write_diagnostics(cfg.runtime.workdir, report)
+    message = (
+        f"non-finite loss or gradients at step {bad_step} (loss {report['loss']:.4g} over "
+        f"{report['counted_targets']} targets, "
+        f"{len(report['nonfinite_gradients'])} non-finite gradient(s); diagnostics: {path})"
+    )
+    rollbacks = int(counters["rollbacks"])
+    if cfg.train.on_nonfinite == "stop":
+        raise NonFiniteError(message)
+    if rollbacks >= cfg.train.max_rollbacks:
+        raise NonFiniteError(
+            f"{message}; train.max_rollbacks={cfg.train.max_rollbacks} rollbacks used up"
+        )
+    skipped = int(counters["skipped_steps"])
+    restored = checkpointer.restore_latest()
+    # Restore brought back the counters of the old checkpoint: the run's totals win.
+    counters["rollbacks"].assign(rollbacks + 1)
+    counters["skipped_steps"].assign(skipped)
+    set_completed_steps(steps.optimizer, bad_step + 1)
+    log(
+        f"{message}: rolled back to {restored}, skipping data up to step {bad_step} "
+        f"(rollback {rollbacks + 1} of {cfg.train.max_rollbacks})"
+    )
+    return bad_step + 1

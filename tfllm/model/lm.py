@@ -14,8 +14,8 @@ import keras
 from keras import ops
 
 from tfllm.config import ModelConfig
-from tfllm.layers import RMSNorm, TransformerBlock
-from tfllm.projections import TiedEmbedding
+from tfllm.model.layers import RMSNorm, TransformerBlock
+from tfllm.model.projections import TiedEmbedding
 
 
 class TransformerLM(keras.Model):

@@ -22,8 +22,8 @@ import yaml
 from tensorboard.plugins.hparams import api as hp
 
 from tfllm.config import Config
-from tfllm.console import Console, progress_line
-from tfllm.flops import Peak, mfu
+from tfllm.observe.console import Console, progress_line
+from tfllm.observe.flops import Peak, mfu
 
 GB = 1024.0**3
 

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 
 import tensorflow as tf
 
-from tfllm import records
+from tfllm.data import records
 from tfllm.errors import DataError
 
 # The op names TF wraps around an iterator error: "{{function_node ...}} ... [Op:...] name: ".

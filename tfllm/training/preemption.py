@@ -37,7 +37,7 @@ from collections.abc import Callable
 
 import tensorflow as tf
 
-from tfllm.faults import exit_code_for
+from tfllm.training.faults import exit_code_for
 
 
 class PreemptionWatcher:

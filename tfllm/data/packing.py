@@ -16,9 +16,9 @@ from __future__ import annotations
 import numpy as np
 import tensorflow as tf
 
-from tfllm.clean import Document
-from tfllm.records import ShardWriter
-from tfllm.tokenizer import EOS_ID
+from tfllm.data.clean import Document
+from tfllm.data.records import ShardWriter
+from tfllm.data.tokenizer import EOS_ID
 
 _ROWS_PER_BATCH = 64
 

@@ -24,7 +24,7 @@ import keras
 import tensorflow as tf
 
 from tfllm.errors import TfllmError
-from tfllm.records import write_atomically
+from tfllm.data.records import write_atomically
 
 MARKER_SUFFIX = ".done.json"
 STATE_FILE = "checkpoint"
@@ -42,7 +42,9 @@ class Checkpointer:
     Args:
         workdir: the run's directory; checkpoints go to `<workdir>/checkpoints`.
         model: the Keras model whose weights are saved.
-        optimizer: the built optimizer (slots and `iterations`, the step).
+        optimizer: the built optimizer (slots and `iterations`, the step); None for a reader
+            of the model's weights only (generate, export): the optimizer's values in the
+            checkpoint are then skipped without a warning.
         keep: how many published checkpoints to keep.
         model_config: the model section of the config (a dict); a checkpoint written for a
             different one is refused. None skips the check (read-only tools).
@@ -58,8 +60,8 @@ class Checkpointer:
         self,
         workdir: str,
         model: keras.Model,
-        optimizer,
-        keep: int,
+        optimizer=None,
+        keep: int = 1,
         model_config: dict | None = None,
         extras: dict | None = None,
         log=print,
@@ -67,7 +69,11 @@ class Checkpointer:
         worker_id: int = 0,
     ):
         self.directory = posixpath.join(workdir, "checkpoints")
-        self.checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer, **(extras or {}))
+        objects = {"model": model, **(extras or {})}
+        if optimizer is not None:
+            objects["optimizer"] = optimizer
+        self.checkpoint = tf.train.Checkpoint(**objects)
+        self.model_only = optimizer is None
         self.keep, self.model_config, self.log = keep, model_config, log
         self._skipped: list[int] = []  # newer than the restored one; set aside at the next save
         self.scratch = None if chief else posixpath.join(self.directory, f"scratch-{worker_id}")
@@ -128,39 +134,50 @@ class Checkpointer:
             "use a new runtime.workdir or the checkpoint's model config"
         )
 
-    def restore_latest(self) -> str | None:
+    def restore_latest(self, step: int | None = None) -> str | None:
         """Restores the newest usable checkpoint; returns its path, or None when there is none.
+
+        `step` restores that checkpoint only (skipping newer ones, refusing an unusable one).
 
         Raises:
             TfllmError: checkpoints were published but none is usable (each is listed with
                 the reason), or the newest usable one was written for a different model.
         """
         self._skipped, reasons = [], []
-        for step in self.steps_on_disk():
+        candidates = self.steps_on_disk()
+        if step is not None:
+            if step not in candidates:
+                raise TfllmError(f"no ckpt-{step} in {self.directory} (on disk: {candidates})")
+            candidates = [step]
+        for candidate in candidates:
             try:
-                marker = self._read_marker(step)
-                self._check_model(step, marker)
-                self._verify(step, marker)
+                marker = self._read_marker(candidate)
+                self._check_model(candidate, marker)
+                self._verify(candidate, marker)
             except _Unusable as why:
-                reasons.append(f"ckpt-{step}: {why}")
-                self._skipped.append(step)
-                self.log(f"checkpoint: skipping ckpt-{step}: {why}")
+                reasons.append(f"ckpt-{candidate}: {why}")
+                self._skipped.append(candidate)
+                self.log(f"checkpoint: skipping ckpt-{candidate}: {why}")
                 continue
-            path = self._prefix(step)
+            path = self._prefix(candidate)
             try:
-                self.checkpoint.read(path).assert_existing_objects_matched()
+                status = self.checkpoint.read(path)
+                status.assert_existing_objects_matched()
+                if self.model_only:
+                    status.expect_partial()  # the optimizer's slots are there on purpose
             except (tf.errors.OpError, AssertionError, ValueError) as err:
                 raise TfllmError(f"cannot restore {path}: {_first_line(err)}") from None
-            self._repair_state_file(step)
+            if not self.model_only:  # readers never write into a workdir
+                self._repair_state_file(candidate)
             return path
         listed = self._state_file_steps()
         if any("no completion marker" not in r for r in reasons) or listed & set(self._skipped):
             # Published checkpoints exist but none loads: starting over would overwrite them.
+            refusal = "" if self.model_only else ", refusing to start from step 0"
             raise TfllmError(
-                f"no usable checkpoint in {self.directory}, refusing to start from step 0: "
-                + "; ".join(reasons)
+                f"no usable checkpoint in {self.directory}{refusal}: " + "; ".join(reasons)
             )
-        if reasons:
+        if reasons and not self.model_only:
             self.log("checkpoint: only unfinished saves on disk; starting from scratch")
         return None
 

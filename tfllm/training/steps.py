@@ -13,22 +13,22 @@ from __future__ import annotations
 
 import tensorflow as tf
 
-from tfllm import data
 from tfllm.config import Config
-from tfllm.optim import clip_by_global_norm, loss_scale
+from tfllm.data import reader
+from tfllm.training.optim import clip_by_global_norm, loss_scale
 
 SUM = tf.distribute.ReduceOp.SUM
 
 
 def target_count(targets) -> tf.Tensor:
-    """Targets that count in the loss: data.IGNORE marks padding and document boundaries."""
-    return tf.reduce_sum(tf.cast(targets != data.IGNORE, tf.float32))
+    """Targets that count in the loss: reader.IGNORE marks padding and document boundaries."""
+    return tf.reduce_sum(tf.cast(targets != reader.IGNORE, tf.float32))
 
 
 def token_loss_sum(model, inputs, targets, training: bool, segment_ids=None) -> tf.Tensor:
     """Sum of next-token cross-entropies over every counted target in the batch."""
     logits = model(inputs, segment_ids=segment_ids, training=training)  # (B, T, V) float32
-    counted = targets != data.IGNORE
+    counted = targets != reader.IGNORE
     losses = tf.nn.sparse_softmax_cross_entropy_with_logits(
         labels=tf.where(counted, targets, 0), logits=logits
     )

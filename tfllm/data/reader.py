@@ -23,9 +23,9 @@ import re
 
 import tensorflow as tf
 
-from tfllm import records
+from tfllm.data import records
+from tfllm.data.verify import ShardSet
 from tfllm.errors import DataError
-from tfllm.verify import ShardSet
 
 _READ_BUFFER = 1 << 18  # bytes per open shard
 # tf.strings.format quotes string tensors, and the error message escapes the quotes.

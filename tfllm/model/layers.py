@@ -17,8 +17,8 @@ from __future__ import annotations
 import keras
 from keras import ops
 
-from tfllm import attention
-from tfllm.projections import dense
+from tfllm.model import attention
+from tfllm.model.projections import dense
 
 HEADS_FIRST = (0, 2, 1, 3)  # (B, T, H, K) <-> (B, H, T, K)
 

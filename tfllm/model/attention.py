@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import tensorflow as tf
 
-from tfllm.projections import materialized
+from tfllm.model.projections import materialized
 
 MASKED = -1e9  # added to masked scores in float32; exp() of it is exactly 0
 

@@ -1,0 +1,102 @@
+"""The package's shape: imports flow one way between the sub-packages, with no cycles, and
+nothing imports a command module."""
+
+from __future__ import annotations
+
+import ast
+import pathlib
+
+import tfllm
+
+PACKAGE = pathlib.Path(tfllm.__file__).parent
+COMMANDS = {"prepare", "train", "generate", "export"}
+SHARED = {"config", "errors", "cli"}
+# What each sub-package may import besides itself and the shared modules.
+ALLOWED = {
+    "data": set(),
+    "model": set(),
+    "observe": set(),
+    "runs": {"data", "model"},
+    "serve": {"data", "model", "runs"},
+    "training": {"data", "model", "observe", "runs", "serve"},
+}
+
+
+def _module_name(path: pathlib.Path) -> str:
+    parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _imports() -> dict[str, set[str]]:
+    """tfllm module -> the tfllm modules it imports (at any depth of its code)."""
+    graph = {}
+    for path in PACKAGE.rglob("*.py"):
+        found = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("tfllm"):
+                for alias in node.names:
+                    candidate = f"{node.module}.{alias.name}"
+                    is_module = (PACKAGE.parent / (candidate.replace(".", "/") + ".py")).exists()
+                    found.add(candidate if is_module else node.module)
+            elif isinstance(node, ast.Import):
+                found |= {a.name for a in node.names if a.name.startswith("tfllm")}
+        graph[_module_name(path)] = found - {"tfllm"}
+    return graph
+
+
+def _wing(module: str) -> str:
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 else "tfllm"
+
+
+def test_sub_packages_import_only_lower_wings():
+    wrong = []
+    for module, imported in _imports().items():
+        wing = _wing(module)
+        if wing not in ALLOWED:
+            continue
+        for target in imported:
+            other = _wing(target)
+            if other not in {wing, *SHARED, *ALLOWED[wing]}:
+                wrong.append(f"{module} imports {target}")
+    assert not wrong, wrong
+
+
+def test_shared_modules_import_no_wing_and_nothing_imports_a_command():
+    graph = _imports()
+    for shared in SHARED:
+        assert {_wing(t) for t in graph[f"tfllm.{shared}"]} <= SHARED, shared
+    importers = [
+        m
+        for m, targets in graph.items()
+        for t in targets
+        if t.split(".")[1:] in ([c] for c in COMMANDS)
+    ]
+    assert not importers, importers
+
+
+def test_no_import_cycles():
+    graph = _imports()
+    state: dict[str, str] = {}
+
+    def visit(module: str, path: list[str]) -> None:
+        state[module] = "open"
+        for target in sorted(graph.get(module, ())):
+            if state.get(target) == "open":
+                raise AssertionError(" -> ".join([*path, module, target]))
+            if target not in state:
+                visit(target, [*path, module])
+        state[module] = "done"
+
+    for module in sorted(graph):
+        if module not in state:
+            visit(module, [])
+
+
+def test_importing_tfllm_does_not_import_tensorflow():
+    import subprocess
+    import sys
+
+    code = "import sys, tfllm; print('tensorflow' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.stdout.strip() == "False", out.stderr

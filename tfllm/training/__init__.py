@@ -1,0 +1,5 @@
+"""The training loop and what it stands on: the compiled steps, the optimizer, strategies,
+preemption and non-finite handling.
+
+Imports the shared modules, `data`, `model`, `observe`, `runs` and `serve` (for samples).
+"""
