@@ -53,6 +53,6 @@ def test_missing_or_empty_corpus(tmp_path, kind):
         f"runtime.workdir={tmp_path / 'run'}",
     )
     assert result.returncode == 2, result.stderr
-    expected = "matches no file" if kind == "missing" else "gave no usable train documents"
+    expected = "matches no file" if kind == "missing" else "gave 0 usable document(s)"
     assert expected in result.stderr
     assert "Traceback" not in result.stderr

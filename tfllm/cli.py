@@ -25,7 +25,7 @@ DEFAULT_CONFIG = "tiny"
 # `E0000 ... failed call to cuInit` of a host without a GPU, oneDNN notes), absl's pre-init
 # banner, and SentencePiece's `normalizer.cc(51) LOG(INFO)` notes. Anything else still shows.
 _NATIVE_NOISE = re.compile(
-    rb"^([IWE]\d{4} \d\d:\d\d:\d\d\.\d+ |WARNING: All log messages before absl::InitializeLog"
+    rb"^([IWE]\d{4} \d\d:\d\d:\d+\.\d+ +\d+ |WARNING: All log messages before absl::InitializeLog"
     rb"|\S+\.cc\(\d+\) LOG\((INFO|WARNING)\) )"
 )
 _quiet = False

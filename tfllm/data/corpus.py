@@ -70,10 +70,14 @@ def list_files(source: str) -> list[tuple[str, pathlib.Path]]:
     return sorted(files.items())
 
 
+def name_hash(name: str) -> float:
+    """A document's place in [0, 1), from a hash of its name: stable across machines."""
+    return int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "big") / 2**64
+
+
 def split_of(name: str, val_fraction: float) -> str:
-    """Assigns a document to train or val by a hash of its name: stable across machines."""
-    bucket = int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "big") / 2**64
-    return "val" if bucket < val_fraction else "train"
+    """Assigns a document to train or val by a hash of its name."""
+    return "val" if name_hash(name) < val_fraction else "train"
 
 
 def _read_bytes(path: pathlib.Path) -> bytes:

@@ -18,7 +18,7 @@ import tensorflow as tf
 from tfllm.config import Config, DataConfig
 from tfllm.data import records, tokenizer
 from tfllm.data.clean import Cleaner, CleaningStats, Document
-from tfllm.data.corpus import read_raw, split_of
+from tfllm.data.corpus import name_hash, read_raw, split_of
 from tfllm.data.packing import pack_split
 from tfllm.errors import DataError
 
@@ -30,7 +30,7 @@ def data_dir(cfg: Config) -> str:
     return posixpath.join(cfg.data.root, cfg.data.name)
 
 
-def read_corpus(data: DataConfig, stats: CleaningStats) -> dict[str, list[Document]]:
+def read_corpus(data: DataConfig, stats: CleaningStats, log=print) -> dict[str, list[Document]]:
     """Reads and cleans every document once (deduplicating across splits), then orders each
     split by a fixed seed."""
     cleaner = Cleaner(data.utf8_policy, data.min_doc_chars, data.max_doc_chars, stats)
@@ -39,12 +39,26 @@ def read_corpus(data: DataConfig, stats: CleaningStats) -> dict[str, list[Docume
         doc = cleaner(raw.name, raw.data)
         if doc is not None:
             docs[split_of(raw.name, data.val_fraction)].append(doc)
-    for split, items in docs.items():
-        if not items:
-            counts = ", ".join(f"{k} {v}" for k, v in sorted(stats.items())) or "nothing read"
-            raise DataError(
-                f"data.source {data.source!r} gave no usable {split} documents ({counts})"
+    usable = sum(len(items) for items in docs.values())
+    if usable < 2:
+        counts = ", ".join(f"{k} {v}" for k, v in sorted(stats.items())) or "nothing read"
+        raise DataError(
+            f"data.source {data.source!r} gave {usable} usable document(s) ({counts}); at least "
+            "2 are needed, one for training and one for validation: add text, or lower "
+            "data.min_doc_chars if documents were dropped as too short"
+        )
+    for split, other in (("val", "train"), ("train", "val")):
+        if not docs[split]:  # a small corpus: the fraction rounds to no document
+            # The train document with the smallest name hash goes to val (the largest, the
+            # other way): the same choice on every machine and every run.
+            pick = (min if split == "val" else max)(docs[other], key=lambda d: name_hash(d.name))
+            docs[other].remove(pick)
+            docs[split].append(pick)
+            log(
+                f"data.val_fraction {data.val_fraction} gave no {split} document among "
+                f"{usable}: {pick.name} moved to {split}"
             )
+    for items in docs.values():
         random.Random(_ORDER_SEED).shuffle(items)
     return docs
 
@@ -60,7 +74,7 @@ def prepare(cfg: Config, log=print, timings: dict | None = None) -> dict:
     tf.io.gfile.makedirs(out)
     start = time.time()
     stats = CleaningStats()
-    docs = read_corpus(d, stats)
+    docs = read_corpus(d, stats, log)
     timings["read"] = time.time() - start
     log(f"corpus: {len(docs['train'])} train / {len(docs['val'])} val documents")
     log("cleaning: " + ", ".join(f"{k} {v}" for k, v in sorted(stats.items())))
