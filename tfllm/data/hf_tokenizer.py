@@ -288,7 +288,10 @@ def _pre_tokenizer_steps(spec: dict | None, source: str) -> list:
                 raise DataError(
                     f"{source}: pre_tokenizer Split: only behavior Isolated, invert false"
                 )
-            steps.append(bpe.SplitStep(regex))
+            try:
+                steps.append(bpe.SplitStep(regex))
+            except DataError as err:
+                raise DataError(f"{source}: {err}") from None
         elif kind == "ByteLevel":
             byte_level = True
             if part.get("add_prefix_space"):
