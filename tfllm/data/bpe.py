@@ -1,4 +1,4 @@
-"""Byte-level BPE as TensorFlow ops: the pre-tokenizer split, the byte alphabet, the merge loop.
+"""Byte-level BPE as TensorFlow ops: reading the pre-tokenizer, its split, the merge loop.
 
 Everything here runs in a graph (tf.data, a SavedModel) with core TF ops plus tensorflow-text's
 `regex_split`, so a SavedModel needs only `tensorflow` and `tensorflow_text` to tokenize.
@@ -22,6 +22,8 @@ tests/test_hf_tokenizer.py on fuzzed text):
 
 from __future__ import annotations
 
+import re
+
 import tensorflow as tf
 import tensorflow_text as tf_text
 
@@ -33,6 +35,7 @@ _LOOKAHEAD_TAIL = r"|\s+(?!\S)|\s+"
 # The split that ByteLevel(use_regex=true) applies: GPT-2's pattern, fixed in `tokenizers`.
 GPT2_PATTERN = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"
 NO_MERGE = 2**31 - 1  # int32 rank of a pair that is not in the merge list
+_NORMALIZERS = {"NFC", "NFKC", "NFD", "NFKD"}
 
 
 def byte_alphabet() -> dict[int, str]:
@@ -116,6 +119,52 @@ class SplitStep:
         return tf.RaggedTensor.from_value_rowids(
             joined, tf.boolean_mask(rows, starts), nrows=pieces.nrows()
         )
+
+
+def flatten(spec: dict | None, key: str) -> list[dict]:
+    if not spec:
+        return []
+    if spec.get("type") == "Sequence":
+        return [s for inner in spec.get(key, []) for s in flatten(inner, key)]
+    return [spec]
+
+
+def pre_tokenizer_steps(spec: dict | None, source: str) -> list:
+    """The pre-tokenizer as splitting steps: SplitStep or "prefix_space", in order."""
+    steps, byte_level = [], False
+    for part in flatten(spec, "pretokenizers"):
+        kind = part.get("type")
+        if kind == "Split":
+            pattern = part.get("pattern", {})
+            regex = pattern.get("Regex", re.escape(pattern.get("String", "")))
+            if part.get("behavior") != "Isolated" or part.get("invert"):
+                raise DataError(
+                    f"{source}: pre_tokenizer Split: only behavior Isolated, invert false"
+                )
+            try:
+                steps.append(SplitStep(regex))
+            except DataError as err:
+                raise DataError(f"{source}: {err}") from None
+        elif kind == "ByteLevel":
+            byte_level = True
+            if part.get("add_prefix_space"):
+                steps.append("prefix_space")
+            if part.get("use_regex", True):
+                steps.append(SplitStep(GPT2_PATTERN))
+        else:
+            raise DataError(f"{source}: pre_tokenizer {kind!r} not supported (Split, ByteLevel)")
+    if not byte_level:
+        raise DataError(f"{source}: pre_tokenizer has no ByteLevel step (not byte-level BPE)")
+    return steps
+
+
+def normalization(spec: dict | None, source: str) -> str | None:
+    kinds = [part.get("type") for part in flatten(spec, "normalizers")]
+    if len(kinds) > 1 or (kinds and kinds[0] not in _NORMALIZERS):
+        raise DataError(
+            f"{source}: normalizer {kinds} not supported (one of {sorted(_NORMALIZERS)})"
+        )
+    return kinds[0] if kinds else None
 
 
 def merge(

@@ -23,8 +23,6 @@ import tensorflow_text as tf_text
 from tfllm.data import bpe
 from tfllm.errors import DataError
 
-_NORMALIZERS = {"NFC", "NFKC", "NFD", "NFKD"}
-
 
 def _read_json(path: str, required: bool = True) -> dict:
     if not tf.io.gfile.exists(path):
@@ -97,8 +95,8 @@ class ByteLevelBPETokenizer(_Tokenizer):
             raise DataError(
                 f"{source}: model.byte_fallback is SentencePiece-style; use tokenizer.model"
             )
-        self._steps = _pre_tokenizer_steps(spec.get("pre_tokenizer"), source)
-        self._normalization = _normalization(spec.get("normalizer"), source)
+        self._steps = bpe.pre_tokenizer_steps(spec.get("pre_tokenizer"), source)
+        self._normalization = bpe.normalization(spec.get("normalizer"), source)
         self._ignore_merges = bool(model.get("ignore_merges"))
 
         alphabet = {c: b for b, c in bpe.byte_alphabet().items()}
@@ -268,56 +266,10 @@ def _table(keys: list, values: list, key_dtype, default: int = -1) -> tf.lookup.
     return tf.lookup.StaticHashTable(init, default_value=default)
 
 
-def _flatten(spec: dict | None, key: str) -> list[dict]:
-    if not spec:
-        return []
-    if spec.get("type") == "Sequence":
-        return [s for inner in spec.get(key, []) for s in _flatten(inner, key)]
-    return [spec]
-
-
-def _pre_tokenizer_steps(spec: dict | None, source: str) -> list:
-    """The pre-tokenizer as splitting steps: bpe.SplitStep or "prefix_space", in order."""
-    steps, byte_level = [], False
-    for part in _flatten(spec, "pretokenizers"):
-        kind = part.get("type")
-        if kind == "Split":
-            pattern = part.get("pattern", {})
-            regex = pattern.get("Regex", re.escape(pattern.get("String", "")))
-            if part.get("behavior") != "Isolated" or part.get("invert"):
-                raise DataError(
-                    f"{source}: pre_tokenizer Split: only behavior Isolated, invert false"
-                )
-            try:
-                steps.append(bpe.SplitStep(regex))
-            except DataError as err:
-                raise DataError(f"{source}: {err}") from None
-        elif kind == "ByteLevel":
-            byte_level = True
-            if part.get("add_prefix_space"):
-                steps.append("prefix_space")
-            if part.get("use_regex", True):
-                steps.append(bpe.SplitStep(bpe.GPT2_PATTERN))
-        else:
-            raise DataError(f"{source}: pre_tokenizer {kind!r} not supported (Split, ByteLevel)")
-    if not byte_level:
-        raise DataError(f"{source}: pre_tokenizer has no ByteLevel step (not byte-level BPE)")
-    return steps
-
-
-def _normalization(spec: dict | None, source: str) -> str | None:
-    kinds = [part.get("type") for part in _flatten(spec, "normalizers")]
-    if len(kinds) > 1 or (kinds and kinds[0] not in _NORMALIZERS):
-        raise DataError(
-            f"{source}: normalizer {kinds} not supported (one of {sorted(_NORMALIZERS)})"
-        )
-    return kinds[0] if kinds else None
-
-
 def _template(spec: dict | None, added: dict, source: str) -> tuple[list, list]:
     """The ids the post-processor puts before and after a single text."""
     prefix, suffix = [], []
-    for part in _flatten(spec, "processors"):
+    for part in bpe.flatten(spec, "processors"):
         if part.get("type") == "ByteLevel":
             continue
         if part.get("type") != "TemplateProcessing":
