@@ -28,6 +28,7 @@ EXTRAS_REQUIRE = {
         "ruff",
         "tensorflow-serving-api>=2.20,<2.22",
         "tensorboard-plugin-profile",
+        "tokenizers>=0.20",  # the reference the in-graph HF tokenizers are tested against
     ],
     "tpu": [
         "tensorflow-tpu==2.20.0",
@@ -40,7 +41,7 @@ EXTRAS_REQUIRE = {
     "profile": ["tensorboard-plugin-profile"],
     # Only the PyTorch peer of benchmarks/ needs it; take the CPU wheel from PyTorch's index
     # (--extra-index-url https://download.pytorch.org/whl/cpu): PyPI's pulls GBs of CUDA.
-    "bench": ["torch==2.13.0"],
+    "bench": ["torch==2.13.0", "tokenizers>=0.20"],
 }
 
 setup(

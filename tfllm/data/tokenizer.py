@@ -14,6 +14,7 @@ import sentencepiece as spm
 import tensorflow as tf
 import tensorflow_text as tf_text
 
+from tfllm.data.hf_tokenizer import load_hf_tokenizer
 from tfllm.errors import DataError
 
 PAD_ID, UNK_ID, EOS_ID = 0, 1, 2
@@ -82,8 +83,15 @@ def sha256(model_proto: bytes) -> str:
     return hashlib.sha256(model_proto).hexdigest()
 
 
-def load_tokenizer(path: str) -> tf_text.SentencepieceTokenizer:
-    """The in-graph tokenizer: string tensors in, int32 ragged ids out (and back)."""
+def load_tokenizer(path: str):
+    """The in-graph tokenizer: string tensors in, int32 ragged ids out (and back).
+
+    A directory or a `.json` file is a Hugging Face tokenizer (`load_hf_tokenizer`: byte-level
+    BPE `tokenizer.json` or `tokenizer.model`, with its BOS/EOS metadata); any other path is a
+    SentencePiece model such as the one `prepare` trains. Both answer `tokenize`/`detokenize`.
+    """
+    if tf.io.gfile.isdir(path) or path.endswith(".json"):
+        return load_hf_tokenizer(path)
     if not tf.io.gfile.exists(path):
         raise DataError(f"tokenizer not found: {path} (run python -m tfllm.prepare)")
     with tf.io.gfile.GFile(path, "rb") as f:
