@@ -36,13 +36,18 @@ def cache_spec(model: TransformerLM, batch: int | None, cache_length: int | None
     return [tf.TensorSpec(shape, tf.float32, name=n) for n in cache_names(model.num_layers)]
 
 
-def step_function(model: TransformerLM, batch=None, length=None, cache_length=None):
+def step_function(
+    model: TransformerLM, batch=None, length=None, cache_length=None, output_prefix: str = ""
+):
     """A tf.function over (tokens, input_pos, *caches) -> {logits, caches}; None dims are free.
 
     The names of the inputs are the TensorSpec names, so signatures built from it take
-    `tokens`, `input_pos` and `kv_cache_*` as their keys.
+    `tokens`, `input_pos` and `kv_cache_*` as their keys. The updated caches are output as
+    `output_prefix` + their input name: ONNX needs a prefix (a graph output may not have the
+    name of an input), LiteRT signatures keep inputs and outputs apart and need none.
     """
     names = cache_names(model.num_layers)
+    outputs = [output_prefix + name for name in names]
     specs = [
         tf.TensorSpec([batch, length], tf.int32, name="tokens"),
         tf.TensorSpec([length], tf.int32, name="input_pos"),
@@ -55,6 +60,6 @@ def step_function(model: TransformerLM, batch=None, length=None, cache_length=No
         positions = tf.broadcast_to(input_pos[None, :], tf.shape(tokens))
         logits, cache = model(tokens, positions=positions, cache=cache, cache_index=input_pos[0])
         flat = [tensor for pair in cache for tensor in pair]
-        return {"logits": logits, **dict(zip(names, flat, strict=True))}
+        return {"logits": logits, **dict(zip(outputs, flat, strict=True))}
 
     return step
