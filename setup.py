@@ -29,7 +29,14 @@ EXTRAS_REQUIRE = {
         "tensorflow-serving-api>=2.20,<2.22",
         "tensorboard-plugin-profile",
         "tokenizers>=0.20",  # the reference the in-graph HF tokenizers are tested against
+        "ai-edge-litert>=2.3",
+        "tf2onnx>=1.17",
+        "onnxruntime>=1.20",
     ],
+    # --format litert runs with TensorFlow's converter alone; the interpreter is for checking.
+    "litert": ["ai-edge-litert>=2.3"],
+    # Installs next to TF 2.21 and protobuf 7 here (tf2onnx 1.17, onnx 1.23, onnxruntime 1.32).
+    "onnx": ["tf2onnx>=1.17", "onnxruntime>=1.20"],
     "tpu": [
         "tensorflow-tpu==2.20.0",
         "libtpu~=0.0.14",

@@ -147,6 +147,7 @@ def test_warmup_records_parse_and_run(run, session):
     ]
     assert {r.predict_log.request.model_spec.signature_name for r in records} == {
         "serving_default",
+        "generate_batched",
         "score",
         "logits",
     }

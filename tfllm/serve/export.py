@@ -1,10 +1,12 @@
 """The SavedModel export: a TF Serving model version from a training workdir.
 
 Writes `export/NAME/<version>/` (the next integer by default): saved_model.pb, variables/,
-assets/ (the resolved config.yaml and tokenizer.model) and
-assets.extra/tf_serving_warmup_requests. The version is written under a temporary name and
-renamed into place, so a server watching export/NAME never loads a half-written model.
-Signatures and request limits: see `tfllm.serve.module`.
+assets/ (the resolved config.yaml and tokenizer.model; with int8 weights also
+quantization.json, see `tfllm.serve.quantize`) and assets.extra/ (tf_serving_warmup_requests,
+batching_parameters.pbtxt). The version is written under a temporary name and renamed into
+place, so a server watching export/NAME never loads a half-written model.
+Signatures and request limits: see `tfllm.serve.module` and `tfllm.serve.batching`
+(`generate_batched`). The LiteRT and ONNX formats: `tfllm.serve.litert`, `tfllm.serve.onnx`.
 """
 
 from __future__ import annotations
@@ -20,7 +22,10 @@ from tensorflow.core.protobuf import saved_model_pb2
 from tfllm.data.tokenizer import EOS_ID
 from tfllm.errors import TfllmError
 from tfllm.runs.trained import load_trained
-from tfllm.serve.module import GENERATE_DEFAULTS, ServingModule
+from tfllm.serve import batching, quantize
+from tfllm.serve.module import GENERATE_DEFAULTS
+
+QUANTIZE_CHOICES = ("none", "int8")
 
 WARMUP_FILE = "assets.extra/tf_serving_warmup_requests"
 
@@ -102,6 +107,17 @@ def warmup_requests(model_name: str, max_new_tokens: int) -> list:
                 "seed": tf.constant(1, tf.int64),
             },
         ),
+        (
+            "generate_batched",
+            {
+                "prompts": tf.constant(["def ", "import "]),
+                "max_new_tokens": tf.constant([max_new_tokens, 1]),
+                "temperature": tf.constant([0.0, 0.8]),
+                "top_k": tf.constant([0, 40]),
+                "top_p": tf.constant([1.0, 0.95]),
+                "seed": tf.constant([0, 1], tf.int64),
+            },
+        ),
         ("score", {"texts": tf.constant(["def f(x):\n    return x\n"])}),
         ("logits", {"token_ids": tf.constant([[EOS_ID, EOS_ID]], tf.int32)}),
     ]
@@ -120,29 +136,57 @@ def warmup_requests(model_name: str, max_new_tokens: int) -> list:
     return logs
 
 
-def export(workdir: str, export_dir: str, version: int | None = None, log=print) -> str:
-    """Exports the latest checkpoint of `workdir`; returns the version directory."""
+def new_version_dir(export_dir: str, version: int | None) -> str:
+    """export_dir/<version> (the next integer by default), refused when it exists."""
     version = next_version(export_dir) if version is None else version
     if version < 1:
         raise TfllmError(f"--version must be a positive integer, got {version}")
     final = posixpath.join(export_dir, str(version))
     if tf.io.gfile.exists(final):
         raise TfllmError(f"{final} already exists; pick another --version")
+    return final
+
+
+def export(
+    workdir: str,
+    export_dir: str,
+    version: int | None = None,
+    quantize_weights: str = "none",
+    log=print,
+) -> str:
+    """Exports the latest checkpoint of `workdir`; returns the version directory.
+
+    `quantize_weights`: "none" (float32) or "int8" (weight-only, `tfllm.serve.quantize`).
+    """
+    if quantize_weights not in QUANTIZE_CHOICES:
+        raise TfllmError(f"--quantize must be one of {QUANTIZE_CHOICES}, got {quantize_weights}")
+    final = new_version_dir(export_dir, version)
     with unique_variable_names():
         trained = load_trained(workdir, log=log)
     cfg, model, tokenizer_path = trained.cfg, trained.model, trained.tokenizer_path
     # Not a number, so TF Serving ignores it until the rename.
-    temporary = posixpath.join(export_dir, f".tmp-{version}-{os.getpid()}")
-    module = ServingModule(model, tokenizer_path, posixpath.join(workdir, "config.yaml"))
+    temporary = posixpath.join(
+        posixpath.dirname(final), f".tmp-{posixpath.basename(final)}-{os.getpid()}"
+    )
+    module_class = batching.BatchingServingModule
+    if quantize_weights == "int8":
+        module_class = quantize.quantized(module_class)
+    module = module_class(model, tokenizer_path, posixpath.join(workdir, "config.yaml"))
     max_new_tokens = min(cfg.train.sample_tokens, module.max_new_tokens_limit)
     tf.saved_model.save(module, temporary, signatures=module.signatures())
     make_inputs_optional(
         temporary, "serving_default", {"max_new_tokens": max_new_tokens, **GENERATE_DEFAULTS}
     )
+    if quantize_weights == "int8":
+        module.int8.write_asset(temporary, module.float_weights)
     tf.io.gfile.makedirs(posixpath.join(temporary, "assets.extra"))
     with tf.io.TFRecordWriter(posixpath.join(temporary, WARMUP_FILE)) as writer:
         for record in warmup_requests(posixpath.basename(export_dir.rstrip("/")), 4):
             writer.write(record.SerializeToString())
+    batching.write_batching_parameters(temporary)
     tf.io.gfile.rename(temporary, final)
-    log(f"exported {trained.checkpoint} to {final} (default max_new_tokens {max_new_tokens})")
+    log(
+        f"exported {trained.checkpoint} to {final} (weights {quantize_weights}, "
+        f"default max_new_tokens {max_new_tokens})"
+    )
     return final
