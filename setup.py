@@ -28,7 +28,11 @@ EXTRAS_REQUIRE = {
         "ruff",
         "tensorflow-serving-api>=2.20,<2.22",
         "tensorboard-plugin-profile",
+        "lm-eval==0.4.*",
     ],
+    # Jinja task templates and the lm-evaluation-harness adapter (lm-eval 0.4.13's core needs
+    # no torch: about 30 s to install here).
+    "eval": ["jinja2>=3", "lm-eval==0.4.*"],
     "tpu": [
         "tensorflow-tpu==2.20.0",
         "libtpu~=0.0.14",

@@ -126,7 +126,9 @@ def write_task(tmp_path, name: str, docs: list[dict], **spec) -> str:
 def test_command_on_workdir_and_export_gives_the_same_table_json_and_scalars(run, tmp_path):
     prompts = ["def main(", "import", "class A:\n    def "]
     greedy = run.generator.generate(prompts, max_new_tokens=6)
-    gen_docs = [{"prompt": p, "answer": g.split("\n")[0]} for p, g in zip(prompts, greedy)]
+    gen_docs = [
+        {"prompt": p, "answer": g.split("\n")[0]} for p, g in zip(prompts, greedy, strict=True)
+    ]
     gen = write_task(tmp_path, "gen", gen_docs, output_type="generate_until",
                      doc_to_text="{{prompt}}", doc_to_target="answer",
                      generation_kwargs={"until": ["\n"], "max_gen_toks": 6})  # fmt: skip

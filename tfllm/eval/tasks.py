@@ -20,11 +20,11 @@ from __future__ import annotations
 
 import ast
 import dataclasses
+import functools
 import json
 import pathlib
 import re
 
-import jinja2
 import yaml
 
 from tfllm.errors import TfllmError
@@ -43,8 +43,19 @@ _KNOWN_KEYS = {
     "generation_kwargs", "filter_list", "metadata", "num_fewshot", "should_decontaminate",
     "doc_to_decontamination_query", "description", "repeats", "rolling_context",
 }  # fmt: skip
-_JINJA = jinja2.Environment(undefined=jinja2.StrictUndefined, keep_trailing_newline=True)
-_JINJA.filters["regex_replace"] = lambda value, pattern, repl: re.sub(pattern, repl, value)
+
+
+@functools.cache
+def _jinja():
+    """The harness's template environment; jinja2 comes with tfllm[eval] (the built-in suite
+    and field-name tasks do without it)."""
+    try:
+        import jinja2
+    except ImportError:
+        raise TaskError("Jinja templates in task files need jinja2: pip install tfllm[eval]")
+    env = jinja2.Environment(undefined=jinja2.StrictUndefined, keep_trailing_newline=True)
+    env.filters["regex_replace"] = lambda value, pattern, repl: re.sub(pattern, repl, value)
+    return jinja2, env
 
 
 class TaskError(TfllmError):
@@ -77,17 +88,18 @@ class Task:
 
     def render(self, spec, doc: dict, index: int, key: str):
         """A doc_to_* value for one document: a field, a Jinja template, or a constant."""
-        try:
-            if isinstance(spec, str) and spec in doc:
-                return doc[spec]
-            if isinstance(spec, str):
-                text = _JINJA.from_string(spec).render(**doc)
-                return int(text) if key == "doc_to_target" and text.strip().isdigit() else text
-            if isinstance(spec, list):
-                return [self.render(item, doc, index, key) for item in spec]
+        if isinstance(spec, str) and spec in doc:
+            return doc[spec]
+        if isinstance(spec, list):
+            return [self.render(item, doc, index, key) for item in spec]
+        if not isinstance(spec, str):
             return spec
+        jinja2, env = _jinja()
+        try:
+            text = env.from_string(spec).render(**doc)
         except jinja2.TemplateError as err:
             raise TaskError(f"{self.source}: {key} on document {index}: {err}") from None
+        return int(text) if key == "doc_to_target" and text.strip().isdigit() else text
 
     def text(self, doc: dict, index: int) -> str:
         return str(self.render(self.doc_to_text, doc, index, "doc_to_text"))
