@@ -2,7 +2,8 @@
 
     stdlib_bpb        bits per byte on held-out standard-library files
     english_bpb       bits per byte on the interpreter's English docs (pydoc_data/topics.py)
-    next_line         4-way multiple choice: the next line of held-out code
+    next_line         4-way multiple choice: the next line of held-out code, against lines
+                      of other held-out files
     code_completion   generate_until: the rest of a line of held-out code, exact match
     stdlib            all four
 
@@ -82,11 +83,18 @@ def _positions(files, rng: random.Random, count: int):
 
 def next_line() -> Task:
     rng = random.Random(0)
+    files = held_out_files()
     docs = []
-    for lines, index in _positions(held_out_files(), rng, _QUESTIONS):
+    for lines, index in _positions(files, rng, _QUESTIONS):
         answer = lines[index]
-        others = sorted({line for line in lines if line != answer})
-        choices = [answer, *rng.sample(others, 3)]
+        # Distractors: lines of other held-out files (names, style and indentation differ).
+        others = []
+        while len(others) < 3:
+            pool = _code_lines(rng.choice(files)[1])
+            line = rng.choice(pool) if pool else answer
+            if line not in lines and line not in others:
+                others.append(line)
+        choices = [answer, *others]
         rng.shuffle(choices)
         context = "\n".join(lines[index - _CONTEXT_LINES : index]) + "\n"
         docs.append({"context": context, "choices": choices, "label": choices.index(answer)})

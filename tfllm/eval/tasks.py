@@ -52,7 +52,9 @@ def _jinja():
     try:
         import jinja2
     except ImportError:
-        raise TaskError("Jinja templates in task files need jinja2: pip install tfllm[eval]")
+        raise TaskError(
+            "Jinja templates in task files need jinja2: pip install tfllm[eval]"
+        ) from None
     env = jinja2.Environment(undefined=jinja2.StrictUndefined, keep_trailing_newline=True)
     env.filters["regex_replace"] = lambda value, pattern, repl: re.sub(pattern, repl, value)
     return jinja2, env
