@@ -122,7 +122,7 @@ class Engine:
                 n = len(tokens) - 1
                 ids[row, :n], targets[row, :n] = tokens[:-1], tokens[1:]
                 weights[row, first - 1 : n] = 1.0
-            lls, greedy = self._score(ids, targets, weights)
+            lls, greedy = (t.numpy() for t in self._score(ids, targets, weights))
             self.scored_tokens += int(weights.sum())
             for row, i in enumerate(chunk):
                 results[i] = (float(lls[row]), bool(greedy[row]))

@@ -23,8 +23,8 @@ import re
 import keras
 import tensorflow as tf
 
-from tfllm.errors import TfllmError
 from tfllm.data.records import write_atomically
+from tfllm.errors import TfllmError
 
 MARKER_SUFFIX = ".done.json"
 STATE_FILE = "checkpoint"
