@@ -7,7 +7,7 @@ import math
 
 import tensorflow as tf
 
-from tfllm.eval import engine, run, tasks
+from tfllm.eval import engine, run
 from tfllm.model.lm import build_model
 from tfllm.training import loop
 
@@ -37,7 +37,7 @@ def test_trained_tiny_model_beats_a_random_one_on_the_builtin_suite(make_config,
     tf.keras.utils.set_random_seed(0)
     fresh = build_model(cfg.model)
     tokenizer = f"{cfg.data.root}/{cfg.data.name}/tokenizer.model"
-    rows = run.evaluate(engine.model_engine(fresh, tokenizer), tasks.load_tasks("stdlib"))
+    rows = run.evaluate(engine.model_engine(fresh, tokenizer), run.load_tasks("stdlib"))
     random = {f"{r['task']}/{r['metric']}": r["value"] for r in rows}
     print("trained:", {k: round(v, 4) for k, v in trained.items() if "/" in k})
     print("random: ", {k: round(v, 4) for k, v in random.items()})

@@ -20,9 +20,9 @@ import tensorflow as tf
 import tfllm
 from tfllm.config import load_config
 from tfllm.errors import TfllmError
+from tfllm.eval import builtin, tasks
 from tfllm.eval.engine import Engine, model_engine
 from tfllm.eval.scoring import run_task
-from tfllm.eval.tasks import Task, load_tasks
 from tfllm.observe.console import Console
 from tfllm.runs.trained import load_trained
 
@@ -87,10 +87,28 @@ def export_engine(path: str, kinds: set[str], **options) -> tuple[Engine, dict]:
     return engine, meta
 
 
-def evaluate(engine: Engine, tasks: list[Task], limit: int | None = None) -> list[dict]:
+def load_tasks(names: str | list[str], max_length: int | None = None) -> list[tasks.Task]:
+    """Built-in names and task-file paths, comma-separated or as a list."""
+    if isinstance(names, str):
+        names = [n.strip() for n in names.split(",") if n.strip()]
+    found = []
+    for name in names:
+        if name.endswith((".yaml", ".yml")) or "/" in name:
+            found.append(tasks.load_task_file(name))
+        elif name in builtin.TASKS:
+            found.extend(builtin.make(name, max_length))
+        else:
+            raise tasks.TaskError(
+                f"unknown task {name!r}; built-in: {', '.join(builtin.TASKS)} "
+                "(or give a path to a task .yaml file)"
+            )
+    return found
+
+
+def evaluate(engine: Engine, task_list: list[tasks.Task], limit: int | None = None) -> list[dict]:
     """One row per (task, metric): task, metric, value, stderr, n."""
     rows = []
-    for task in tasks:
+    for task in task_list:
         result = run_task(engine, task, limit)
         if engine.console is not None:
             engine.console.end_live_line()
@@ -126,7 +144,7 @@ def write_results(rows: list[dict], meta: dict, output_dir: str, name: str) -> s
 
 def run(
     target: str,
-    tasks: str,
+    task_names: str,
     step: int | None = None,
     batch_size: int = 16,
     limit: int | None = None,
@@ -139,14 +157,14 @@ def run(
     if is_export(target):
         if step is not None:
             raise TfllmError("--step applies to a workdir, not an export")
-        task_list = load_tasks(tasks)
+        task_list = load_tasks(task_names)
         kinds = {task.output_type for task in task_list}
         engine, meta = export_engine(target, kinds, batch_size=batch_size, console=console)
         name = f"results-v{meta['export_version']}.json"
         output_dir = output_dir or posixpath.join(posixpath.dirname(meta["model"]), "eval")
     else:
         trained = load_trained(target, step, log)
-        task_list = load_tasks(tasks)
+        task_list = load_tasks(task_names)
         engine = model_engine(trained.model, trained.tokenizer_path, batch_size=batch_size,
                               console=console)  # fmt: skip
         meta = {"model": target, "checkpoint": trained.checkpoint, "step": trained.step}

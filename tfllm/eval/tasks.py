@@ -214,23 +214,3 @@ def load_task_file(path: str) -> Task:
         rolling_context=int(spec.get("rolling_context", 0)),
         source=str(yaml_path),
     )
-
-
-def load_tasks(names: str | list[str], max_length: int | None = None) -> list[Task]:
-    """Built-in names and task-file paths, comma-separated or as a list."""
-    from tfllm.eval import builtin
-
-    if isinstance(names, str):
-        names = [n.strip() for n in names.split(",") if n.strip()]
-    tasks = []
-    for name in names:
-        if name.endswith((".yaml", ".yml")) or "/" in name:
-            tasks.append(load_task_file(name))
-        elif name in builtin.TASKS:
-            tasks.extend(builtin.make(name, max_length))
-        else:
-            raise TaskError(
-                f"unknown task {name!r}; built-in: {', '.join(builtin.TASKS)} "
-                "(or give a path to a task .yaml file)"
-            )
-    return tasks

@@ -202,9 +202,9 @@ class _Run:
         self.generator = generate.Generator(self.model, f"{self.directory}/{records.TOKENIZER}")
         self.eval_engine = None
         if cfg.train.eval_tasks:  # a bad name or task file fails now, not at the first eval
-            from tfllm.eval import tasks
+            from tfllm.eval import run
 
-            self.eval_task_list = tasks.load_tasks(cfg.train.eval_tasks)
+            self.eval_task_list = run.load_tasks(cfg.train.eval_tasks)
         self.iterator = self.train_iterator(step)
 
     def train_iterator(self, start_step: int):
