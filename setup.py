@@ -32,11 +32,15 @@ EXTRAS_REQUIRE = {
         "ai-edge-litert>=2.3",
         "tf2onnx>=1.17",
         "onnxruntime>=1.20",
+        "lm-eval==0.4.*",
     ],
     # --format litert runs with TensorFlow's converter alone; the interpreter is for checking.
     "litert": ["ai-edge-litert>=2.3"],
     # Installs next to TF 2.21 and protobuf 7 here (tf2onnx 1.17, onnx 1.23, onnxruntime 1.32).
     "onnx": ["tf2onnx>=1.17", "onnxruntime>=1.20"],
+    # Jinja task templates and the lm-evaluation-harness adapter (lm-eval 0.4.13's core needs
+    # no torch: about 30 s to install here).
+    "eval": ["jinja2>=3", "lm-eval==0.4.*"],
     "tpu": [
         "tensorflow-tpu==2.20.0",
         "libtpu~=0.0.14",

@@ -18,7 +18,8 @@ ALLOWED = {
     "observe": set(),
     "runs": {"data", "model"},
     "serve": {"data", "model", "runs"},
-    "training": {"data", "model", "observe", "runs", "serve"},
+    "training": {"data", "model", "observe", "runs", "serve", "eval"},
+    "eval": {"data", "model", "observe", "runs", "serve"},
 }
 
 

@@ -81,6 +81,9 @@ class TrainConfig:
     steps_per_loop: int = 50
     eval_every: int = 500
     eval_batches: int = 20
+    # tfllm.eval tasks (built-in names or task YAML paths, comma-separated) run at every
+    # evaluation, their metrics in TensorBoard next to the validation loss; empty: none
+    eval_tasks: str = ""
     checkpoint_every: int = 500
     keep_checkpoints: int = 3
     on_nonfinite: str = "stop"  # stop | skip | rollback

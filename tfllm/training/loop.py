@@ -200,6 +200,11 @@ class _Run:
             port = cfg.runtime.profiler_port
             log(f"profiler server on port {port} (TensorBoard: Capture profile)")
         self.generator = generate.Generator(self.model, f"{self.directory}/{records.TOKENIZER}")
+        self.eval_engine = None
+        if cfg.train.eval_tasks:  # a bad name or task file fails now, not at the first eval
+            from tfllm.eval import run
+
+            self.eval_task_list = run.load_tasks(cfg.train.eval_tasks)
         self.iterator = self.train_iterator(step)
 
     def train_iterator(self, start_step: int):
@@ -277,7 +282,24 @@ class _Run:
             "val", step, {"loss": self.val_loss, "perplexity": math.exp(self.val_loss)}
         )
         self.reporter.print(f"step {step}: validation loss {self.val_loss:.4f}")
+        if self.cfg.train.eval_tasks:
+            self.run_eval_tasks(step)
         self.sample = self.write_sample(step)
+
+    def run_eval_tasks(self, step: int) -> None:
+        """train.eval_tasks on the training model (built once: compiled scoring, cached
+        decoding), as `val/<task>/<metric>` scalars."""
+        from tfllm.eval import engine, run
+
+        if self.eval_engine is None:
+            tokenizer = f"{self.directory}/{records.TOKENIZER}"
+            self.eval_engine = engine.model_engine(self.model, tokenizer)
+        rows = run.evaluate(self.eval_engine, self.eval_task_list)
+        values = {f"{r['task']}/{r['metric']}": r["value"] for r in rows}
+        self.reporter.scalars("val", step, values)
+        self.reporter.print(
+            f"step {step}: " + ", ".join(f"{name} {value:.4f}" for name, value in values.items())
+        )
 
     def write_sample(self, step: int) -> str:
         cfg = self.cfg

@@ -1,0 +1,209 @@
+"""The three request kinds of lm-evaluation-harness, answered by a tfllm model or an export.
+
+    loglikelihood(context, continuation) -> (log P(continuation | context), is greedy)
+    loglikelihood_rolling(text)           -> (log P(text), tokens scored)
+    generate_until(context, until, n)     -> greedy text, cut at the first stop string
+
+Every sequence starts with EOS, as training documents and the prompt rule of `tfllm.generate`
+do: an empty context is the start of a document. A context and continuation are split into
+tokens as the harness does (`_encode_pair`): trailing spaces of the context move to the
+continuation, and the continuation is whatever the whole text has beyond the context's tokens
+(trailing whitespace: the harness's `rstrip()`, newlines included).
+Longer than max_sequence_length + 1 tokens, a sequence loses its oldest tokens.
+
+Rolling windows (bits per byte): the first window scores up to S tokens; each later one scores
+the next S - context tokens, so every token after the first window is predicted from at least
+`context` earlier tokens (0: disjoint windows, the harness's default).
+
+Speed: requests are sorted by length (longest first) and batched in fixed-size batches padded
+to a multiple of `_WIDTH_STEP` tokens, so a handful of compiled shapes serve a whole task.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import sentencepiece as spm
+import tensorflow as tf
+
+from tfllm.data.tokenizer import EOS_ID, PAD_ID
+from tfllm.observe.console import Console, format_duration
+
+_WIDTH_STEP = 32  # padded widths: multiples of this, capped at max_sequence_length
+
+
+class Progress:
+    """`eval NAME 120/400 | 35.2 ex/s | eta 0m08s`, at most twice a second."""
+
+    def __init__(self, name: str, total: int, console: Console | None):
+        self.name, self.total, self.console = name, total, console
+        self.started = self.shown = time.time()
+
+    def update(self, done: int) -> None:
+        now = time.time()
+        if self.console is None or (now - self.shown < 0.5 and done < self.total):
+            return
+        self.shown = now
+        rate = done / max(now - self.started, 1e-9)
+        eta = (self.total - done) / rate if rate else float("inf")
+        self.console.progress(
+            f"eval {self.name} {done}/{self.total} | {rate:.1f} ex/s | eta {format_duration(eta)}"
+        )
+
+
+class Engine:
+    """Answers harness requests through `logits_fn` (token ids (B, T) -> logits (B, T, V))
+    and `generate_fn` (prompts, max_new_tokens -> greedy completions)."""
+
+    def __init__(
+        self,
+        logits_fn: Callable,
+        generate_fn: Callable[[list[str], int], list[str]],
+        tokenizer_path: str,
+        max_length: int,
+        batch_size: int = 16,
+        jit_compile: bool = True,
+        console: Console | None = None,
+    ):
+        with tf.io.gfile.GFile(tokenizer_path, "rb") as f:
+            self.sp = spm.SentencePieceProcessor(model_proto=f.read())
+        self.max_length, self.batch_size, self.console = max_length, batch_size, console
+        self._logits_fn, self._generate_fn = logits_fn, generate_fn
+        self._score = tf.function(self._score_fn, jit_compile=jit_compile)
+        self.scored_tokens = 0
+
+    def _score_fn(self, ids, targets, weights):
+        """Per row: the sum of the weighted targets' log-probabilities, and whether each
+        weighted target is the argmax."""
+        logits = self._logits_fn(ids)
+        logp = -tf.nn.sparse_softmax_cross_entropy_with_logits(targets, logits)
+        greedy = tf.equal(tf.argmax(logits, axis=-1, output_type=tf.int32), targets)
+        return (
+            tf.reduce_sum(logp * weights, axis=-1),
+            tf.reduce_all(greedy | (weights == 0.0), axis=-1),
+        )
+
+    def encode(self, text: str) -> list[int]:
+        return self.sp.encode(text) if text else []
+
+    def encode_pair(self, context: str, continuation: str) -> tuple[list[int], list[int]]:
+        spaces = len(context) - len(context.rstrip())
+        if spaces:
+            context, continuation = context[:-spaces], context[-spaces:] + continuation
+        context_ids = self.encode(context)
+        whole = self.encode(context + continuation)
+        return [EOS_ID, *context_ids], whole[len(context_ids) :]
+
+    def score_sequences(self, sequences: Sequence[tuple[list[int], int]], name: str = ""):
+        """(tokens, first scored index) pairs -> (log-likelihood, is greedy) per pair.
+
+        Tokens past max_sequence_length + 1 are dropped from the left (the scored part too,
+        if it alone is longer). Index i scores token i from tokens[:i].
+        """
+        limit = self.max_length + 1
+        order = sorted(range(len(sequences)), key=lambda i: -len(sequences[i][0]))
+        results: list = [None] * len(sequences)
+        progress = Progress(name, len(sequences), self.console)
+        for start in range(0, len(order), self.batch_size):
+            chunk = order[start : start + self.batch_size]
+            rows = []
+            for i in chunk:
+                tokens, first = sequences[i]
+                dropped = max(len(tokens) - limit, 0)
+                rows.append((tokens[dropped:], max(first - dropped, 1)))
+            longest = max(len(tokens) - 1 for tokens, _ in rows)
+            width = min(-(-longest // _WIDTH_STEP) * _WIDTH_STEP, self.max_length)
+            ids = np.full((self.batch_size, width), PAD_ID, np.int32)
+            targets = np.full((self.batch_size, width), PAD_ID, np.int32)
+            weights = np.zeros((self.batch_size, width), np.float32)
+            for row, (tokens, first) in enumerate(rows):
+                n = len(tokens) - 1
+                ids[row, :n], targets[row, :n] = tokens[:-1], tokens[1:]
+                weights[row, first - 1 : n] = 1.0
+            lls, greedy = (t.numpy() for t in self._score(ids, targets, weights))
+            self.scored_tokens += int(weights.sum())
+            for row, i in enumerate(chunk):
+                results[i] = (float(lls[row]), bool(greedy[row]))
+            progress.update(start + len(chunk))
+        return results
+
+    def loglikelihood(self, requests: Sequence[tuple[str, str]], name: str = ""):
+        sequences = []
+        for context, continuation in requests:
+            context_ids, continuation_ids = self.encode_pair(context, continuation)
+            sequences.append((context_ids + continuation_ids, len(context_ids)))
+        return self.score_sequences(sequences, name)
+
+    def rolling_windows(self, text: str, context: int = 0) -> list[tuple[list[int], int]]:
+        """The windows of one text, as (tokens, first scored index) pairs."""
+        tokens = [EOS_ID, *self.encode(text)]
+        windows, first = [], 1
+        while first < len(tokens):
+            end = min(
+                first + (self.max_length if first == 1 else self.max_length - context), len(tokens)
+            )
+            low = max(end - self.max_length - 1, 0)
+            windows.append((tokens[low:end], first - low))
+            first = end
+        return windows
+
+    def loglikelihood_rolling(self, texts: Sequence[str], context: int = 0, name: str = ""):
+        """(log-likelihood, tokens scored) per text."""
+        if not 0 <= context < self.max_length:
+            raise ValueError(f"rolling context must be in [0, {self.max_length - 1}]")
+        windows, owners = [], []
+        for index, text in enumerate(texts):
+            for window in self.rolling_windows(text, context):
+                windows.append(window)
+                owners.append(index)
+        totals = [[0.0, 0] for _ in texts]
+        for (tokens, first), owner, (ll, _) in zip(
+            windows, owners, self.score_sequences(windows, name), strict=True
+        ):
+            totals[owner][0] += ll
+            totals[owner][1] += len(tokens) - first
+        return [(ll, n) for ll, n in totals]
+
+    def generate_until(self, requests: Sequence[tuple[str, dict]], name: str = "") -> list[str]:
+        """Greedy completions of (context, {"until": [...], "max_gen_toks": N}) requests."""
+        results: list = [None] * len(requests)
+        groups: dict[int, list[int]] = {}
+        for i, (_, options) in enumerate(requests):
+            n = min(int(options.get("max_gen_toks", 64)), self.max_length - 1)
+            groups.setdefault(n, []).append(i)
+        progress, done = Progress(name, len(requests), self.console), 0
+        for max_new, members in groups.items():
+            members.sort(key=lambda i: -len(requests[i][0]))
+            for start in range(0, len(members), self.batch_size):
+                chunk = members[start : start + self.batch_size]
+                prompts = [requests[i][0] for i in chunk]
+                # Full batches keep one compiled program per prompt width.
+                padded = prompts + [""] * (self.batch_size - len(prompts))
+                texts = self._generate_fn(padded, max_new)[: len(prompts)]
+                for i, text in zip(chunk, texts, strict=True):
+                    results[i] = cut_at_stops(text, requests[i][1].get("until") or [])
+                done += len(chunk)
+                progress.update(done)
+        return results
+
+
+def cut_at_stops(text: str, until: Sequence[str]) -> str:
+    """The text before the first occurrence of any stop string (the harness's rule)."""
+    for stop in until:
+        if stop:
+            text = text.split(stop)[0]
+    return text
+
+
+def model_engine(model, tokenizer_path: str, **options) -> Engine:
+    """An engine on an in-process `TransformerLM` (XLA-compiled scoring, cached decoding)."""
+    from tfllm.serve.generate import Generator
+
+    generator = Generator(model, tokenizer_path)
+
+    def generate(prompts: list[str], max_new_tokens: int) -> list[str]:
+        return generator.generate(prompts, max_new_tokens=max_new_tokens, temperature=0.0)
+
+    return Engine(model, generate, tokenizer_path, model.max_sequence_length, **options)

@@ -1,0 +1,216 @@
+"""Task files in lm-evaluation-harness's form, and the documents they read.
+
+    task: my_task
+    dataset_path: json                 # the harness's form, with dataset_kwargs.data_files
+    dataset_kwargs: {data_files: {test: data/my_task.jsonl}}
+    test_split: test
+    output_type: multiple_choice       # | loglikelihood | loglikelihood_rolling | generate_until
+    doc_to_text: "Q: {{question}}\nA:" # a Jinja template or a field name
+    doc_to_choice: choices             # a field (list), a template giving a list, or a list
+    doc_to_target: label               # an index, a choice's text, or (generate_until) the answer
+    metric_list: [{metric: acc}, {metric: acc_norm}]
+
+`dataset_path` may also be a JSONL file itself. Relative data paths are tried from the working
+directory, then from the task file's directory. `generation_kwargs` (until, max_gen_toks) and
+`filter_list` (regex, take_first) work as in the harness; `rolling_context` (tokens, default 0)
+is tfllm's: the context rule of `loglikelihood_rolling` (see `tfllm.eval.engine`).
+"""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import functools
+import json
+import pathlib
+import re
+
+import yaml
+
+from tfllm.errors import TfllmError
+
+OUTPUT_TYPES = ("loglikelihood", "loglikelihood_rolling", "multiple_choice", "generate_until")
+DEFAULT_METRICS = {
+    "loglikelihood": ["perplexity", "acc"],
+    "loglikelihood_rolling": ["word_perplexity", "byte_perplexity", "bits_per_byte"],
+    "multiple_choice": ["acc", "acc_norm"],
+    "generate_until": ["exact_match"],
+}
+_KNOWN_KEYS = {
+    "task", "tag", "dataset_path", "dataset_name", "dataset_kwargs", "test_split",
+    "validation_split", "training_split", "fewshot_split", "output_type", "doc_to_text",
+    "doc_to_target", "doc_to_choice", "target_delimiter", "fewshot_delimiter", "metric_list",
+    "generation_kwargs", "filter_list", "metadata", "num_fewshot", "should_decontaminate",
+    "doc_to_decontamination_query", "description", "repeats", "rolling_context",
+}  # fmt: skip
+
+
+@functools.cache
+def _jinja():
+    """The harness's template environment; jinja2 comes with tfllm[eval] (the built-in suite
+    and field-name tasks do without it)."""
+    try:
+        import jinja2
+    except ImportError:
+        raise TaskError(
+            "Jinja templates in task files need jinja2: pip install tfllm[eval]"
+        ) from None
+    env = jinja2.Environment(undefined=jinja2.StrictUndefined, keep_trailing_newline=True)
+    env.filters["regex_replace"] = lambda value, pattern, repl: re.sub(pattern, repl, value)
+    return jinja2, env
+
+
+class TaskError(TfllmError):
+    """A task that cannot be found, parsed or rendered (file, line, key named)."""
+
+
+@dataclasses.dataclass
+class Task:
+    name: str
+    output_type: str
+    docs: list[dict]
+    doc_to_text: object = ""
+    doc_to_target: object = None
+    doc_to_choice: object = None
+    target_delimiter: str = " "
+    metrics: list[dict] = dataclasses.field(default_factory=list)  # {"metric": name, **kwargs}
+    generation_kwargs: dict = dataclasses.field(default_factory=dict)
+    filters: list[dict] = dataclasses.field(default_factory=list)  # one pipeline's steps
+    rolling_context: int = 0
+    source: str = ""  # where it was defined, for messages
+
+    def __post_init__(self):
+        if self.output_type not in OUTPUT_TYPES:
+            raise TaskError(
+                f"{self.source or self.name}: output_type must be one of "
+                f"{', '.join(OUTPUT_TYPES)}, got {self.output_type!r}"
+            )
+        if not self.metrics:
+            self.metrics = [{"metric": m} for m in DEFAULT_METRICS[self.output_type]]
+
+    def render(self, spec, doc: dict, index: int, key: str):
+        """A doc_to_* value for one document: a field, a Jinja template, or a constant."""
+        if isinstance(spec, str) and spec in doc:
+            return doc[spec]
+        if isinstance(spec, list):
+            return [self.render(item, doc, index, key) for item in spec]
+        if not isinstance(spec, str):
+            return spec
+        jinja2, env = _jinja()
+        try:
+            text = env.from_string(spec).render(**doc)
+        except jinja2.TemplateError as err:
+            raise TaskError(f"{self.source}: {key} on document {index}: {err}") from None
+        return int(text) if key == "doc_to_target" and text.strip().isdigit() else text
+
+    def text(self, doc: dict, index: int) -> str:
+        return str(self.render(self.doc_to_text, doc, index, "doc_to_text"))
+
+    def target(self, doc: dict, index: int):
+        return self.render(self.doc_to_target, doc, index, "doc_to_target")
+
+    def choices(self, doc: dict, index: int) -> list[str]:
+        value = self.render(self.doc_to_choice, doc, index, "doc_to_choice")
+        if isinstance(value, str):  # a template that prints a list, as the harness allows
+            try:
+                value = ast.literal_eval(value)
+            except (ValueError, SyntaxError):
+                value = None
+        if isinstance(value, dict):
+            value = list(value.values())
+        if not isinstance(value, list) or not value:
+            raise TaskError(f"{self.source}: doc_to_choice on document {index} is not a list")
+        return [str(choice) for choice in value]
+
+    def gold(self, doc: dict, index: int, choices: list[str]) -> int:
+        target = self.target(doc, index)
+        if isinstance(target, str) and target in choices:
+            return choices.index(target)
+        if isinstance(target, int) and 0 <= target < len(choices):
+            return target
+        raise TaskError(
+            f"{self.source}: doc_to_target on document {index} is {target!r}: "
+            f"neither a choice nor an index below {len(choices)}"
+        )
+
+
+def read_jsonl(path: pathlib.Path) -> list[dict]:
+    docs = []
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as err:
+        raise TaskError(f"cannot read {path}: {err}") from None
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            doc = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise TaskError(f"{path}:{number}: not valid JSON: {err.msg}") from None
+        if not isinstance(doc, dict):
+            raise TaskError(f"{path}:{number}: expected a JSON object, got {type(doc).__name__}")
+        docs.append(doc)
+    if not docs:
+        raise TaskError(f"{path}: no documents")
+    return docs
+
+
+def _data_file(spec: dict, yaml_path: pathlib.Path) -> str:
+    split = spec.get("test_split") or spec.get("validation_split") or "train"
+    if spec.get("dataset_path") == "json":
+        files = (spec.get("dataset_kwargs") or {}).get("data_files")
+        if isinstance(files, dict):
+            if split not in files:
+                raise TaskError(f"{yaml_path}: dataset_kwargs.data_files has no split {split!r}")
+            files = files[split]
+        elif split != "train":  # one file is the split `train`, as `datasets` names it
+            raise TaskError(
+                f"{yaml_path}: one data_files entry is the split 'train', not {split!r}"
+            )
+        if isinstance(files, list) and len(files) == 1:
+            files = files[0]
+        if not isinstance(files, str):
+            raise TaskError(f"{yaml_path}: dataset_kwargs.data_files must name one JSONL file")
+        return files
+    path = spec.get("dataset_path")
+    if not isinstance(path, str) or not path.endswith((".jsonl", ".json")):
+        raise TaskError(
+            f"{yaml_path}: dataset_path must be 'json' (with dataset_kwargs.data_files) or a "
+            f".jsonl file, got {path!r} (hub datasets are not downloaded)"
+        )
+    return path
+
+
+def load_task_file(path: str) -> Task:
+    yaml_path = pathlib.Path(path)
+    try:
+        spec = yaml.safe_load(yaml_path.read_text(encoding="utf-8"))
+    except OSError as err:
+        raise TaskError(f"cannot read task file {path}: {err.strerror}") from None
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark else path
+        raise TaskError(f"{where}: YAML syntax error: {getattr(err, 'problem', err)}") from None
+    if not isinstance(spec, dict):
+        raise TaskError(f"{path}: expected a mapping of task keys")
+    unknown = sorted(set(spec) - _KNOWN_KEYS)
+    if unknown:
+        raise TaskError(f"{path}: unknown key(s) {', '.join(unknown)}")
+    data = pathlib.Path(_data_file(spec, yaml_path))
+    if not data.is_absolute() and not data.exists():
+        data = yaml_path.parent / data
+    filters = spec.get("filter_list") or []
+    return Task(
+        name=str(spec.get("task") or yaml_path.stem),
+        output_type=spec.get("output_type", "generate_until"),
+        docs=read_jsonl(data),
+        doc_to_text=spec.get("doc_to_text", ""),
+        doc_to_target=spec.get("doc_to_target"),
+        doc_to_choice=spec.get("doc_to_choice"),
+        target_delimiter=spec.get("target_delimiter", " "),
+        metrics=list(spec.get("metric_list") or []),
+        generation_kwargs=dict(spec.get("generation_kwargs") or {}),
+        filters=list(filters[0].get("filter", [])) if filters else [],
+        rolling_context=int(spec.get("rolling_context", 0)),
+        source=str(yaml_path),
+    )
