@@ -13,6 +13,7 @@ INSTALL_REQUIRES = [
     "tensorboard>=2.20,<2.22",
     "sentencepiece>=0.2",
     "pyyaml>=6",
+    "jinja2>=3",  # chat templates, rendered as transformers renders them
     "numpy",
 ]
 
