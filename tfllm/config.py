@@ -75,7 +75,7 @@ class DataConfig:
     minhash_ngram: int = 5  # words per shingle
     minhash_perms: int = 112  # permutations = minhash_bands x rows per band
     minhash_bands: int = 14
-    minhash_threshold: float = 0.8  # share of equal permutations that makes a duplicate
+    minhash_threshold: float = 0.7  # share of equal permutations that makes a duplicate
 
 
 @dataclass

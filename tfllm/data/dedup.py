@@ -26,7 +26,7 @@ _WORD = re.compile(r"\w+")
 def minhash_permutations(perms: int):
     from datasketch import MinHash
 
-    return MinHash(num_perm=perms, seed=_SEED).permutations
+    return MinHash(num_perm=perms, seed=_SEED, scheme="affine32").permutations
 
 
 def minhash(text: str, ngram: int, permutations) -> np.ndarray:
@@ -37,9 +37,11 @@ def minhash(text: str, ngram: int, permutations) -> np.ndarray:
     shingles = {
         " ".join(words[i : i + ngram]).encode() for i in range(max(1, len(words) - ngram + 1))
     }
-    sketch = MinHash(num_perm=len(permutations[0]), seed=_SEED, permutations=permutations)
-    sketch.update_batch(list(shingles))
-    return sketch.hashvalues.astype(np.uint32)  # datasketch keeps them below 2**32
+    sketch = MinHash(
+        num_perm=len(permutations[0]), seed=_SEED, permutations=permutations, scheme="affine32"
+    )
+    sketch.update_batch(sorted(shingles))
+    return sketch.hashvalues.astype(np.uint32)
 
 
 class Deduplicator:

@@ -54,10 +54,43 @@ def _open_stream(path: pathlib.Path):
     if path.name.endswith(".gz"):
         return gzip.GzipFile(fileobj=raw)
     if path.name.endswith(".zst"):
+        return io.BufferedReader(_ZstdFrames(raw))
+    return raw
+
+
+class _ZstdFrames(io.RawIOBase):
+    """A .zst file as a stream, frame after frame; a file that ends inside a frame raises
+    (zstandard's own stream reader returns a silent early EOF there)."""
+
+    def __init__(self, raw):
         import zstandard
 
-        return io.BufferedReader(zstandard.ZstdDecompressor().stream_reader(raw, closefd=True))
-    return raw
+        self._raw, self._new = raw, zstandard.ZstdDecompressor().decompressobj
+        self._frame, self._buffer = self._new(), b""
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, target) -> int:
+        while not self._buffer:
+            chunk = self._raw.read(_READ_BYTES)
+            if not chunk:
+                if not self._frame.eof:
+                    raise OSError("the zstd stream ends inside a frame (truncated)")
+                return 0
+            if self._frame.eof:
+                self._frame = self._new()
+            self._buffer = self._frame.decompress(chunk)
+            while self._frame.eof and self._frame.unused_data:
+                rest, self._frame = self._frame.unused_data, self._new()
+                self._buffer += self._frame.decompress(rest)
+        size = min(len(target), len(self._buffer))
+        target[:size], self._buffer = self._buffer[:size], self._buffer[size:]
+        return size
+
+    def close(self) -> None:
+        self._raw.close()
+        super().close()
 
 
 def whole_file(path: pathlib.Path) -> bytes:
@@ -95,9 +128,9 @@ def jsonl_texts(path: pathlib.Path, field: str, bad: BadInput) -> Iterator[tuple
                     continue
                 found += 1
                 yield number, record[field].encode("utf-8", "surrogateescape")
-    except (OSError, EOFError) as err:  # gzip.BadGzipFile, zstandard.ZstdError are OSErrors
+    except (OSError, EOFError) as err:  # also gzip.BadGzipFile
         _truncated(path, number, err, bad)
-    except Exception as err:  # zstandard raises its own ZstdError (not an OSError)
+    except Exception as err:  # zstandard's ZstdError (corrupt data) is not an OSError
         if type(err).__name__ != "ZstdError":
             raise
         _truncated(path, number, err, bad)

@@ -37,7 +37,7 @@ from tfllm.errors import DataError
 SPLITS = ("train", "val")
 DROPPED_SAMPLE = "dropped-sample.jsonl"
 _PROGRESS_SECONDS = 10.0
-_MAX_BATCH_DOCS = 1024
+_MAX_BATCH_DOCS = 256
 
 
 def data_dir(cfg: Config) -> str:
@@ -201,7 +201,7 @@ def _stream(cfg, proto, state, checkpoint, dedup_state, log, start):
     docs, bads = _read(d)
     for _ in range(state["position"]):  # read again, not processed again
         next(docs)
-    batch_bytes = min(8 << 20, max(64 << 10, (d.max_memory_mb << 20) // (16 * (2 * n_workers + 1))))
+    batch_bytes = min(1 << 20, max(64 << 10, (d.max_memory_mb << 20) // (16 * (2 * n_workers + 1))))
     batches = stream.batches(docs, batch_bytes, _MAX_BATCH_DOCS)
     progress = _Progress(log, d, start)
     for results, batch_stats in stream.run(batches, _settings(cfg, proto), n_workers):
