@@ -28,7 +28,14 @@ EXTRAS_REQUIRE = {
         "ruff",
         "tensorflow-serving-api>=2.20,<2.22",
         "tensorboard-plugin-profile",
+        "pyarrow",
+        "zstandard",
+        "datasketch>=2.0",
+        "datasets",
     ],
+    # Corpus formats and near-duplicate removal in prepare (Parquet and save_to_disk, .zst,
+    # MinHash); plain text, JSON Lines (.gz) and TFDS need none of them.
+    "data": ["pyarrow", "zstandard", "datasketch>=2.0"],
     "tpu": [
         "tensorflow-tpu==2.20.0",
         "libtpu~=0.0.14",
