@@ -32,11 +32,11 @@ from tfllm.data import formats, records, resume, stream, tokenizer
 from tfllm.data.clean import CleaningStats, clean_text
 from tfllm.data.corpus import read_raw, sources, split_of
 from tfllm.data.packing import ConcatPacker, DocumentPacker
+from tfllm.data.progress import Progress
 from tfllm.errors import DataError
 
 SPLITS = ("train", "val")
 DROPPED_SAMPLE = "dropped-sample.jsonl"
-_PROGRESS_SECONDS = 10.0
 _MAX_BATCH_DOCS = 256
 
 
@@ -203,7 +203,7 @@ def _stream(cfg, proto, state, checkpoint, dedup_state, log, start):
         next(docs)
     batch_bytes = min(1 << 20, max(64 << 10, (d.max_memory_mb << 20) // (16 * (2 * n_workers + 1))))
     batches = stream.batches(docs, batch_bytes, _MAX_BATCH_DOCS)
-    progress = _Progress(log, d, start)
+    progress = Progress(log, d, start)
     for results, batch_stats in stream.run(batches, _settings(cfg, proto), n_workers):
         for source, counts in batch_stats.items():
             state["sources"][source].update(counts)
@@ -247,47 +247,6 @@ def _take(cfg, state, deduplicator, results) -> int:
             info["tokens_in"] += flat.size
             finished += info["writer"].write(*info["packer"].add(flat, lengths))
     return finished
-
-
-class _Progress:
-    """One line every few seconds: documents, MB read, MB/s, tokens, shards, ETA."""
-
-    def __init__(self, log, data: DataConfig, start: float):
-        self.log, self.start, self.last = log, start, time.time()
-        self.total = _input_bytes(data.source)
-
-    def update(self, state: dict, bads) -> None:
-        now = time.time()
-        if now - self.last < _PROGRESS_SECONDS:
-            return
-        self.last = now
-        totals = sum(state["sources"].values(), CleaningStats())
-        megabytes = totals["bytes_read"] / 1e6
-        rate = megabytes / (now - self.start)
-        writers = [info["writer"] for info in state["splits"].values()]
-        tokens = sum(s["tokens"] for w in writers for s in w.shards)
-        line = (
-            f"prepare: {totals['documents_read']} documents, {megabytes:.1f} MB read, "
-            f"{rate:.2f} MB/s, {tokens} tokens in {sum(len(w.shards) for w in writers)} shards"
-        )
-        if self.total:
-            line += f", ETA {max(0.0, (self.total / 1e6 - megabytes) / max(rate, 1e-9)):.0f}s"
-        self.log(line)
-
-
-def _input_bytes(source: str) -> int:
-    """The input's size when it is known: one source of uncompressed text or JSON Lines."""
-    from tfllm.data.corpus import list_files
-
-    if len(sources(source)) > 1 or source.startswith("tfds:"):
-        return 0
-    try:
-        files = list_files(source)
-    except DataError:
-        return 0
-    if any(p.suffix in (".gz", ".zst", ".parquet") or p.is_dir() for _, p in files):
-        return 0
-    return sum(p.stat().st_size for _, p in files)
 
 
 def _finish(cfg, proto, state, bads, sources_stats) -> dict:
