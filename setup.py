@@ -34,6 +34,10 @@ EXTRAS_REQUIRE = {
         "tf2onnx>=1.17",
         "onnxruntime>=1.20",
         "lm-eval==0.4.*",
+        "pyarrow",
+        "zstandard",
+        "datasketch>=2.0",
+        "datasets",
     ],
     # --format litert runs with TensorFlow's converter alone; the interpreter is for checking.
     "litert": ["ai-edge-litert>=2.3"],
@@ -42,6 +46,9 @@ EXTRAS_REQUIRE = {
     # Jinja task templates and the lm-evaluation-harness adapter (lm-eval 0.4.13's core needs
     # no torch: about 30 s to install here).
     "eval": ["jinja2>=3", "lm-eval==0.4.*"],
+    # Corpus formats and near-duplicate removal in prepare (Parquet and save_to_disk, .zst,
+    # MinHash); plain text, JSON Lines (.gz) and TFDS need none of them.
+    "data": ["pyarrow", "zstandard", "datasketch>=2.0"],
     "tpu": [
         "tensorflow-tpu==2.20.0",
         "libtpu~=0.0.14",

@@ -42,8 +42,9 @@ class ModelConfig:
 @dataclass
 class DataConfig:
     name: str = "stdlib"
-    # "stdlib"; files, directories and globs separated by commas (*.jsonl[.gz] read as JSON
-    # Lines); or "tfds:NAME[/CONFIG]:SPLIT"
+    # "stdlib"; files, directories and globs separated by commas (by format: text, JSON Lines
+    # .jsonl[.gz|.zst], .parquet, save_to_disk directories); "tfds:NAME[/CONFIG]:SPLIT"; or a
+    # weighted mixture "a.parquet:0.7,b/*.jsonl.zst:0.3" (in YAML also a list of such entries)
     source: str = "stdlib"
     text_field: str = "text"  # the field holding the text in JSON Lines and TFDS examples
     tfds_data_dir: str = ""  # TFDS data_dir; empty: the TFDS default (~/tensorflow_datasets)
@@ -63,6 +64,18 @@ class DataConfig:
     shuffle_buffer: int = 4096  # records permuted together (a block of the global order)
     on_corrupt: str = "error"  # error | skip: a damaged shard stops the run, or is counted
     verify: str = "sha256"  # sha256 | size: the check of every shard before training
+    workers: int = 0  # processes that clean and tokenize in prepare; 0: one per core
+    max_memory_mb: int = 2048  # prepare's documents in flight are sized to stay under this
+    on_bad_input: str = "skip"  # skip | error: a bad line, row or file is counted, or stops
+    dropped_sample: int = 20  # dropped documents kept per reason in dropped-sample.jsonl
+    filter_min_alnum: float = 0.0  # drop below this share of alphanumeric characters; 0: off
+    filter_max_line_chars: int = 0  # drop documents with a longer line; 0: off
+    filter_max_repeated_lines: float = 1.0  # drop above this share of repeated lines; 1: off
+    near_dedup: bool = False  # MinHash LSH near-duplicate removal (datatrove's defaults below)
+    minhash_ngram: int = 5  # words per shingle
+    minhash_perms: int = 112  # permutations = minhash_bands x rows per band
+    minhash_bands: int = 14
+    minhash_threshold: float = 0.7  # share of equal permutations that makes a duplicate
 
 
 @dataclass
@@ -175,6 +188,8 @@ def _merge(values: dict, overlay: Any, origin: str) -> None:
                     f"{origin}: unknown key {section}.{key}{_suggest(str(key), valid)}"
                 )
             expected = _field_type(section, key)
+            if (section, key) == ("data", "source") and isinstance(value, list):
+                value = ",".join(map(str, value))  # a YAML list of mixture entries
             values[section][key] = _check_type(f"{section}.{key}", value, expected, origin)
 
 
@@ -275,6 +290,7 @@ def validate(cfg: Config) -> None:
         "data.compression": (d.compression, ("none", "gzip")),
         "data.on_corrupt": (d.on_corrupt, ("error", "skip")),
         "data.verify": (d.verify, ("sha256", "size")),
+        "data.on_bad_input": (d.on_bad_input, ("skip", "error")),
     }
     for key, (value, allowed) in choices.items():
         if value not in allowed:
@@ -291,6 +307,7 @@ def validate(cfg: Config) -> None:
             "data.tokenizer_character_coverage must be in (0, 1], got "
             f"{d.tokenizer_character_coverage}"
         )
+    _validate_prepare(d)
     if not 0.0 < d.val_fraction < 1.0:
         raise ConfigError(f"data.val_fraction must be in (0, 1), got {d.val_fraction}")
     if cfg.runtime.peak_flops < 0:
@@ -325,6 +342,33 @@ def validate(cfg: Config) -> None:
         raise ConfigError("train.remat needs model.dropout 0 (recomputation redraws the masks)")
     if t.keep_checkpoints < 2:
         raise ConfigError(f"train.keep_checkpoints must be at least 2, got {t.keep_checkpoints}")
+
+
+def _validate_prepare(d: DataConfig) -> None:
+    if d.workers < 0 or d.max_memory_mb < 256 or d.dropped_sample < 0:
+        raise ConfigError(
+            "data.workers must be at least 0 (0: one per core), data.max_memory_mb at least "
+            f"256, data.dropped_sample at least 0; got {d.workers}, {d.max_memory_mb}, "
+            f"{d.dropped_sample}"
+        )
+    shares = {
+        "data.filter_min_alnum": d.filter_min_alnum,
+        "data.filter_max_repeated_lines": d.filter_max_repeated_lines,
+        "data.minhash_threshold": d.minhash_threshold,
+    }
+    for key, value in shares.items():
+        if not 0.0 <= value <= 1.0:
+            raise ConfigError(f"{key} must be in [0, 1], got {value}")
+    if d.filter_max_line_chars < 0 or d.minhash_ngram < 1 or d.minhash_bands < 1:
+        raise ConfigError(
+            "data.filter_max_line_chars must be at least 0, data.minhash_ngram and "
+            "data.minhash_bands at least 1"
+        )
+    if d.minhash_perms < d.minhash_bands or d.minhash_perms % d.minhash_bands:
+        raise ConfigError(
+            f"data.minhash_perms ({d.minhash_perms}) must be a multiple of data.minhash_bands "
+            f"({d.minhash_bands}): each band takes perms / bands permutations"
+        )
 
 
 def parse_profile_steps(spec: str) -> tuple[int, int] | None:

@@ -50,6 +50,53 @@ def split_long(text: str, max_chars: int) -> tuple[str, ...]:
     return tuple(pieces)
 
 
+def clean_text(
+    data: bytes, utf8_policy: str, min_chars: int, stats: CleaningStats
+) -> tuple[str | None, str]:
+    """(text, "") after the rules up to the length check, or (None, the drop counter's name).
+
+    Counts reads, changes and the drop; deduplication and splitting are the caller's."""
+    stats["documents_read"] += 1
+    stats["bytes_read"] += len(data)
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        if utf8_policy == "skip":
+            return _drop(stats, "dropped_invalid_utf8")
+        stats["replaced_invalid_utf8"] += 1
+        text = data.decode("utf-8", "replace")
+    if text.startswith(_BOM):
+        stats["removed_bom"] += 1
+        text = text[1:]
+    text, removed = _CONTROL.subn("", text)
+    if removed:
+        stats["documents_with_control_chars"] += 1
+        stats["removed_control_chars"] += removed
+    if not text.strip():
+        return _drop(stats, "dropped_empty")
+    if len(text) < min_chars:
+        return _drop(stats, "dropped_short")
+    return text, ""
+
+
+def _drop(stats: CleaningStats, reason: str) -> tuple[None, str]:
+    stats[reason] += 1
+    return None, reason
+
+
+def digest(text: str) -> bytes:
+    """The exact-duplicate key: 128 bits of sha256 (collisions are negligible at 1e12 docs)."""
+    return hashlib.sha256(text.encode("utf-8")).digest()[:16]
+
+
+def count_kept(stats: CleaningStats, text: str, pieces: tuple[str, ...]) -> None:
+    if len(pieces) > 1:
+        stats["split_long"] += 1
+        stats["split_pieces"] += len(pieces)
+    stats["documents"] += 1
+    stats["bytes"] += len(text.encode("utf-8"))
+
+
 class Cleaner:
     """Applies the rules to one document at a time; remembers hashes for deduplication."""
 
@@ -60,39 +107,14 @@ class Cleaner:
 
     def __call__(self, name: str, data: bytes) -> Document | None:
         """Returns the cleaned document, or None when a rule dropped it (and counted why)."""
-        stats = self.stats
-        stats["documents_read"] += 1
-        stats["bytes_read"] += len(data)
-        try:
-            text = data.decode("utf-8")
-        except UnicodeDecodeError:
-            if self.utf8_policy == "skip":
-                stats["dropped_invalid_utf8"] += 1
-                return None
-            stats["replaced_invalid_utf8"] += 1
-            text = data.decode("utf-8", "replace")
-        if text.startswith(_BOM):
-            stats["removed_bom"] += 1
-            text = text[1:]
-        text, removed = _CONTROL.subn("", text)
-        if removed:
-            stats["documents_with_control_chars"] += 1
-            stats["removed_control_chars"] += removed
-        if not text.strip():
-            stats["dropped_empty"] += 1
+        text, _ = clean_text(data, self.utf8_policy, self.min_chars, self.stats)
+        if text is None:
             return None
-        if len(text) < self.min_chars:
-            stats["dropped_short"] += 1
+        key = digest(text)
+        if key in self._seen:
+            self.stats["dropped_duplicate"] += 1
             return None
-        digest = hashlib.sha256(text.encode("utf-8")).digest()
-        if digest in self._seen:
-            stats["dropped_duplicate"] += 1
-            return None
-        self._seen.add(digest)
+        self._seen.add(key)
         pieces = split_long(text, self.max_chars)
-        if len(pieces) > 1:
-            stats["split_long"] += 1
-            stats["split_pieces"] += len(pieces)
-        stats["documents"] += 1
-        stats["bytes"] += len(text.encode("utf-8"))
+        count_kept(self.stats, text, pieces)
         return Document(name, pieces)

@@ -1,37 +1,64 @@
 """Text sources: from `data.source` to a deterministic stream of raw documents.
 
     stdlib                      the running interpreter's standard-library `.py` files
-    a.txt,docs/,src/**/*.py     files, directories (recursive) and globs, one document per file;
-                                `.gz` files are decompressed
-    data/*.jsonl[.gz]           JSON Lines: one document per line, its text in `data.text_field`
+    a.txt,docs/,src/**/*.py     files, directories (recursive) and globs; each file is read by
+                                its format (formats.py): text (one document per file, `.gz`
+                                decompressed), JSON Lines (.jsonl[.gz|.zst]), Parquet, or a
+                                `datasets` save_to_disk directory
     tfds:NAME[/CONFIG]:SPLIT    a TFDS dataset under `data.tfds_data_dir`, `data.text_field` of
                                 each example
+    a.parquet:0.7,b/*.zst:0.3   a mixture: every entry with a weight is its own source; documents
+                                are drawn from source i with probability w_i / sum(w) by a fixed
+                                seed, until the drawn source runs out (so the output follows the
+                                weights)
 
-Documents come out as raw bytes with a stable name; `clean.py` decides what they become.
+Documents come out as raw bytes with a stable name and their source's index; `clean.py` decides
+what they become. Nothing holds more than one file's row group or line at a time.
 """
 
 from __future__ import annotations
 
 import glob
-import gzip
 import hashlib
-import json
 import os
 import pathlib
+import random
 import sysconfig
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+from tfllm.data import formats
 from tfllm.errors import DataError
 
 TFDS_PREFIX = "tfds:"
-_JSONL_SUFFIXES = (".jsonl", ".jsonl.gz", ".ndjson", ".ndjson.gz")
+_MIXTURE_SEED = 4321
 
 
 @dataclass(frozen=True)
 class RawDocument:
     name: str  # stable name: decides the split, and names the document in messages
     data: bytes
+    source: int = 0  # index of its source in sources(data.source)
+
+
+def sources(source: str) -> list[tuple[str, float]]:
+    """(entry, weight) per source: one source (weight 1) unless the entries carry weights."""
+    entries = [s.strip() for s in source.split(",") if s.strip()]
+    weighted = []
+    for entry in entries:
+        head, _, tail = entry.rpartition(":")
+        try:
+            weighted.append((head, float(tail)))
+        except ValueError:
+            weighted.append((entry, None))
+    if all(w is None for _, w in weighted):
+        return [(source, 1.0)]
+    if any(w is None or w <= 0 or not head for head, w in weighted):
+        raise DataError(
+            f"data.source {source!r}: in a mixture every entry needs a positive weight "
+            "(path:weight, e.g. a.parquet:0.7,b/*.jsonl.zst:0.3)"
+        )
+    return weighted
 
 
 def stdlib_files() -> tuple[pathlib.Path, list[pathlib.Path]]:
@@ -80,52 +107,25 @@ def split_of(name: str, val_fraction: float) -> str:
     return "val" if name_hash(name) < val_fraction else "train"
 
 
-def _read_bytes(path: pathlib.Path) -> bytes:
-    try:
-        raw = path.read_bytes()
-        return gzip.decompress(raw) if path.name.endswith(".gz") else raw
-    except OSError as err:  # also gzip.BadGzipFile
-        raise DataError(f"cannot read {path}: {err.strerror or err}") from None
-    except EOFError:
-        raise DataError(f"cannot read {path}: the gzip stream is truncated") from None
-
-
-def _jsonl_documents(
-    name: str, path: pathlib.Path, text_field: str, stats: dict
+def _file_documents(
+    source: str, index: int, text_field: str, bad: formats.BadInput
 ) -> Iterator[RawDocument]:
-    """One document per JSON line; bad lines are counted, a file without the field is an error."""
-    found = 0
-    seen_fields: set[str] = set()
-    for number, line in enumerate(_read_bytes(path).splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            # Invalid UTF-8 inside a string must reach the UTF-8 policy, not fail the parse.
-            record = json.loads(line.decode("utf-8", "surrogateescape"))
-        except (json.JSONDecodeError, RecursionError):
-            stats["dropped_bad_json"] += 1
-            continue
-        if not isinstance(record, dict) or not isinstance(record.get(text_field), str):
-            stats["dropped_missing_field"] += 1
-            seen_fields.update(record if isinstance(record, dict) else ())
-            continue
-        found += 1
-        data = record[text_field].encode("utf-8", "surrogateescape")
-        yield RawDocument(f"{name}:{number}", data)
-    if not found and seen_fields:
-        raise DataError(
-            f"{path}: no line has a string field {text_field!r} (data.text_field); "
-            f"fields seen: {', '.join(sorted(seen_fields)[:10])}"
-        )
-
-
-def _file_documents(source: str, text_field: str, stats: dict) -> Iterator[RawDocument]:
-    for name, path in list_files(source):
+    stats = bad.stats
+    saved = formats.is_saved_dataset(pathlib.Path(source))
+    entries = [(source, pathlib.Path(source))] if saved else list_files(source)
+    for name, path in entries:
         stats["files_read"] += 1
-        if path.name.endswith(_JSONL_SUFFIXES):
-            yield from _jsonl_documents(name, path, text_field, stats)
+        if formats.is_saved_dataset(path):
+            for file, row, text in formats.saved_dataset_texts(path, text_field, bad):
+                yield RawDocument(f"{name}/{file}:{row}", text, index)
+        elif path.name.endswith(formats.JSONL_SUFFIXES):
+            for number, text in formats.jsonl_texts(path, text_field, bad):
+                yield RawDocument(f"{name}:{number}", text, index)
+        elif path.name.endswith(".parquet"):
+            for row, text in formats.parquet_texts(path, text_field, bad):
+                yield RawDocument(f"{name}:{row}", text, index)
         else:
-            yield RawDocument(name, _read_bytes(path))
+            yield RawDocument(name, formats.whole_file(path), index)
 
 
 def parse_tfds_source(source: str) -> tuple[str, str]:
@@ -136,7 +136,9 @@ def parse_tfds_source(source: str) -> tuple[str, str]:
     return parts[0], parts[1]
 
 
-def _tfds_documents(source: str, text_field: str, data_dir: str) -> Iterator[RawDocument]:
+def _tfds_documents(
+    source: str, index: int, text_field: str, data_dir: str
+) -> Iterator[RawDocument]:
     import tensorflow_datasets as tfds  # imported only for TFDS sources: it is slow to load
 
     name, split = parse_tfds_source(source)
@@ -156,14 +158,36 @@ def _tfds_documents(source: str, text_field: str, data_dir: str) -> Iterator[Raw
             f"data.source {source!r} has no feature {text_field!r} (data.text_field); "
             f"features: {', '.join(features)}"
         )
-    for index, example in enumerate(tfds.as_numpy(ds)):
-        yield RawDocument(f"{source}:{index}", bytes(example[text_field]))
+    for number, example in enumerate(tfds.as_numpy(ds)):
+        yield RawDocument(f"{source}:{number}", bytes(example[text_field]), index)
+
+
+def _one_source(
+    entry: str, index: int, text_field: str, tfds_data_dir: str, bad: formats.BadInput
+) -> Iterator[RawDocument]:
+    if entry.startswith(TFDS_PREFIX):
+        return _tfds_documents(entry, index, text_field, tfds_data_dir)
+    return _file_documents(entry, index, text_field, bad)
 
 
 def read_raw(
-    source: str, text_field: str, tfds_data_dir: str, stats: dict
+    source: str, text_field: str, tfds_data_dir: str, bads: list[formats.BadInput]
 ) -> Iterator[RawDocument]:
-    """Yields every document of `source` in a deterministic order."""
-    if source.startswith(TFDS_PREFIX):
-        return _tfds_documents(source, text_field, tfds_data_dir)
-    return _file_documents(source, text_field, stats)
+    """Yields the documents of `source` (one source or a weighted mixture), deterministically;
+    `bads[i]` handles and counts the bad input of source i."""
+    mixture = sources(source)
+    streams = [
+        _one_source(entry, i, text_field, tfds_data_dir, bads[i])
+        for i, (entry, _) in enumerate(mixture)
+    ]
+    if len(streams) == 1:
+        yield from streams[0]
+        return
+    rng = random.Random(_MIXTURE_SEED)
+    indices, weights = range(len(streams)), [w for _, w in mixture]
+    while True:
+        pick = rng.choices(indices, weights)[0]
+        doc = next(streams[pick], None)
+        if doc is None:
+            return
+        yield doc

@@ -1,4 +1,4 @@
-"""Tokenize documents in tf.data and pack the ids into fixed windows of `seq_len + 1` tokens.
+"""Pack token ids into fixed windows of `seq_len + 1` tokens, one document batch at a time.
 
     concat     documents, each followed by EOS, form one stream cut into windows; the tail that
                fills no window is dropped and counted
@@ -14,36 +14,6 @@ In both modes tokens_in == tokens_written + tokens_dropped, exactly (padding is 
 from __future__ import annotations
 
 import numpy as np
-import tensorflow as tf
-
-from tfllm.data.clean import Document
-from tfllm.data.records import ShardWriter
-from tfllm.data.tokenizer import EOS_ID
-
-_ROWS_PER_BATCH = 64
-
-
-def tokenized_rows(docs: list[Document], sp) -> tf.data.Dataset:
-    """(flat ids, row lengths) per batch of document pieces; EOS ends each document's last piece.
-
-    The SentencePiece op runs in parallel tf.data maps (C++, no GIL, no Python per document).
-    """
-    texts = [piece for doc in docs for piece in doc.pieces]
-    ends = [i == len(doc.pieces) - 1 for doc in docs for i in range(len(doc.pieces))]
-
-    def tokenize(batch_texts, batch_ends):
-        ids = tf.cast(sp.tokenize(batch_texts), tf.int32)  # (N, None) ragged
-        eos_counts = tf.cast(batch_ends, tf.int64)
-        eos = tf.RaggedTensor.from_row_lengths(
-            tf.fill([tf.reduce_sum(tf.cast(batch_ends, tf.int32))], EOS_ID), eos_counts
-        )
-        rows = tf.concat([ids, eos], axis=1)
-        return rows.flat_values, rows.row_lengths()
-
-    ds = tf.data.Dataset.from_tensor_slices((tf.constant(texts, tf.string), tf.constant(ends)))
-    ds = ds.batch(_ROWS_PER_BATCH)
-    ds = ds.map(tokenize, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    return ds.prefetch(tf.data.AUTOTUNE)
 
 
 class ConcatPacker:
@@ -116,27 +86,3 @@ class DocumentPacker:
         if self._fill:
             self._close(tokens, segments)
         return *self._stack(tokens, segments), 0
-
-
-def pack_split(docs: list[Document], sp, writer: ShardWriter, packing: str) -> dict:
-    """Tokenizes, packs and writes one split; returns its counts and shard entries."""
-    packer = (DocumentPacker if packing == "document" else ConcatPacker)(writer.window_len)
-    tokens_in = 0
-    for flat, row_lengths in tokenized_rows(docs, sp):
-        flat = flat.numpy()
-        tokens_in += flat.size
-        writer.write(*packer.add(flat, row_lengths.numpy()))
-    windows, segments, dropped = packer.finish()
-    writer.write(windows, segments)
-    shards = writer.close()
-    written = sum(s["tokens"] for s in shards)
-    records = sum(s["records"] for s in shards)
-    return {
-        "documents": len(docs),
-        "tokens_in": int(tokens_in),
-        "tokens_written": int(written),
-        "tokens_dropped": int(dropped),
-        "tokens_padding": int(records * writer.window_len - written),
-        "records": records,
-        "shards": shards,
-    }

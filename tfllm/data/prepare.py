@@ -1,120 +1,308 @@
-"""`python -m tfllm.prepare`: text -> cleaning -> SentencePiece tokenizer -> packed TFRecord shards.
+"""`python -m tfllm.prepare`: sources -> cleaning, filters, dedup -> SentencePiece -> packed shards.
 
-    python -m tfllm.prepare --config configs/tiny.yaml [--force | --verify]
+    python -m tfllm.prepare --config configs/tiny.yaml [--force | --verify] [--runner beam]
 
-Writes `<data.root>/<data.name>/{train,val}-*.tfrecord`, `tokenizer.model` and
-`manifest.json` (shards with record and token counts, sizes and sha256, the tokenizer and its
-checksum, cleaning counts). `--verify` checks every shard and the tokenizer against the manifest.
+Two streaming passes over the sources. The first draws the tokenizer's training sample: the
+cleaned train documents with the smallest hash of their name, up to `data.tokenizer_sample_mb`
+(the same sample whatever the order or the size of the corpus). The second sends batches of
+documents to `data.workers` processes (stream.py) and, in document order, deduplicates, packs
+and writes `<data.root>/<data.name>/{train,val}-*.tfrecord`; a checkpoint after each finished
+shard makes it restartable (resume.py). Then `tokenizer.model`, `dropped-sample.jsonl` (the
+first `data.dropped_sample` documents dropped per reason) and, last and atomically,
+`manifest.json`: shards with record and token counts, sizes and sha256, the tokenizer and its
+checksum, counts per cleaning rule and per source. `--verify` checks every shard and the
+tokenizer against the manifest.
 """
 
 from __future__ import annotations
 
+import collections
+import hashlib
+import heapq
+import json
+import os
 import posixpath
-import random
 import time
 
+import numpy as np
 import tensorflow as tf
 
 from tfllm.config import Config, DataConfig
-from tfllm.data import records, tokenizer
-from tfllm.data.clean import Cleaner, CleaningStats, Document
-from tfllm.data.corpus import name_hash, read_raw, split_of
-from tfllm.data.packing import pack_split
+from tfllm.data import formats, records, resume, stream, tokenizer
+from tfllm.data.clean import CleaningStats, clean_text
+from tfllm.data.corpus import read_raw, sources, split_of
+from tfllm.data.packing import ConcatPacker, DocumentPacker
+from tfllm.data.progress import Progress
 from tfllm.errors import DataError
 
-_ORDER_SEED = 1234  # document order before packing: fixed, so a dataset is reproducible
 SPLITS = ("train", "val")
+DROPPED_SAMPLE = "dropped-sample.jsonl"
+_MAX_BATCH_DOCS = 256
 
 
 def data_dir(cfg: Config) -> str:
     return posixpath.join(cfg.data.root, cfg.data.name)
 
 
-def read_corpus(data: DataConfig, stats: CleaningStats, log=print) -> dict[str, list[Document]]:
-    """Reads and cleans every document once (deduplicating across splits), then orders each
-    split by a fixed seed."""
-    cleaner = Cleaner(data.utf8_policy, data.min_doc_chars, data.max_doc_chars, stats)
-    docs: dict[str, list[Document]] = {split: [] for split in SPLITS}
-    for raw in read_raw(data.source, data.text_field, data.tfds_data_dir, stats):
-        doc = cleaner(raw.name, raw.data)
-        if doc is not None:
-            docs[split_of(raw.name, data.val_fraction)].append(doc)
-    usable = sum(len(items) for items in docs.values())
+def workers(data: DataConfig) -> int:
+    return data.workers or os.cpu_count() or 1
+
+
+def _read(data: DataConfig) -> tuple[object, list[formats.BadInput]]:
+    bads = [formats.BadInput(data.on_bad_input, CleaningStats()) for _ in sources(data.source)]
+    return read_raw(data.source, data.text_field, data.tfds_data_dir, bads), bads
+
+
+def _sample_key(name: str) -> bytes:
+    return hashlib.sha256(b"tokenizer-sample:" + name.encode()).digest()
+
+
+def sample_pass(data: DataConfig, log=print) -> tuple[list[str], str]:
+    """(the tokenizer's sample, the name of a train document moved to val or "").
+
+    The sample is the bottom-k by `_sample_key` of the usable train documents up to
+    tokenizer_sample_mb: drawn from the whole stream, in memory only the sample. With two or
+    more usable documents and none hashed to val, the train document nearest to val goes there.
+    """
+    budget, held, heap = data.tokenizer_sample_mb << 20, 0, []
+    counts, nearest, stats = collections.Counter(), (2.0, ""), CleaningStats()
+    docs, bads = _read(data)
+    for raw in docs:
+        text, _ = clean_text(raw.data, data.utf8_policy, data.min_doc_chars, stats)
+        if text is None:
+            continue
+        split = split_of(raw.name, data.val_fraction)
+        counts[split] += 1
+        if split == "val":
+            continue
+        bucket = int.from_bytes(hashlib.sha256(raw.name.encode()).digest()[:8], "big") / 2**64
+        nearest = min(nearest, (bucket, raw.name))
+        key = int.from_bytes(_sample_key(raw.name), "big")
+        if held >= budget and key >= -heap[0][0]:
+            continue
+        heapq.heappush(heap, (-key, text))
+        held += len(text)
+        while held - len(heap[0][1]) >= budget:
+            held -= len(heapq.heappop(heap)[1])
+    usable = counts["train"] + counts["val"]
     if usable < 2:
-        counts = ", ".join(f"{k} {v}" for k, v in sorted(stats.items())) or "nothing read"
+        stats = sum((b.stats for b in bads), stats)
+        tally = ", ".join(f"{k} {v}" for k, v in sorted(stats.items())) or "nothing read"
         raise DataError(
-            f"data.source {data.source!r} gave {usable} usable document(s) ({counts}); at least "
+            f"data.source {data.source!r} gave {usable} usable document(s) ({tally}); at least "
             "2 are needed, one for training and one for validation: add text, or lower "
             "data.min_doc_chars if documents were dropped as too short"
         )
-    for split, other in (("val", "train"), ("train", "val")):
-        if not docs[split]:  # a small corpus: the fraction rounds to no document
-            # The train document with the smallest name hash goes to val (the largest, the
-            # other way): the same choice on every machine and every run.
-            pick = (min if split == "val" else max)(docs[other], key=lambda d: name_hash(d.name))
-            docs[other].remove(pick)
-            docs[split].append(pick)
-            log(
-                f"data.val_fraction {data.val_fraction} gave no {split} document among "
-                f"{usable}: {pick.name} moved to {split}"
-            )
-    for items in docs.values():
-        random.Random(_ORDER_SEED).shuffle(items)
-    return docs
+    if not counts["train"]:
+        _no_usable(data, "train", sum((b.stats for b in bads), stats), bads)
+    moved = nearest[1] if not counts["val"] else ""
+    if moved:
+        log(
+            f"data.val_fraction {data.val_fraction} gave no val document among {usable}: "
+            f"{moved} moved to val"
+        )
+    return [text for _, text in sorted(heap, reverse=True) if text], moved
 
 
-def prepare(cfg: Config, log=print, timings: dict | None = None) -> dict:
-    """Builds the dataset of `cfg.data`; returns its manifest.
+def _no_usable(data: DataConfig, split: str, stats: CleaningStats, bads) -> None:
+    counts = ", ".join(f"{k} {v}" for k, v in sorted(stats.items())) or "nothing read"
+    problems = [m for bad in bads for m in bad.messages]
+    first = f"; first problem: {problems[0]}" if problems else ""
+    raise DataError(
+        f"data.source {data.source!r} gave no usable {split} documents ({counts}){first}"
+    )
 
-    `timings`, when given, receives the seconds of each phase (read, tokenizer, pack).
-    """
-    timings = {} if timings is None else timings
+
+def _train_tokenizer(cfg: Config, out: str, log) -> tuple[bytes, str]:
     d = cfg.data
-    out = data_dir(cfg)
-    tf.io.gfile.makedirs(out)
-    start = time.time()
-    stats = CleaningStats()
-    docs = read_corpus(d, stats, log)
-    timings["read"] = time.time() - start
-    log(f"corpus: {len(docs['train'])} train / {len(docs['val'])} val documents")
-    log("cleaning: " + ", ".join(f"{k} {v}" for k, v in sorted(stats.items())))
-
+    sample, moved = sample_pass(d, log)
     proto = tokenizer.train_tokenizer(
-        (piece for doc in docs["train"] for piece in doc.pieces),
+        sample,
         cfg.model.vocabulary_size,
         d.tokenizer_type,
         d.tokenizer_sample_mb,
         d.tokenizer_byte_fallback,
         d.tokenizer_character_coverage,
     )
-    tokenizer_path = posixpath.join(out, records.TOKENIZER)
-    with tf.io.gfile.GFile(tokenizer_path, "wb") as f:
+    with tf.io.gfile.GFile(posixpath.join(out, records.TOKENIZER), "wb") as f:
         f.write(proto)
-    sp = tokenizer.load_tokenizer(tokenizer_path)
-    timings["tokenizer"] = time.time() - start - timings["read"]
-    log(f"tokenizer: {d.tokenizer_type}, {cfg.model.vocabulary_size} pieces -> {tokenizer_path}")
+    log(f"tokenizer: {d.tokenizer_type}, {cfg.model.vocabulary_size} pieces, {len(sample)} docs")
+    return proto, moved
 
-    window_len = d.seq_len + 1
+
+def _settings(cfg: Config, proto: bytes) -> stream.Settings:
+    d = cfg.data
+    return stream.Settings(
+        proto,
+        d.utf8_policy,
+        d.min_doc_chars,
+        d.max_doc_chars,
+        d.filter_min_alnum,
+        d.filter_max_line_chars,
+        d.filter_max_repeated_lines,
+        d.near_dedup,
+        d.minhash_ngram,
+        d.minhash_perms,
+    )
+
+
+def _fresh_state(cfg: Config, moved: str) -> dict:
+    d, out = cfg.data, data_dir(cfg)
+    packer = DocumentPacker if d.packing == "document" else ConcatPacker
+    return {
+        "position": 0,
+        "moved_to_val": moved,
+        "sources": collections.defaultdict(CleaningStats),
+        "splits": {
+            split: {
+                "packer": packer(d.seq_len + 1),
+                "writer": records.ShardWriter(
+                    out, split, d.seq_len + 1, d.records_per_shard, d.compression
+                ),
+                "documents": 0,
+                "tokens_in": 0,
+            }
+            for split in SPLITS
+        },
+        "dropped": collections.defaultdict(list),
+    }
+
+
+def prepare(cfg: Config, log=print, timings: dict | None = None) -> dict:
+    """Builds (or finishes building) the dataset of `cfg.data`; returns its manifest.
+
+    `timings`, when given, receives the seconds of each phase (read: the sampling pass,
+    tokenizer, pack: the streaming pass).
+    """
+    timings = {} if timings is None else timings
+    d, out, start = cfg.data, data_dir(cfg), time.time()
+    tf.io.gfile.makedirs(out)
+    checkpoint = resume.Checkpoint(out, resume.fingerprint(cfg))
+    state = checkpoint.load()
+    tokenizer_path = posixpath.join(out, records.TOKENIZER)
+    if state is None:
+        checkpoint.clear()
+        proto, moved = _train_tokenizer(cfg, out, log)
+        state = _fresh_state(cfg, moved)
+        timings["read"], timings["tokenizer"] = time.time() - start, 0.0
+    else:
+        with tf.io.gfile.GFile(tokenizer_path, "rb") as f:
+            proto = f.read()
+        log(f"resuming {out} after {state['position']} documents")
+        timings["read"] = timings["tokenizer"] = 0.0
+    dedup_state = (state.pop("dedup_keys", []), state.pop("dedup_signatures", None))
+    sources_stats, bads = _stream(cfg, proto, state, checkpoint, dedup_state, log, start)
+    timings["pack"] = time.time() - start - timings["read"] - timings["tokenizer"]
+    manifest = _finish(cfg, proto, state, bads, sources_stats)
+    checkpoint.clear()
+    megabytes = manifest["cleaning"].get("bytes_read", 0) / 1e6
+    seconds = time.time() - start
+    log(
+        f"prepared {out} in {seconds:.1f}s ({megabytes:.1f} MB of text, "
+        f"{megabytes / max(seconds, 1e-9):.2f} MB/s, {workers(d)} workers)"
+    )
+    return manifest
+
+
+def _stream(cfg, proto, state, checkpoint, dedup_state, log, start):
+    """The second pass: documents -> workers -> dedup -> packers -> shards, in order."""
+    from tfllm.data.dedup import Deduplicator
+
+    d = cfg.data
+    n_workers = workers(d)
+    deduplicator = Deduplicator(d.near_dedup, d.minhash_bands, d.minhash_threshold)
+    deduplicator.restore(*dedup_state)
+    docs, bads = _read(d)
+    for _ in range(state["position"]):  # read again, not processed again
+        next(docs)
+    batch_bytes = min(1 << 20, max(64 << 10, (d.max_memory_mb << 20) // (16 * (2 * n_workers + 1))))
+    batches = stream.batches(docs, batch_bytes, _MAX_BATCH_DOCS)
+    progress = Progress(log, d, start)
+    for results, batch_stats in stream.run(batches, _settings(cfg, proto), n_workers):
+        for source, counts in batch_stats.items():
+            state["sources"][source].update(counts)
+        finished = _take(cfg, state, deduplicator, results)
+        state["position"] += len(results)
+        if finished:
+            checkpoint.save(state, *deduplicator.take_added())
+        progress.update(state, bads)
+    return state["sources"], bads
+
+
+def _take(cfg, state, deduplicator, results) -> int:
+    """Deduplicates, counts, packs and writes one batch's results; returns shards finished."""
+    d = cfg.data
+    kept = {split: [] for split in SPLITS}
+    for doc in results:
+        counts = state["sources"][doc.source]
+        reason = getattr(doc, "reason", "") or deduplicator.check(doc.key, doc.signature)
+        if reason:
+            if not hasattr(doc, "reason"):
+                counts[reason] += 1
+            if len(state["dropped"][reason]) < d.dropped_sample:
+                state["dropped"][reason].append(
+                    {"reason": reason, "source": doc.source, "name": doc.name, "text": doc.snippet}
+                )
+            continue
+        counts["documents"] += 1
+        counts["bytes"] += doc.text_bytes
+        if doc.pieces > 1:
+            counts["split_long"] += 1
+            counts["split_pieces"] += doc.pieces
+        moved = doc.name == state["moved_to_val"]
+        kept["val" if moved else split_of(doc.name, d.val_fraction)].append(doc)
+    finished = 0
+    for split, docs in kept.items():
+        if docs:
+            info = state["splits"][split]
+            flat = np.concatenate([doc.tokens for doc in docs])
+            lengths = np.concatenate([doc.piece_lengths for doc in docs])
+            info["documents"] += len(docs)
+            info["tokens_in"] += flat.size
+            finished += info["writer"].write(*info["packer"].add(flat, lengths))
+    return finished
+
+
+def _finish(cfg, proto, state, bads, sources_stats) -> dict:
+    d, out = cfg.data, data_dir(cfg)
+    for index, bad in enumerate(bads):
+        sources_stats[index].update(bad.stats)
+    cleaning = sum(sources_stats.values(), CleaningStats())
     splits = {}
     for split in SPLITS:
-        writer = records.ShardWriter(out, split, window_len, d.records_per_shard, d.compression)
-        splits[split] = pack_split(docs[split], sp, writer, d.packing)
-        if splits[split]["records"] == 0:
+        info = state["splits"][split]
+        if not info["documents"]:
+            _no_usable(d, split, cleaning, bads)
+        windows, segments, dropped = info["packer"].finish()
+        info["writer"].write(windows, segments)
+        shards = info["writer"].close()
+        written = sum(s["tokens"] for s in shards)
+        count = sum(s["records"] for s in shards)
+        if count == 0:
             raise DataError(
-                f"{split} split has {splits[split]['tokens_in']} tokens, fewer than one window "
-                f"of data.seq_len + 1 = {window_len}; use more text or a smaller data.seq_len"
+                f"{split} split has {info['tokens_in']} tokens, fewer than one window of "
+                f"data.seq_len + 1 = {d.seq_len + 1}; use more text or a smaller data.seq_len"
             )
-        log(
-            f"{split}: {splits[split]['records']} windows of {window_len} tokens in "
-            f"{len(splits[split]['shards'])} shards ({splits[split]['tokens_dropped']} tail "
-            f"tokens dropped, {splits[split]['tokens_padding']} padding)"
-        )
+        splits[split] = {
+            "documents": info["documents"],
+            "tokens_in": int(info["tokens_in"]),
+            "tokens_written": int(written),
+            "tokens_dropped": int(dropped),
+            "tokens_padding": int(count * (d.seq_len + 1) - written),
+            "records": count,
+            "shards": shards,
+        }
+    dropped = [entry for reason in sorted(state["dropped"]) for entry in state["dropped"][reason]]
+    records.write_atomically(
+        posixpath.join(out, DROPPED_SAMPLE), "".join(json.dumps(e) + "\n" for e in dropped)
+    )
+    names = [entry for entry, _ in sources(d.source)]
     manifest = {
         "version": records.MANIFEST_VERSION,
         "name": d.name,
         "source": d.source,
         "seq_len": d.seq_len,
-        "window_len": window_len,
+        "window_len": d.seq_len + 1,
         "packing": d.packing,
         "compression": d.compression,
         "vocabulary_size": cfg.model.vocabulary_size,
@@ -127,19 +315,15 @@ def prepare(cfg: Config, log=print, timings: dict | None = None) -> dict:
             "character_coverage": d.tokenizer_character_coverage,
             "sample_mb": d.tokenizer_sample_mb,
         },
-        "cleaning": dict(sorted(stats.items())),
+        "cleaning": dict(sorted(cleaning.items())),
+        "sources": {
+            names[i]: {"weight": w, **dict(sorted(sources_stats[i].items()))}
+            for i, (_, w) in enumerate(sources(d.source))
+        },
+        "moved_to_val": state["moved_to_val"],
         "splits": splits,
     }
     records.write_manifest(out, manifest)
-    megabytes = stats["bytes_read"] / 1e6
-    seconds = time.time() - start
-    timings["pack"] = seconds - timings["read"] - timings["tokenizer"]
-    rate = megabytes / max(seconds, 1e-9)
-    log(
-        f"prepared {out} in {seconds:.1f}s ({megabytes:.1f} MB of text, {rate:.2f} MB/s; "
-        + ", ".join(f"{phase} {t:.1f}s" for phase, t in timings.items())
-        + ")"
-    )
     return manifest
 
 

@@ -56,10 +56,13 @@ def file_sha256(path: str) -> str:
 
 
 class ShardWriter:
-    """Writes windows into shards of `records_per_shard` records each.
+    """Collects windows and writes each full shard of `records_per_shard` records at once.
 
-    The total shard count is only known at the end, so shards are written as `*.tmp` and
-    renamed to their final `-of-N` names by `close()`.
+    A shard is written as `.{split}-{i}.tmp` and renamed to `.{split}-{i}.shard` when complete;
+    `close()` writes the last one and renames all to their `-of-N` names (the count is only
+    known then; a rename keeps the modification time). Holds plain data only, so a restartable
+    prepare pickles it with the windows not yet in a shard. A shard that already exists with
+    the same sha256 (a restart redoing work) is left untouched.
     """
 
     def __init__(
@@ -72,51 +75,59 @@ class ShardWriter:
     ):
         self.directory, self.split = directory, split
         self.window_len, self.records_per_shard = window_len, records_per_shard
-        self._options = tf.io.TFRecordOptions(compression_type=COMPRESSION[compression])
-        self._writer: tf.io.TFRecordWriter | None = None
-        self._temp_paths: list[str] = []
-        self._records: list[int] = []
-        self._tokens: list[int] = []
+        self.compression = compression
+        self._pending: list[tuple[np.ndarray, np.ndarray | None]] = []
+        self._pending_records = 0
+        self.shards: list[dict] = []  # finished shards' entries, file = the hidden name
 
-    def write(self, windows: np.ndarray, segments: np.ndarray | None = None) -> None:
-        """Writes (N, window_len) token windows [and their segment ids; 0 marks padding]."""
-        for i, window in enumerate(windows):
-            if self._writer is None or self._records[-1] == self.records_per_shard:
-                self._open_next()
-            row_segments = None if segments is None else segments[i]
-            self._writer.write(serialize_window(window, row_segments))
-            self._records[-1] += 1
-            real = self.window_len if segments is None else int(np.sum(segments[i] > 0))
-            self._tokens[-1] += real
+    def write(self, windows: np.ndarray, segments: np.ndarray | None = None) -> int:
+        """Adds (N, window_len) token windows [and segment ids; 0 marks padding]; returns the
+        number of shards finished by this call."""
+        finished = 0
+        while len(windows):
+            take = self.records_per_shard - self._pending_records
+            self._pending.append((windows[:take], None if segments is None else segments[:take]))
+            self._pending_records += len(windows[:take])
+            windows = windows[take:]
+            segments = None if segments is None else segments[take:]
+            if self._pending_records == self.records_per_shard:
+                self._flush()
+                finished += 1
+        return finished
 
-    def _open_next(self) -> None:
-        if self._writer is not None:
-            self._writer.close()
-        path = posixpath.join(self.directory, f".{self.split}-{len(self._temp_paths):05d}.tmp")
-        self._temp_paths.append(path)
-        self._records.append(0)
-        self._tokens.append(0)
-        self._writer = tf.io.TFRecordWriter(path, self._options)
+    def _flush(self) -> None:
+        name = f".{self.split}-{len(self.shards):05d}"
+        temp = posixpath.join(self.directory, name + ".tmp")
+        final = posixpath.join(self.directory, name + ".shard")
+        options = tf.io.TFRecordOptions(compression_type=COMPRESSION[self.compression])
+        tokens = 0
+        with tf.io.TFRecordWriter(temp, options) as writer:
+            for windows, segments in self._pending:
+                for i, window in enumerate(windows):
+                    row_segments = None if segments is None else segments[i]
+                    writer.write(serialize_window(window, row_segments))
+                tokens += windows.size if segments is None else int(np.sum(segments > 0))
+        digest = file_sha256(temp)
+        if tf.io.gfile.exists(final) and file_sha256(final) == digest:
+            tf.io.gfile.remove(temp)
+        else:
+            tf.io.gfile.rename(temp, final, overwrite=True)
+        entry = {"file": name + ".shard", "records": self._pending_records, "tokens": tokens}
+        entry.update(bytes=tf.io.gfile.stat(final).length, sha256=digest)
+        self.shards.append(entry)  # tokens: real tokens, padding is not counted
+        self._pending, self._pending_records = [], 0
 
     def close(self) -> list[dict]:
-        """Finishes the last shard, renames all into place; returns their manifest entries."""
-        if self._writer is not None:
-            self._writer.close()
+        """Writes the last partial shard, renames all into place; returns their entries."""
+        if self._pending_records:
+            self._flush()
         shards = []
-        counts = zip(self._temp_paths, self._records, self._tokens, strict=True)
-        for index, (temp, records, tokens) in enumerate(counts):
-            name = shard_name(self.split, index, len(self._temp_paths))
-            final = posixpath.join(self.directory, name)
-            tf.io.gfile.rename(temp, final, overwrite=True)
-            shards.append(
-                {
-                    "file": name,
-                    "records": records,
-                    "tokens": tokens,  # real tokens: padding is not counted
-                    "bytes": tf.io.gfile.stat(final).length,
-                    "sha256": file_sha256(final),
-                }
-            )
+        for index, entry in enumerate(self.shards):
+            name = shard_name(self.split, index, len(self.shards))
+            hidden = posixpath.join(self.directory, entry["file"])
+            if tf.io.gfile.exists(hidden):  # else renamed by a run killed before its manifest
+                tf.io.gfile.rename(hidden, posixpath.join(self.directory, name), overwrite=True)
+            shards.append({**entry, "file": name})
         return shards
 
 

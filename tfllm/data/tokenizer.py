@@ -1,7 +1,8 @@
 """SentencePiece: trained with the `sentencepiece` library, run in-graph with tensorflow-text.
 
-The in-graph op is the one tokenizer of record: `prepare` tokenizes inside tf.data with it and
-the exported SavedModel carries it, so training data and serving can never disagree.
+The in-graph op is the tokenizer of record: the exported SavedModel carries it. `prepare`'s
+worker processes run the same model with the `sentencepiece` library (no TensorFlow in them);
+tests/test_data_scale.py checks that both give the same ids, so data and serving agree.
 """
 
 from __future__ import annotations

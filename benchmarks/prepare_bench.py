@@ -1,0 +1,127 @@
+"""Prepare throughput: tfllm's streaming prepare on 1 and 2 workers vs a Megatron-style peer.
+
+    python -m benchmarks.prepare_bench [--mb 20] [--rounds 3]
+
+The corpus is the standard library's .py files as JSON Lines (the first --mb MB). The peer is what
+Megatron-LM's `preprocess_data.py` does: a process pool of `sentencepiece` encoders over the
+documents (json.loads + encode + EOS), the main process writing the token arrays to one binary
+file; it gets the tokenizer tfllm trained, so both encode the same text with the same model.
+tfllm is timed on its streaming pass (read, clean, dedup, tokenize, pack, write TFRecords and
+sha256) - the pass the peer does; the sampling pass and tokenizer training are reported apart.
+Contenders alternate in each round; medians and the spread (min-max) are printed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing
+import pathlib
+import statistics
+import tempfile
+import time
+
+import numpy as np
+
+# tfllm (and TensorFlow) are imported inside the functions: spawned pool workers import this
+# module again, and must stay light.
+
+
+def write_corpus(path: pathlib.Path, megabytes: float) -> None:
+    """The interpreter's standard library (distinct real code, ~35 MB), one file per line."""
+    from tfllm.data.corpus import stdlib_files
+
+    written = 0
+    with open(path, "w") as f:
+        for file in stdlib_files()[1]:
+            if written >= megabytes * 1e6:
+                break
+            line = json.dumps({"text": file.read_text(errors="replace")}) + "\n"
+            f.write(line)
+            written += len(line)
+
+
+_SP = {}
+
+
+def _init(model_file: str) -> None:
+    import sentencepiece as spm
+
+    _SP["sp"] = spm.SentencePieceProcessor(model_file=model_file)
+
+
+def _encode(line: str) -> np.ndarray:
+    ids = _SP["sp"].encode(json.loads(line)["text"])
+    return np.array([*ids, 2], np.int32)
+
+
+def peer(corpus: pathlib.Path, model_file: str, out: pathlib.Path, workers: int) -> float:
+    """Megatron-style: Pool.imap(encode, lines, chunksize=32), main writes the arrays."""
+    started = time.perf_counter()
+    with open(corpus) as f, open(out, "wb") as sink:
+        if workers == 1:
+            _init(model_file)
+            for ids in map(_encode, f):
+                sink.write(ids.tobytes())
+        else:
+            ctx = multiprocessing.get_context("spawn")
+            with ctx.Pool(workers, initializer=_init, initargs=(model_file,)) as pool:
+                for ids in pool.imap(_encode, f, chunksize=32):
+                    sink.write(ids.tobytes())
+    return time.perf_counter() - started
+
+
+def tfllm_prepare(corpus: pathlib.Path, root: pathlib.Path, name: str, workers: int) -> dict:
+    from tfllm.config import load_config
+    from tfllm.data import prepare
+
+    cfg = load_config(
+        [],
+        [
+            f"data.source={corpus}",
+            f"data.root={root}",
+            f"data.name={name}",
+            f"data.workers={workers}",
+            "data.seq_len=128",
+            "data.tokenizer_sample_mb=2",
+            "model.vocabulary_size=4096",
+        ],
+    )
+    timings: dict = {}
+    prepare.prepare(cfg, log=lambda _: None, timings=timings)
+    return timings
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--mb", type=float, default=20)
+    parser.add_argument("--rounds", type=int, default=3)
+    args = parser.parse_args()
+    tmp = pathlib.Path(tempfile.mkdtemp(prefix="prepare_bench_"))
+    corpus = tmp / "corpus.jsonl"
+    write_corpus(corpus, args.mb)
+    size = corpus.stat().st_size / 1e6
+    tfllm_prepare(corpus, tmp, "warm", 1)  # the tokenizer the peer uses
+    model = str(tmp / "warm" / "tokenizer.model")
+    rates: dict[str, list[float]] = {}
+    other: dict[str, list[float]] = {"sample pass + tokenizer training s": []}
+    for r in range(args.rounds):
+        for workers in (1, 2):
+            seconds = peer(corpus, model, tmp / "peer.bin", workers)
+            rates.setdefault(f"peer {workers}p", []).append(size / seconds)
+            timings = tfllm_prepare(corpus, tmp, f"r{r}w{workers}", workers)
+            rates.setdefault(f"tfllm {workers}w", []).append(size / timings["pack"])
+            other["sample pass + tokenizer training s"].append(timings["read"])
+    print(f"corpus {size:.1f} MB of JSON Lines, {args.rounds} rounds, MB/s median [min-max]")
+    med = {k: statistics.median(v) for k, v in rates.items()}
+    for key, values in rates.items():
+        print(f"  {key:10s} {med[key]:6.2f} [{min(values):.2f}-{max(values):.2f}]")
+    for key, values in other.items():
+        print(f"  {key} {statistics.median(values):.2f}")
+    print(f"tfllm 1w / peer 1p: {med['tfllm 1w'] / med['peer 1p']:.2f} (goal >= 1/1.2 = 0.83)")
+    print(f"tfllm 2w / tfllm 1w: {med['tfllm 2w'] / med['tfllm 1w']:.2f} (goal >= 1.7)")
+    print(f"peer 2p / peer 1p: {med['peer 2p'] / med['peer 1p']:.2f}")
+
+
+if __name__ == "__main__":
+    main()
