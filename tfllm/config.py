@@ -47,6 +47,12 @@ class DataConfig:
     # weighted mixture "a.parquet:0.7,b/*.jsonl.zst:0.3" (in YAML also a list of such entries)
     source: str = "stdlib"
     text_field: str = "text"  # the field holding the text in JSON Lines and TFDS examples
+    # Instruction and chat data (README "Fine-tuning"): text | prompt_completion | messages |
+    # alpaca; anything but text is packed by example with a loss mask (tfllm.data.sft_prepare).
+    format: str = "text"
+    train_on: str = "completion"  # completion | assistant | all: which tokens are targets
+    chat_template: str = ""  # a Jinja file overriding the tokenizer's own chat template
+    truncate: str = "cut"  # cut | drop: an example longer than a window
     tfds_data_dir: str = ""  # TFDS data_dir; empty: the TFDS default (~/tensorflow_datasets)
     seq_len: int = 128
     root: str = "tfrecords"  # shards go to <root>/<name>/
@@ -291,6 +297,9 @@ def validate(cfg: Config) -> None:
         "data.on_corrupt": (d.on_corrupt, ("error", "skip")),
         "data.verify": (d.verify, ("sha256", "size")),
         "data.on_bad_input": (d.on_bad_input, ("skip", "error")),
+        "data.format": (d.format, ("text", "prompt_completion", "messages", "alpaca")),
+        "data.train_on": (d.train_on, ("completion", "assistant", "all")),
+        "data.truncate": (d.truncate, ("cut", "drop")),
     }
     for key, (value, allowed) in choices.items():
         if value not in allowed:
@@ -307,6 +316,10 @@ def validate(cfg: Config) -> None:
             "data.tokenizer_character_coverage must be in (0, 1], got "
             f"{d.tokenizer_character_coverage}"
         )
+    if d.format != "text" and d.packing != "document":
+        raise ConfigError(f"data.format={d.format} packs whole examples: set data.packing=document")
+    if d.train_on == "assistant" and d.format != "messages":
+        raise ConfigError("data.train_on=assistant needs data.format=messages; use completion")
     _validate_prepare(d)
     if not 0.0 < d.val_fraction < 1.0:
         raise ConfigError(f"data.val_fraction must be in (0, 1), got {d.val_fraction}")

@@ -28,7 +28,7 @@ import numpy as np
 import tensorflow as tf
 
 from tfllm.config import Config, DataConfig
-from tfllm.data import formats, records, resume, stream, tokenizer
+from tfllm.data import formats, records, resume, sft_prepare, stream, tokenizer
 from tfllm.data.clean import CleaningStats, clean_text
 from tfllm.data.corpus import read_raw, sources, split_of
 from tfllm.data.packing import ConcatPacker, DocumentPacker
@@ -88,10 +88,12 @@ def sample_pass(data: DataConfig, log=print) -> tuple[list[str], str]:
     if usable < 2:
         stats = sum((b.stats for b in bads), stats)
         tally = ", ".join(f"{k} {v}" for k, v in sorted(stats.items())) or "nothing read"
+        problems = [m for bad in bads for m in bad.messages]
+        first = f"; first problem: {problems[0]}" if problems else ""
         raise DataError(
-            f"data.source {data.source!r} gave {usable} usable document(s) ({tally}); at least "
-            "2 are needed, one for training and one for validation: add text, or lower "
-            "data.min_doc_chars if documents were dropped as too short"
+            f"data.source {data.source!r} gave {usable} usable document(s) ({tally}){first}; "
+            "at least 2 are needed, one for training and one for validation: add text, or "
+            "lower data.min_doc_chars if documents were dropped as too short"
         )
     if not counts["train"]:
         _no_usable(data, "train", sum((b.stats for b in bads), stats), bads)
@@ -177,6 +179,8 @@ def prepare(cfg: Config, log=print, timings: dict | None = None) -> dict:
     timings = {} if timings is None else timings
     d, out, start = cfg.data, data_dir(cfg), time.time()
     tf.io.gfile.makedirs(out)
+    if d.format != "text":  # instruction and chat data: examples, a loss mask, no dedup
+        return sft_prepare.prepare_sft(cfg, out, log)
     checkpoint = resume.Checkpoint(out, resume.fingerprint(cfg))
     state = checkpoint.load()
     tokenizer_path = posixpath.join(out, records.TOKENIZER)

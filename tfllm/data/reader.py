@@ -112,16 +112,19 @@ def decode(serialized: tf.Tensor, window_len: int, segments: bool) -> tuple[tf.T
 
     With segment ids, a target is IGNORE where it is padding or belongs to another document
     than its input position: the first token of a document is never predicted from the
-    previous one, and padding is never trained on.
+    previous one, and padding is never trained on; nor is a token whose segment id is negative
+    (the prompt side of an instruction example, see `tfllm.data.sft_prepare`).
     """
     parsed = records.parse_batch(serialized, window_len, segments)
     windows = parsed[records.TOKENS_KEY]
     inputs, targets = windows[:, :-1], windows[:, 1:]
     if not segments:
         return inputs, targets
-    seg = parsed[records.SEGMENTS_KEY]
+    signed = parsed[records.SEGMENTS_KEY]
+    seg = tf.abs(signed)  # a negative id: the same document, a token that is not a target
     same_document = tf.logical_and(tf.equal(seg[:, 1:], seg[:, :-1]), seg[:, 1:] > 0)
-    return inputs, tf.where(same_document, targets, IGNORE), seg[:, :-1]
+    trained = tf.logical_and(same_document, signed[:, 1:] > 0)
+    return inputs, tf.where(trained, targets, IGNORE), seg[:, :-1]
 
 
 def _pipeline_rows(

@@ -17,7 +17,9 @@ import tensorflow as tf
 from tfllm.errors import DataError
 
 TOKENS_KEY = "tokens"
-SEGMENTS_KEY = "segments"  # document packing only: 1, 2, ... per document in a window, 0 = pad
+# Document packing only: 1, 2, ... per document in a window, 0 = padding; -k: a token of
+# document k that is context but not a target (instruction data's prompts, sft_prepare.py).
+SEGMENTS_KEY = "segments"
 MANIFEST = "manifest.json"
 TOKENIZER = "tokenizer.model"
 MANIFEST_VERSION = 2
@@ -106,7 +108,7 @@ class ShardWriter:
                 for i, window in enumerate(windows):
                     row_segments = None if segments is None else segments[i]
                     writer.write(serialize_window(window, row_segments))
-                tokens += windows.size if segments is None else int(np.sum(segments > 0))
+                tokens += windows.size if segments is None else int(np.sum(segments != 0))
         digest = file_sha256(temp)
         if tf.io.gfile.exists(final) and file_sha256(final) == digest:
             tf.io.gfile.remove(temp)
