@@ -1,7 +1,7 @@
 """The Beam runner of prepare: the same shards, manifest and dropped sample as the local one.
 
 Runs with Beam's in-process FnApiRunner (the default Prism runner downloads a binary). Needs
-the `tfllm[beam]` extra, which is not in `test` (see setup.py): skipped without apache_beam.
+the `tfllm[beam]` extra (also in `test`); skipped where apache_beam is not installed.
 """
 
 from __future__ import annotations
@@ -18,8 +18,7 @@ from tfllm.data import prepare
 
 pytest.importorskip(
     "apache_beam",
-    reason="apache-beam is the optional tfllm[beam] extra, kept out of the test extra because "
-    "it downgrades protobuf and pyarrow under TensorFlow 2.21",
+    reason="apache-beam (the optional tfllm[beam] extra) is not installed",
 )
 
 
