@@ -38,6 +38,7 @@ EXTRAS_REQUIRE = {
         "zstandard",
         "datasketch>=2.0",
         "datasets",
+        "apache-beam>=2.69",  # prepare --runner beam (see the beam extra)
     ],
     # --format litert runs with TensorFlow's converter alone; the interpreter is for checking.
     "litert": ["ai-edge-litert>=2.3"],
@@ -49,6 +50,10 @@ EXTRAS_REQUIRE = {
     # Corpus formats and near-duplicate removal in prepare (Parquet and save_to_disk, .zst,
     # MinHash); plain text, JSON Lines (.gz) and TFDS need none of them.
     "data": ["pyarrow", "zstandard", "datasketch>=2.0"],
+    # prepare --runner beam. apache-beam 2.77 downgrades protobuf 7 -> 6.33 and pyarrow 26 -> 25;
+    # TF 2.21, tensorflow-text, tf2onnx/onnxruntime, lm-eval and datasets pass their tests with
+    # them, so it is in `test` too. Never apache-beam[tensorflow]: it pins an older TensorFlow.
+    "beam": ["apache-beam>=2.69"],
     "tpu": [
         "tensorflow-tpu==2.20.0",
         "libtpu~=0.0.14",

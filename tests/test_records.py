@@ -80,3 +80,25 @@ def test_tokenizer_is_lossless_on_code(make_config):
     ids = sp.tokenize(tf.constant([text]))
     assert sp.detokenize(ids)[0].numpy().decode() == text
     assert tokenizer.EOS_ID not in ids.flat_values.numpy()
+
+
+def _example(window, segments=None):
+    """The record as the tf.train.Example API builds it (what prepare wrote record by record)."""
+    int64 = lambda v: tf.train.Feature(int64_list=tf.train.Int64List(value=v.tolist()))  # noqa: E731
+    features = {records.TOKENS_KEY: int64(window)}
+    if segments is not None:
+        features[records.SEGMENTS_KEY] = int64(segments)
+    return tf.train.Example(features=tf.train.Features(feature=features)).SerializeToString()
+
+
+def test_bulk_serialization_is_byte_identical_to_tf_train_example():
+    rng = np.random.default_rng(0)
+    # Ids from one to five varint bytes, windows whose sizes cross the varint length steps.
+    for window_len in (2, 9, 129, 1025, 3000):
+        for high in (2, 128, 300, 70_000, 2**31 - 1):
+            windows = rng.integers(0, high, (5, window_len)).astype(np.int32)
+            segments = rng.integers(-4, 4, (5, window_len)).astype(np.int32)  # SFT: signed
+            assert records.serialize_windows(windows) == [_example(w) for w in windows]
+            assert records.serialize_windows(windows, segments) == [
+                _example(w, s) for w, s in zip(windows, segments, strict=True)
+            ]

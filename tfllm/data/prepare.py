@@ -6,12 +6,14 @@ Two streaming passes over the sources. The first draws the tokenizer's training 
 cleaned train documents with the smallest hash of their name, up to `data.tokenizer_sample_mb`
 (the same sample whatever the order or the size of the corpus). The second sends batches of
 documents to `data.workers` processes (stream.py) and, in document order, deduplicates, packs
-and writes `<data.root>/<data.name>/{train,val}-*.tfrecord`; a checkpoint after each finished
-shard makes it restartable (resume.py). Then `tokenizer.model`, `dropped-sample.jsonl` (the
-first `data.dropped_sample` documents dropped per reason) and, last and atomically,
+and writes `<data.root>/<data.name>/{train,val}-*.tfrecord` (assemble.py); a checkpoint after
+each finished shard makes it restartable (resume.py). Then `tokenizer.model`,
+`dropped-sample.jsonl` (the first `data.dropped_sample` documents dropped per reason) and, last
+and atomically,
 `manifest.json`: shards with record and token counts, sizes and sha256, the tokenizer and its
 checksum, counts per cleaning rule and per source. `--verify` checks every shard and the
-tokenizer against the manifest.
+tokenizer against the manifest. `--runner beam` runs the second pass as an Apache Beam
+pipeline instead (beam.py), with the same output.
 """
 
 from __future__ import annotations
@@ -19,38 +21,36 @@ from __future__ import annotations
 import collections
 import hashlib
 import heapq
-import json
 import os
 import posixpath
 import time
 
-import numpy as np
 import tensorflow as tf
 
 from tfllm.config import Config, DataConfig
-from tfllm.data import formats, records, resume, sft_prepare, stream, tokenizer
+from tfllm.data import assemble, formats, records, resume, sft_prepare, stream, tokenizer
+from tfllm.data.assemble import DROPPED_SAMPLE, data_dir  # noqa: F401 - the stage's names
 from tfllm.data.clean import CleaningStats, clean_text
 from tfllm.data.corpus import read_raw, sources, split_of
-from tfllm.data.packing import ConcatPacker, DocumentPacker
 from tfllm.data.progress import Progress
 from tfllm.errors import DataError
 
-SPLITS = ("train", "val")
-DROPPED_SAMPLE = "dropped-sample.jsonl"
-_MAX_BATCH_DOCS = 256
-
-
-def data_dir(cfg: Config) -> str:
-    return posixpath.join(cfg.data.root, cfg.data.name)
+MAX_BATCH_DOCS = 256
 
 
 def workers(data: DataConfig) -> int:
     return data.workers or os.cpu_count() or 1
 
 
-def _read(data: DataConfig) -> tuple[object, list[formats.BadInput]]:
+def read_sources(data: DataConfig) -> tuple[object, list[formats.BadInput]]:
     bads = [formats.BadInput(data.on_bad_input, CleaningStats()) for _ in sources(data.source)]
     return read_raw(data.source, data.text_field, data.tfds_data_dir, bads), bads
+
+
+def batch_bytes(data: DataConfig, n_workers: int) -> int:
+    """Sized so that the batches in flight (2 per worker and one being packed) stay well
+    inside data.max_memory_mb."""
+    return min(1 << 20, max(64 << 10, (data.max_memory_mb << 20) // (16 * (2 * n_workers + 1))))
 
 
 def _sample_key(name: str) -> bytes:
@@ -66,7 +66,7 @@ def sample_pass(data: DataConfig, log=print) -> tuple[list[str], str]:
     """
     budget, held, heap = data.tokenizer_sample_mb << 20, 0, []
     counts, nearest, stats = collections.Counter(), (2.0, ""), CleaningStats()
-    docs, bads = _read(data)
+    docs, bads = read_sources(data)
     for raw in docs:
         text, _ = clean_text(raw.data, data.utf8_policy, data.min_doc_chars, stats)
         if text is None:
@@ -96,7 +96,7 @@ def sample_pass(data: DataConfig, log=print) -> tuple[list[str], str]:
             "lower data.min_doc_chars if documents were dropped as too short"
         )
     if not counts["train"]:
-        _no_usable(data, "train", sum((b.stats for b in bads), stats), bads)
+        assemble.no_usable(data, "train", sum((b.stats for b in bads), stats), bads)
     moved = nearest[1] if not counts["val"] else ""
     if moved:
         log(
@@ -106,16 +106,7 @@ def sample_pass(data: DataConfig, log=print) -> tuple[list[str], str]:
     return [text for _, text in sorted(heap, reverse=True) if text], moved
 
 
-def _no_usable(data: DataConfig, split: str, stats: CleaningStats, bads) -> None:
-    counts = ", ".join(f"{k} {v}" for k, v in sorted(stats.items())) or "nothing read"
-    problems = [m for bad in bads for m in bad.messages]
-    first = f"; first problem: {problems[0]}" if problems else ""
-    raise DataError(
-        f"data.source {data.source!r} gave no usable {split} documents ({counts}){first}"
-    )
-
-
-def _train_tokenizer(cfg: Config, out: str, log) -> tuple[bytes, str]:
+def train_tokenizer(cfg: Config, out: str, log) -> tuple[bytes, str]:
     d = cfg.data
     sample, moved = sample_pass(d, log)
     proto = tokenizer.train_tokenizer(
@@ -132,7 +123,7 @@ def _train_tokenizer(cfg: Config, out: str, log) -> tuple[bytes, str]:
     return proto, moved
 
 
-def _settings(cfg: Config, proto: bytes) -> stream.Settings:
+def settings(cfg: Config, proto: bytes) -> stream.Settings:
     d = cfg.data
     return stream.Settings(
         proto,
@@ -146,28 +137,6 @@ def _settings(cfg: Config, proto: bytes) -> stream.Settings:
         d.minhash_ngram,
         d.minhash_perms,
     )
-
-
-def _fresh_state(cfg: Config, moved: str) -> dict:
-    d, out = cfg.data, data_dir(cfg)
-    packer = DocumentPacker if d.packing == "document" else ConcatPacker
-    return {
-        "position": 0,
-        "moved_to_val": moved,
-        "sources": collections.defaultdict(CleaningStats),
-        "splits": {
-            split: {
-                "packer": packer(d.seq_len + 1),
-                "writer": records.ShardWriter(
-                    out, split, d.seq_len + 1, d.records_per_shard, d.compression
-                ),
-                "documents": 0,
-                "tokens_in": 0,
-            }
-            for split in SPLITS
-        },
-        "dropped": collections.defaultdict(list),
-    }
 
 
 def prepare(cfg: Config, log=print, timings: dict | None = None) -> dict:
@@ -186,8 +155,8 @@ def prepare(cfg: Config, log=print, timings: dict | None = None) -> dict:
     tokenizer_path = posixpath.join(out, records.TOKENIZER)
     if state is None:
         checkpoint.clear()
-        proto, moved = _train_tokenizer(cfg, out, log)
-        state = _fresh_state(cfg, moved)
+        proto, moved = train_tokenizer(cfg, out, log)
+        state = assemble.fresh_state(cfg, moved)
         timings["read"], timings["tokenizer"] = time.time() - start, 0.0
     else:
         with tf.io.gfile.GFile(tokenizer_path, "rb") as f:
@@ -197,7 +166,7 @@ def prepare(cfg: Config, log=print, timings: dict | None = None) -> dict:
     dedup_state = (state.pop("dedup_keys", []), state.pop("dedup_signatures", None))
     sources_stats, bads = _stream(cfg, proto, state, checkpoint, dedup_state, log, start)
     timings["pack"] = time.time() - start - timings["read"] - timings["tokenizer"]
-    manifest = _finish(cfg, proto, state, bads, sources_stats)
+    manifest = assemble.finish(cfg, proto, state, bads, sources_stats)
     checkpoint.clear()
     megabytes = manifest["cleaning"].get("bytes_read", 0) / 1e6
     seconds = time.time() - start
@@ -216,16 +185,15 @@ def _stream(cfg, proto, state, checkpoint, dedup_state, log, start):
     n_workers = workers(d)
     deduplicator = Deduplicator(d.near_dedup, d.minhash_bands, d.minhash_threshold)
     deduplicator.restore(*dedup_state)
-    docs, bads = _read(d)
+    docs, bads = read_sources(d)
     for _ in range(state["position"]):  # read again, not processed again
         next(docs)
-    batch_bytes = min(1 << 20, max(64 << 10, (d.max_memory_mb << 20) // (16 * (2 * n_workers + 1))))
-    batches = stream.batches(docs, batch_bytes, _MAX_BATCH_DOCS)
+    batches = stream.batches(docs, batch_bytes(d, n_workers), MAX_BATCH_DOCS)
     progress = Progress(log, d, start)
-    for results, batch_stats in stream.run(batches, _settings(cfg, proto), n_workers):
+    for results, batch_stats in stream.run(batches, settings(cfg, proto), n_workers):
         for source, counts in batch_stats.items():
             state["sources"][source].update(counts)
-        finished = _take(cfg, state, deduplicator, results)
+        finished = assemble.take(cfg, state, deduplicator, results)
         state["position"] += len(results)
         if finished:
             checkpoint.save(state, *deduplicator.take_added())
@@ -233,110 +201,13 @@ def _stream(cfg, proto, state, checkpoint, dedup_state, log, start):
     return state["sources"], bads
 
 
-def _take(cfg, state, deduplicator, results) -> int:
-    """Deduplicates, counts, packs and writes one batch's results; returns shards finished."""
-    d = cfg.data
-    kept = {split: [] for split in SPLITS}
-    for doc in results:
-        counts = state["sources"][doc.source]
-        reason = getattr(doc, "reason", "") or deduplicator.check(doc.key, doc.signature)
-        if reason:
-            if not hasattr(doc, "reason"):
-                counts[reason] += 1
-            if len(state["dropped"][reason]) < d.dropped_sample:
-                state["dropped"][reason].append(
-                    {"reason": reason, "source": doc.source, "name": doc.name, "text": doc.snippet}
-                )
-            continue
-        counts["documents"] += 1
-        counts["bytes"] += doc.text_bytes
-        if doc.pieces > 1:
-            counts["split_long"] += 1
-            counts["split_pieces"] += doc.pieces
-        moved = doc.name == state["moved_to_val"]
-        kept["val" if moved else split_of(doc.name, d.val_fraction)].append(doc)
-    finished = 0
-    for split, docs in kept.items():
-        if docs:
-            info = state["splits"][split]
-            flat = np.concatenate([doc.tokens for doc in docs])
-            lengths = np.concatenate([doc.piece_lengths for doc in docs])
-            info["documents"] += len(docs)
-            info["tokens_in"] += flat.size
-            finished += info["writer"].write(*info["packer"].add(flat, lengths))
-    return finished
-
-
-def _finish(cfg, proto, state, bads, sources_stats) -> dict:
-    d, out = cfg.data, data_dir(cfg)
-    for index, bad in enumerate(bads):
-        sources_stats[index].update(bad.stats)
-    cleaning = sum(sources_stats.values(), CleaningStats())
-    splits = {}
-    for split in SPLITS:
-        info = state["splits"][split]
-        if not info["documents"]:
-            _no_usable(d, split, cleaning, bads)
-        windows, segments, dropped = info["packer"].finish()
-        info["writer"].write(windows, segments)
-        shards = info["writer"].close()
-        written = sum(s["tokens"] for s in shards)
-        count = sum(s["records"] for s in shards)
-        if count == 0:
-            raise DataError(
-                f"{split} split has {info['tokens_in']} tokens, fewer than one window of "
-                f"data.seq_len + 1 = {d.seq_len + 1}; use more text or a smaller data.seq_len"
-            )
-        splits[split] = {
-            "documents": info["documents"],
-            "tokens_in": int(info["tokens_in"]),
-            "tokens_written": int(written),
-            "tokens_dropped": int(dropped),
-            "tokens_padding": int(count * (d.seq_len + 1) - written),
-            "records": count,
-            "shards": shards,
-        }
-    dropped = [entry for reason in sorted(state["dropped"]) for entry in state["dropped"][reason]]
-    records.write_atomically(
-        posixpath.join(out, DROPPED_SAMPLE), "".join(json.dumps(e) + "\n" for e in dropped)
-    )
-    names = [entry for entry, _ in sources(d.source)]
-    manifest = {
-        "version": records.MANIFEST_VERSION,
-        "name": d.name,
-        "source": d.source,
-        "seq_len": d.seq_len,
-        "window_len": d.seq_len + 1,
-        "packing": d.packing,
-        "compression": d.compression,
-        "vocabulary_size": cfg.model.vocabulary_size,
-        "eos_id": tokenizer.EOS_ID,
-        "tokenizer": {
-            "file": records.TOKENIZER,
-            "sha256": tokenizer.sha256(proto),
-            "type": d.tokenizer_type,
-            "byte_fallback": d.tokenizer_byte_fallback,
-            "character_coverage": d.tokenizer_character_coverage,
-            "sample_mb": d.tokenizer_sample_mb,
-        },
-        "cleaning": dict(sorted(cleaning.items())),
-        "sources": {
-            names[i]: {"weight": w, **dict(sorted(sources_stats[i].items()))}
-            for i, (_, w) in enumerate(sources(d.source))
-        },
-        "moved_to_val": state["moved_to_val"],
-        "splits": splits,
-    }
-    records.write_manifest(out, manifest)
-    return manifest
-
-
-def ensure_prepared(cfg: Config, log=print) -> dict:
-    """Returns the manifest of `cfg.data`, preparing the dataset first when it is missing."""
+def ensure_prepared(cfg: Config, log=print, build=None) -> dict:
+    """Returns the manifest of `cfg.data`, preparing the dataset first when it is missing
+    (with `build`, `prepare` when None)."""
     directory = data_dir(cfg)
     if not tf.io.gfile.exists(posixpath.join(directory, records.MANIFEST)):
         log(f"{directory}/{records.MANIFEST} not found: preparing the data first")
-        return prepare(cfg, log)
+        return (build or prepare)(cfg, log)
     return check_compatible(cfg, records.read_manifest(directory))
 
 
