@@ -3,21 +3,24 @@ and the bits-per-byte cost of int8 weights against float32.
 
     PYTHONPATH=. python benchmarks/deploy_bench.py [--new_tokens 32] [--repeats 3]
 
-configs/small.yaml shapes with random weights (benchmarks/generate_bench.py's `make_run`; the
-EOS embedding zeroed so every run decodes `new_tokens`), greedy. Each format's load and decode
-are timed alternately with the others, `repeats` rounds; medians with [min, max] are printed.
-Bits per byte: the `score` signature over held-out stdlib text (random weights here: the cost
-of rounding, not of a trained model's quality).
+Speed and size: configs/small.yaml shapes with random weights (benchmarks/generate_bench.py's
+`make_run`; the EOS embedding zeroed so every run decodes `new_tokens`), greedy. Each format's
+load and decode are timed alternately with the others, `repeats` rounds; medians with
+[min, max] are printed.
+
+Bits per byte: a model that has learned something, the default config's shape (configs/tiny.yaml)
+trained `--train_steps` steps on the stdlib by tfllm's trainer, exported in every format and
+scored by `tfllm.eval`'s engine on the first `--bpb_docs` documents of its stdlib_bpb task
+(held-out files): the SavedModels through their `logits` signature, LiteRT and ONNX through
+their logits (the LiteRT prefill signature, one window at a time).
 """
 
 from __future__ import annotations
 
 import argparse
-import math
 import os
 import pathlib
 import statistics
-import sysconfig
 import tempfile
 import time
 
@@ -25,8 +28,12 @@ import numpy as np
 import tensorflow as tf
 
 from benchmarks.generate_bench import PROMPT, make_run
-from tfllm.data import tokenizer
+from tfllm.config import load_config
+from tfllm.data import prepare, tokenizer
+from tfllm.eval import run
+from tfllm.eval.engine import Engine
 from tfllm.serve import export, litert, onnx
+from tfllm.training import loop
 
 
 def size(path: str) -> int:
@@ -108,17 +115,85 @@ def onnx_format(version_dir, n, prompt, shape):
     return load, run
 
 
-def bits_per_byte(version_dir, texts) -> float:
-    score = tf.saved_model.load(version_dir).signatures["score"]
-    out = score(texts=tf.constant(texts))
-    nats = -float(tf.reduce_sum(out["log_likelihood"]))
-    return nats / math.log(2) / sum(len(t.encode()) for t in texts)
+def trained_bits_per_byte(root: str, steps: int, docs: int) -> dict:
+    """Bits per byte of the tiny default model, trained `steps` steps, through each format."""
+    workdir = f"{root}/tiny"
+    cfg = load_config(overrides=[f"data.root={root}/data", f"runtime.workdir={workdir}",
+                                 f"train.steps={steps}", f"train.checkpoint_every={steps}",
+                                 f"train.eval_every={steps}"])  # fmt: skip
+    prepare.prepare(cfg, log=lambda _: None)
+    loop.train(cfg, log=lambda _: None)
+    quiet = dict(log=lambda _: None)
+    length = cfg.model.max_sequence_length
+    lite = {
+        q: litert.export_litert(
+            workdir,
+            f"{root}/export/tiny-litert-{q}",
+            prefill_length=length,
+            quantize_weights=q,
+            **quiet,
+        )  # fmt: skip
+        for q in ("none", "int8")
+    }
+    onnx_dir = onnx.export_onnx(workdir, f"{root}/export/tiny-onnx", **quiet)
+    task = run.load_tasks("stdlib_bpb")
+
+    def score(engine) -> float:
+        rows = run.evaluate(engine, task, limit=docs)
+        return next(r["value"] for r in rows if r["metric"] == "bits_per_byte")
+
+    bpb = {}
+    for name, q in (("saved_model float32", "none"), ("saved_model int8", "int8")):
+        version_dir = export.export(workdir, f"{root}/export/tiny-{q}", quantize_weights=q, **quiet)
+        bpb[name] = score(run.export_engine(version_dir, {"loglikelihood_rolling"})[0])
+    tokenizer_path = f"{onnx_dir}/tokenizer.model"
+    for name, logits in (
+        ("litert float32", litert_logits(lite["none"])),
+        ("litert int8", litert_logits(lite["int8"])),
+        ("onnx float32", onnx_logits(onnx_dir)),
+    ):
+
+        def logits_fn(ids, logits=logits):
+            out = tf.numpy_function(logits, [ids], tf.float32)
+            return tf.ensure_shape(out, [None, None, cfg.model.vocabulary_size])
+
+        engine = Engine(logits_fn, None, tokenizer_path, length, batch_size=1, jit_compile=False)
+        bpb[name] = score(engine)
+    return bpb
+
+
+def litert_logits(version_dir):
+    """(1, W) ids -> (1, W, V) logits: the prefill signature with an empty cache, padded."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    interpreter = Interpreter(model_path=f"{version_dir}/model.tflite", num_threads=2)
+    prefill = interpreter.get_signature_runner("prefill")
+    details = prefill.get_input_details()
+    width = details["tokens"]["shape"][1]
+    cache = {k: np.zeros(v["shape"], np.float32) for k, v in details.items() if "kv" in k}
+
+    def logits(ids):
+        padded = np.zeros((1, width), np.int32)
+        padded[0, : ids.shape[1]] = ids[0]  # causal: the padding after the window is not read
+        out = prefill(tokens=padded, input_pos=np.arange(width, dtype=np.int32), **cache)
+        return out["logits"][:, : ids.shape[1]].astype(np.float32)
+
+    return logits
+
+
+def onnx_logits(version_dir):
+    import onnxruntime
+
+    session = onnxruntime.InferenceSession(f"{version_dir}/logits.onnx")
+    return lambda ids: session.run(["logits"], {"token_ids": ids})[0]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--new_tokens", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--train_steps", type=int, default=300)
+    parser.add_argument("--bpb_docs", type=int, default=4)
     args = parser.parse_args()
     n = args.new_tokens
     with tempfile.TemporaryDirectory() as root:
@@ -155,11 +230,6 @@ def main() -> None:
                 started = time.perf_counter()
                 run(loaded[name])
                 tokens[name].append(1000 * (time.perf_counter() - started) / n)
-        # 400-character pieces: each stays within the context `score` reads (no truncation).
-        text = "".join(p.read_text() for p in sorted(stdlib().glob("*.py"))[-4:])
-        held_out = [text[i : i + 400] for i in range(0, min(len(text), 40_000), 400)]
-        bpb = {"float32": bits_per_byte(float_dir, held_out), "int8": None}
-        bpb["int8"] = bits_per_byte(int8_dir, held_out)
         print(
             f"{model.count_params():,} parameters; batch 1, {n} new tokens, {args.repeats} rounds"
         )
@@ -169,20 +239,19 @@ def main() -> None:
                 f"{name:22s} {size(path) / 1e6:9.2f} {spread(loads[name], 2):>16s} "
                 f"{spread(tokens[name], 2):>18s}"
             )
-        cost = 100 * (bpb["int8"] / bpb["float32"] - 1)
-        print(f"bits/byte float32 {bpb['float32']:.4f}, int8 {bpb['int8']:.4f} ({cost:+.2f}%)")
         weights = {d: size(f"{d}/variables") for d in (float_dir, int8_dir)}
         print(f"variables/ int8 / float32: {weights[int8_dir] / weights[float_dir]:.3f}")
+        bpb = trained_bits_per_byte(root, args.train_steps, args.bpb_docs)
+    print(f"bits/byte, tiny default model after {args.train_steps} steps ({args.bpb_docs} docs):")
+    for name, value in bpb.items():
+        cost = 100 * (value / bpb["saved_model float32"] - 1)
+        print(f"{name:22s} {value:.4f} ({cost:+.2f}%)")
 
 
 def tokenizer_ids(path, text):
     import sentencepiece
 
     return sentencepiece.SentencePieceProcessor(model_file=path).encode(text)
-
-
-def stdlib() -> pathlib.Path:
-    return pathlib.Path(sysconfig.get_paths()["stdlib"]) / "email"
 
 
 def spread(values, digits) -> str:

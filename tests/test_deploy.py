@@ -14,7 +14,7 @@ import tensorflow as tf
 import tiny_run
 from commands import run_main
 
-from tfllm.serve import batching, litert, quantize
+from tfllm.serve import batching, generate, litert, quantize
 
 PROMPTS = ["def ", "", "import numpy as np\nx = np.", "class A:\n", "for i in range(", "x = "]
 TOKEN_IDS = [[2, 17, 260, 5, 99, 7], [2, 300, 301, 302, 4, 9]]
@@ -182,6 +182,7 @@ def test_litert_prefill_and_16_decode_steps_match_the_model(run, tmp_path, quant
     tokens = json.loads(open(f"{version_dir}/{litert.TOKENS_FILE}").read())
     assert tokens["kv_cache"][:2] == ["kv_cache_k_0", "kv_cache_v_0"]
     sp = sentencepiece.SentencePieceProcessor(model_file=f"{version_dir}/tokenizer.model")
+    assert tokens["start_ids"] == generate.start_ids()  # the SavedModel's prompt rule
     prompt = tokens["start_ids"] + sp.encode("def f(")
     generated, prefill_logits, step_logits = _litert_greedy(
         f"{version_dir}/{litert.MODEL_FILE}", prompt, 16, 8

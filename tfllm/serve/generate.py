@@ -30,11 +30,23 @@ class GenerationError(TfllmError):
     """A generation request outside the limits (max_new_tokens, temperature, top-k, top-p)."""
 
 
+def start_ids() -> list[int]:
+    """The ids in front of every prompt's tokens: the prompt rule of in-process generation, the
+    SavedModel and the `start_ids` of LiteRT/ONNX tokens.json, defined here once.
+
+    tfllm's models read a prompt as the start of a document, after the EOS separator of their
+    training data. A model imported with a BOS-first tokenizer starts with its BOS instead: that
+    rule belongs here, so every format gets it.
+    """
+    return [EOS_ID]
+
+
 def prompt_ids(sp, prompts) -> tf.RaggedTensor:
-    """Strings (B,) -> ragged int32 ids (B, None): EOS then the prompt's tokens."""
+    """Strings (B,) -> ragged int32 ids (B, None): `start_ids()` then the prompt's tokens."""
     ids = sp.tokenize(prompts)
-    eos = tf.fill([ids.nrows(), 1], tf.constant(EOS_ID, ids.dtype))
-    return tf.concat([tf.RaggedTensor.from_tensor(eos), ids], axis=1)
+    start = tf.constant([start_ids()], ids.dtype)  # (1, k)
+    start = tf.tile(start, tf.stack([tf.cast(ids.nrows(), tf.int32), 1]))
+    return tf.concat([tf.RaggedTensor.from_tensor(start), ids], axis=1)
 
 
 def left_pad(ids: tf.RaggedTensor, width):

@@ -27,6 +27,7 @@ from tfllm.errors import TfllmError
 from tfllm.runs.trained import load_trained
 from tfllm.serve import steps
 from tfllm.serve.export import new_version_dir
+from tfllm.serve.generate import start_ids
 
 MODEL_FILE = "model.tflite"
 TOKENS_FILE = "tokens.json"
@@ -64,8 +65,7 @@ def convert(module: tf.Module, signatures: dict, quantize_weights: str = "none")
 def token_ids(batch: int, prefill_length: int, cache_length: int, model) -> dict:
     """tokens.json: the ids and shapes a device app needs besides the tokenizer."""
     return {
-        # tfllm's prompt rule: a prompt is read as the start of a document, after EOS.
-        "start_ids": [EOS_ID],
+        "start_ids": start_ids(),  # the SavedModel's prompt rule
         "eos_id": EOS_ID,
         "stop_ids": [EOS_ID],
         "pad_id": PAD_ID,
