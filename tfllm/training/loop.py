@@ -225,12 +225,18 @@ class _Run:
             (step // cfg.train.eval_every + 1) * cfg.train.eval_every,
             (step // cfg.train.checkpoint_every + 1) * cfg.train.checkpoint_every,
         )
+        # While a trace records (the window, or a capture from TensorBoard) single steps run
+        # outside the graph loop, so that each step marker is one step (see profiling).
+        one_step = self.window.one_step(step)
         loop_steps = self.window.loop_length(step, min(cfg.train.steps_per_loop, boundary - step))
         self.window.before_loop(step)
         started = time.time()
         try:
             with profiling.step_trace(step + 1):
-                out = self.steps.train_loop(self.iterator, tf.constant(loop_steps))
+                if one_step:
+                    out = self.steps.train_step(self.iterator)
+                else:
+                    out = self.steps.train_loop(self.iterator, tf.constant(loop_steps))
                 done = int(out["steps"])  # waits for the loop: timing and annotation are real
         except tf.errors.InvalidArgumentError as err:
             reader.raise_if_damaged_shard(err)

@@ -47,10 +47,11 @@ class Steps:
         # With float16 loss scaling an overflowing gradient is routine: the loss-scale optimizer
         # skips that update and lowers the scale. Only a non-finite loss is the model's fault.
         self.grads_may_overflow = cfg.train.precision == "mixed_float16"
-        self.traces = {"train_loop": 0, "gradients": 0, "eval": 0}
+        self.traces = {"train_loop": 0, "train_step": 0, "gradients": 0, "eval": 0}
         self._gradients = tf.function(self._gradients_fn, jit_compile=cfg.train.jit_compile)
         self._eval = tf.function(self._eval_fn, jit_compile=cfg.train.jit_compile)
         self.train_loop = tf.function(self._train_loop_fn)
+        self.train_step = tf.function(self._train_step_fn)
         self.eval_step = tf.function(self._eval_step_fn)
 
     def _micro_gradients(self, batch, global_tokens, scale):
@@ -111,19 +112,39 @@ class Steps:
 
         return tf.cond(finite, apply, skip)
 
+    def _step(self, iterator):
+        """One optimizer step on the next global batch: (loss, grad norm, finite)."""
+        batch = next(iterator)  # (inputs, targets[, segment_ids])
+        loss, norm, finite, grads = self.strategy.run(self._replica_step, args=batch)
+        # All three are already all-reduced: every replica holds the same value.
+        loss, norm, finite = (
+            self.strategy.experimental_local_results(x)[0] for x in (loss, norm, finite)
+        )
+        self._apply_if_finite(finite, grads)
+        return loss, norm, finite
+
+    def _train_step_fn(self, iterator):
+        """One step as `train_loop` reports it, with no loop around it: under the profiler a
+        graph `while` makes XProf take its iterations for the steps and drop the host's step
+        markers ("No step marker observed")."""
+        self.traces["train_step"] += 1
+        loss, norm, finite = self._step(iterator)
+        bad = tf.logical_not(finite)
+        return {
+            "loss": tf.where(bad, float("nan"), loss),
+            "grad_norm": tf.where(bad, float("nan"), norm),
+            "steps": tf.constant(1),
+            "skipped": tf.cast(bad, tf.int32),
+            "first_bad": tf.where(bad, 0, -1),
+        }
+
     def _train_loop_fn(self, iterator, num_steps):
         """Runs up to `num_steps` steps; returns means over finite steps and what was skipped."""
         self.traces["train_loop"] += 1
         loss_sum, norm_sum = tf.constant(0.0), tf.constant(0.0)
         done, skipped, first_bad = tf.constant(0), tf.constant(0), tf.constant(-1)
         for i in tf.range(num_steps):
-            batch = next(iterator)  # (inputs, targets[, segment_ids])
-            loss, norm, finite, grads = self.strategy.run(self._replica_step, args=batch)
-            # All three are already all-reduced: every replica holds the same value.
-            loss, norm, finite = (
-                self.strategy.experimental_local_results(x)[0] for x in (loss, norm, finite)
-            )
-            self._apply_if_finite(finite, grads)
+            loss, norm, finite = self._step(iterator)
             done += 1
             bad = tf.logical_not(finite)
             loss_sum += tf.where(bad, 0.0, loss)
