@@ -181,7 +181,7 @@ class _Run:
         self.reporter = Reporter(
             cfg.runtime.workdir, cfg.train.steps, tokens_per_step, flops_per_token, peak
         )
-        self.reporter.run_config(step, cfg)
+        self.reporter.run_config(step, cfg, self.model.count_params())
         log(
             f"training to step {cfg.train.steps}: {replicas} replica(s) x "
             f"{batch // replicas // cfg.train.grad_accum_steps} rows x "
