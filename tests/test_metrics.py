@@ -4,6 +4,7 @@ import io
 import json
 
 import pytest
+import tensorflow as tf
 
 from tfllm.config import ModelConfig, load_config
 from tfllm.errors import ConfigError
@@ -91,6 +92,23 @@ def test_profile_window_shortens_the_host_loops_around_it():
         step += length
     assert plan == [10, 1, 1, 1, 1, 10, 6]
     assert ProfileWindow("", "/unused").loop_length(0, 10) == 10
+    # Further from the start: the long call ends before the unrecorded warm-up step 19.
+    window = ProfileWindow("20,21", "/unused")
+    assert [window.loop_length(s, 10) for s in (0, 10, 18, 19, 20, 21)] == [10, 8, 1, 1, 1, 10]
+    assert [window.one_step(s) for s in (17, 18, 19, 20, 21)] == [False, True, True, True, False]
+
+
+def test_a_trace_started_elsewhere_makes_the_loop_run_single_steps(tmp_path):
+    """A TensorBoard capture through runtime.profiler_port records like a local session: while
+    it does, every host-loop call runs one step, so each step marker is one step."""
+    window = ProfileWindow("", str(tmp_path))
+    assert not window.one_step(40) and window.loop_length(40, 10) == 10
+    tf.profiler.experimental.start(str(tmp_path))
+    try:
+        assert window.one_step(40) and window.loop_length(40, 10) == 1
+    finally:
+        tf.profiler.experimental.stop()
+    assert not window.one_step(40) and window.loop_length(40, 10) == 10
 
 
 def test_profile_steps_are_checked():
