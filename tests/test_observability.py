@@ -9,17 +9,24 @@ import shutil
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.parse
 import urllib.request
 
+import numpy as np
 import pytest
 import tensorflow as tf
 from conftest import TINY_MODEL
 from tensorflow.tsl.profiler.protobuf import xplane_pb2
+from xprof.convert import raw_to_tool_data
 
 from tfllm.config import load_config
+from tfllm.model.lm import build_model
+from tfllm.observe import profiling
 from tfllm.training.loop import train
+from tfllm.training.optim import make_optimizer
+from tfllm.training.steps import Steps
 
 # Every scalar a training run writes on CPU (no device memory, no loss scale in float32),
 # grouped by prefix; constants are text and HParams, not series.
@@ -79,7 +86,9 @@ def run(tmp_path_factory, corpus_dir, data_root):
         ],
     )
     lines = []
-    train(cfg, log=lines.append)
+    result = train(cfg, log=lines.append)
+    # With the profiler port open every step runs marked, outside the graph host loop.
+    assert result["traces"]["train_loop"] == 0 and result["traces"]["train_step"] == 1
     return workdir, port, lines
 
 
@@ -152,6 +161,41 @@ def test_profiler_server_listens(run):
     assert any(f"profiler server on port {port}" in line for line in lines)
     with socket.create_connection(("127.0.0.1", port), timeout=5):
         pass
+
+
+def test_a_capture_from_tensorboard_sees_one_marker_per_step(run, tmp_path):
+    """What TensorBoard's "Capture profile" button does, against the run's profiler server
+    (still up in this process): a remote session records while steps run, and XProf's
+    Overview of it has their step times."""
+    _, port, _ = run
+    cfg = load_config([], TINY_MODEL)
+    model = build_model(cfg.model)
+    optimizer = make_optimizer(cfg.train, model.trainable_variables)
+    steps = Steps(cfg, tf.distribute.get_strategy(), model, optimizer)
+    windows = np.random.default_rng(0).integers(0, 512, (4, 8, 33), dtype=np.int32)
+    iterator = iter(
+        tf.data.Dataset.from_tensor_slices(windows).repeat().map(lambda w: (w[:, :-1], w[:, 1:]))
+    )
+    steps.marked_steps(iterator, 1, 1)  # compiled before the capture, as in a running job
+    capture = threading.Thread(
+        target=tf.profiler.experimental.client.trace,
+        args=(f"grpc://localhost:{port}", str(tmp_path), 3000),
+    )
+    capture.start()
+    deadline = time.time() + 60
+    while not profiling.recording() and time.time() < deadline:
+        time.sleep(0.01)
+    assert profiling.recording()
+    steps.marked_steps(iterator, 12, 2)
+    capture.join()
+    (xplane,) = tmp_path.glob("plugins/profile/*/*.xplane.pb")
+    page, _ = raw_to_tool_data.xspace_to_tool_data([str(xplane)], "overview_page", {})
+    page = json.loads(page)
+    names = [row["c"][0]["v"] for row in page[1]["rows"]]
+    # XProf leaves out the first and last step of a longer capture as possibly incomplete.
+    assert len(names) >= 10 and set(names) <= {f"train {s}" for s in range(2, 14)}, names
+    assert float(page[1]["p"]["steptime_ms_average"]) > 0
+    assert "No step marker" not in json.dumps(page[-1])
 
 
 def get_json(url: str):

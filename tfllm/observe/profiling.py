@@ -5,16 +5,15 @@ iteration counter reads s. `train.profile_steps: "START,STOP"` captures steps ST
 (both included) into `<workdir>/plugins/profile/<timestamp>/<host>.xplane.pb`, where
 TensorBoard's Profile tab (the `tensorboard-plugin-profile` package) finds it.
 
-Each host-loop call is wrapped in `Trace("train", step_num=..., _r=1)`, the step marker that
-Keras and Orbit emit and that XProf's Overview, step-time graph and Input Pipeline Analyzer
-are built on. While a trace records - the window above, or a capture requested through
-`runtime.profiler_port` - the loop runs one step per call through `Steps.train_step`, which
-has no graph loop: XProf takes the iterations of a graph `while` (the executor tags their
-events with `iter_num`) as the steps whenever it finds one in a trace, and then ignores every
-step marker ("No step marker observed", step time 0). So each marker is exactly one step, and
-`steps_per_loop` applies again once the trace stops. A capture from TensorBoard that starts
-during a multi-step call leaves that call unmarked; XProf also drops the first and last step
-of a capture of more than a few steps as possibly incomplete.
+A step that a trace may record runs alone, as one `Steps.train_step` call inside
+`Trace("train", step_num=N, _r=1)`: the step marker Keras and Orbit emit, on which XProf
+builds its Overview, step-time graph and Input Pipeline Analyzer. It cannot run inside the
+multi-step host loop: XProf takes the iterations of a graph `while` found in a trace (the
+executor tags their events with `iter_num`) for the steps and then ignores every marker ("No
+step marker observed", step time 0). So steps are marked, one call each, in the window (one
+step per host-loop call, `steps_per_loop` again after it), while any trace records, and
+throughout a run with `runtime.profiler_port`: a capture from TensorBoard may start at any
+moment, and one that began inside a multi-step call would hold that call's loop.
 """
 
 from __future__ import annotations
@@ -48,10 +47,10 @@ class ProfileWindow:
     """Starts and stops one trace capture so that it covers exactly steps START..STOP.
 
     The loop asks `loop_length` how many steps its next host-loop call may run and
-    `one_step` whether that call runs the single-step function, calls `before_loop` and
-    `after_loop` around it; the window does the rest. The step before START also runs alone,
-    unrecorded: the single-step function's first call (tracing, graph set-up, about 0.7 s on
-    a CPU) then stays out of the first recorded step.
+    `one_step` whether that call is one marked step, calls `before_loop` and `after_loop`
+    around it; the window does the rest. The step before START also runs alone, unrecorded:
+    the single-step function's first call (tracing, graph set-up, about 0.7 s on a CPU) then
+    stays out of the first recorded step.
     """
 
     def __init__(self, spec: str, logdir: str, log=print):
@@ -62,10 +61,8 @@ class ProfileWindow:
         self.captured = False
 
     def one_step(self, step: int) -> bool:
-        """Whether the host-loop call that starts at `step` (steps done) runs one step alone:
-        while any trace records, and from the warm-up step to the end of the window."""
-        if recording():
-            return True
+        """Whether the host-loop call that starts at `step` (steps done) runs one step alone,
+        which it does from the warm-up step to the end of the window."""
         if self.window is None or self.captured:
             return False
         start, stop = self.window
@@ -87,7 +84,12 @@ class ProfileWindow:
             return
         start, stop = self.window
         if step == start - 1:
-            tf.profiler.experimental.start(self.logdir)
+            try:
+                tf.profiler.experimental.start(self.logdir)
+            except tf.errors.AlreadyExistsError:  # one session per process
+                self.log(f"profiler: another capture is recording; steps {start}-{stop} skipped")
+                self.captured = True
+                return
             self.active = True
             self.log(f"profiler: capturing steps {start}-{stop}")
         elif step >= start:  # resumed past the start: a partial window would mislead

@@ -225,19 +225,21 @@ class _Run:
             (step // cfg.train.eval_every + 1) * cfg.train.eval_every,
             (step // cfg.train.checkpoint_every + 1) * cfg.train.checkpoint_every,
         )
-        # While a trace records (the window, or a capture from TensorBoard) single steps run
-        # outside the graph loop, so that each step marker is one step (see profiling).
-        one_step = self.window.one_step(step)
+        # Steps that a trace may record run one call each inside a step marker (see
+        # profiling): in and just before the window, while any trace records, and always when
+        # TensorBoard may start a capture at any moment through the profiler port.
+        marked = (
+            self.window.one_step(step) or profiling.recording() or cfg.runtime.profiler_port > 0
+        )
         loop_steps = self.window.loop_length(step, min(cfg.train.steps_per_loop, boundary - step))
         self.window.before_loop(step)
         started = time.time()
         try:
-            with profiling.step_trace(step + 1):
-                if one_step:
-                    out = self.steps.train_step(self.iterator)
-                else:
-                    out = self.steps.train_loop(self.iterator, tf.constant(loop_steps))
-                done = int(out["steps"])  # waits for the loop: timing and annotation are real
+            if marked:
+                out = self.steps.marked_steps(self.iterator, loop_steps, step + 1)
+            else:
+                out = self.steps.train_loop(self.iterator, tf.constant(loop_steps))
+            done = int(out["steps"])  # waits for the loop: the timing is real
         except tf.errors.InvalidArgumentError as err:
             reader.raise_if_damaged_shard(err)
             raise

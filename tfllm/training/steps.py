@@ -11,10 +11,13 @@ a second code path.)
 
 from __future__ import annotations
 
+import math
+
 import tensorflow as tf
 
 from tfllm.config import Config
 from tfllm.data import reader
+from tfllm.observe import profiling
 from tfllm.training.optim import clip_by_global_norm, loss_scale
 
 SUM = tf.distribute.ReduceOp.SUM
@@ -124,18 +127,41 @@ class Steps:
         return loss, norm, finite
 
     def _train_step_fn(self, iterator):
-        """One step as `train_loop` reports it, with no loop around it: under the profiler a
-        graph `while` makes XProf take its iterations for the steps and drop the host's step
-        markers ("No step marker observed")."""
+        """One step with no graph loop around it: (loss, grad norm, finite)."""
         self.traces["train_step"] += 1
-        loss, norm, finite = self._step(iterator)
-        bad = tf.logical_not(finite)
+        return self._step(iterator)
+
+    def marked_steps(self, iterator, num_steps: int, first_step: int) -> dict:
+        """`train_loop`'s steps and result, one `train_step` call per step, each inside the
+        profiler's step marker for its step number (`first_step` for the first).
+
+        For traces: XProf reads the iterations of a graph `while` in a trace as the steps and
+        then ignores every step marker ("No step marker observed", step time 0), so a profiled
+        step must run outside `train_loop`. Slower than `train_loop` by a host round trip per
+        step; without a profiler session the markers cost nothing.
+        """
+        loss_sum = norm_sum = 0.0
+        done = skipped = 0
+        first_bad = -1
+        for i in range(num_steps):
+            with profiling.step_trace(first_step + i):
+                loss, norm, finite = self.train_step(iterator)
+                finite = bool(finite)  # waits for the step: the marker spans its real time
+            done += 1
+            if finite:
+                loss_sum, norm_sum = loss_sum + float(loss), norm_sum + float(norm)
+                continue
+            skipped += 1
+            first_bad = i if first_bad < 0 else first_bad
+            if self.halt_on_nonfinite:
+                break
+        good = done - skipped
         return {
-            "loss": tf.where(bad, float("nan"), loss),
-            "grad_norm": tf.where(bad, float("nan"), norm),
-            "steps": tf.constant(1),
-            "skipped": tf.cast(bad, tf.int32),
-            "first_bad": tf.where(bad, 0, -1),
+            "loss": loss_sum / good if good else math.nan,
+            "grad_norm": norm_sum / good if good else math.nan,
+            "steps": done,
+            "skipped": skipped,
+            "first_bad": first_bad,
         }
 
     def _train_loop_fn(self, iterator, num_steps):
