@@ -11,6 +11,7 @@ from tfllm.errors import ConfigError
 from tfllm.model.lm import build_model
 from tfllm.observe import flops, profiling
 from tfllm.observe.console import Console, progress_line
+from tfllm.observe.metrics import Reporter
 from tfllm.observe.profiling import ProfileWindow
 
 # The test model of conftest.TINY_MODEL: V=512, L=2, H=2, D=32, F=64, SwiGLU, T=32 (Q=16).
@@ -140,3 +141,17 @@ def test_console_rewrites_in_place_on_a_terminal_only():
     console.progress("step 2")
     console.print("validation loss 3.0")
     assert log.getvalue() == "step 1\nstep 2\nvalidation loss 3.0\n"
+
+
+def test_a_call_that_traced_is_no_measure_of_speed(tmp_path):
+    """The single-step function's first call (the warm-up before a profile window) is kept out
+    of the speed and of the compile-time estimate, like the first call."""
+    peak = flops.Peak(1e12, 1, "test")
+    reporter = Reporter(str(tmp_path), 30, 256, {"palm": 1.0, "causal": 1.0}, peak, io.StringIO())
+    values = {"loss": 5.0, "learning_rate": 0.01, "grad_norm": 1.0, "param_norm": 10.0}
+    reporter.train_progress(10, 10, 5.0, values)  # compiles
+    reporter.train_progress(11, 1, 3.0, values, traced=True)
+    assert reporter.compile_seconds is None
+    reporter.train_progress(21, 10, 1.0, values)  # 0.1 s a step: 5.0 - 10 * 0.1 compiling
+    assert reporter.compile_seconds == pytest.approx(4.0)
+    reporter.close()

@@ -159,12 +159,19 @@ class Reporter:
             hp.hparams(hparams, trial_id=posixpath.basename(self.workdir.rstrip("/")))
 
     def train_progress(
-        self, step: int, loop_steps: int, seconds: float, values: dict[str, float]
+        self,
+        step: int,
+        loop_steps: int,
+        seconds: float,
+        values: dict[str, float],
+        traced: bool = False,
     ) -> None:
         """Reports one host-loop call of `loop_steps` steps that ended at `step`.
 
         `values` holds loss, learning_rate, grad_norm and param_norm, and may hold
         loss_scale (mixed_float16) and nonfinite_steps (steps skipped for inf/nan gradients).
+        `traced`: the call traced a function (the first call; the single-step function's
+        first call before a profile window), so its time is no measure of speed.
         """
         scalars = {
             **values,
@@ -178,7 +185,7 @@ class Reporter:
         if self.first_call is None:
             self.first_call = (loop_steps, seconds)
             self.timed_from = (step, now)
-        else:
+        elif not traced:
             step_time = seconds / loop_steps
             tokens_per_second = self.tokens_per_step / step_time
             scalars.update(step_time=step_time, tokens_per_second=tokens_per_second)

@@ -233,6 +233,7 @@ class _Run:
         )
         loop_steps = self.window.loop_length(step, min(cfg.train.steps_per_loop, boundary - step))
         self.window.before_loop(step)
+        traces = sum(self.steps.traces.values())
         started = time.time()
         try:
             if marked:
@@ -269,7 +270,8 @@ class _Run:
                 return step, None
         values = loop_values(float(out["loss"]), out["grad_norm"], self.model, self.optimizer)
         values["nonfinite_steps"] = int(counters["skipped_steps"])
-        self.reporter.train_progress(step, done, elapsed, values)
+        traced = sum(self.steps.traces.values()) > traces
+        self.reporter.train_progress(step, done, elapsed, values, traced)
         return step, preemption.check(step)  # every worker saves at the same step, then stops
 
     def evaluate_and_checkpoint(self, step: int, last_step: int) -> None:
