@@ -20,7 +20,8 @@ INSTALL_REQUIRES = [
 EXTRAS_REQUIRE = {
     # dill/tblib/portpicker: TF's multi-process test runner silently skips without them.
     # tensorflow-serving-api: the export tests parse and replay the warmup PredictionLogs.
-    # tensorboard-plugin-profile: the tests ask a real TensorBoard for the captured trace.
+    # tensorboard-plugin-profile (with xprof): the tests ask a real TensorBoard and XProf for
+    # the captured trace's Overview; its JSON layout is the one of 2.24.
     "test": [
         "pytest>=8",
         "dill",
@@ -28,7 +29,7 @@ EXTRAS_REQUIRE = {
         "portpicker",
         "ruff",
         "tensorflow-serving-api>=2.20,<2.22",
-        "tensorboard-plugin-profile",
+        "tensorboard-plugin-profile>=2.24",
         "tokenizers>=0.20",  # the reference the in-graph HF tokenizers are tested against
         "ai-edge-litert>=2.3",
         "tf2onnx>=1.17",

@@ -195,7 +195,7 @@ def test_nonfinite_rollback_recovers_from_a_poisoned_batch(make_config, tmp_path
     assert "at step 17 (loss nan over 0 targets" in rollbacks[0]
     assert "ckpt-10, skipping data up to step 17" in rollbacks[0]
     assert result["step"] == 30 and np.isfinite(result["val_loss"])
-    losses = read_scalars(tmp_path / "run" / "train", "loss")
+    losses = read_scalars(tmp_path / "run" / "train", "loss/cross_entropy")
     print("training loss by step:", {k: round(v, 3) for k, v in sorted(losses.items())})
     assert sorted(losses) == [5, 10, 15, 20, 25, 30] and all(np.isfinite(list(losses.values())))
     weights, step = final_weights(cfg)

@@ -4,12 +4,14 @@ import io
 import json
 
 import pytest
+import tensorflow as tf
 
 from tfllm.config import ModelConfig, load_config
 from tfllm.errors import ConfigError
 from tfllm.model.lm import build_model
-from tfllm.observe import flops
+from tfllm.observe import flops, profiling
 from tfllm.observe.console import Console, progress_line
+from tfllm.observe.metrics import Reporter
 from tfllm.observe.profiling import ProfileWindow
 
 # The test model of conftest.TINY_MODEL: V=512, L=2, H=2, D=32, F=64, SwiGLU, T=32 (Q=16).
@@ -91,6 +93,22 @@ def test_profile_window_shortens_the_host_loops_around_it():
         step += length
     assert plan == [10, 1, 1, 1, 1, 10, 6]
     assert ProfileWindow("", "/unused").loop_length(0, 10) == 10
+    # Further from the start: the long call ends before the unrecorded warm-up step 19.
+    window = ProfileWindow("20,21", "/unused")
+    assert [window.loop_length(s, 10) for s in (0, 10, 18, 19, 20, 21)] == [10, 8, 1, 1, 1, 10]
+    assert [window.one_step(s) for s in (17, 18, 19, 20, 21)] == [False, True, True, True, False]
+
+
+def test_a_trace_started_elsewhere_is_seen(tmp_path):
+    """The loop marks its steps while any profiler session records, one started here or a
+    capture requested from TensorBoard through runtime.profiler_port (the same session)."""
+    assert not profiling.recording()
+    tf.profiler.experimental.start(str(tmp_path))
+    try:
+        assert profiling.recording()
+    finally:
+        tf.profiler.experimental.stop()
+    assert not profiling.recording()
 
 
 def test_profile_steps_are_checked():
@@ -123,3 +141,17 @@ def test_console_rewrites_in_place_on_a_terminal_only():
     console.progress("step 2")
     console.print("validation loss 3.0")
     assert log.getvalue() == "step 1\nstep 2\nvalidation loss 3.0\n"
+
+
+def test_a_call_that_traced_is_no_measure_of_speed(tmp_path):
+    """The single-step function's first call (the warm-up before a profile window) is kept out
+    of the speed and of the compile-time estimate, like the first call."""
+    peak = flops.Peak(1e12, 1, "test")
+    reporter = Reporter(str(tmp_path), 30, 256, {"palm": 1.0, "causal": 1.0}, peak, io.StringIO())
+    values = {"loss": 5.0, "learning_rate": 0.01, "grad_norm": 1.0, "param_norm": 10.0}
+    reporter.train_progress(10, 10, 5.0, values)  # compiles
+    reporter.train_progress(11, 1, 3.0, values, traced=True)
+    assert reporter.compile_seconds is None
+    reporter.train_progress(21, 10, 1.0, values)  # 0.1 s a step: 5.0 - 10 * 0.1 compiling
+    assert reporter.compile_seconds == pytest.approx(4.0)
+    reporter.close()

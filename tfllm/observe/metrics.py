@@ -1,11 +1,16 @@
 """What a run reports: TensorBoard scalars, text and hyperparameters, and the console line.
 
     <workdir>/         hyperparameters (HParams plugin): this workdir is one session
-    <workdir>/train/   per host-loop call: loss, speed, MFU, norms, memory; the config as text
+    <workdir>/train/   per host-loop call: loss, perf, optim and system scalars; run/ text
     <workdir>/val/     per evaluation: loss, perplexity, a generated sample as text
 
-The first host-loop call of a process includes XLA compilation: its time is reported as
-`compile_seconds` and kept out of tokens/s, step time, MFU and the ETA.
+Scalar tags are grouped by prefix (`loss/`, `perf/`, `optim/`, `system/`), which is how
+TensorBoard groups its charts. Training and validation loss share one tag in the two runs,
+so one chart draws both. What is constant for a run (parameters, FLOPs per token, the peak
+FLOP/s behind MFU, the compile time) is written once, as HParams and text, not as series.
+
+The first host-loop call of a process includes XLA compilation: its time is reported once
+(`run/compile`) and kept out of tokens/s, step time, MFU and the ETA.
 """
 
 from __future__ import annotations
@@ -26,6 +31,25 @@ from tfllm.observe.console import Console, progress_line
 from tfllm.observe.flops import Peak, mfu
 
 GB = 1024.0**3
+
+# The loop's names for what it reports -> TensorBoard tags.
+TAGS = {
+    "loss": "loss/cross_entropy",
+    "perplexity": "loss/perplexity",
+    "tokens_per_second": "perf/tokens_per_second",
+    "step_time": "perf/step_time",
+    "mfu_palm": "perf/mfu",
+    "mfu_causal": "perf/mfu_causal",
+    "learning_rate": "optim/learning_rate",
+    "grad_norm": "optim/grad_norm",
+    "param_norm": "optim/param_norm",
+    "nonfinite_steps": "optim/nonfinite_steps",
+    "loss_scale": "optim/loss_scale",
+    "loss_scale_skipped_steps": "optim/loss_scale_skipped_steps",
+    "host_memory_gb": "system/host_memory_gb",
+    "device_memory_gb": "system/device_memory_gb",
+    "device_peak_memory_gb": "system/device_peak_memory_gb",
+}
 
 
 def host_memory_bytes() -> float:
@@ -90,46 +114,69 @@ class Reporter:
         self.timed_from: tuple[int, float] | None = None  # (step, time) when compilation ended
 
     def scalars(self, split: str, step: int, values: dict[str, float]) -> None:
+        """Writes `values` (named as in TAGS) under their grouped tags."""
         with self.writers[split].as_default(step=step):
             for name, value in values.items():
-                tf.summary.scalar(name, value)
+                tf.summary.scalar(TAGS[name], value)
 
     def text(self, split: str, step: int, name: str, value: str) -> None:
         with self.writers[split].as_default(step=step):
             tf.summary.text(name, value)
 
-    def run_config(self, step: int, cfg: Config) -> None:
-        """The resolved config as text, and its values as this session's hyperparameters."""
+    def run_config(self, step: int, cfg: Config, parameters: int) -> None:
+        """The resolved config and the run's constants as text, and both as this session's
+        hyperparameters."""
         # Indented four spaces: TensorBoard's markdown renders it as a code block.
         listing = yaml.safe_dump(cfg.to_dict(), sort_keys=False)
-        self.text("train", step, "config", "\n".join("    " + line for line in listing.split("\n")))
-        hparams = flat_hparams(cfg)
+        self.text(
+            "train", step, "run/config", "\n".join("    " + line for line in listing.split("\n"))
+        )
+        constants = {
+            "run.parameters": parameters,
+            "run.flops_per_token_palm": self.flops_per_token["palm"],
+            "run.flops_per_token_causal": self.flops_per_token["causal"],
+            "run.peak_flops": self.peak.total,
+        }
+        rows = [
+            ("parameters", f"{parameters:,}"),
+            ("FLOPs per token (PaLM)", f"{self.flops_per_token['palm']:,.0f}"),
+            ("FLOPs per token (causal)", f"{self.flops_per_token['causal']:,.0f}"),
+            ("peak FLOP/s for MFU", self.peak.describe()),
+        ]
+        table = "| constant | value |\n|---|---|\n" + "\n".join(f"| {k} | {v} |" for k, v in rows)
+        self.text("train", step, "run/constants", table)
+        hparams = {**flat_hparams(cfg), **constants}
         with tf.summary.create_file_writer(self.workdir).as_default(step=step):
             hp.hparams_config(
                 hparams=[hp.HParam(name) for name in hparams],
                 metrics=[
-                    hp.Metric("loss", group="val", display_name="validation loss"),
-                    hp.Metric("loss", group="train", display_name="training loss"),
-                    hp.Metric("tokens_per_second", group="train", display_name="tokens/s"),
-                    hp.Metric("mfu_palm", group="train", display_name="MFU (PaLM)"),
+                    hp.Metric(TAGS["loss"], group="val", display_name="validation loss"),
+                    hp.Metric(TAGS["loss"], group="train", display_name="training loss"),
+                    hp.Metric(TAGS["tokens_per_second"], group="train", display_name="tokens/s"),
+                    hp.Metric(TAGS["mfu_palm"], group="train", display_name="MFU (PaLM)"),
                 ],
             )
             hp.hparams(hparams, trial_id=posixpath.basename(self.workdir.rstrip("/")))
 
     def train_progress(
-        self, step: int, loop_steps: int, seconds: float, values: dict[str, float]
+        self,
+        step: int,
+        loop_steps: int,
+        seconds: float,
+        values: dict[str, float],
+        traced: bool = False,
     ) -> None:
         """Reports one host-loop call of `loop_steps` steps that ended at `step`.
 
         `values` holds loss, learning_rate, grad_norm and param_norm, and may hold
         loss_scale (mixed_float16) and nonfinite_steps (steps skipped for inf/nan gradients).
+        `traced`: the call traced a function (the first call; the single-step function's
+        first call before a profile window), so its time is no measure of speed.
         """
         scalars = {
             **values,
             "perplexity": math.exp(min(values["loss"], 50.0)),
             "nonfinite_steps": values.get("nonfinite_steps", 0.0),
-            "flops_per_token_palm": self.flops_per_token["palm"],
-            "flops_per_token_causal": self.flops_per_token["causal"],
             "host_memory_gb": host_memory_bytes() / GB,
             **device_memory_bytes(),
         }
@@ -138,7 +185,7 @@ class Reporter:
         if self.first_call is None:
             self.first_call = (loop_steps, seconds)
             self.timed_from = (step, now)
-        else:
+        elif not traced:
             step_time = seconds / loop_steps
             tokens_per_second = self.tokens_per_step / step_time
             scalars.update(step_time=step_time, tokens_per_second=tokens_per_second)
@@ -166,12 +213,13 @@ class Reporter:
         """Compilation = the first call's time less what its steps take once compiled."""
         first_steps, first_seconds = self.first_call
         self.compile_seconds = max(first_seconds - first_steps * step_time, 0.0)
-        self.scalars("train", step, {"compile_seconds": self.compile_seconds})
         # An estimate: on a busy machine the next call's speed is noisy, so show its inputs.
-        self.print(
+        line = (
             f"first host loop: {first_seconds:.1f}s for {first_steps} step(s), of which about "
             f"{self.compile_seconds:.1f}s XLA compilation"
         )
+        self.text("train", step, "run/compile", line)
+        self.print(line)
 
     def eta(self, step: int, now: float) -> float:
         """Wall-clock rate since compilation, so evaluation and checkpoints are included."""

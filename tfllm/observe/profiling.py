@@ -5,27 +5,37 @@ iteration counter reads s. `train.profile_steps: "START,STOP"` captures steps ST
 (both included) into `<workdir>/plugins/profile/<timestamp>/<host>.xplane.pb`, where
 TensorBoard's Profile tab (the `tensorboard-plugin-profile` package) finds it.
 
-The training steps of one host-loop call run inside one graph, where no profiler annotation
-can be opened per iteration; so the `Trace("train", step_num=...)` annotation wraps each
-host-loop call, and inside the capture window the loop runs one step per call: there every
-annotation is exactly one step, and the trace viewer and the step-time analysis show real step
-boundaries. Outside the window (an on-demand capture through `runtime.profiler_port`) each
-annotation covers one host-loop call of `steps_per_loop` steps, numbered by its first step.
+A step that a trace may record runs alone, as one `Steps.train_step` call inside
+`Trace("train", step_num=N, _r=1)`: the step marker Keras and Orbit emit, on which XProf
+builds its Overview, step-time graph and Input Pipeline Analyzer. It cannot run inside the
+multi-step host loop: XProf takes the iterations of a graph `while` found in a trace (the
+executor tags their events with `iter_num`) for the steps and then ignores every marker ("No
+step marker observed", step time 0). So steps are marked, one call each, in the window (one
+step per host-loop call, `steps_per_loop` again after it), while any trace records, and
+throughout a run with `runtime.profiler_port`: a capture from TensorBoard may start at any
+moment, and one that began inside a multi-step call would hold that call's loop.
 """
 
 from __future__ import annotations
 
 import tensorflow as tf
+from tensorflow.python.profiler import trace
 
 from tfllm.config import parse_profile_steps
 
 
 def step_trace(first_step: int):
-    """The profiler's step annotation around one host-loop call starting at `first_step`.
+    """The profiler's step marker around one host-loop call starting at `first_step`.
 
-    `_r=1` makes it a root event, which the profiler's step-time analysis requires.
+    XProf reads a root event (`_r=1`) named "train" with a `step_num` as an explicit step.
     """
     return tf.profiler.experimental.Trace("train", step_num=first_step, _r=1)
+
+
+def recording() -> bool:
+    """Whether a profiler session records right now, started here or by a remote capture
+    (the check `tf.profiler.experimental.Trace` makes before it records anything)."""
+    return trace.enabled()
 
 
 def start_server(port: int) -> None:
@@ -36,8 +46,11 @@ def start_server(port: int) -> None:
 class ProfileWindow:
     """Starts and stops one trace capture so that it covers exactly steps START..STOP.
 
-    The loop asks `loop_length` how many steps its next host-loop call may run, calls
-    `before_loop` and `after_loop` around that call; the window does the rest.
+    The loop asks `loop_length` how many steps its next host-loop call may run and
+    `one_step` whether that call is one marked step, calls `before_loop` and `after_loop`
+    around it; the window does the rest. The step before START also runs alone, unrecorded:
+    the single-step function's first call (tracing, graph set-up, about 0.7 s on a CPU) then
+    stays out of the first recorded step.
     """
 
     def __init__(self, spec: str, logdir: str, log=print):
@@ -47,15 +60,23 @@ class ProfileWindow:
         self.active = False
         self.captured = False
 
+    def one_step(self, step: int) -> bool:
+        """Whether the host-loop call that starts at `step` (steps done) runs one step alone,
+        which it does from the warm-up step to the end of the window."""
+        if self.window is None or self.captured:
+            return False
+        start, stop = self.window
+        return start - 2 <= step < stop
+
     def loop_length(self, step: int, proposed: int) -> int:
-        """Shortens a host-loop call that starts at `step` (steps done) around the window."""
+        """Shortens a host-loop call that starts at `step` around the window."""
+        if self.one_step(step):
+            return 1
         if self.window is None or self.captured:
             return proposed
-        start, stop = self.window
-        if step < start - 1:
-            return min(proposed, start - 1 - step)  # end the call right before the window
-        if step < stop:
-            return 1  # one step per call inside the window: one annotation per step
+        start = self.window[0]
+        if step < start - 2:
+            return min(proposed, start - 2 - step)  # end the call before the warm-up step
         return proposed
 
     def before_loop(self, step: int) -> None:
@@ -63,7 +84,12 @@ class ProfileWindow:
             return
         start, stop = self.window
         if step == start - 1:
-            tf.profiler.experimental.start(self.logdir)
+            try:
+                tf.profiler.experimental.start(self.logdir)
+            except tf.errors.AlreadyExistsError:  # one session per process
+                self.log(f"profiler: another capture is recording; steps {start}-{stop} skipped")
+                self.captured = True
+                return
             self.active = True
             self.log(f"profiler: capturing steps {start}-{stop}")
         elif step >= start:  # resumed past the start: a partial window would mislead

@@ -181,7 +181,7 @@ class _Run:
         self.reporter = Reporter(
             cfg.runtime.workdir, cfg.train.steps, tokens_per_step, flops_per_token, peak
         )
-        self.reporter.run_config(step, cfg)
+        self.reporter.run_config(step, cfg, self.model.count_params())
         log(
             f"training to step {cfg.train.steps}: {replicas} replica(s) x "
             f"{batch // replicas // cfg.train.grad_accum_steps} rows x "
@@ -230,13 +230,22 @@ class _Run:
             (step // cfg.train.eval_every + 1) * cfg.train.eval_every,
             (step // cfg.train.checkpoint_every + 1) * cfg.train.checkpoint_every,
         )
+        # Steps that a trace may record run one call each inside a step marker (see
+        # profiling): in and just before the window, while any trace records, and always when
+        # TensorBoard may start a capture at any moment through the profiler port.
+        marked = (
+            self.window.one_step(step) or profiling.recording() or cfg.runtime.profiler_port > 0
+        )
         loop_steps = self.window.loop_length(step, min(cfg.train.steps_per_loop, boundary - step))
         self.window.before_loop(step)
+        traces = sum(self.steps.traces.values())
         started = time.time()
         try:
-            with profiling.step_trace(step + 1):
+            if marked:
+                out = self.steps.marked_steps(self.iterator, loop_steps, step + 1)
+            else:
                 out = self.steps.train_loop(self.iterator, tf.constant(loop_steps))
-                done = int(out["steps"])  # waits for the loop: timing and annotation are real
+            done = int(out["steps"])  # waits for the loop: the timing is real
         except tf.errors.InvalidArgumentError as err:
             reader.raise_if_damaged_shard(err)
             raise
@@ -266,7 +275,8 @@ class _Run:
                 return step, None
         values = loop_values(float(out["loss"]), out["grad_norm"], self.model, self.optimizer)
         values["nonfinite_steps"] = int(counters["skipped_steps"])
-        self.reporter.train_progress(step, done, elapsed, values)
+        traced = sum(self.steps.traces.values()) > traces
+        self.reporter.train_progress(step, done, elapsed, values, traced)
         return step, preemption.check(step)  # every worker saves at the same step, then stops
 
     def evaluate_and_checkpoint(self, step: int, last_step: int) -> None:

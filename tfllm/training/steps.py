@@ -11,10 +11,13 @@ a second code path.)
 
 from __future__ import annotations
 
+import math
+
 import tensorflow as tf
 
 from tfllm.config import Config
 from tfllm.data import reader
+from tfllm.observe import profiling
 from tfllm.training.optim import clip_by_global_norm, loss_scale
 
 SUM = tf.distribute.ReduceOp.SUM
@@ -47,10 +50,11 @@ class Steps:
         # With float16 loss scaling an overflowing gradient is routine: the loss-scale optimizer
         # skips that update and lowers the scale. Only a non-finite loss is the model's fault.
         self.grads_may_overflow = cfg.train.precision == "mixed_float16"
-        self.traces = {"train_loop": 0, "gradients": 0, "eval": 0}
+        self.traces = {"train_loop": 0, "train_step": 0, "gradients": 0, "eval": 0}
         self._gradients = tf.function(self._gradients_fn, jit_compile=cfg.train.jit_compile)
         self._eval = tf.function(self._eval_fn, jit_compile=cfg.train.jit_compile)
         self.train_loop = tf.function(self._train_loop_fn)
+        self.train_step = tf.function(self._train_step_fn)
         self.eval_step = tf.function(self._eval_step_fn)
 
     def _micro_gradients(self, batch, global_tokens, scale):
@@ -111,19 +115,62 @@ class Steps:
 
         return tf.cond(finite, apply, skip)
 
+    def _step(self, iterator):
+        """One optimizer step on the next global batch: (loss, grad norm, finite)."""
+        batch = next(iterator)  # (inputs, targets[, segment_ids])
+        loss, norm, finite, grads = self.strategy.run(self._replica_step, args=batch)
+        # All three are already all-reduced: every replica holds the same value.
+        loss, norm, finite = (
+            self.strategy.experimental_local_results(x)[0] for x in (loss, norm, finite)
+        )
+        self._apply_if_finite(finite, grads)
+        return loss, norm, finite
+
+    def _train_step_fn(self, iterator):
+        """One step with no graph loop around it: (loss, grad norm, finite)."""
+        self.traces["train_step"] += 1
+        return self._step(iterator)
+
+    def marked_steps(self, iterator, num_steps: int, first_step: int) -> dict:
+        """`train_loop`'s steps and result, one `train_step` call per step, each inside the
+        profiler's step marker for its step number (`first_step` for the first).
+
+        For traces: XProf reads the iterations of a graph `while` in a trace as the steps and
+        then ignores every step marker ("No step marker observed", step time 0), so a profiled
+        step must run outside `train_loop`. Slower than `train_loop` by a host round trip per
+        step; without a profiler session the markers cost nothing.
+        """
+        loss_sum = norm_sum = 0.0
+        done = skipped = 0
+        first_bad = -1
+        for i in range(num_steps):
+            with profiling.step_trace(first_step + i):
+                loss, norm, finite = self.train_step(iterator)
+                finite = bool(finite)  # waits for the step: the marker spans its real time
+            done += 1
+            if finite:
+                loss_sum, norm_sum = loss_sum + float(loss), norm_sum + float(norm)
+                continue
+            skipped += 1
+            first_bad = i if first_bad < 0 else first_bad
+            if self.halt_on_nonfinite:
+                break
+        good = done - skipped
+        return {
+            "loss": loss_sum / good if good else math.nan,
+            "grad_norm": norm_sum / good if good else math.nan,
+            "steps": done,
+            "skipped": skipped,
+            "first_bad": first_bad,
+        }
+
     def _train_loop_fn(self, iterator, num_steps):
         """Runs up to `num_steps` steps; returns means over finite steps and what was skipped."""
         self.traces["train_loop"] += 1
         loss_sum, norm_sum = tf.constant(0.0), tf.constant(0.0)
         done, skipped, first_bad = tf.constant(0), tf.constant(0), tf.constant(-1)
         for i in tf.range(num_steps):
-            batch = next(iterator)  # (inputs, targets[, segment_ids])
-            loss, norm, finite, grads = self.strategy.run(self._replica_step, args=batch)
-            # All three are already all-reduced: every replica holds the same value.
-            loss, norm, finite = (
-                self.strategy.experimental_local_results(x)[0] for x in (loss, norm, finite)
-            )
-            self._apply_if_finite(finite, grads)
+            loss, norm, finite = self._step(iterator)
             done += 1
             bad = tf.logical_not(finite)
             loss_sum += tf.where(bad, 0.0, loss)
