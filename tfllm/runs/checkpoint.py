@@ -15,6 +15,7 @@ files on disk when it disagrees.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import posixpath
@@ -23,9 +24,11 @@ import re
 import keras
 import tensorflow as tf
 
+from tfllm.config import ModelConfig
 from tfllm.errors import TfllmError
 from tfllm.data.records import write_atomically
 
+_MODEL_DEFAULTS = dataclasses.asdict(ModelConfig())
 MARKER_SUFFIX = ".done.json"
 STATE_FILE = "checkpoint"
 REJECTED_DIR = "rejected"
@@ -121,7 +124,12 @@ class Checkpointer:
             raise _Unusable(f"tensors do not read back: {_first_line(err)}") from None
 
     def _check_model(self, step: int, marker: dict) -> None:
-        if self.model_config is None or marker["model"] == self.model_config:
+        if self.model_config is None:
+            return
+        # Keys added to ModelConfig after the checkpoint was written take their defaults, which
+        # are the model it was written with.
+        marker = {**marker, "model": {**_MODEL_DEFAULTS, **marker["model"]}}
+        if marker["model"] == self.model_config:
             return
         keys = sorted(set(marker["model"]) | set(self.model_config))
         diffs = [
