@@ -65,14 +65,20 @@ def prepare(cfg: Config, log=print, timings: dict | None = None) -> dict:
     log(f"corpus: {len(docs['train'])} train / {len(docs['val'])} val documents")
     log("cleaning: " + ", ".join(f"{k} {v}" for k, v in sorted(stats.items())))
 
-    proto = tokenizer.train_tokenizer(
-        (piece for doc in docs["train"] for piece in doc.pieces),
-        cfg.model.vocabulary_size,
-        d.tokenizer_type,
-        d.tokenizer_sample_mb,
-        d.tokenizer_byte_fallback,
-        d.tokenizer_character_coverage,
-    )
+    if d.tokenizer:  # a given tokenizer (an imported model's): the data must be read with it
+        if not tf.io.gfile.exists(d.tokenizer):
+            raise DataError(f"data.tokenizer {d.tokenizer} not found")
+        with tf.io.gfile.GFile(d.tokenizer, "rb") as f:
+            proto = f.read()
+    else:
+        proto = tokenizer.train_tokenizer(
+            (piece for doc in docs["train"] for piece in doc.pieces),
+            cfg.model.vocabulary_size,
+            d.tokenizer_type,
+            d.tokenizer_sample_mb,
+            d.tokenizer_byte_fallback,
+            d.tokenizer_character_coverage,
+        )
     tokenizer_path = posixpath.join(out, records.TOKENIZER)
     with tf.io.gfile.GFile(tokenizer_path, "wb") as f:
         f.write(proto)
