@@ -1,0 +1,55 @@
+"""Loading a trained model from a workdir: the one reader that `generate`, `export` (and later
+`eval` and `convert`) share.
+
+It reads checkpoints exactly as training restores them (`Checkpointer`: completion marker,
+sizes, CRC, fallback to an older checkpoint with the reason logged, refusal of a checkpoint
+written for another model), but only the model's variables.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import posixpath
+
+import tensorflow as tf
+
+from tfllm.config import Config, load_config
+from tfllm.data import records
+from tfllm.data.prepare import data_dir
+from tfllm.errors import TfllmError
+from tfllm.model.lm import TransformerLM, build_model
+from tfllm.runs.checkpoint import Checkpointer
+
+
+@dataclasses.dataclass
+class TrainedModel:
+    """A model with the weights of one checkpoint, and what belongs with it."""
+
+    cfg: Config  # the workdir's resolved config.yaml
+    model: TransformerLM
+    tokenizer_path: str
+    checkpoint: str  # the restored checkpoint's path prefix
+    step: int
+
+
+def load_trained(workdir: str, step: int | None = None, log=print) -> TrainedModel:
+    """The newest usable checkpoint of `workdir` (or ckpt-`step`), with its config and tokenizer.
+
+    Raises:
+        TfllmError: not a workdir, no checkpoint, or none usable (each named with its reason).
+    """
+    config_path = posixpath.join(workdir, "config.yaml")
+    if not tf.io.gfile.exists(config_path):
+        raise TfllmError(f"{config_path} not found: is {workdir} a training workdir?")
+    cfg = load_config([config_path])
+    model = build_model(cfg.model)
+    checkpointer = Checkpointer(workdir, model, model_config=cfg.to_dict()["model"], log=log)
+    path = checkpointer.restore_latest(step)
+    if path is None:
+        raise TfllmError(
+            f"no checkpoint in {checkpointer.directory}: train first "
+            f"(python -m tfllm.train --config {config_path})"
+        )
+    tokenizer_path = cfg.data.tokenizer or posixpath.join(data_dir(cfg), records.TOKENIZER)
+    restored_step = int(posixpath.basename(path).split("-")[1])
+    return TrainedModel(cfg, model, tokenizer_path, path, restored_step)
