@@ -113,6 +113,7 @@ FAMILIES = {
         "fixed": {"activation": "swiglu", "qkv_bias": True},
         "tie_default": False,
         "ignored": ("sliding_window", "max_window_layers"),  # used only with use_sliding_window
+        "written": {"use_sliding_window": False, "sliding_window": None, "max_window_layers": 0},
     },
     "qwen3": {
         "tensors": _LLAMA,
@@ -120,6 +121,7 @@ FAMILIES = {
         "fixed": {"activation": "swiglu", "qk_norm": True},
         "tie_default": True,
         "ignored": ("sliding_window", "max_window_layers"),
+        "written": {"use_sliding_window": False, "sliding_window": None, "max_window_layers": 0},
     },
     "gemma": {
         "tensors": _LLAMA,
@@ -162,6 +164,7 @@ FAMILIES = {
         "fixed": {"activation": "gelu", "norm": "layer", "positions": "learned", "bias": True},
         "tie_default": True,
         "activations": ("gelu_new", "gelu_pytorch_tanh"),
+        "written": {"resid_pdrop": 0.0, "embd_pdrop": 0.0, "attn_pdrop": 0.0},
         "neutral": {
             "scale_attn_weights": True,
             "scale_attn_by_inverse_layer_idx": False,

@@ -68,6 +68,11 @@ def to_model_config(hf: dict, origin: str = "config.json") -> tuple[str, dict]:
             else:
                 value = default
         model[key] = type(model[key])(value)
+    # Spelled-out defaults read as tfllm's "0 = derived", so equal models have equal configs.
+    if model["num_key_value_heads"] == model["num_heads"]:
+        model["num_key_value_heads"] = 0
+    if model["head_dim"] == model["hidden_dim"] // model["num_heads"]:
+        model["head_dim"] = 0
     model.update(spec["fixed"])
     model.update(_rope(hf, origin) if model["positions"] == "rotary" else {})
     model["tie_embeddings"] = bool(hf.get("tie_word_embeddings", spec["tie_default"]))
@@ -112,6 +117,8 @@ def from_model_config(family: str, model: dict, base: dict | None = None) -> dic
     spec = FAMILIES[family]
     hf = dict(base or {"architectures": [_ARCHITECTURES[family]]})
     hf["model_type"] = family
+    for key, value in spec.get("written", {}).items():  # keys transformers' configs always have
+        hf.setdefault(key, value)
     for hf_key, key, _ in spec["keys"]:
         value = model[key]
         if key in ("num_key_value_heads", "head_dim") and not value:
@@ -138,10 +145,12 @@ def from_model_config(family: str, model: dict, base: dict | None = None) -> dic
     else:
         hf.setdefault("hidden_act", "silu")
     hf.setdefault("torch_dtype", "float32")
-    if to_model_config(hf, f"{family} export")[1] != model:
+    read_back = to_model_config(hf, f"{family} export")[1]
+    differ = [f"model.{k} {model[k]!r}" for k in model if read_back.get(k) != model[k]]
+    if differ:
         raise HubError(
-            f"this model's architecture is not {family}'s: it cannot be written as a "
-            "Hugging Face checkpoint of that family"
+            f"this model's architecture is not {family}'s ({', '.join(differ)}): it cannot be "
+            "written as a Hugging Face checkpoint of that family"
         )
     return hf
 
