@@ -87,17 +87,22 @@ VARIANTS = {
 }
 
 
-def model_config(variant: str) -> tuple[str, ModelConfig]:
+def model_config(variant: str, **changes) -> tuple[str, ModelConfig]:
     family, keys, _ = VARIANTS[variant]
-    fixed = {"qwen2": {"qkv_bias": True}, "qwen3": {"qk_norm": True}}.get(family, {})
-    return family, ModelConfig(**{**TINY, **fixed, **keys})
+    return family, ModelConfig(**{**TINY, **keys, **changes})
 
 
 def write_hf_dir(
-    directory: str, variant: str, dtype: str = "float32", seed: int = 0, shard_bytes=1 << 30
+    directory: str,
+    variant: str,
+    dtype: str = "float32",
+    seed: int = 0,
+    shard_bytes: int = 1 << 30,
+    **changes,
 ):
-    """Writes a random model of `variant` as an HF directory; returns the tfllm model."""
-    family, cfg = model_config(variant)
+    """Writes a random model of `variant` (with `changes` to its model config) as an HF
+    directory; returns the tfllm model."""
+    family, cfg = model_config(variant, **changes)
     model = build_model(cfg)
     rng = np.random.default_rng(seed)
     for variable in model.weights:

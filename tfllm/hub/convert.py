@@ -141,7 +141,7 @@ def to_hf(workdir: str, out: str, shard_bytes: int = SHARD_BYTES, log=print) -> 
         copied = [n for n in TOKENIZER_FILES if os.path.isfile(os.path.join(hf_dir, n))]
         for name in copied:
             shutil.copy2(os.path.join(hf_dir, name), tmp)
-        if not copied:  # tfllm's own SentencePiece model, for LlamaTokenizer
+        if not os.path.isdir(hf_dir):  # from scratch: tfllm's SentencePiece, as LlamaTokenizer
             shutil.copy2(trained.tokenizer_path, os.path.join(tmp, "tokenizer.model"))
             with open(os.path.join(tmp, "tokenizer_config.json"), "w") as f:
                 json.dump(_SCRATCH_TOKENIZER, f, indent=2)
