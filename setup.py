@@ -28,6 +28,7 @@ EXTRAS_REQUIRE = {
         "ruff",
         "tensorflow-serving-api>=2.20,<2.22",
         "tensorboard-plugin-profile",
+        "safetensors>=0.4",
     ],
     "tpu": [
         "tensorflow-tpu==2.20.0",
@@ -37,6 +38,8 @@ EXTRAS_REQUIRE = {
     ],
     "gpu": ["tensorflow[and-cuda]>=2.20,<2.22"],
     "serving": ["tensorflow-serving-api>=2.20,<2.22"],
+    # tfllm.convert: Hugging Face safetensors in and out (ml_dtypes, for bfloat16, comes with TF)
+    "hub": ["safetensors>=0.4"],
     "profile": ["tensorboard-plugin-profile"],
     # Only the PyTorch peer of benchmarks/ needs it; take the CPU wheel from PyTorch's index
     # (--extra-index-url https://download.pytorch.org/whl/cpu): PyPI's pulls GBs of CUDA.

@@ -9,11 +9,11 @@ import shutil
 
 import numpy as np
 import pytest
-from safetensors.numpy import load_file, save_file
-
 import tiny_run
 from commands import run_main
 from hub_fixtures import write_hf_dir
+from safetensors.numpy import load_file, save_file
+
 from tfllm.data.tokenizer import train_tokenizer
 from tfllm.hub import convert, hf_config
 from tfllm.runs.trained import load_trained
@@ -36,8 +36,20 @@ def test_hf_to_tfllm_to_hf_is_byte_identical(variant, tmp_path):
     write_hf_dir(str(source), variant, "bfloat16", shard_bytes=8 << 10)
     assert (source / "model.safetensors.index.json").exists()
     convert.from_hf(str(source), str(tmp_path / "run"), **QUIET)
-    assert run_main("convert", ["--to_hf", str(out), "--workdir", str(tmp_path / "run"),
-                                "--shard_gb", str(8 / (1 << 20))]) == 0
+    assert (
+        run_main(
+            "convert",
+            [
+                "--to_hf",
+                str(out),
+                "--workdir",
+                str(tmp_path / "run"),
+                "--shard_gb",
+                str(8 / (1 << 20)),
+            ],
+        )
+        == 0
+    )
     before, after = _tensors(source), _tensors(out)
     assert sorted(before) == sorted(after)
     for name, tensor in before.items():
@@ -75,8 +87,12 @@ def test_rope_parameters_and_rope_scaling_read_alike():
         "intermediate_size": 64,
         "max_position_embeddings": 64,
     }
-    scaling = {"factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
-               "original_max_position_embeddings": 16}
+    scaling = {
+        "factor": 8.0,
+        "low_freq_factor": 1.0,
+        "high_freq_factor": 4.0,
+        "original_max_position_embeddings": 16,
+    }
     v4 = {**base, "rope_theta": 500000.0, "rope_scaling": {"rope_type": "llama3", **scaling}}
     v5 = {**base, "rope_parameters": {"rope_type": "llama3", "rope_theta": 500000.0, **scaling}}
     family, model = hf_config.to_model_config(v4)
@@ -144,18 +160,32 @@ def test_converted_workdir_trains_from_step_0(tmp_path, corpus_dir, capsys):
     assert run_main("convert", ["--from_hf", str(source), "--workdir", str(workdir)]) == 0
     before = load_trained(str(workdir), **QUIET)
     argv = [
-        "--config", str(workdir / "config.yaml"),
-        "--set", f"data.source={corpus_dir}",
-        "--set", f"data.root={tmp_path / 'data'}",
-        "--set", "data.seq_len=16",
-        "--set", "data.val_fraction=0.1",
-        "--set", "data.tokenizer_sample_mb=1",
-        "--set", "train.steps=2",
-        "--set", "train.steps_per_loop=1",
-        "--set", "train.global_batch_size=2",
-        "--set", "train.eval_batches=1",
-        "--set", "train.sample_tokens=4",
-        "--set", "train.warmup_steps=1",
+        "--config",
+        str(workdir / "config.yaml"),
+        "--set",
+        f"data.source={corpus_dir}",
+        "--set",
+        f"data.root={tmp_path / 'data'}",
+        "--set",
+        "data.seq_len=16",
+        "--set",
+        "data.val_fraction=0.1",
+        "--set",
+        "data.tokenizer_sample_mb=1",
+        "--set",
+        "train.steps=2",
+        "--set",
+        "train.steps_per_loop=1",
+        "--set",
+        "train.global_batch_size=2",
+        "--set",
+        "train.eval_batches=1",
+        "--set",
+        "train.sample_tokens=4",
+        "--set",
+        "train.warmup_steps=1",
+        "--set",
+        "train.jit_compile=false",
     ]
     assert run_main("train", argv) == 0
     assert f"resumed from {workdir}/checkpoints/ckpt-0 at step 0" in capsys.readouterr().out

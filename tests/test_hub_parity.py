@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 from hub_fixtures import VARIANTS, write_hf_dir
+
 from tfllm.hub import convert
 from tfllm.runs.trained import load_trained
 

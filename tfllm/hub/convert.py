@@ -105,7 +105,11 @@ def _source_files(cfg: Config, workdir: str) -> tuple[str, dict, dict | None]:
     if os.path.isfile(os.path.join(hf_dir, "config.json")):
         base = _read_json(os.path.join(hf_dir, "config.json"))
         generation = os.path.join(hf_dir, "generation_config.json")
-        return base["model_type"], base, _read_json(generation) if os.path.isfile(generation) else None
+        return (
+            base["model_type"],
+            base,
+            _read_json(generation) if os.path.isfile(generation) else None,
+        )
     from tfllm.data.tokenizer import EOS_ID, PAD_ID
 
     base = {

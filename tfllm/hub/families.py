@@ -7,7 +7,7 @@ kernel; gate and up into the MLP's input kernel), in that order. `linear` tensor
 `nn.Linear` weights, (out, in), transposed on the way in; `copy` tensors are laid out as tfllm's
 (vectors, GPT-2's `Conv1D` weights, which are (in, out), and its position table). Import and
 export read the same entry, so the round trip is exact by construction. HF's rotary layout is
-rotate-half, as tfllm's (`tfllm.model.layers.apply_rotary`): no Q/K permutation.
+rotate-half, as tfllm's (`tfllm.model.primitives.apply_rotary`): no Q/K permutation.
 """
 
 from __future__ import annotations

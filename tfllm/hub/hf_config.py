@@ -11,7 +11,7 @@ import dataclasses
 
 from tfllm.config import ModelConfig
 from tfllm.errors import TfllmError
-from tfllm.hub.families import FAMILIES, HARMLESS, _NEUTRAL
+from tfllm.hub.families import _NEUTRAL, FAMILIES, HARMLESS
 
 _LLAMA3_KEYS = {
     "factor": "rope_scaling_factor",
@@ -51,8 +51,7 @@ def to_model_config(hf: dict, origin: str = "config.json") -> tuple[str, dict]:
     family = hf.get("model_type")
     if family not in FAMILIES:
         raise HubError(
-            f"{origin}: model_type {family!r} is not supported; supported: "
-            + ", ".join(FAMILIES)
+            f"{origin}: model_type {family!r} is not supported; supported: " + ", ".join(FAMILIES)
         )
     spec = FAMILIES[family]
     model = dataclasses.asdict(ModelConfig())
@@ -76,8 +75,8 @@ def to_model_config(hf: dict, origin: str = "config.json") -> tuple[str, dict]:
     model.update(spec["fixed"])
     model.update(_rope(hf, origin) if model["positions"] == "rotary" else {})
     model["tie_embeddings"] = bool(hf.get("tie_word_embeddings", spec["tie_default"]))
-    activation = hf.get("hidden_activation") or hf.get("hidden_act") or hf.get(
-        "activation_function"
+    activation = (
+        hf.get("hidden_activation") or hf.get("hidden_act") or hf.get("activation_function")
     )
     allowed = spec.get("activations", ("silu",))
     if activation is not None and activation not in allowed:
@@ -122,8 +121,10 @@ def from_model_config(family: str, model: dict, base: dict | None = None) -> dic
     for hf_key, key, _ in spec["keys"]:
         value = model[key]
         if key in ("num_key_value_heads", "head_dim") and not value:
-            value = model["num_heads"] if key == "num_key_value_heads" else (
-                model["hidden_dim"] // model["num_heads"]
+            value = (
+                model["num_heads"]
+                if key == "num_key_value_heads"
+                else (model["hidden_dim"] // model["num_heads"])
             )
         elif key == "sliding_window" and not value:
             value = None

@@ -25,8 +25,8 @@ import keras
 import tensorflow as tf
 
 from tfllm.config import ModelConfig
-from tfllm.errors import TfllmError
 from tfllm.data.records import write_atomically
+from tfllm.errors import TfllmError
 
 _MODEL_DEFAULTS = dataclasses.asdict(ModelConfig())
 MARKER_SUFFIX = ".done.json"
