@@ -196,4 +196,7 @@ def test_converted_workdir_trains_from_step_0(tmp_path, corpus_dir, capsys):
         for a, b in zip(before.model.weights, after.model.weights, strict=True)
     ]
     assert all(moved)
+    # generate reads the trained workdir with the imported tokenizer (data.tokenizer)
+    prompt = ["--workdir", str(workdir), "--prompt", "def ", "--max_new_tokens", "3"]
+    assert run_main("generate", prompt) == 0
     shutil.rmtree(tmp_path / "data")
