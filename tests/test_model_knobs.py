@@ -13,6 +13,7 @@ from hub_fixtures import VARIANTS, model_config
 
 from tfllm.model import attention, layers, projections
 from tfllm.model.lm import build_model
+from tfllm.observe import flops
 
 
 @contextlib.contextmanager
@@ -76,3 +77,9 @@ def test_query_pre_attn_scalar_scales_queries():
         block.attention.qkv_kernel.assign(kernel)
     ids = np.random.default_rng(2).integers(0, 128, (2, 7)).astype("int32")
     np.testing.assert_allclose(np.asarray(scaled(ids)), np.asarray(plain(ids)), atol=1e-5)
+
+
+@pytest.mark.parametrize("variant", ["llama", "mistral", "gemma"])
+def test_mfu_parameter_count_follows_gqa_head_dim_and_untied_head(variant):
+    cfg = model_config(variant)[1]
+    assert flops.count_parameters(cfg) == build_model(cfg).count_params()
