@@ -128,7 +128,7 @@ def to_hf(workdir: str, out: str, shard_bytes: int = SHARD_BYTES, log=print) -> 
     family, base, generation = _source_files(trained.cfg, workdir)
     model_section = {**trained.cfg.to_dict()["model"], "dropout": 0.0}
     hf = hf_config.from_model_config(family, model_section, base)
-    dtype = hf.get("torch_dtype", hf.get("dtype", "float32"))
+    dtype = hf.get("dtype") or hf.get("torch_dtype") or "float32"
     if dtype not in weights.DTYPES:
         raise HubError(f"{workdir}: dtype {dtype!r} cannot be written (float32, bfloat16, float16)")
     parent = os.path.dirname(os.path.abspath(out))

@@ -145,7 +145,8 @@ def from_model_config(family: str, model: dict, base: dict | None = None) -> dic
         hf.setdefault("hidden_activation", "gelu_pytorch_tanh")
     else:
         hf.setdefault("hidden_act", "silu")
-    hf.setdefault("torch_dtype", "float32")
+    if "dtype" not in hf:  # transformers v5 writes `dtype`, v4 `torch_dtype`
+        hf.setdefault("torch_dtype", "float32")
     read_back = to_model_config(hf, f"{family} export")[1]
     differ = [f"model.{k} {model[k]!r}" for k in model if read_back.get(k) != model[k]]
     if differ:
