@@ -30,6 +30,8 @@ from tfllm.config import load_config, save_config
 from tfllm.data import tokenizer
 from tfllm.model.lm import build_model
 from tfllm.serve import export, generate
+from tfllm.training.loop import make_checkpointer, new_counters
+from tfllm.training.optim import make_optimizer
 
 SMALL = [
     "model.num_layers=6",
@@ -77,7 +79,8 @@ def medians(contenders: dict, repeats: int) -> dict:
 
 
 def make_run(root: str):
-    """A workdir with config, tokenizer and a checkpoint of random weights, and its export."""
+    """A workdir with config, tokenizer and a checkpoint of random weights (written as the
+    trainer writes it), and its export."""
     cfg = load_config(
         overrides=SMALL + [f"data.root={root}/data", "data.name=bench", f"runtime.workdir={root}"]
     )
@@ -92,7 +95,8 @@ def make_run(root: str):
     tf.keras.utils.set_random_seed(0)
     model = build_model(cfg.model)
     never_end(model, tokenizer.EOS_ID)
-    tf.train.Checkpoint(model=model).save(f"{root}/checkpoints/ckpt")
+    optimizer = make_optimizer(cfg.train, model.trainable_variables)
+    make_checkpointer(cfg, model, optimizer, new_counters(), log=lambda _: None).save(0)
     version_dir = export.export(root, f"{root}/export/bench", log=lambda _: None)
     return model, tokenizer_path, version_dir
 
