@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import tiny_run
 from commands import run_main
-from hub_fixtures import write_hf_dir
+from hub_fixtures import VARIANTS, write_hf_dir
 from safetensors.numpy import load_file, save_file
 
 from tfllm.data.tokenizer import train_tokenizer
@@ -29,7 +29,7 @@ def _tensors(directory) -> dict:
     return out
 
 
-@pytest.mark.parametrize("variant", ["llama", "gemma2", "gpt2"])
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
 def test_hf_to_tfllm_to_hf_is_byte_identical(variant, tmp_path):
     source, out = tmp_path / "hf", tmp_path / "out"
     # bfloat16, in shards of about 8 KB: the index and shard names are exercised too
