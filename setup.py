@@ -40,6 +40,7 @@ EXTRAS_REQUIRE = {
         "datasketch>=2.0",
         "datasets",
         "apache-beam>=2.69",  # prepare --runner beam (see the beam extra)
+        "safetensors>=0.4",
     ],
     # --format litert runs with TensorFlow's converter alone; the interpreter is for checking.
     "litert": ["ai-edge-litert>=2.3"],
@@ -63,6 +64,8 @@ EXTRAS_REQUIRE = {
     ],
     "gpu": ["tensorflow[and-cuda]>=2.20,<2.22"],
     "serving": ["tensorflow-serving-api>=2.20,<2.22"],
+    # tfllm.convert: Hugging Face safetensors in and out (ml_dtypes, for bfloat16, comes with TF)
+    "hub": ["safetensors>=0.4"],
     "profile": ["tensorboard-plugin-profile"],
     # Only the PyTorch peer of benchmarks/ needs it; take the CPU wheel from PyTorch's index
     # (--extra-index-url https://download.pytorch.org/whl/cpu): PyPI's pulls GBs of CUDA.

@@ -10,7 +10,7 @@ from commands import run_main
 
 from tfllm.serve import generate
 
-WIDTH = 24  # padded prompt width, at least the longest prompt
+WIDTH = 28  # padded prompt width, at least the longest prompt (the corpus is tfllm's source)
 PROMPTS = ["", "def", "import tensorflow as tf\n", "class Generator:\n    def __init__(self"]
 
 

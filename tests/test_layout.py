@@ -9,7 +9,7 @@ import pathlib
 import tfllm
 
 PACKAGE = pathlib.Path(tfllm.__file__).parent
-COMMANDS = {"prepare", "train", "generate", "export"}
+COMMANDS = {"prepare", "train", "generate", "export", "convert"}
 SHARED = {"config", "errors", "cli"}
 # What each sub-package may import besides itself and the shared modules.
 ALLOWED = {
@@ -18,6 +18,7 @@ ALLOWED = {
     "observe": set(),
     "runs": {"data", "model"},
     "serve": {"data", "model", "runs"},
+    "hub": {"data", "model", "runs"},
     "training": {"data", "model", "observe", "runs", "serve", "eval"},
     "eval": {"data", "model", "observe", "runs", "serve"},
 }

@@ -33,10 +33,32 @@ class ModelConfig:
     hidden_dim: int = 128
     intermediate_dim: int = 512
     max_sequence_length: int = 256
-    activation: str = "swiglu"  # swiglu | gelu
+    activation: str = "swiglu"  # swiglu (SiLU-gated) | geglu (GELU-tanh-gated) | gelu (plain)
     dropout: float = 0.0
-    rope_max_wavelength: float = 10000.0
+    rope_max_wavelength: float = 10000.0  # HF rope_theta
     layer_norm_epsilon: float = 1e-5
+    # Architecture knobs of open-weight families (README "Start from open weights"); the
+    # defaults are tfllm's own model.
+    num_key_value_heads: int = 0  # grouped-query attention; 0 = num_heads
+    head_dim: int = 0  # 0 = hidden_dim / num_heads
+    tie_embeddings: bool = True  # False: a separate output head
+    qkv_bias: bool = False  # biases on Q, K, V (Qwen2)
+    bias: bool = False  # biases on every projection (GPT-2)
+    norm: str = "rms"  # rms | rms_plus_one (Gemma: x * (1 + w)) | layer (LayerNorm with bias)
+    positions: str = "rotary"  # rotary | learned (absolute, GPT-2)
+    rope_scaling: str = "none"  # none | llama3 (Llama 3.1 frequency scaling)
+    rope_scaling_factor: float = 8.0
+    rope_low_freq_factor: float = 1.0
+    rope_high_freq_factor: float = 4.0
+    rope_original_max_positions: int = 8192
+    embedding_scale: bool = False  # multiply embeddings by sqrt(hidden_dim) (Gemma)
+    post_norms: bool = False  # norms on the attention and MLP outputs too (Gemma 2)
+    attention_softcap: float = 0.0  # cap * tanh(scores / cap); 0 = off (Gemma 2)
+    final_softcap: float = 0.0  # the same on the logits; 0 = off (Gemma 2)
+    query_pre_attn_scalar: float = 0.0  # queries scaled by this ** -0.5; 0 = head dim (Gemma 2)
+    sliding_window: int = 0  # keys at most this many positions back (self included); 0 = off
+    sliding_window_period: int = 1  # layers i with i % period == 0 slide (Gemma 2: 2)
+    qk_norm: bool = False  # RMSNorm of each query and key head (Qwen3)
 
 
 @dataclass
@@ -63,6 +85,9 @@ class DataConfig:
     packing: str = "concat"  # concat | document (segment ids: no attention across documents)
     records_per_shard: int = 8192
     compression: str = "none"  # none | gzip: how shards are written (and read, per manifest)
+    # A tokenizer file to use instead of training one (e.g. the one `tfllm.convert` imported);
+    # empty: prepare trains a SentencePiece model on the corpus.
+    tokenizer: str = ""
     tokenizer_type: str = "unigram"  # unigram | bpe
     tokenizer_sample_mb: int = 8  # text sampled to train the tokenizer
     tokenizer_byte_fallback: bool = True  # unknown characters become byte pieces, never <unk>
@@ -276,18 +301,12 @@ def validate(cfg: Config) -> None:
     for key, value in positive.items():
         if value < 1:
             raise ConfigError(f"{key} must be at least 1, got {value}")
-    if m.hidden_dim % m.num_heads or (m.hidden_dim // m.num_heads) % 2:
-        raise ConfigError(
-            f"model.hidden_dim ({m.hidden_dim}) must split into model.num_heads ({m.num_heads}) "
-            "heads of even size (rotary embeddings rotate pairs)"
-        )
+    _validate_architecture(m)
     if d.seq_len > m.max_sequence_length:
         raise ConfigError(
             f"data.seq_len ({d.seq_len}) is larger than model.max_sequence_length "
             f"({m.max_sequence_length})"
         )
-    if m.activation not in ("swiglu", "gelu"):
-        raise ConfigError(f"model.activation must be swiglu or gelu, got {m.activation!r}")
     if d.tokenizer_type not in ("unigram", "bpe"):
         raise ConfigError(f"data.tokenizer_type must be unigram or bpe, got {d.tokenizer_type!r}")
     choices = {
@@ -381,6 +400,50 @@ def _validate_prepare(d: DataConfig) -> None:
         raise ConfigError(
             f"data.minhash_perms ({d.minhash_perms}) must be a multiple of data.minhash_bands "
             f"({d.minhash_bands}): each band takes perms / bands permutations"
+        )
+
+
+def _validate_architecture(m: ModelConfig) -> None:
+    if m.head_dim == 0 and m.hidden_dim % m.num_heads:
+        raise ConfigError(
+            f"model.hidden_dim ({m.hidden_dim}) must split into model.num_heads ({m.num_heads}) "
+            "heads, or set model.head_dim"
+        )
+    head_dim = m.head_dim or m.hidden_dim // m.num_heads
+    if m.positions == "rotary" and head_dim % 2:
+        raise ConfigError(f"head dim {head_dim} must be even (rotary embeddings rotate pairs)")
+    kv_heads = m.num_key_value_heads or m.num_heads
+    if m.num_key_value_heads < 0 or m.num_heads % kv_heads:
+        raise ConfigError(
+            f"model.num_heads ({m.num_heads}) must be a multiple of "
+            f"model.num_key_value_heads ({m.num_key_value_heads})"
+        )
+    choices = {
+        "model.activation": (m.activation, ("swiglu", "geglu", "gelu")),
+        "model.norm": (m.norm, ("rms", "rms_plus_one", "layer")),
+        "model.positions": (m.positions, ("rotary", "learned")),
+        "model.rope_scaling": (m.rope_scaling, ("none", "llama3")),
+    }
+    for key, (value, allowed) in choices.items():
+        if value not in allowed:
+            raise ConfigError(f"{key} must be one of {', '.join(allowed)}, got {value!r}")
+    at_least = {
+        "model.head_dim": (m.head_dim, 0),
+        "model.attention_softcap": (m.attention_softcap, 0),
+        "model.final_softcap": (m.final_softcap, 0),
+        "model.query_pre_attn_scalar": (m.query_pre_attn_scalar, 0),
+        "model.sliding_window": (m.sliding_window, 0),
+        "model.sliding_window_period": (m.sliding_window_period, 1),
+    }
+    for key, (value, low) in at_least.items():
+        if value < low:
+            raise ConfigError(f"{key} must be at least {low}, got {value}")
+    if m.rope_scaling == "llama3" and not (
+        m.rope_scaling_factor > 0 and m.rope_high_freq_factor > m.rope_low_freq_factor > 0
+    ):
+        raise ConfigError(
+            "model.rope_scaling llama3 needs rope_scaling_factor > 0 and "
+            "rope_high_freq_factor > rope_low_freq_factor > 0"
         )
 
 

@@ -109,17 +109,29 @@ def sample_pass(data: DataConfig, log=print) -> tuple[list[str], str]:
 def train_tokenizer(cfg: Config, out: str, log) -> tuple[bytes, str]:
     d = cfg.data
     sample, moved = sample_pass(d, log)
-    proto = tokenizer.train_tokenizer(
-        sample,
-        cfg.model.vocabulary_size,
-        d.tokenizer_type,
-        d.tokenizer_sample_mb,
-        d.tokenizer_byte_fallback,
-        d.tokenizer_character_coverage,
-    )
+    if d.tokenizer:  # a given tokenizer (an imported model's): the data must be read with it
+        if not d.tokenizer.endswith(".model") or not tf.io.gfile.exists(d.tokenizer):
+            raise DataError(
+                f"data.tokenizer {d.tokenizer}: prepare reads text with a SentencePiece "
+                ".model file that exists (instruction data, data.format, takes tokenizer.json)"
+            )
+        with tf.io.gfile.GFile(d.tokenizer, "rb") as f:
+            proto = f.read()
+        log(f"tokenizer: {d.tokenizer} (given)")
+    else:
+        proto = tokenizer.train_tokenizer(
+            sample,
+            cfg.model.vocabulary_size,
+            d.tokenizer_type,
+            d.tokenizer_sample_mb,
+            d.tokenizer_byte_fallback,
+            d.tokenizer_character_coverage,
+        )
+        log(
+            f"tokenizer: {d.tokenizer_type}, {cfg.model.vocabulary_size} pieces, {len(sample)} docs"
+        )
     with tf.io.gfile.GFile(posixpath.join(out, records.TOKENIZER), "wb") as f:
         f.write(proto)
-    log(f"tokenizer: {d.tokenizer_type}, {cfg.model.vocabulary_size} pieces, {len(sample)} docs")
     return proto, moved
 
 

@@ -35,20 +35,27 @@ def _probabilities(scores, mask):
     return softmax(tf.where(mask[:, None], tf.cast(scores, tf.float32), MASKED))
 
 
-def _forward(query, key, value, mask, keep):
-    """-> (B, H, T, K) output, float32 probabilities, probabilities after dropout."""
-    scores = tf.matmul(query, key, transpose_b=True)  # (B, H, T, S)
+def _capped(scores, softcap: float):
+    """Gemma 2's soft cap, softcap * tanh(scores / softcap) in float32; scores when 0 (off)."""
+    scores = tf.cast(scores, tf.float32)
+    return scores if not softcap else softcap * tf.tanh(scores / softcap)
+
+
+def _forward(query, key, value, mask, keep, softcap):
+    """-> (B, H, T, K) output, float32 probabilities, probabilities after dropout, capped
+    float32 scores."""
+    scores = _capped(tf.matmul(query, key, transpose_b=True), softcap)  # (B, H, T, S)
     probs = _probabilities(scores, mask)
     dropped = tf.cast(probs, query.dtype)
     if keep is not None:
         dropped *= keep
-    return tf.matmul(dropped, value), probs, dropped
+    return tf.matmul(dropped, value), probs, dropped, scores
 
 
-def attend(query, key, value, mask, keep=None):
+def attend(query, key, value, mask, keep=None, softcap: float = 0.0):
     """Attention without a gradient of its own (evaluation, prefill, export). `keep` is the
-    dropout multiplier, (B, H, T, S) of 0 and 1 / (1 - rate), or None."""
-    return _forward(query, key, value, mask, keep)[0]
+    dropout multiplier, (B, H, T, S) of 0 and 1 / (1 - rate), or None; `softcap` 0 is off."""
+    return _forward(query, key, value, mask, keep, softcap)[0]
 
 
 def _row_major_transpose(x):
@@ -56,12 +63,12 @@ def _row_major_transpose(x):
     return materialized(tf.transpose(x, (0, 1, 3, 2)))
 
 
-def attend_for_training(query, key, value, mask, keep=None):
+def attend_for_training(query, key, value, mask, keep=None, softcap: float = 0.0):
     """`attend` with the hand-written backward pass (module docstring)."""
 
     @tf.custom_gradient
     def core(query, key, value):
-        output, probs, dropped = _forward(query, key, value, mask, keep)
+        output, probs, dropped, capped = _forward(query, key, value, mask, keep, softcap)
 
         def grad(d_output):
             d_value = tf.matmul(_row_major_transpose(dropped), d_output)
@@ -70,7 +77,10 @@ def attend_for_training(query, key, value, mask, keep=None):
                 d_dropped *= keep
             d_probs = tf.cast(d_dropped, tf.float32)
             row = tf.reduce_sum(d_probs * probs, axis=-1, keepdims=True)
-            d_scores = tf.cast(probs * (d_probs - row), query.dtype)  # masked entries: p = 0
+            d_scores = probs * (d_probs - row)  # masked entries: p = 0
+            if softcap:  # d/dx c * tanh(x / c) = 1 - tanh^2
+                d_scores *= 1.0 - tf.square(capped / softcap)
+            d_scores = tf.cast(d_scores, query.dtype)
             d_query = tf.matmul(d_scores, key)
             d_key = tf.matmul(_row_major_transpose(d_scores), query)
             return d_query, d_key, d_value
@@ -80,10 +90,23 @@ def attend_for_training(query, key, value, mask, keep=None):
     return core(query, key, value)
 
 
-def attend_one_query(query, key, value, mask):
+def attend_one_query(query, key, value, mask, softcap: float = 0.0):
     """A decode step, T = 1: multiplies and sums instead of batched matmuls, whose kernels
     outside XLA cost a fixed 75 us a call at (1, S) per head here. -> (B, H, 1, K), which
-    reshapes to (B, 1, H * K) without a transpose."""
-    scores = tf.reduce_sum(query * key, axis=-1)[:, :, None, :]  # (B, H, 1, S)
-    probs = tf.cast(_probabilities(scores, mask), query.dtype)
-    return tf.reduce_sum(probs[:, :, 0, :, None] * value, axis=2)[:, :, None]
+    reshapes to (B, 1, H * K) without a transpose.
+
+    Key and value may hold fewer heads (G = H / KV query heads share one, grouped-query
+    attention): the queries are grouped instead of the cache being repeated at every token.
+    """
+    batch, heads, _, size = query.shape
+    kv_heads = key.shape[1]
+    if kv_heads == heads:  # 4-D products: 5-D broadcasts outside XLA cost ~2x per token here
+        scores = _capped(tf.reduce_sum(query * key, axis=-1)[:, :, None, :], softcap)
+        probs = tf.cast(_probabilities(scores, mask), query.dtype)  # (B, H, 1, S)
+        return tf.reduce_sum(probs[:, :, 0, :, None] * value, axis=2)[:, :, None]
+    grouped = tf.reshape(query, (-1, kv_heads, heads // kv_heads, 1, size))  # (B, KV, G, 1, K)
+    scores = tf.reduce_sum(grouped * key[:, :, None], axis=-1)  # (B, KV, G, S)
+    scores = tf.reshape(_capped(scores, softcap), (-1, heads, 1, tf.shape(key)[2]))
+    probs = tf.cast(_probabilities(scores, mask), query.dtype)  # (B, H, 1, S)
+    probs = tf.reshape(probs, (-1, kv_heads, heads // kv_heads, tf.shape(key)[2], 1))
+    return tf.reshape(tf.reduce_sum(probs * value[:, :, None], axis=3), (-1, heads, 1, size))

@@ -1,12 +1,13 @@
-"""Transformer layers in Keras 3: RMSNorm, rotary causal self-attention with a KV cache, MLP,
-block.
+"""Transformer layers in Keras 3: norms, rotary causal self-attention with a KV cache, MLP,
+block, with the architecture knobs of the open-weight families (README "Start from open weights").
 
 Shape letters, used in every comment and einsum below:
     B batch, T query length, S key length (T, or the cache size when decoding),
-    D hidden_dim, H num_heads, K head dim (D / H), F intermediate_dim.
+    D hidden_dim, H num_heads, KV num_key_value_heads (H unless grouped-query attention),
+    K head dim (D / H unless set), F intermediate_dim.
 
 One attention layer serves training and cached decoding: with `cache` the new keys and values
-are written into a fixed-size pair of (B, H, S, K) tensors at `cache_index`, so the decode loop
+are written into a fixed-size pair of (B, KV, S, K) tensors at `cache_index`, so the decode loop
 keeps static shapes and compiles once. Keys and values stay separate tensors: stacking them
 (or the layers) into one tensor copied the whole cache at every token, which measured about
 0.3 ms of a 2.5 ms decode step.
@@ -18,39 +19,10 @@ import keras
 from keras import ops
 
 from tfllm.model import attention
+from tfllm.model.primitives import RMSNorm, apply_rotary, rotary_frequencies
 from tfllm.model.projections import dense
 
 HEADS_FIRST = (0, 2, 1, 3)  # (B, T, H, K) <-> (B, H, T, K)
-
-
-class RMSNorm(keras.layers.Layer):
-    """Root-mean-square layer norm (no mean subtraction, no bias), computed in float32."""
-
-    def __init__(self, epsilon: float = 1e-5, **kwargs):
-        super().__init__(**kwargs)
-        self.epsilon = epsilon
-
-    def build(self, input_shape):
-        self.scale = self.add_weight(name="scale", shape=(input_shape[-1],), initializer="ones")
-
-    def call(self, x):
-        x32 = ops.cast(x, "float32")
-        x32 = x32 * ops.rsqrt(ops.mean(ops.square(x32), axis=-1, keepdims=True) + self.epsilon)
-        return ops.cast(x32 * ops.cast(self.scale, "float32"), self.compute_dtype)
-
-    def get_config(self):
-        return {**super().get_config(), "epsilon": self.epsilon}
-
-
-def apply_rotary(x, positions, max_wavelength: float):
-    """Rotates (B, T, H, K) queries or keys by their absolute positions (B, T)."""
-    half = x.shape[-1] // 2
-    inverse_freq = 1.0 / (max_wavelength ** (ops.arange(half, dtype="float32") / half))
-    angles = ops.cast(positions, "float32")[..., None] * inverse_freq  # (B, T, K/2)
-    cos = ops.cast(ops.cos(angles)[:, :, None, :], x.dtype)  # (B, T, 1, K/2)
-    sin = ops.cast(ops.sin(angles)[:, :, None, :], x.dtype)
-    x1, x2 = x[..., :half], x[..., half:]
-    return ops.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
 
 
 def _cache_slots(batch, heads, length, cache_index):
@@ -67,9 +39,19 @@ def _cache_slots(batch, heads, length, cache_index):
     return ops.stack([rows, head, slots], axis=-1)
 
 
+def _normal(std):
+    return keras.initializers.RandomNormal(stddev=std)
+
+
 class CausalSelfAttention(keras.layers.Layer):
-    """Multi-head self-attention with rotary positions, a fused bias-free QKV projection and
-    an optional fixed-size key/value cache."""
+    """Multi-head (or grouped-query) self-attention with rotary positions, a fused QKV
+    projection and an optional fixed-size key/value cache.
+
+    Options (all off by default, tfllm's own model): num_key_value_heads, head_dim, qkv_bias,
+    bias (output bias too), rope_llama3 (a dict, see `rotary_frequencies`), rotary (False:
+    positions are added to the embeddings instead), softcap, query_pre_attn_scalar, qk_norm
+    (epsilon of a per-head RMSNorm of queries and keys, 0 = off).
+    """
 
     def __init__(
         self,
@@ -78,68 +60,92 @@ class CausalSelfAttention(keras.layers.Layer):
         dropout: float = 0.0,
         rope_max_wavelength: float = 10000.0,
         output_init_std: float = 0.02,
-        **kwargs,
+        **options,
     ):
-        super().__init__(**kwargs)
+        own = {k: options.pop(k) for k in _ATTENTION_OPTIONS if k in options}
+        super().__init__(**options)
         self.hidden_dim = hidden_dim
         self.num_heads = num_heads
         self.dropout = dropout
         self.rope_max_wavelength = rope_max_wavelength
         self.output_init_std = output_init_std
+        self.options = {**_ATTENTION_OPTIONS, **own}
+        o = self.options
+        self.kv_heads = o["num_key_value_heads"] or num_heads
+        self.head_dim = o["head_dim"] or hidden_dim // num_heads
+        self.query_scale = (o["query_pre_attn_scalar"] or self.head_dim) ** -0.5
 
     def build(self, input_shape):
-        head_dim = self.hidden_dim // self.num_heads
-        self.qkv_kernel = self.add_weight(
-            name="qkv_kernel",
-            shape=(self.hidden_dim, 3, self.num_heads, head_dim),
-            initializer=keras.initializers.RandomNormal(stddev=0.02),
-        )
+        h, kv, k, d = self.num_heads, self.kv_heads, self.head_dim, self.hidden_dim
+        # tfllm's own layout (D, 3, H, K) when every head has its keys; (D, H + 2 KV, K) else.
+        shape = (d, 3, h, k) if kv == h else (d, h + 2 * kv, k)
+        self.qkv_kernel = self.add_weight(name="qkv_kernel", shape=shape, initializer=_normal(0.02))
         self.output_kernel = self.add_weight(
-            name="output_kernel",
-            shape=(self.num_heads, head_dim, self.hidden_dim),
-            initializer=keras.initializers.RandomNormal(stddev=self.output_init_std),
+            name="output_kernel", shape=(h, k, d), initializer=_normal(self.output_init_std)
         )
+        o = self.options
+        if o["qkv_bias"] or o["bias"]:
+            self.qkv_bias = self.add_weight(
+                name="qkv_bias", shape=((h + 2 * kv) * k,), initializer="zeros"
+            )
+        if o["bias"]:
+            self.output_bias = self.add_weight(name="output_bias", shape=(d,), initializer="zeros")
+        if o["qk_norm"]:
+            self.query_norm = RMSNorm(o["qk_norm"], name="query_norm")
+            self.key_norm = RMSNorm(o["qk_norm"], name="key_norm")
+            self.query_norm.build((k,))
+            self.key_norm.build((k,))
         self.dropout_layer = keras.layers.Dropout(self.dropout, name="attention_dropout")
 
     def call(self, x, positions, mask, cache=None, cache_index=None, training=False):
         """x (B, T, D), positions (B, T), mask (B, T, S) bool -> (B, T, D), updated cache.
 
-        `cache` is a (keys, values) pair of (B, H, S, K) tensors, or None when training.
+        `cache` is a (keys, values) pair of (B, KV, S, K) tensors, or None when training.
         """
         # Projections as plain 2-D matmuls over reshaped kernels (same weights): XLA on CPU ran
         # the 4-D einsums with transposed operands, measurably slower (benchmarks/README.md).
         batch, length = ops.shape(x)[0], ops.shape(x)[1]
-        head_dim = self.hidden_dim // self.num_heads
-        kernel = ops.reshape(self.qkv_kernel, (self.hidden_dim, 3 * self.hidden_dim))
+        h, kv, k, o = self.num_heads, self.kv_heads, self.head_dim, self.options
+        kernel = ops.reshape(self.qkv_kernel, (self.hidden_dim, (h + 2 * kv) * k))
         qkv = dense(x, kernel, training)
-        qkv = ops.reshape(qkv, (batch, length, 3, self.num_heads, head_dim))  # (B, T, 3, H, K)
+        if o["qkv_bias"] or o["bias"]:
+            qkv = qkv + self.qkv_bias
+        qkv = ops.reshape(qkv, (batch, length, h + 2 * kv, k))  # (B, T, H + 2 KV, K)
+        query, key, value = qkv[:, :, :h], qkv[:, :, h : h + kv], qkv[:, :, h + kv :]
+        if o["qk_norm"]:
+            query, key = self.query_norm(query), self.key_norm(key)
+        if o["rotary"]:
+            inverse_freq = rotary_frequencies(k, self.rope_max_wavelength, o["rope_llama3"])
+            query = apply_rotary(query, positions, inverse_freq)
+            key = apply_rotary(key, positions, inverse_freq)
         # Heads first, (B, H, T, K): the cache is kept in this layout, so attention reads it
         # without a transposed copy of every cached key and value at every generated token.
-        query = ops.transpose(
-            apply_rotary(qkv[:, :, 0], positions, self.rope_max_wavelength), HEADS_FIRST
-        )
-        key = ops.transpose(
-            apply_rotary(qkv[:, :, 1], positions, self.rope_max_wavelength), HEADS_FIRST
-        )
-        value = ops.transpose(qkv[:, :, 2], HEADS_FIRST)
+        query, key, value = (ops.transpose(t, HEADS_FIRST) for t in (query, key, value))
         if cache is not None:  # write this step's keys and values into their slots
-            indices = _cache_slots(batch, self.num_heads, length, cache_index)
+            indices = _cache_slots(batch, kv, length, cache_index)
             key = ops.scatter_update(cache[0], indices, ops.cast(key, cache[0].dtype))
             value = ops.scatter_update(cache[1], indices, ops.cast(value, cache[1].dtype))
             cache = (key, value)
-        query = query * head_dim**-0.5
+        query = query * ops.cast(self.query_scale, query.dtype)
         if x.shape[1] == 1:  # a decode step: (B, H, 1, K) reshapes to (B, 1, H, K) for free
-            attended = attention.attend_one_query(query, key, value, mask)
+            attended = attention.attend_one_query(query, key, value, mask, o["softcap"])
         else:
+            if kv != h:  # query head j reads key/value head j // (H / KV), as HF's repeat_kv
+                key, value = ops.repeat(key, h // kv, axis=1), ops.repeat(value, h // kv, axis=1)
             keep = None
             if training and self.dropout > 0:  # the dropout multiplier, one per probability
-                shape = (batch, self.num_heads, length, ops.shape(key)[2])
+                shape = (batch, h, length, ops.shape(key)[2])
                 keep = self.dropout_layer(ops.ones(shape, query.dtype), training=True)
             core = attention.attend_for_training if training else attention.attend
-            attended = ops.transpose(core(query, key, value, mask, keep), HEADS_FIRST)
-        attended = ops.reshape(attended, (batch, length, self.hidden_dim))  # (B, T, D)
-        output = ops.reshape(self.output_kernel, (self.hidden_dim, self.hidden_dim))
-        return dense(attended, output, training), cache
+            attended = core(query, key, value, mask, keep, o["softcap"])
+            attended = ops.transpose(attended, HEADS_FIRST)
+        attended = ops.reshape(attended, (batch, length, h * k))  # (B, T, H K)
+        output = dense(
+            attended, ops.reshape(self.output_kernel, (h * k, self.hidden_dim)), training
+        )
+        if o["bias"]:
+            output = output + self.output_bias
+        return output, cache
 
     def get_config(self):
         return {
@@ -149,11 +155,26 @@ class CausalSelfAttention(keras.layers.Layer):
             "dropout": self.dropout,
             "rope_max_wavelength": self.rope_max_wavelength,
             "output_init_std": self.output_init_std,
+            **self.options,
         }
 
 
+_ATTENTION_OPTIONS = {
+    "num_key_value_heads": 0,
+    "head_dim": 0,
+    "qkv_bias": False,
+    "bias": False,
+    "rope_llama3": None,
+    "rotary": True,
+    "softcap": 0.0,
+    "query_pre_attn_scalar": 0.0,
+    "qk_norm": 0.0,
+}
+
+
 class MLP(keras.layers.Layer):
-    """Feed-forward: SwiGLU (fused gate and up projections) or GELU, bias-free."""
+    """Feed-forward: SwiGLU or GeGLU (fused gate and up projections, gate first), or plain
+    GELU; biases with `bias` (GPT-2)."""
 
     def __init__(
         self,
@@ -161,6 +182,7 @@ class MLP(keras.layers.Layer):
         intermediate_dim: int,
         activation: str = "swiglu",
         output_init_std: float = 0.02,
+        bias: bool = False,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -168,30 +190,42 @@ class MLP(keras.layers.Layer):
         self.intermediate_dim = intermediate_dim
         self.activation = activation
         self.output_init_std = output_init_std
+        self.bias = bias
+        self.gates = 1 if activation == "gelu" else 2
 
     def build(self, input_shape):
-        gates = 2 if self.activation == "swiglu" else 1
         self.input_kernel = self.add_weight(
             name="input_kernel",
-            shape=(self.hidden_dim, gates, self.intermediate_dim),
-            initializer=keras.initializers.RandomNormal(stddev=0.02),
+            shape=(self.hidden_dim, self.gates, self.intermediate_dim),
+            initializer=_normal(0.02),
         )
         self.output_kernel = self.add_weight(
             name="output_kernel",
             shape=(self.intermediate_dim, self.hidden_dim),
-            initializer=keras.initializers.RandomNormal(stddev=self.output_init_std),
+            initializer=_normal(self.output_init_std),
         )
+        if self.bias:
+            width = self.gates * self.intermediate_dim
+            self.input_bias = self.add_weight(
+                name="input_bias", shape=(width,), initializer="zeros"
+            )
+            self.output_bias = self.add_weight(
+                name="output_bias", shape=(self.hidden_dim,), initializer="zeros"
+            )
 
     def call(self, x, training=False):
-        gates = 2 if self.activation == "swiglu" else 1
-        kernel = ops.reshape(self.input_kernel, (self.hidden_dim, gates * self.intermediate_dim))
-        projected = dense(x, kernel, training)  # (B, T, gates * F)
-        if self.activation == "swiglu":
+        width = self.gates * self.intermediate_dim
+        projected = dense(x, ops.reshape(self.input_kernel, (self.hidden_dim, width)), training)
+        if self.bias:
+            projected = projected + self.input_bias
+        if self.gates == 2:  # (B, T, 2 F)
             gate, up = ops.split(projected, 2, axis=-1)
-            hidden = ops.silu(gate) * up
+            gate = ops.silu(gate) if self.activation == "swiglu" else ops.gelu(gate, True)
+            hidden = gate * up
         else:
             hidden = ops.gelu(projected, approximate=True)
-        return dense(hidden, self.output_kernel, training)
+        output = dense(hidden, self.output_kernel, training)
+        return output + self.output_bias if self.bias else output
 
     def get_config(self):
         return {
@@ -200,11 +234,13 @@ class MLP(keras.layers.Layer):
             "intermediate_dim": self.intermediate_dim,
             "activation": self.activation,
             "output_init_std": self.output_init_std,
+            "bias": self.bias,
         }
 
 
 class TransformerBlock(keras.layers.Layer):
-    """Pre-norm block: x + attention(norm(x)), then x + mlp(norm(x))."""
+    """Pre-norm block: x + attention(norm(x)), then x + mlp(norm(x)); with `post_norms`
+    (Gemma 2) each branch's output is normed too before it is added."""
 
     def __init__(
         self,
@@ -216,9 +252,12 @@ class TransformerBlock(keras.layers.Layer):
         rope_max_wavelength: float = 10000.0,
         layer_norm_epsilon: float = 1e-5,
         output_init_std: float = 0.02,
-        **kwargs,
+        norm: str = "rms",
+        post_norms: bool = False,
+        **options,
     ):
-        super().__init__(**kwargs)
+        attention_options = {k: options.pop(k) for k in _ATTENTION_OPTIONS if k in options}
+        super().__init__(**options)
         self.hidden_dim = hidden_dim
         self.num_heads = num_heads
         self.intermediate_dim = intermediate_dim
@@ -227,9 +266,12 @@ class TransformerBlock(keras.layers.Layer):
         self.rope_max_wavelength = rope_max_wavelength
         self.layer_norm_epsilon = layer_norm_epsilon
         self.output_init_std = output_init_std
+        self.norm, self.post_norms = norm, post_norms
+        self.attention_options = attention_options
 
     def build(self, input_shape):
-        self.attention_norm = RMSNorm(self.layer_norm_epsilon, name="attention_norm")
+        eps, kind = self.layer_norm_epsilon, self.norm
+        self.attention_norm = RMSNorm(eps, kind, name="attention_norm")
         self.attention = CausalSelfAttention(
             self.hidden_dim,
             self.num_heads,
@@ -237,17 +279,24 @@ class TransformerBlock(keras.layers.Layer):
             self.rope_max_wavelength,
             self.output_init_std,
             name="attention",
+            **self.attention_options,
         )
-        self.mlp_norm = RMSNorm(self.layer_norm_epsilon, name="mlp_norm")
+        self.mlp_norm = RMSNorm(eps, kind, name="mlp_norm")
         self.mlp = MLP(
             self.hidden_dim,
             self.intermediate_dim,
             self.activation,
             self.output_init_std,
+            self.attention_options.get("bias", False),
             name="mlp",
         )
         self.residual_dropout = keras.layers.Dropout(self.dropout, name="residual_dropout")
-        for layer in (self.attention_norm, self.attention, self.mlp_norm, self.mlp):
+        layers = [self.attention_norm, self.attention, self.mlp_norm, self.mlp]
+        if self.post_norms:
+            self.attention_output_norm = RMSNorm(eps, kind, name="attention_output_norm")
+            self.mlp_output_norm = RMSNorm(eps, kind, name="mlp_output_norm")
+            layers += [self.attention_output_norm, self.mlp_output_norm]
+        for layer in layers:
             layer.build(input_shape)
 
     def call(self, x, positions, mask, cache=None, cache_index=None, training=False):
@@ -259,8 +308,12 @@ class TransformerBlock(keras.layers.Layer):
             cache_index=cache_index,
             training=training,
         )
+        if self.post_norms:
+            attended = self.attention_output_norm(attended)
         x = x + self.residual_dropout(attended, training=training)
         mlp = self.mlp(self.mlp_norm(x), training=training)
+        if self.post_norms:
+            mlp = self.mlp_output_norm(mlp)
         x = x + self.residual_dropout(mlp, training=training)
         return x, cache
 
@@ -275,4 +328,7 @@ class TransformerBlock(keras.layers.Layer):
             "rope_max_wavelength": self.rope_max_wavelength,
             "layer_norm_epsilon": self.layer_norm_epsilon,
             "output_init_std": self.output_init_std,
+            "norm": self.norm,
+            "post_norms": self.post_norms,
+            **self.attention_options,
         }

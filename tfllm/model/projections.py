@@ -69,7 +69,8 @@ def _trained_matmul(x, kernel):
 
 
 class TiedEmbedding(keras.layers.Layer):
-    """Token embedding whose table is also the output projection (tied weights).
+    """Token embedding whose table is also the output projection (tied weights), or with a
+    separate output kernel (`tied=False`, e.g. Llama 3 8B, Qwen2 7B).
 
     The table is stored as the projection's kernel, (D, V), not as (V, D): XLA on CPU computes
     the projection's weight gradient as x^T @ dlogits at about twice the speed of the
@@ -77,18 +78,19 @@ class TiedEmbedding(keras.layers.Layer):
     (benchmarks/README.md). The lookup gathers columns.
     """
 
-    def __init__(self, vocabulary_size: int, hidden_dim: int, **kwargs):
+    def __init__(self, vocabulary_size: int, hidden_dim: int, tied: bool = True, **kwargs):
         # Looked-up embeddings are cast by hand; the projection reads the float32 table.
         super().__init__(autocast=False, **kwargs)
         self.vocabulary_size = vocabulary_size
         self.hidden_dim = hidden_dim
+        self.tied = tied
 
     def build(self, input_shape=None):
-        self.kernel = self.add_weight(
-            name="kernel",
-            shape=(self.hidden_dim, self.vocabulary_size),
-            initializer=keras.initializers.RandomNormal(stddev=0.02),
-        )
+        shape = (self.hidden_dim, self.vocabulary_size)
+        normal = keras.initializers.RandomNormal(stddev=0.02)
+        self.kernel = self.add_weight(name="kernel", shape=shape, initializer=normal)
+        if not self.tied:
+            self.head_kernel = self.add_weight(name="head_kernel", shape=shape, initializer=normal)
 
     def call(self, token_ids):
         """(B, T) int -> (B, T, D) in the compute dtype."""
@@ -97,11 +99,13 @@ class TiedEmbedding(keras.layers.Layer):
 
     def logits(self, x, training=False):
         """(B, T, D) -> (B, T, V) float32 logits."""
-        return dense(ops.cast(x, "float32"), ops.cast(self.kernel, "float32"), training)
+        kernel = self.kernel if self.tied else self.head_kernel
+        return dense(ops.cast(x, "float32"), ops.cast(kernel, "float32"), training)
 
     def get_config(self):
         return {
             **super().get_config(),
             "vocabulary_size": self.vocabulary_size,
             "hidden_dim": self.hidden_dim,
+            "tied": self.tied,
         }

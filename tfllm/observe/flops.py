@@ -50,18 +50,22 @@ _TPU_PREFIXES = {
 
 
 def count_parameters(model: ModelConfig) -> int:
-    """Trainable parameters of `TransformerLM(model)`: the tied embedding counted once."""
+    """Trainable parameters of `TransformerLM(model)` that matmuls read: the tied embedding
+    counted once, an untied head twice; biases, extra norms and learned positions left out."""
     d, f = model.hidden_dim, model.intermediate_dim
-    gates = 2 if model.activation == "swiglu" else 1
-    # QKV (3 D^2) and output (D^2) projections, the MLP, and two RMSNorm scales per block.
-    per_block = 4 * d * d + (gates + 1) * d * f + 2 * d
-    return model.vocabulary_size * d + model.num_layers * per_block + d
+    gates = 1 if model.activation == "gelu" else 2
+    heads = model.num_heads
+    kv_heads, head_dim = model.num_key_value_heads or heads, model.head_dim or d // heads
+    # QKV (H + 2 KV heads) and output projections, the MLP, and two norm scales per block.
+    per_block = d * (2 * heads + 2 * kv_heads) * head_dim + (gates + 1) * d * f + 2 * d
+    tables = 1 if model.tie_embeddings else 2
+    return tables * model.vocabulary_size * d + model.num_layers * per_block + d
 
 
 def flops_per_token(model: ModelConfig, seq_len: int) -> dict[str, float]:
     """Training FLOPs per token (forward and backward): {"palm": ..., "causal": ...}."""
     dense = 6.0 * count_parameters(model)
-    head_dim = model.hidden_dim // model.num_heads
+    head_dim = model.head_dim or model.hidden_dim // model.num_heads
     attention = float(model.num_layers * model.num_heads * head_dim * seq_len)
     return {"palm": dense + 12.0 * attention, "causal": dense + 6.0 * attention}
 

@@ -15,6 +15,7 @@ files on disk when it disagrees.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import posixpath
@@ -23,9 +24,11 @@ import re
 import keras
 import tensorflow as tf
 
+from tfllm.config import ModelConfig
 from tfllm.data.records import write_atomically
 from tfllm.errors import TfllmError
 
+_MODEL_DEFAULTS = dataclasses.asdict(ModelConfig())
 MARKER_SUFFIX = ".done.json"
 STATE_FILE = "checkpoint"
 REJECTED_DIR = "rejected"
@@ -73,6 +76,8 @@ class Checkpointer:
         if optimizer is not None:
             objects["optimizer"] = optimizer
         self.checkpoint = tf.train.Checkpoint(**objects)
+        # A checkpoint of the model's weights alone, e.g. one imported by `tfllm.convert`.
+        self.weights = tf.train.Checkpoint(model=model)
         self.model_only = optimizer is None
         self.keep, self.model_config, self.log = keep, model_config, log
         self._skipped: list[int] = []  # newer than the restored one; set aside at the next save
@@ -99,7 +104,12 @@ class Checkpointer:
         try:
             with tf.io.gfile.GFile(path) as f:
                 marker = json.load(f)
-            return {"step": int(marker["step"]), "model": marker["model"], "files": marker["files"]}
+            return {
+                "step": int(marker["step"]),
+                "model": marker["model"],
+                "files": marker["files"],
+                "weights_only": bool(marker.get("weights_only", False)),
+            }
         except (ValueError, KeyError, TypeError) as err:
             raise _Unusable(f"unreadable completion marker: {err}") from None
 
@@ -121,7 +131,12 @@ class Checkpointer:
             raise _Unusable(f"tensors do not read back: {_first_line(err)}") from None
 
     def _check_model(self, step: int, marker: dict) -> None:
-        if self.model_config is None or marker["model"] == self.model_config:
+        if self.model_config is None:
+            return
+        # Keys added to ModelConfig after the checkpoint was written take their defaults, which
+        # are the model it was written with.
+        marker = {**marker, "model": {**_MODEL_DEFAULTS, **marker["model"]}}
+        if marker["model"] == self.model_config:
             return
         keys = sorted(set(marker["model"]) | set(self.model_config))
         diffs = [
@@ -161,7 +176,8 @@ class Checkpointer:
                 continue
             path = self._prefix(candidate)
             try:
-                status = self.checkpoint.read(path)
+                # A weights-only checkpoint leaves the optimizer fresh: training starts at step 0.
+                status = (self.weights if marker["weights_only"] else self.checkpoint).read(path)
                 status.assert_existing_objects_matched()
                 if self.model_only:
                     status.expect_partial()  # the optimizer's slots are there on purpose
@@ -223,8 +239,11 @@ class Checkpointer:
         self._write_state_file([s for s in self._published_steps() if s <= restored])
         self.log(f"checkpoint: rebuilt the '{STATE_FILE}' state file from disk (it was {was})")
 
-    def save(self, step: int) -> str:
+    def save(self, step: int, weights_only: bool = False) -> str:
         """Writes ckpt-`step`, publishes it with its marker, then drops the oldest ones.
+
+        `weights_only` writes the model's variables alone (an imported model's step 0, which
+        `tfllm.train` resumes from with a fresh optimizer).
 
         Returns the checkpoint's path prefix; on a non-chief worker, the chief's, which this
         worker's part of the save goes with.
@@ -239,7 +258,7 @@ class Checkpointer:
         if tf.io.gfile.exists(marker_path):  # rewriting a step: unpublish it first
             tf.io.gfile.remove(marker_path)
         _test_exit_point("before_write", step)
-        prefix = self.checkpoint.write(self._prefix(step))
+        prefix = (self.weights if weights_only else self.checkpoint).write(self._prefix(step))
         _test_exit_point("after_write", step)
         files = {
             n: tf.io.gfile.stat(posixpath.join(self.directory, n)).length
@@ -247,6 +266,8 @@ class Checkpointer:
             if MARKER_SUFFIX not in n  # the marker, and a stale temp one
         }
         marker = {"step": step, "model": self.model_config, "files": files}
+        if weights_only:
+            marker["weights_only"] = True
         write_atomically(marker_path, json.dumps(marker, indent=1, sort_keys=True))  # publish
         _test_exit_point("after_marker", step)
         published = self._published_steps()

@@ -50,6 +50,6 @@ def load_trained(workdir: str, step: int | None = None, log=print) -> TrainedMod
             f"no checkpoint in {checkpointer.directory}: train first "
             f"(python -m tfllm.train --config {config_path})"
         )
-    tokenizer_path = posixpath.join(data_dir(cfg), records.TOKENIZER)
+    tokenizer_path = cfg.data.tokenizer or posixpath.join(data_dir(cfg), records.TOKENIZER)
     restored_step = int(posixpath.basename(path).split("-")[1])
     return TrainedModel(cfg, model, tokenizer_path, path, restored_step)

@@ -1,0 +1,170 @@
+"""The `tfllm.convert` stage: a Hugging Face directory <-> a tfllm workdir.
+
+A converted workdir is an ordinary one: `config.yaml` (the model section is the architecture,
+`data.tokenizer` the imported tokenizer), a weights-only checkpoint at step 0 that `tfllm.train`
+resumes from with a fresh optimizer and `load_trained` reads, and `hf/` holding the source's
+config.json, generation_config.json and tokenizer files (export writes them back). Both
+directions write into a temporary sibling and rename it at the end: nothing is left on failure.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+
+from tfllm.config import Config, ModelConfig, load_config, save_config, validate
+from tfllm.hub import hf_config, weights
+from tfllm.hub.hf_config import HubError
+from tfllm.model.lm import build_model
+from tfllm.runs.checkpoint import Checkpointer
+from tfllm.runs.trained import load_trained
+
+SOURCE = "hf"  # the workdir's copy of the source's non-weight files
+TOKENIZER_FILES = (
+    "tokenizer.model",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "vocab.json",
+    "merges.txt",
+    "chat_template.jinja",
+)
+SHARD_BYTES = 5 << 30  # transformers' default max_shard_size, 5 GB
+
+
+def _read_json(path: str) -> dict:
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, ValueError) as err:
+        raise HubError(f"{path}: cannot read JSON: {err}") from None
+
+
+def _fresh(path: str, what: str) -> None:
+    if os.path.exists(path) and os.listdir(path):
+        raise HubError(f"{what} {path} exists and is not empty; choose a new one")
+
+
+def _publish(tmp: str, final: str) -> None:
+    if os.path.isdir(final):
+        os.rmdir(final)  # empty, checked by _fresh
+    os.replace(tmp, final)
+
+
+def from_hf(source: str, workdir: str, log=print) -> Config:
+    """Imports the HF directory `source` into a new workdir; returns its config."""
+    config_path = os.path.join(source, "config.json")
+    if not os.path.isfile(config_path):
+        raise HubError(f"{source}: no config.json (is it a Hugging Face model directory?)")
+    family, model_section = hf_config.to_model_config(_read_json(config_path), config_path)
+    weights.weight_files(source)  # a missing or .bin-only checkpoint fails before any work
+    _fresh(workdir, "workdir")
+    parent = os.path.dirname(os.path.abspath(workdir))
+    os.makedirs(parent, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=".convert-", dir=parent)
+    try:
+        hf_dir = os.path.join(tmp, SOURCE)
+        os.makedirs(hf_dir)
+        for name in ("config.json", "generation_config.json", *TOKENIZER_FILES):
+            if os.path.isfile(os.path.join(source, name)):
+                shutil.copy2(os.path.join(source, name), hf_dir)
+        tokenizer = next(
+            (n for n in ("tokenizer.model", "tokenizer.json") if os.path.isfile(f"{hf_dir}/{n}")),
+            None,
+        )
+        overrides = [f"runtime.workdir={workdir}", f"data.name={os.path.basename(workdir)}"]
+        if tokenizer:
+            overrides.append(f"data.tokenizer={os.path.join(workdir, SOURCE, tokenizer)}")
+        seq_len = min(Config().data.seq_len, model_section["max_sequence_length"])
+        cfg = load_config(overrides=[*overrides, f"data.seq_len={seq_len}"])
+        cfg.model = ModelConfig(**model_section)
+        validate(cfg)
+        model = build_model(cfg.model)
+        weights.read_weights(source, family, model)
+        save_config(cfg, os.path.join(tmp, "config.yaml"))
+        checkpointer = Checkpointer(tmp, model, model_config=cfg.to_dict()["model"], log=log)
+        checkpointer.save(0, weights_only=True)
+        _publish(tmp, workdir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    log(
+        f"convert: {family} ({model.count_params():,} parameters) from {source} -> {workdir} "
+        f"(step 0{', tokenizer ' + tokenizer if tokenizer else ', no tokenizer file'})"
+    )
+    return cfg
+
+
+def _source_files(cfg: Config, workdir: str) -> tuple[str, dict, dict | None]:
+    """(family, base config.json, generation_config.json) of the workdir's source; a model
+    trained from scratch is a Llama whose tokenizer is tfllm's SentencePiece model."""
+    hf_dir = os.path.join(workdir, SOURCE)
+    if os.path.isfile(os.path.join(hf_dir, "config.json")):
+        base = _read_json(os.path.join(hf_dir, "config.json"))
+        generation = os.path.join(hf_dir, "generation_config.json")
+        return (
+            base["model_type"],
+            base,
+            _read_json(generation) if os.path.isfile(generation) else None,
+        )
+    from tfllm.data.tokenizer import EOS_ID, PAD_ID
+
+    base = {
+        "architectures": ["LlamaForCausalLM"],
+        "eos_token_id": EOS_ID,
+        "pad_token_id": PAD_ID,
+        "torch_dtype": "float32",
+    }
+    return "llama", base, {"eos_token_id": EOS_ID, "pad_token_id": PAD_ID}
+
+
+def to_hf(workdir: str, out: str, shard_bytes: int = SHARD_BYTES, log=print) -> str:
+    """Writes the newest usable checkpoint of `workdir` as an HF directory `out`."""
+    _fresh(out, "output directory")
+    trained = load_trained(workdir, log=log)
+    family, base, generation = _source_files(trained.cfg, workdir)
+    model_section = {**trained.cfg.to_dict()["model"], "dropout": 0.0}
+    hf = hf_config.from_model_config(family, model_section, base)
+    dtype = hf.get("dtype") or hf.get("torch_dtype") or "float32"
+    if dtype not in weights.DTYPES:
+        raise HubError(f"{workdir}: dtype {dtype!r} cannot be written (float32, bfloat16, float16)")
+    parent = os.path.dirname(os.path.abspath(out))
+    os.makedirs(parent, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=".convert-", dir=parent)
+    try:
+        weights.write_weights(tmp, family, trained.model, dtype, shard_bytes)
+        with open(os.path.join(tmp, "config.json"), "w") as f:
+            json.dump(hf, f, indent=2)
+        if generation is not None:
+            with open(os.path.join(tmp, "generation_config.json"), "w") as f:
+                json.dump(generation, f, indent=2)
+        hf_dir = os.path.join(workdir, SOURCE)
+        copied = [n for n in TOKENIZER_FILES if os.path.isfile(os.path.join(hf_dir, n))]
+        for name in copied:
+            shutil.copy2(os.path.join(hf_dir, name), tmp)
+        if not os.path.isdir(hf_dir):  # from scratch: tfllm's SentencePiece, as LlamaTokenizer
+            shutil.copy2(trained.tokenizer_path, os.path.join(tmp, "tokenizer.model"))
+            with open(os.path.join(tmp, "tokenizer_config.json"), "w") as f:
+                json.dump(_SCRATCH_TOKENIZER, f, indent=2)
+        _publish(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    log(f"convert: {workdir} (step {trained.step}) -> {out} as {family}, {dtype}")
+    return out
+
+
+# tfllm's tokenizer: no BOS, EOS id 2, no dummy prefix (tfllm.data.tokenizer).
+_SCRATCH_TOKENIZER = {
+    "tokenizer_class": "LlamaTokenizer",
+    "add_bos_token": False,
+    "add_eos_token": False,
+    "add_prefix_space": False,
+    "legacy": False,
+    "eos_token": "</s>",
+    "unk_token": "<unk>",
+    "pad_token": "<pad>",
+}

@@ -1,0 +1,168 @@
+"""`config.json` <-> the model section of a tfllm config, per family (`families.FAMILIES`).
+
+Every key of a config.json is either read, known to be harmless, or required to hold its
+neutral value: a key that would change the architecture and that tfllm does not model is
+refused, never ignored.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from tfllm.config import ModelConfig
+from tfllm.errors import TfllmError
+from tfllm.hub.families import _NEUTRAL, FAMILIES, HARMLESS
+
+_LLAMA3_KEYS = {
+    "factor": "rope_scaling_factor",
+    "low_freq_factor": "rope_low_freq_factor",
+    "high_freq_factor": "rope_high_freq_factor",
+    "original_max_position_embeddings": "rope_original_max_positions",
+}
+
+
+class HubError(TfllmError):
+    """A Hugging Face directory or config that tfllm cannot read or write."""
+
+
+def _rope(hf: dict, origin: str) -> dict:
+    """rope_theta and the Llama 3.1 scaling from `rope_scaling` (transformers v4) or
+    `rope_parameters` (v5, which also holds rope_theta)."""
+    params = dict(hf.get("rope_parameters") or {})
+    params.update(hf.get("rope_scaling") or {})
+    theta = params.get("rope_theta", hf.get("rope_theta", 10000.0))
+    out = {"rope_max_wavelength": float(theta)}
+    kind = params.get("rope_type", params.get("type", "default"))
+    if kind == "llama3":
+        out["rope_scaling"] = "llama3"
+        for key, name in _LLAMA3_KEYS.items():
+            if key not in params:
+                raise HubError(f"{origin}: llama3 rope scaling without {key}")
+            out[name] = type(getattr(ModelConfig, name))(params[key])
+    elif kind != "default":
+        raise HubError(
+            f"{origin}: rope type {kind!r} is not supported (supported: default, llama3)"
+        )
+    return out
+
+
+def to_model_config(hf: dict, origin: str = "config.json") -> tuple[str, dict]:
+    """config.json as a dict -> (family, the model section of a tfllm config as a dict)."""
+    family = hf.get("model_type")
+    if family not in FAMILIES:
+        raise HubError(
+            f"{origin}: model_type {family!r} is not supported; supported: " + ", ".join(FAMILIES)
+        )
+    spec = FAMILIES[family]
+    model = dataclasses.asdict(ModelConfig())
+    read = set()
+    for hf_key, key, default in spec["keys"]:
+        value = hf.get(hf_key)
+        read.add(hf_key)
+        if value is None:
+            if hf_key == "n_inner":  # GPT-2: 4 x hidden when absent
+                value = 4 * hf["n_embd"]
+            elif default is None:
+                raise HubError(f"{origin}: {hf_key} is missing")
+            else:
+                value = default
+        model[key] = type(model[key])(value)
+    # Spelled-out defaults read as tfllm's "0 = derived", so equal models have equal configs.
+    if model["num_key_value_heads"] == model["num_heads"]:
+        model["num_key_value_heads"] = 0
+    if model["head_dim"] == model["hidden_dim"] // model["num_heads"]:
+        model["head_dim"] = 0
+    model.update(spec["fixed"])
+    model.update(_rope(hf, origin) if model["positions"] == "rotary" else {})
+    model["tie_embeddings"] = bool(hf.get("tie_word_embeddings", spec["tie_default"]))
+    activation = (
+        hf.get("hidden_activation") or hf.get("hidden_act") or hf.get("activation_function")
+    )
+    allowed = spec.get("activations", ("silu",))
+    if activation is not None and activation not in allowed:
+        raise HubError(f"{origin}: activation {activation!r} is not supported for {family}")
+    neutral = {**_NEUTRAL, **spec.get("neutral", {})}
+    for key, value in hf.items():
+        if key in read or key in HARMLESS or key in spec.get("ignored", ()):
+            continue
+        if key == "layer_types":
+            _check_layer_types(value, model, origin)
+        elif key.endswith("_pdrop") or key in ("attention_dropout", "n_ctx", "hidden_act"):
+            continue  # dropout rates (training only) and aliases read above
+        elif key not in neutral:
+            raise HubError(f"{origin}: key {key!r} is not understood by tfllm's {family} import")
+        elif value != neutral[key]:
+            raise HubError(
+                f"{origin}: {key}={value!r} changes the architecture and is not supported "
+                f"(tfllm supports {neutral[key]!r})"
+            )
+    return family, model
+
+
+def _check_layer_types(types: list, model: dict, origin: str) -> None:
+    """transformers v5 spells the sliding-window pattern out per layer: it must be ours."""
+    period, window = model["sliding_window_period"], model["sliding_window"]
+    expected = [
+        "sliding_attention" if window and i % period == 0 else "full_attention"
+        for i in range(model["num_layers"])
+    ]
+    if list(types) != expected:
+        raise HubError(f"{origin}: layer_types {types} is not supported (expected {expected})")
+
+
+def from_model_config(family: str, model: dict, base: dict | None = None) -> dict:
+    """The model section of a tfllm config -> config.json for `family`, over `base` (the
+    imported config.json, so keys tfllm does not model, such as token ids, are kept)."""
+    spec = FAMILIES[family]
+    hf = dict(base or {"architectures": [_ARCHITECTURES[family]]})
+    hf["model_type"] = family
+    for key, value in spec.get("written", {}).items():  # keys transformers' configs always have
+        hf.setdefault(key, value)
+    for hf_key, key, _ in spec["keys"]:
+        value = model[key]
+        if key in ("num_key_value_heads", "head_dim") and not value:
+            value = (
+                model["num_heads"]
+                if key == "num_key_value_heads"
+                else (model["hidden_dim"] // model["num_heads"])
+            )
+        elif key == "sliding_window" and not value:
+            value = None
+        hf[hf_key] = value
+    hf["tie_word_embeddings"] = model["tie_embeddings"]
+    if model["positions"] == "rotary":
+        rope = {"rope_type": "default"}
+        if model["rope_scaling"] == "llama3":
+            rope = {"rope_type": "llama3", **{k: model[v] for k, v in _LLAMA3_KEYS.items()}}
+        if "rope_parameters" in hf:
+            hf["rope_parameters"] = {**rope, "rope_theta": model["rope_max_wavelength"]}
+        else:
+            hf["rope_theta"] = model["rope_max_wavelength"]
+            hf["rope_scaling"] = None if model["rope_scaling"] == "none" else rope
+    if family == "gpt2":
+        hf.setdefault("activation_function", "gelu_new")
+    elif family.startswith("gemma"):
+        hf.setdefault("hidden_activation", "gelu_pytorch_tanh")
+    else:
+        hf.setdefault("hidden_act", "silu")
+    if "dtype" not in hf:  # transformers v5 writes `dtype`, v4 `torch_dtype`
+        hf.setdefault("torch_dtype", "float32")
+    read_back = to_model_config(hf, f"{family} export")[1]
+    differ = [f"model.{k} {model[k]!r}" for k in model if read_back.get(k) != model[k]]
+    if differ:
+        raise HubError(
+            f"this model's architecture is not {family}'s ({', '.join(differ)}): it cannot be "
+            "written as a Hugging Face checkpoint of that family"
+        )
+    return hf
+
+
+_ARCHITECTURES = {
+    "llama": "LlamaForCausalLM",
+    "mistral": "MistralForCausalLM",
+    "qwen2": "Qwen2ForCausalLM",
+    "qwen3": "Qwen3ForCausalLM",
+    "gemma": "GemmaForCausalLM",
+    "gemma2": "Gemma2ForCausalLM",
+    "gpt2": "GPT2LMHeadModel",
+}

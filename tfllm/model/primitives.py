@@ -1,0 +1,71 @@
+"""What the layers share: the norms (RMSNorm, Gemma's (1 + w) RMSNorm, LayerNorm) and rotary
+positions (with Llama 3.1's frequency scaling), computed in float32 as Hugging Face does.
+
+Shape letters as in `tfllm.model.layers`.
+"""
+
+from __future__ import annotations
+
+import math
+
+import keras
+from keras import ops
+
+
+class RMSNorm(keras.layers.Layer):
+    """Layer norm in float32: root-mean-square (`rms`), Gemma's with a (1 + w) scale stored as w
+    (`rms_plus_one`), or mean-subtracting with a bias (`layer`, GPT-2's LayerNorm)."""
+
+    def __init__(self, epsilon: float = 1e-5, kind: str = "rms", **kwargs):
+        super().__init__(**kwargs)
+        self.epsilon, self.kind = epsilon, kind
+
+    def build(self, input_shape):
+        ones = "zeros" if self.kind == "rms_plus_one" else "ones"
+        self.scale = self.add_weight(name="scale", shape=(input_shape[-1],), initializer=ones)
+        if self.kind == "layer":
+            self.bias = self.add_weight(name="bias", shape=(input_shape[-1],), initializer="zeros")
+
+    def call(self, x):
+        x32 = ops.cast(x, "float32")
+        if self.kind == "layer":
+            x32 = x32 - ops.mean(x32, axis=-1, keepdims=True)
+        x32 = x32 * ops.rsqrt(ops.mean(ops.square(x32), axis=-1, keepdims=True) + self.epsilon)
+        scale = ops.cast(self.scale, "float32")
+        x32 = x32 * (1.0 + scale if self.kind == "rms_plus_one" else scale)
+        if self.kind == "layer":
+            x32 = x32 + ops.cast(self.bias, "float32")
+        return ops.cast(x32, self.compute_dtype)
+
+    def get_config(self):
+        return {**super().get_config(), "epsilon": self.epsilon, "kind": self.kind}
+
+
+def rotary_frequencies(head_dim: int, max_wavelength: float, llama3: dict | None = None):
+    """(K/2,) float32 inverse frequencies, as HF computes them; `llama3` holds Llama 3.1's
+    scaling (factor, low_freq_factor, high_freq_factor, original_max_positions)."""
+    half = head_dim // 2
+    inverse_freq = 1.0 / (max_wavelength ** (ops.arange(half, dtype="float32") / half))
+    if not llama3:
+        return inverse_freq
+    factor, low, high = llama3["factor"], llama3["low_freq_factor"], llama3["high_freq_factor"]
+    context = llama3["original_max_positions"]
+    wavelength = 2 * math.pi / inverse_freq
+    # Long wavelengths are divided by factor, short ones kept, the band between interpolated.
+    scaled = ops.where(wavelength > context / low, inverse_freq / factor, inverse_freq)
+    smooth = (context / wavelength - low) / (high - low)
+    smoothed = (1 - smooth) * scaled / factor + smooth * scaled
+    medium = (wavelength >= context / high) & (wavelength <= context / low)
+    return ops.where(medium, smoothed, scaled)
+
+
+def apply_rotary(x, positions, inverse_freq):
+    """Rotates (B, T, H, K) queries or keys by their absolute positions (B, T), in HF's
+    rotate-half layout (pairs are (i, i + K/2), not adjacent), so HF weights need no permutation.
+    """
+    half = x.shape[-1] // 2
+    angles = ops.cast(positions, "float32")[..., None] * inverse_freq  # (B, T, K/2)
+    cos = ops.cast(ops.cos(angles)[:, :, None, :], x.dtype)  # (B, T, 1, K/2)
+    sin = ops.cast(ops.sin(angles)[:, :, None, :], x.dtype)
+    x1, x2 = x[..., :half], x[..., half:]
+    return ops.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
