@@ -216,12 +216,14 @@ def test_restart_after_sigkill_keeps_finished_shards(tmp_path):
     assert np.all([not p.name.endswith(".shard") for p in directory.iterdir()])
 
 
+# VmHWM, not getrusage's ru_maxrss: Linux carries ru_maxrss across exec, so a child of a big
+# pytest process would report the parent's peak (seen: 3.5 GB for any corpus size).
 _PEAK_RSS = """
-import resource, sys
+import re, sys
 from tfllm.config import load_config
 from tfllm.data import prepare
 prepare.prepare(load_config([], sys.argv[1:]), log=lambda _: None)
-print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+print(re.search(r"VmHWM:\\s+(\\d+) kB", open("/proc/self/status").read()).group(1))
 """
 
 

@@ -14,7 +14,8 @@ import tensorflow as tf
 import tiny_run
 from commands import run_main
 
-from tfllm.serve import batching, generate, litert, quantize
+from tfllm.data.tokenizer import load_tokenizer, specials
+from tfllm.serve import batching, litert, quantize
 
 PROMPTS = ["def ", "", "import numpy as np\nx = np.", "class A:\n", "for i in range(", "x = "]
 TOKEN_IDS = [[2, 17, 260, 5, 99, 7], [2, 300, 301, 302, 4, 9]]
@@ -58,17 +59,6 @@ def _session_run(version_dir: str, signature_name: str, inputs: dict) -> dict:
     return sess.run(fetch, feed)
 
 
-def _greedy(signature, prompts, max_new_tokens=8):
-    return signature(
-        prompts=tf.constant(prompts),
-        max_new_tokens=tf.constant(max_new_tokens),
-        temperature=tf.constant(0.0),
-        top_k=tf.constant(0),
-        top_p=tf.constant(1.0),
-        seed=tf.constant(0, tf.int64),
-    )["tokens"].numpy()
-
-
 def test_int8_export_is_smaller_records_its_scheme_and_keeps_logits(run, int8_dir):
     record = json.loads(tf.io.gfile.GFile(f"{int8_dir}/{quantize.QUANTIZATION_ASSET}").read())
     assert record["scheme"] == quantize.SCHEME
@@ -86,12 +76,8 @@ def test_int8_export_is_smaller_records_its_scheme_and_keeps_logits(run, int8_di
     reference = run.model(ids).numpy()
     assert np.abs(logits - reference).max() < INT8_LOGITS_TOLERANCE
     assert np.abs(reference).max() > 3.0  # the tolerance is small against the logits
-    # Greedy completions: at least 4 of the 6 prompts give the same 8 tokens as float32.
-    same = (
-        _greedy(loaded.signatures["serving_default"], PROMPTS)
-        == _greedy(tf.saved_model.load(run.version_dir).signatures["serving_default"], PROMPTS)
-    ).all(axis=1)
-    assert same.sum() >= 4, same
+    # Greedy agreement is measured on a trained model (test_deploy_trained.py): with random
+    # weights (std 0.5) near-ties make it depend on which corpus the fixture's tokenizer saw.
 
 
 def test_tf1_session_loader_runs_the_int8_export(run, int8_dir):
@@ -182,7 +168,8 @@ def test_litert_prefill_and_16_decode_steps_match_the_model(run, tmp_path, quant
     tokens = json.loads(open(f"{version_dir}/{litert.TOKENS_FILE}").read())
     assert tokens["kv_cache"][:2] == ["kv_cache_k_0", "kv_cache_v_0"]
     sp = sentencepiece.SentencePieceProcessor(model_file=f"{version_dir}/tokenizer.model")
-    assert tokens["start_ids"] == generate.start_ids()  # the SavedModel's prompt rule
+    rule = specials(load_tokenizer(run.tokenizer_path))
+    assert tokens["start_ids"] == list(rule.start)  # the SavedModel's prompt rule
     prompt = tokens["start_ids"] + sp.encode("def f(")
     generated, prefill_logits, step_logits = _litert_greedy(
         f"{version_dir}/{litert.MODEL_FILE}", prompt, 16, 8

@@ -8,6 +8,7 @@ import tensorflow as tf
 import tiny_run
 from commands import run_main
 
+from tfllm.data.tokenizer import EOS_ID
 from tfllm.serve import generate
 
 WIDTH = 28  # padded prompt width, at least the longest prompt (the corpus is tfllm's source)
@@ -62,10 +63,10 @@ def test_greedy_tokens_match_uncached(run):
             token = int(tf.argmax(run.model(tf.constant([ids]))[0, -1]))
             expected.append(token)
             ids.append(token)
-            if token == generate.EOS_ID:
+            if token == EOS_ID:
                 break
         assert list(tokens[b].numpy()[: len(expected)]) == expected
-        assert int(lengths[b]) == len([t for t in expected if t != generate.EOS_ID])
+        assert int(lengths[b]) == len([t for t in expected if t != EOS_ID])
 
 
 def test_decode_traces_once_per_bucket(run):

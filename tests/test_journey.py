@@ -199,7 +199,7 @@ def test_a_17_document_corpus_prepares_and_trains(tmp_path):
         ]
         (corpus / f"LICENSE-{i:02d}.txt").write_text("\n".join(lines) + "\n")
     args = [
-        "--set", "data.name=lic", "--set", f"data.source={corpus}/*",
+        "--set", "data.name=lic", "--set", "data.source=licenses/*",
         "--set", "model.vocabulary_size=320", "--set", "data.seq_len=64",
         "--set", "model.max_sequence_length=64", "--set", "train.steps=4",
         "--set", "train.eval_every=4", "--set", "train.eval_batches=1",

@@ -135,6 +135,12 @@ def train_tokenizer(cfg: Config, out: str, log) -> tuple[bytes, str]:
     return proto, moved
 
 
+def tokenizer_path(cfg: Config) -> str:
+    """The model's tokenizer: `data.tokenizer` when given (an imported model's), else the one
+    prepare trained and stored with the dataset."""
+    return cfg.data.tokenizer or posixpath.join(data_dir(cfg), records.TOKENIZER)
+
+
 def settings(cfg: Config, proto: bytes) -> stream.Settings:
     d = cfg.data
     return stream.Settings(
@@ -148,7 +154,17 @@ def settings(cfg: Config, proto: bytes) -> stream.Settings:
         d.near_dedup,
         d.minhash_ngram,
         d.minhash_perms,
+        *_document_ends(d.tokenizer),
     )
+
+
+def _document_ends(given: str) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """What goes around each document: nothing and EOS for a tokenizer prepare trains; for a
+    given one (an imported model's), its start ids and its first stop id."""
+    if not given:
+        return (), (tokenizer.EOS_ID,)
+    ids = tokenizer.specials(tokenizer.load_tokenizer(given))
+    return ids.start, ids.stop[:1]
 
 
 def prepare(cfg: Config, log=print, timings: dict | None = None) -> dict:

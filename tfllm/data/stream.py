@@ -26,7 +26,6 @@ import numpy as np
 from tfllm.data import dedup, filters
 from tfllm.data.clean import CleaningStats, clean_text, digest, split_long
 
-EOS_ID = 2  # tokenizer.EOS_ID; tokenizer.py imports TensorFlow, which workers must not
 SNIPPET_CHARS = 300  # of a dropped document, kept for dropped-sample.jsonl
 
 
@@ -42,6 +41,10 @@ class Settings:
     near_dedup: bool
     ngram: int
     perms: int
+    # Ids around each document (`tokenizer.specials`): tfllm's models end a document with EOS,
+    # an imported model reads one as its tokenizer does (Llama: BOS first) and ends it with EOS.
+    doc_start: tuple[int, ...] = ()
+    doc_end: tuple[int, ...] = (2,)
 
 
 @dataclass
@@ -105,7 +108,8 @@ def process(batch: list[tuple[str, int, bytes]]) -> tuple[list, dict[int, Cleani
     for kept in results:
         if isinstance(kept, Kept):
             rows = list(itertools.islice(lengths, kept.pieces))
-            rows[-1] = rows[-1] + [EOS_ID]
+            rows[0] = [*s.doc_start, *rows[0]]
+            rows[-1] = rows[-1] + list(s.doc_end)
             kept.piece_lengths = np.array([len(r) for r in rows], np.int64)
             kept.tokens = np.fromiter(
                 itertools.chain.from_iterable(rows), np.int32, int(kept.piece_lengths.sum())

@@ -7,8 +7,10 @@ tests/test_data_scale.py checks that both give the same ids, so data and serving
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import io
+import posixpath
 from collections.abc import Iterable, Iterator
 
 import sentencepiece as spm
@@ -84,6 +86,36 @@ def sha256(model_proto: bytes) -> str:
     return hashlib.sha256(model_proto).hexdigest()
 
 
+def is_hf_tokenizer(path: str) -> bool:
+    """A Hugging Face tokenizer: a directory, a `.json`, or a `.model` beside the
+    `tokenizer_config.json` that says how it adds BOS/EOS (an imported model's)."""
+    beside = posixpath.join(posixpath.dirname(path), "tokenizer_config.json")
+    return tf.io.gfile.isdir(path) or path.endswith(".json") or tf.io.gfile.exists(beside)
+
+
+@dataclasses.dataclass(frozen=True)
+class Specials:
+    """The ids a model's text conventions need around its tokens.
+
+    start: in front of a prompt (and of every document tfllm packs); stop: any ends a
+    completion; pad: the filler of padded positions (never attended to, never a target).
+    """
+
+    start: tuple[int, ...]
+    stop: tuple[int, ...]
+    pad: int = PAD_ID
+
+
+def specials(tokenizer) -> Specials:
+    """tfllm's own SentencePiece models read a prompt as a new document, after the EOS that
+    separates their training documents, and stop at EOS. An imported model reads it the way
+    its own tokenizer does by default (its post-processor's prefix: Llama's BOS, nothing for
+    Qwen2 or GPT-2) and stops at any of its EOS ids (generation_config.json)."""
+    if not hasattr(tokenizer, "eos_ids"):
+        return Specials((EOS_ID,), (EOS_ID,))
+    return Specials(tuple(tokenizer.prefix_ids), tuple(tokenizer.eos_ids))
+
+
 def load_tokenizer(path: str):
     """The in-graph tokenizer: string tensors in, int32 ragged ids out (and back).
 
@@ -91,7 +123,7 @@ def load_tokenizer(path: str):
     BPE `tokenizer.json` or `tokenizer.model`, with its BOS/EOS metadata); any other path is a
     SentencePiece model such as the one `prepare` trains. Both answer `tokenize`/`detokenize`.
     """
-    if tf.io.gfile.isdir(path) or path.endswith(".json"):
+    if is_hf_tokenizer(path):
         return load_hf_tokenizer(path)
     if not tf.io.gfile.exists(path):
         raise DataError(f"tokenizer not found: {path} (run python -m tfllm.prepare)")

@@ -28,7 +28,7 @@ import numpy as np
 import sentencepiece as spm
 import tensorflow as tf
 
-from tfllm.data.tokenizer import EOS_ID, PAD_ID
+from tfllm.data.tokenizer import PAD_ID, is_hf_tokenizer, load_tokenizer, specials
 from tfllm.observe.console import Console, format_duration
 
 _WIDTH_STEP = 32  # padded widths: multiples of this, capped at max_sequence_length
@@ -67,8 +67,17 @@ class Engine:
         jit_compile: bool = True,
         console: Console | None = None,
     ):
-        with tf.io.gfile.GFile(tokenizer_path, "rb") as f:
-            self.sp = spm.SentencePieceProcessor(model_proto=f.read())
+        if is_hf_tokenizer(tokenizer_path):  # an imported model's: its in-graph tokenizer
+            hf = load_tokenizer(tokenizer_path)
+            self._encode = lambda text: hf.tokenize(tf.constant([text])).to_list()[0]
+            ids = specials(hf)
+        else:
+            with tf.io.gfile.GFile(tokenizer_path, "rb") as f:
+                sp = spm.SentencePieceProcessor(model_proto=f.read())
+            self._encode, ids = sp.encode, specials(None)
+        # One token in front of every sequence, as the harness's prefix_token_id: the model's
+        # start id (tfllm: EOS; Llama: BOS), else its end-of-text id (GPT-2, Qwen2).
+        self.prefix_id = (ids.start or ids.stop)[0]
         self.max_length, self.batch_size, self.console = max_length, batch_size, console
         self._logits_fn, self._generate_fn = logits_fn, generate_fn
         self._score = tf.function(self._score_fn, jit_compile=jit_compile)
@@ -86,7 +95,7 @@ class Engine:
         )
 
     def encode(self, text: str) -> list[int]:
-        return self.sp.encode(text) if text else []
+        return list(self._encode(text)) if text else []
 
     def encode_pair(self, context: str, continuation: str) -> tuple[list[int], list[int]]:
         spaces = len(context) - len(context.rstrip())
@@ -94,7 +103,7 @@ class Engine:
             context, continuation = context[:-spaces], context[-spaces:] + continuation
         context_ids = self.encode(context)
         whole = self.encode(context + continuation)
-        return [EOS_ID, *context_ids], whole[len(context_ids) :]
+        return [self.prefix_id, *context_ids], whole[len(context_ids) :]
 
     def score_sequences(self, sequences: Sequence[tuple[list[int], int]], name: str = ""):
         """(tokens, first scored index) pairs -> (log-likelihood, is greedy) per pair.
@@ -138,7 +147,7 @@ class Engine:
 
     def rolling_windows(self, text: str, context: int = 0) -> list[tuple[list[int], int]]:
         """The windows of one text, as (tokens, first scored index) pairs."""
-        tokens = [EOS_ID, *self.encode(text)]
+        tokens = [self.prefix_id, *self.encode(text)]
         windows, first = [], 1
         while first < len(tokens):
             end = min(

@@ -77,7 +77,9 @@ def from_hf(source: str, workdir: str, log=print) -> Config:
         )
         overrides = [f"runtime.workdir={workdir}", f"data.name={os.path.basename(workdir)}"]
         if tokenizer:
-            overrides.append(f"data.tokenizer={os.path.join(workdir, SOURCE, tokenizer)}")
+            # Absolute: commands that read the workdir may run from another directory.
+            path = os.path.abspath(os.path.join(workdir, SOURCE, tokenizer))
+            overrides.append(f"data.tokenizer={path}")
         seq_len = min(Config().data.seq_len, model_section["max_sequence_length"])
         cfg = load_config(overrides=[*overrides, f"data.seq_len={seq_len}"])
         cfg.model = ModelConfig(**model_section)

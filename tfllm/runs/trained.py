@@ -14,8 +14,7 @@ import posixpath
 import tensorflow as tf
 
 from tfllm.config import Config, load_config
-from tfllm.data import records
-from tfllm.data.prepare import data_dir
+from tfllm.data import prepare
 from tfllm.errors import TfllmError
 from tfllm.model.lm import TransformerLM, build_model
 from tfllm.runs.checkpoint import Checkpointer
@@ -50,6 +49,6 @@ def load_trained(workdir: str, step: int | None = None, log=print) -> TrainedMod
             f"no checkpoint in {checkpointer.directory}: train first "
             f"(python -m tfllm.train --config {config_path})"
         )
-    tokenizer_path = cfg.data.tokenizer or posixpath.join(data_dir(cfg), records.TOKENIZER)
+    tokenizer_path = prepare.tokenizer_path(cfg)
     restored_step = int(posixpath.basename(path).split("-")[1])
     return TrainedModel(cfg, model, tokenizer_path, path, restored_step)

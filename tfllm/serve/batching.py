@@ -20,9 +20,9 @@ import posixpath
 
 import tensorflow as tf
 
-from tfllm.data.tokenizer import EOS_ID, PAD_ID
+from tfllm.data.tokenizer import PAD_ID
 from tfllm.serve import sampling
-from tfllm.serve.generate import left_pad, prompt_ids
+from tfllm.serve.generate import is_stop, left_pad, prompt_ids
 from tfllm.serve.module import _INPUT_DTYPES, ServingModule, _check_texts, _require
 
 BATCHING_FILE = "assets.extra/batching_parameters.pbtxt"
@@ -74,7 +74,7 @@ def next_tokens(logits, temperature, top_k, top_p, seed, step):
     return tf.where(temperature > 0.0, sampled, greedy)
 
 
-def decode_rows(model, ids, start, max_new_tokens, temperature, top_k, top_p, seed):
+def decode_rows(model, ids, start, max_new_tokens, temperature, top_k, top_p, seed, stop_ids):
     """`generate.decode` with (B,) knobs; row b stops after max_new_tokens[b] tokens.
 
     The cache holds P + max(max_new_tokens) slots rather than max_sequence_length: a row's
@@ -97,7 +97,7 @@ def decode_rows(model, ids, start, max_new_tokens, temperature, top_k, top_p, se
         done = done | (step >= max_new_tokens)
         token = tf.where(done, PAD_ID, token)
         tokens = tf.where(columns == step, token[:, None], tokens)
-        done = done | (token == EOS_ID)
+        done = done | is_stop(token, stop_ids)
         lengths = lengths + tf.cast(~done, tf.int32)
         index = width + step
         logits, cache = model(
@@ -161,14 +161,14 @@ class BatchingServingModule(ServingModule):
             ),
         ]
         with tf.control_dependencies(checks):
-            ids = prompt_ids(self.tokenizer, prompts)
+            ids = prompt_ids(self.tokenizer, prompts, self.start_ids)
             # Each row keeps its newest S - max_new_tokens[b] tokens, as serving_default would.
             lengths = tf.cast(ids.row_lengths(), tf.int32)
             dropped = tf.maximum(lengths - (self.model.max_sequence_length - max_new_tokens), 0)
             ids = tf.ragged.boolean_mask(ids, tf.ragged.range(lengths) >= dropped[:, None])
             width = tf.cast(tf.reduce_max(ids.row_lengths()), tf.int32)
             padded, start = left_pad(ids, width)
-            tokens, lengths = decode_rows(self.model, padded, start, *knobs)
+            tokens, lengths = decode_rows(self.model, padded, start, *knobs, self.stop_ids)
             texts = tf.RaggedTensor.from_tensor(tokens, lengths)
             return {"completions": self.tokenizer.detokenize(texts), "tokens": tokens}
 

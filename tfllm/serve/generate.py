@@ -5,9 +5,10 @@ into a fixed-size cache of max_sequence_length slots, then each step feeds one t
 same `TransformerLM.call` that training uses. Prompts of different lengths are left-padded to a
 common width, so every row's last prompt token sits in the same column.
 
-The prompt rule (shared with the exported SavedModel): every prompt is read as the start of a
-document, so the EOS separator of the training data is put in front of its tokens; when
-[EOS] + prompt is longer than max_sequence_length - max_new_tokens tokens, the oldest tokens are
+The prompt rule (shared with the exported SavedModel, `tokenizer.specials`): a tfllm model
+reads every prompt as the start of a document, after the EOS separator of its training data; an
+imported model reads it as its own tokenizer does by default (Llama's BOS first). When start
+ids + prompt are longer than max_sequence_length - max_new_tokens tokens, the oldest tokens are
 dropped (truncation from the left), so the newest text always stays in the context.
 
 Shape letters: B batch, P padded prompt width, S max_sequence_length, N max_new_tokens.
@@ -18,7 +19,7 @@ from __future__ import annotations
 import tensorflow as tf
 
 from tfllm.data import tokenizer
-from tfllm.data.tokenizer import EOS_ID, PAD_ID
+from tfllm.data.tokenizer import PAD_ID
 from tfllm.errors import TfllmError
 from tfllm.model.lm import TransformerLM
 from tfllm.serve import sampling
@@ -30,23 +31,20 @@ class GenerationError(TfllmError):
     """A generation request outside the limits (max_new_tokens, temperature, top-k, top-p)."""
 
 
-def start_ids() -> list[int]:
-    """The ids in front of every prompt's tokens: the prompt rule of in-process generation, the
-    SavedModel and the `start_ids` of LiteRT/ONNX tokens.json, defined here once.
-
-    tfllm's models read a prompt as the start of a document, after the EOS separator of their
-    training data. A model imported with a BOS-first tokenizer starts with its BOS instead: that
-    rule belongs here, so every format gets it.
-    """
-    return [EOS_ID]
-
-
-def prompt_ids(sp, prompts) -> tf.RaggedTensor:
-    """Strings (B,) -> ragged int32 ids (B, None): `start_ids()` then the prompt's tokens."""
+def prompt_ids(sp, prompts, start: tuple[int, ...]) -> tf.RaggedTensor:
+    """Strings (B,) -> ragged int32 ids (B, None): the `start` ids (`tokenizer.specials`: the
+    prompt rule of in-process generation, the SavedModel, LiteRT and ONNX), then the tokens."""
     ids = sp.tokenize(prompts)
-    start = tf.constant([start_ids()], ids.dtype)  # (1, k)
-    start = tf.tile(start, tf.stack([tf.cast(ids.nrows(), tf.int32), 1]))
-    return tf.concat([tf.RaggedTensor.from_tensor(start), ids], axis=1)
+    if not start:
+        return ids
+    first = tf.constant([start], ids.dtype)  # (1, k)
+    first = tf.tile(first, tf.stack([tf.cast(ids.nrows(), tf.int32), 1]))
+    return tf.concat([tf.RaggedTensor.from_tensor(first), ids], axis=1)
+
+
+def is_stop(token, stop_ids):
+    """(B,) bool: the token is one of the model's stop ids (`stop_ids` (K,) int32)."""
+    return tf.reduce_any(token[:, None] == stop_ids[None, :], axis=1)
 
 
 def left_pad(ids: tf.RaggedTensor, width):
@@ -71,7 +69,9 @@ def bucket(length: int, limit: int) -> int:
     return min(width, limit)
 
 
-def decode(model: TransformerLM, ids, start, max_new_tokens, temperature, top_k, top_p, seed):
+def decode(
+    model: TransformerLM, ids, start, max_new_tokens, temperature, top_k, top_p, seed, stop_ids
+):
     """Prefill, then up to `max_new_tokens` cached steps; stops early once every row hit EOS.
 
     Args:
@@ -79,10 +79,11 @@ def decode(model: TransformerLM, ids, start, max_new_tokens, temperature, top_k,
         ids: (B, P) int32 left-padded prompts (from `left_pad`), P + max_new_tokens <= S.
         start: (B,) int32 padding columns per row.
         max_new_tokens, temperature, top_k, top_p, seed: scalars, see `sampling.next_token`.
+        stop_ids: (K,) int32, the ids that end a row (`tokenizer.specials`).
 
     Returns:
-        (B, N) int32 generated tokens (the EOS that ended a row is kept, PAD_ID after it) and
-        (B,) int32 number of text tokens per row (before EOS).
+        (B, N) int32 generated tokens (the stop id that ended a row is kept, PAD_ID after it)
+        and (B,) int32 number of text tokens per row (before the stop id).
     """
     batch, width = tf.shape(ids)[0], tf.shape(ids)[1]
     slots = model.max_sequence_length
@@ -98,7 +99,7 @@ def decode(model: TransformerLM, ids, start, max_new_tokens, temperature, top_k,
         token = sampling.next_token(logits, temperature, top_k, top_p, seed, step)
         token = tf.where(done, PAD_ID, token)  # (B,)
         tokens = tf.where(columns == step, token[:, None], tokens)  # (B, S)
-        done = done | (token == EOS_ID)
+        done = done | is_stop(token, stop_ids)
         lengths = lengths + tf.cast(~done, tf.int32)
         index = width + step
         logits, cache = model(
@@ -135,19 +136,30 @@ class Generator:
         self.model = model
         self.traces = 0
         self._decode = tf.function(self._decode_fn, jit_compile=jit_compile)
-        # Each tokenizer is created inside its graph: tensorflow-text's SentencePiece resource is
-        # owned by the kernel that made it, and an eagerly made one can vanish ("Resource ...
-        # SentencepieceResource does not exist") once TF drops that kernel from its cache.
         if not tf.io.gfile.exists(tokenizer_path):
             raise TfllmError(f"tokenizer not found: {tokenizer_path}")
+        if tokenizer.is_hf_tokenizer(tokenizer_path):  # a tf.Module: its tables live in it
+            loaded = tokenizer.load_tokenizer(tokenizer_path)
+
+            def load():
+                return loaded
+        else:
+            # tensorflow-text's SentencePiece resource is owned by the kernel that made it, and
+            # an eagerly made one can vanish ("Resource ... SentencepieceResource does not
+            # exist") once TF drops that kernel from its cache: make it inside each graph.
+            loaded = None
+
+            def load():
+                return tokenizer.load_tokenizer(tokenizer_path)
+
+        self.specials = tokenizer.specials(loaded)
+        self.stop_ids = tf.constant(self.specials.stop, tf.int32, shape=[len(self.specials.stop)])
         self._prompt_ids = tf.function(
-            lambda prompts: prompt_ids(tokenizer.load_tokenizer(tokenizer_path), prompts),
+            lambda prompts: prompt_ids(load(), prompts, self.specials.start),
             input_signature=[tf.TensorSpec([None], tf.string)],
         )
         self._detokenize = tf.function(
-            lambda tokens, lengths: tokenizer.load_tokenizer(tokenizer_path).detokenize(
-                tf.RaggedTensor.from_tensor(tokens, lengths)
-            ),
+            lambda tokens, lengths: load().detokenize(tf.RaggedTensor.from_tensor(tokens, lengths)),
             input_signature=[
                 tf.TensorSpec([None, None], tf.int32),
                 tf.TensorSpec([None], tf.int32),
@@ -156,7 +168,9 @@ class Generator:
 
     def _decode_fn(self, ids, start, max_new_tokens, temperature, top_k, top_p, seed):
         self.traces += 1
-        return decode(self.model, ids, start, max_new_tokens, temperature, top_k, top_p, seed)
+        return decode(
+            self.model, ids, start, max_new_tokens, temperature, top_k, top_p, seed, self.stop_ids
+        )
 
     def generate_ids(
         self,

@@ -22,12 +22,11 @@ import tempfile
 
 import tensorflow as tf
 
-from tfllm.data.tokenizer import EOS_ID, PAD_ID
+from tfllm.data.tokenizer import is_hf_tokenizer, load_tokenizer, specials
 from tfllm.errors import TfllmError
 from tfllm.runs.trained import load_trained
 from tfllm.serve import steps
 from tfllm.serve.export import new_version_dir
-from tfllm.serve.generate import start_ids
 
 MODEL_FILE = "model.tflite"
 TOKENS_FILE = "tokens.json"
@@ -62,25 +61,34 @@ def convert(module: tf.Module, signatures: dict, quantize_weights: str = "none")
             ) from None
 
 
-def token_ids(batch: int, prefill_length: int, cache_length: int, model) -> dict:
+def token_ids(batch, prefill_length, cache_length: int, model, tokenizer_path: str) -> dict:
     """tokens.json: the ids and shapes a device app needs besides the tokenizer."""
+    ids = specials(load_tokenizer(tokenizer_path))
     return {
-        "start_ids": start_ids(),  # the SavedModel's prompt rule
-        "eos_id": EOS_ID,
-        "stop_ids": [EOS_ID],
-        "pad_id": PAD_ID,
+        "start_ids": list(ids.start),  # the SavedModel's prompt rule
+        "eos_id": ids.stop[0] if ids.stop else None,
+        "stop_ids": list(ids.stop),
+        "pad_id": ids.pad,
+        "tokenizer": posixpath.basename(tokenizer_path),
         "vocabulary_size": model.vocabulary_size,
         "batch": batch,
         "prefill_length": prefill_length,
         "cache_length": cache_length,
         "kv_cache": steps.cache_names(model.num_layers),
-        "kv_cache_shape": [
-            batch,
-            model.num_heads,
-            cache_length,
-            model.hidden_dim // model.num_heads,
-        ],
+        "kv_cache_shape": [batch, model.kv_heads, cache_length, model.head_dim],
     }
+
+
+def copy_tokenizer(tokenizer_path: str, directory: str) -> None:
+    """The tokenizer file under its own name (tokenizer.model or tokenizer.json), with the
+    Hugging Face files that say how it adds BOS/EOS when there are any."""
+    source = posixpath.dirname(tokenizer_path)
+    names = [posixpath.basename(tokenizer_path)]
+    if is_hf_tokenizer(tokenizer_path):
+        names += ["tokenizer_config.json", "generation_config.json", "special_tokens_map.json"]
+    for name in names:
+        if tf.io.gfile.exists(posixpath.join(source, name)):
+            tf.io.gfile.copy(posixpath.join(source, name), posixpath.join(directory, name))
 
 
 def export_litert(
@@ -121,8 +129,8 @@ def export_litert(
     tf.io.gfile.makedirs(temporary)
     with tf.io.gfile.GFile(posixpath.join(temporary, MODEL_FILE), "wb") as f:
         f.write(flatbuffer)
-    tf.io.gfile.copy(trained.tokenizer_path, posixpath.join(temporary, "tokenizer.model"))
-    ids = token_ids(batch, prefill_length, cache_length, model)
+    copy_tokenizer(trained.tokenizer_path, temporary)
+    ids = token_ids(batch, prefill_length, cache_length, model, trained.tokenizer_path)
     with tf.io.gfile.GFile(posixpath.join(temporary, TOKENS_FILE), "w") as f:
         f.write(json.dumps({**ids, "weights": quantize_weights}, indent=1) + "\n")
     tf.io.gfile.rename(temporary, final)

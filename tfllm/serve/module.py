@@ -55,7 +55,8 @@ def _check_texts(texts, name: str) -> list:
 
 
 class ServingModule(tf.Module):
-    """The exported model: weights, the SentencePiece tokenizer, assets and three signatures."""
+    """The exported model: weights, the tokenizer (tfllm's SentencePiece or an imported
+    model's), assets and three signatures."""
 
     def __init__(self, model: TransformerLM, tokenizer_path: str, config_path: str):
         super().__init__(name="tfllm")
@@ -66,6 +67,9 @@ class ServingModule(tf.Module):
         object.__setattr__(self, "model", model)  # bypasses tracking, see above
         # Tracked resources: saved with the SavedModel, copied to assets/ for people and tools.
         self.tokenizer = tokenizer.load_tokenizer(tokenizer_path)
+        specials = tokenizer.specials(self.tokenizer)
+        self.start_ids = specials.start  # the prompt rule (tfllm.serve.generate)
+        self.stop_ids = tf.constant(specials.stop, tf.int32, shape=[len(specials.stop)])
         self.tokenizer_asset = tf.saved_model.Asset(tokenizer_path)
         self.config_asset = tf.saved_model.Asset(config_path)
         self.max_new_tokens_limit = model.max_sequence_length - 1
@@ -99,12 +103,20 @@ class ServingModule(tf.Module):
             _require((top_p > 0.0) & (top_p <= 1.0), "top_p must be in (0, 1], got", top_p),
         ]
         with tf.control_dependencies(checks):
-            ids = prompt_ids(self.tokenizer, prompts)
+            ids = prompt_ids(self.tokenizer, prompts, self.start_ids)
             context = self.model.max_sequence_length - max_new_tokens
             width = tf.minimum(tf.cast(tf.reduce_max(ids.row_lengths()), tf.int32), context)
             padded, start = left_pad(ids, width)
             tokens, lengths = decode(
-                self.model, padded, start, max_new_tokens, temperature, top_k, top_p, seed
+                self.model,
+                padded,
+                start,
+                max_new_tokens,
+                temperature,
+                top_k,
+                top_p,
+                seed,
+                self.stop_ids,
             )
             texts = tf.RaggedTensor.from_tensor(tokens, lengths)
             return {"completions": self.tokenizer.detokenize(texts), "tokens": tokens}
@@ -113,7 +125,7 @@ class ServingModule(tf.Module):
     def score(self, texts):
         """Per-token negative log-likelihoods of each text, and their sum as a log-likelihood."""
         with tf.control_dependencies(_check_texts(texts, "texts")):
-            ids = prompt_ids(self.tokenizer, texts)
+            ids = prompt_ids(self.tokenizer, texts, self.start_ids)
             lengths = tf.cast(ids.row_lengths(), tf.int32)
             dropped = tf.maximum(lengths - (self.model.max_sequence_length + 1), 0)
             ids = tf.ragged.boolean_mask(ids, tf.ragged.range(lengths) >= dropped[:, None])

@@ -25,7 +25,7 @@ from tfllm.errors import TfllmError
 from tfllm.runs.trained import load_trained
 from tfllm.serve import steps
 from tfllm.serve.export import new_version_dir
-from tfllm.serve.litert import TOKENS_FILE, token_ids
+from tfllm.serve.litert import TOKENS_FILE, copy_tokenizer, token_ids
 
 OPSET = 17
 PRESENT = "present_"  # the updated caches: present_kv_cache_k_0, ...
@@ -69,8 +69,8 @@ def export_onnx(
             opset=OPSET,
             output_path=posixpath.join(temporary, f"{name}.onnx"),
         )
-    tf.io.gfile.copy(trained.tokenizer_path, posixpath.join(temporary, "tokenizer.model"))
-    ids = token_ids(None, None, cache_length, model)
+    copy_tokenizer(trained.tokenizer_path, temporary)
+    ids = token_ids(None, None, cache_length, model, trained.tokenizer_path)
     with tf.io.gfile.GFile(posixpath.join(temporary, TOKENS_FILE), "w") as f:
         f.write(json.dumps(ids, indent=1) + "\n")
     tf.io.gfile.rename(temporary, final)

@@ -16,7 +16,7 @@ import time
 import tensorflow as tf
 
 from tfllm.config import Config, save_config
-from tfllm.data import prepare, reader, records, verify
+from tfllm.data import prepare, reader, verify
 from tfllm.errors import ConfigError
 from tfllm.model.lm import build_model
 from tfllm.observe import flops, profiling
@@ -199,7 +199,7 @@ class _Run:
             profiling.start_server(cfg.runtime.profiler_port)
             port = cfg.runtime.profiler_port
             log(f"profiler server on port {port} (TensorBoard: Capture profile)")
-        self.generator = generate.Generator(self.model, f"{self.directory}/{records.TOKENIZER}")
+        self.generator = generate.Generator(self.model, prepare.tokenizer_path(cfg))
         self.eval_engine = None
         if cfg.train.eval_tasks:  # a bad name or task file fails now, not at the first eval
             from tfllm.eval import run
@@ -302,7 +302,7 @@ class _Run:
         from tfllm.eval import engine, run
 
         if self.eval_engine is None:
-            tokenizer = f"{self.directory}/{records.TOKENIZER}"
+            tokenizer = prepare.tokenizer_path(self.cfg)
             self.eval_engine = engine.model_engine(self.model, tokenizer)
         rows = run.evaluate(self.eval_engine, self.eval_task_list)
         values = {f"{r['task']}/{r['metric']}": r["value"] for r in rows}
