@@ -83,12 +83,14 @@ def test_tokenizer_is_lossless_on_code(make_config):
 
 
 def _example(window, segments=None):
-    """The record as the tf.train.Example API builds it (what prepare wrote record by record)."""
+    """The record as the tf.train.Example API builds it, in protobuf's deterministic
+    (sorted-key) form, which every protobuf version writes alike."""
     int64 = lambda v: tf.train.Feature(int64_list=tf.train.Int64List(value=v.tolist()))  # noqa: E731
     features = {records.TOKENS_KEY: int64(window)}
     if segments is not None:
         features[records.SEGMENTS_KEY] = int64(segments)
-    return tf.train.Example(features=tf.train.Features(feature=features)).SerializeToString()
+    example = tf.train.Example(features=tf.train.Features(feature=features))
+    return example.SerializeToString(deterministic=True)
 
 
 def test_bulk_serialization_is_byte_identical_to_tf_train_example():

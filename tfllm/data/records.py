@@ -66,13 +66,15 @@ def _feature(name: str, values: np.ndarray) -> tuple[list, np.ndarray]:
 
 def serialize_windows(windows: np.ndarray, segments: np.ndarray | None = None) -> list[bytes]:
     """The serialized tf.train.Example of each (N, window_len) window [and its segment ids],
-    byte for byte what `tf.train.Example(...).SerializeToString()` gives (features in this
-    order, values packed), built with NumPy for all windows at once: building each proto in
-    Python cost prepare as much as tokenizing."""
+    byte for byte what `tf.train.Example(...).SerializeToString(deterministic=True)` gives
+    (features sorted by key, values packed), built with NumPy for all windows at once:
+    building each proto in Python cost prepare as much as tokenizing. Sorted keys, as
+    protobuf's deterministic mode writes them: its default map order differs between
+    protobuf versions (6.33 and 7.36 here), shard bytes must not."""
     parts, features = _feature(TOKENS_KEY, windows)
-    if segments is not None:
+    if segments is not None:  # "segments" < "tokens"
         more, size = _feature(SEGMENTS_KEY, segments)
-        parts, features = parts + more, features + size
+        parts, features = more + parts, features + size
     parts = [_constant(len(windows), b"\x0a"), _varint(features)[:2], *parts]
     cells = np.concatenate(
         [np.broadcast_to(c, m.shape).reshape(len(windows), -1) for c, m in parts], 1

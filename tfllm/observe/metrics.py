@@ -114,10 +114,11 @@ class Reporter:
         self.timed_from: tuple[int, float] | None = None  # (step, time) when compilation ended
 
     def scalars(self, split: str, step: int, values: dict[str, float]) -> None:
-        """Writes `values` (named as in TAGS) under their grouped tags."""
+        """Writes `values` under their grouped tags: a name in TAGS gets its group; another
+        (an evaluation task's `task/metric`) is grouped by its own prefix as it is."""
         with self.writers[split].as_default(step=step):
             for name, value in values.items():
-                tf.summary.scalar(TAGS[name], value)
+                tf.summary.scalar(TAGS.get(name, name), value)
 
     def text(self, split: str, step: int, name: str, value: str) -> None:
         with self.writers[split].as_default(step=step):
