@@ -3,7 +3,9 @@
 
 It reads checkpoints exactly as training restores them (`Checkpointer`: completion marker,
 sizes, CRC, fallback to an older checkpoint with the reason logged, refusal of a checkpoint
-written for another model), but only the model's variables.
+written for another model), but only the model's variables. A LoRA workdir's checkpoints hold
+adapters only: its base (`train.init_from`, checked against the identity the checkpoint names)
+is loaded first and the adapters are merged into it, so every reader sees a plain model.
 """
 
 from __future__ import annotations
@@ -14,10 +16,10 @@ import posixpath
 import tensorflow as tf
 
 from tfllm.config import Config, load_config
-from tfllm.data import records
-from tfllm.data.prepare import data_dir
 from tfllm.errors import TfllmError
+from tfllm.model import lora
 from tfllm.model.lm import TransformerLM, build_model
+from tfllm.runs import finetune
 from tfllm.runs.checkpoint import Checkpointer
 
 
@@ -43,13 +45,22 @@ def load_trained(workdir: str, step: int | None = None, log=print) -> TrainedMod
         raise TfllmError(f"{config_path} not found: is {workdir} a training workdir?")
     cfg = load_config([config_path])
     model = build_model(cfg.model)
-    checkpointer = Checkpointer(workdir, model, model_config=cfg.to_dict()["model"], log=log)
+    tracked, base, adapters = model, None, None
+    if cfg.train.lora_rank:
+        base = finetune.load_base(cfg, model, log)
+        tracked = adapters = lora.attach(model, cfg.train)
+    checkpointer = Checkpointer(
+        workdir, tracked, model_config=cfg.to_dict()["model"], log=log, base=base
+    )
     path = checkpointer.restore_latest(step)
     if path is None:
         raise TfllmError(
             f"no checkpoint in {checkpointer.directory}: train first "
             f"(python -m tfllm.train --config {config_path})"
         )
-    tokenizer_path = cfg.data.tokenizer or posixpath.join(data_dir(cfg), records.TOKENIZER)
+    if adapters is not None:
+        adapters.merge()
+        model.trainable = True
+    tokenizer_path = finetune.tokenizer_of(cfg)
     restored_step = int(posixpath.basename(path).split("-")[1])
     return TrainedModel(cfg, model, tokenizer_path, path, restored_step)
