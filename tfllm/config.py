@@ -404,7 +404,9 @@ def _validate_lora(t: TrainConfig) -> None:
             f"{t.lora_targets!r}"
         )
     if t.base_precision not in ("float32", "bfloat16"):
-        raise ConfigError(f"train.base_precision must be float32 or bfloat16, got {t.base_precision!r}")
+        raise ConfigError(
+            f"train.base_precision must be float32 or bfloat16, got {t.base_precision!r}"
+        )
     if t.base_precision == "bfloat16" and not t.lora_rank:
         raise ConfigError("train.base_precision=bfloat16 needs LoRA (train.lora_rank > 0)")
 

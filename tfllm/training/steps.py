@@ -106,7 +106,8 @@ class Steps:
 
         def apply():
             self.strategy.run(
-                lambda g: self.optimizer.apply(g, lora.trainable_variables(self.model)), args=(grads,)
+                lambda g: self.optimizer.apply(g, lora.trainable_variables(self.model)),
+                args=(grads,),
             )
             return tf.constant(True)
 
