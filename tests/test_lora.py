@@ -26,7 +26,10 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 GQA = ["model.num_key_value_heads=1"]  # the (D, H + 2 KV, K) QKV layout
 
 
-def _model(*overrides, rank=4, targets=",".join(LORA_TARGETS)):
+ALL = ",".join(LORA_TARGETS)
+
+
+def _model(*overrides, rank=4, targets=ALL):
     cfg = load_config([], [*TINY, *overrides])
     tf.keras.utils.set_random_seed(0)
     model = build_model(cfg.model)
@@ -83,7 +86,10 @@ def test_a_step_changes_adapters_only():
     steps.train_loop(iter(batch), tf.constant(2))
     for v in model.weights:
         np.testing.assert_array_equal(v.numpy(), before[v.path])
-    changed = [not np.array_equal(a, v.numpy()) for a, v in zip(adapter_before, adapters.trainable)]
+    changed = [
+        not np.array_equal(a, v.numpy())
+        for a, v in zip(adapter_before, adapters.trainable, strict=True)
+    ]
     assert all(changed[1::2])  # every B moved (A's gradient is 0 while B is 0, then not)
     assert len(optimizer.variables) < 3 * len(adapters.trainable) + 5  # slots of adapters only
 
