@@ -155,6 +155,9 @@ class RuntimeConfig:
     strategy: str = "auto"
     peak_flops: float = 0.0  # peak FLOP/s of one device for MFU; 0 = detect (or measure on CPU)
     profiler_port: int = 0  # serve on-demand profiler captures on this port; 0 = off
+    # Memory of one device in GiB for the pre-training estimate's check; 0 = what the GPU or
+    # TPU reports (no check on CPU)
+    device_memory_gb: float = 0.0
 
     strategy: str = "auto"  # auto | cpu | gpu | mirrored | multiworker | tpu
     tpu: str = ""  # TPU name, grpc:// address or "local"; empty: $TPU_NAME

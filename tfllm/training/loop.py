@@ -20,7 +20,7 @@ from tfllm.data import prepare, reader, records, verify
 from tfllm.errors import ConfigError
 from tfllm.model import lora
 from tfllm.model.lm import build_model
-from tfllm.observe import flops, profiling
+from tfllm.observe import flops, memory, profiling
 from tfllm.observe.metrics import Reporter
 from tfllm.runs import finetune
 from tfllm.runs.checkpoint import Checkpointer
@@ -166,6 +166,7 @@ class _Run:
             log,
             base=base if adapters else None,
         )
+        self.check_memory()
         restored = self.checkpointer.restore_latest()
         step = completed_steps(self.optimizer)
         log(
@@ -175,6 +176,21 @@ class _Run:
         if restored is None and cfg.train.on_nonfinite == "rollback":
             self.checkpointer.save(step)  # something to roll back to before the first one
         return step
+
+    def check_memory(self) -> None:
+        """Prints the memory estimate; refuses a run whose estimate exceeds the device's."""
+        cfg = self.cfg
+        trained = sum(math.prod(v.shape) for v in lora.trainable_variables(self.model))
+        replicas = self.strategy.num_replicas_in_sync
+        sizes = memory.estimate(cfg, self.model.count_params(), trained, replicas)
+        self.log(memory.describe(cfg, sizes, trained))
+        limit = memory.device_limit(cfg.runtime.device_memory_gb)
+        if limit is not None and sizes["total"] > limit:
+            raise ConfigError(
+                f"the run needs at least {sizes['total'] / memory.GIB:.3g} GiB per replica, the "
+                f"device has {limit / memory.GIB:.3g} GiB: lower train.global_batch_size or "
+                "data.seq_len, raise train.grad_accum_steps, set train.remat=true, or use LoRA"
+            )
 
     def compile(self, step: int) -> None:
         """Inputs, the compiled steps, reporting and the profiler (compiled at the first call)."""
