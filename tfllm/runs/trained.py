@@ -32,10 +32,15 @@ class TrainedModel:
     tokenizer_path: str
     checkpoint: str  # the restored checkpoint's path prefix
     step: int
+    adapters: lora.Adapters | None = None  # a LoRA workdir read with merge=False
 
 
-def load_trained(workdir: str, step: int | None = None, log=print) -> TrainedModel:
+def load_trained(
+    workdir: str, step: int | None = None, log=print, merge: bool = True
+) -> TrainedModel:
     """The newest usable checkpoint of `workdir` (or ckpt-`step`), with its config and tokenizer.
+    A LoRA workdir's adapters are merged into the base, unless `merge` is False: then the model
+    is the base with the adapters attached (`.adapters`, e.g. to export them alone).
 
     Raises:
         TfllmError: not a workdir, no checkpoint, or none usable (each named with its reason).
@@ -58,9 +63,10 @@ def load_trained(workdir: str, step: int | None = None, log=print) -> TrainedMod
             f"no checkpoint in {checkpointer.directory}: train first "
             f"(python -m tfllm.train --config {config_path})"
         )
-    if adapters is not None:
+    if adapters is not None and merge:
         adapters.merge()
         model.trainable = True
+        adapters = None
     tokenizer_path = finetune.tokenizer_of(cfg)
     restored_step = int(posixpath.basename(path).split("-")[1])
-    return TrainedModel(cfg, model, tokenizer_path, path, restored_step)
+    return TrainedModel(cfg, model, tokenizer_path, path, restored_step, adapters)
