@@ -4,11 +4,13 @@ marker (the generator itself stops at the model's stop ids)."""
 
 from __future__ import annotations
 
+import json
 import posixpath
 
 import tensorflow as tf
 
 from tfllm.data import chat
+from tfllm.errors import TfllmError
 
 _PROBE = "\x00reply\x00"
 
@@ -45,3 +47,19 @@ def chat_completion(trained, messages: list[dict], **options) -> str:
     template = template_of(trained.cfg, trained.tokenizer_path)
     generator = Generator(trained.model, trained.tokenizer_path)
     return reply(template, generator.generate([prompt(template, messages)], **options)[0])
+
+
+def parse_messages(text: str) -> list[dict]:
+    """`--chat` JSON -> messages, refused in one line unless a list of role/content objects."""
+    try:
+        messages = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise TfllmError(f"--chat: not JSON ({err})") from None
+    if not isinstance(messages, list) or not all(
+        isinstance(m, dict) and m.get("role") in chat.ROLES and isinstance(m.get("content"), str)
+        for m in messages
+    ):
+        raise TfllmError(
+            f"--chat: want a list of {{role: {'|'.join(chat.ROLES)}, content}} objects"
+        )
+    return messages
