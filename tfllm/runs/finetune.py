@@ -2,7 +2,8 @@
 
 `resolve` takes the base's model section and tokenizer into the run's config (the model must
 be the base's; the data must be tokenized as the base was), `load_base` copies the base's
-weights (read by `load_trained`, so a base that is itself a LoRA run comes merged), and
+weights (`tfllm.runs.trained.load_base`: read by `load_trained`, so a base that is itself a
+LoRA run comes merged), and
 `identity` names the base checkpoint by path and sha256 of its files: a LoRA run's checkpoints
 hold adapters only, meaningful with exactly that base.
 """
@@ -60,15 +61,3 @@ def identity(trained) -> dict:
                     digest.update(chunk)
             digests[file] = digest.hexdigest()
     return {"workdir": posixpath.dirname(directory), "checkpoint": name, "sha256": digests}
-
-
-def load_base(cfg: Config, model, log=print) -> dict:
-    """Copies the weights of `cfg.train.init_from`'s newest usable checkpoint into `model`
-    (built from the same model section, in any dtype); returns the base's identity."""
-    from tfllm.runs.trained import load_trained
-
-    base = load_trained(cfg.train.init_from, log=log)
-    for target, source in zip(model.weights, base.model.weights, strict=True):
-        target.assign(tf.cast(source, target.dtype))
-    log(f"fine-tuning from {base.checkpoint} (weights only; fresh optimizer, step 0)")
-    return identity(base)

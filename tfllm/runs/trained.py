@@ -52,7 +52,7 @@ def load_trained(
     model = build_model(cfg.model)
     tracked, base, adapters = model, None, None
     if cfg.train.lora_rank:
-        base = finetune.load_base(cfg, model, log)
+        base = load_base(cfg, model, log)
         tracked = adapters = lora.attach(model, cfg.train)
     checkpointer = Checkpointer(
         workdir, tracked, model_config=cfg.to_dict()["model"], log=log, base=base
@@ -70,3 +70,13 @@ def load_trained(
     tokenizer_path = finetune.tokenizer_of(cfg)
     restored_step = int(posixpath.basename(path).split("-")[1])
     return TrainedModel(cfg, model, tokenizer_path, path, restored_step, adapters)
+
+
+def load_base(cfg: Config, model, log=print) -> dict:
+    """Copies the weights of `cfg.train.init_from`'s newest usable checkpoint into `model`
+    (built from the same model section, in any dtype); returns the base's identity."""
+    base = load_trained(cfg.train.init_from, log=log)
+    for target, source in zip(model.weights, base.model.weights, strict=True):
+        target.assign(tf.cast(source, target.dtype))
+    log(f"fine-tuning from {base.checkpoint} (weights only; fresh optimizer, step 0)")
+    return finetune.identity(base)

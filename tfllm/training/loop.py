@@ -22,7 +22,7 @@ from tfllm.model import lora
 from tfllm.model.lm import build_model
 from tfllm.observe import flops, memory, profiling
 from tfllm.observe.metrics import Reporter
-from tfllm.runs import finetune
+from tfllm.runs import finetune, trained
 from tfllm.runs.checkpoint import Checkpointer
 from tfllm.runs.lock import WorkdirLock
 from tfllm.serve import generate
@@ -152,7 +152,7 @@ class _Run:
         precision = "bfloat16" if t.base_precision == "bfloat16" else t.precision
         with self.strategy.scope():
             self.model = build_model(cfg.model, precision, t.remat)
-        base = finetune.load_base(cfg, self.model, log) if t.init_from else None
+        base = trained.load_base(cfg, self.model, log) if t.init_from else None
         with self.strategy.scope():
             adapters = lora.attach(self.model, t) if t.lora_rank else None
             self.optimizer = make_optimizer(t, lora.trainable_variables(self.model))
@@ -180,10 +180,10 @@ class _Run:
     def check_memory(self) -> None:
         """Prints the memory estimate; refuses a run whose estimate exceeds the device's."""
         cfg = self.cfg
-        trained = sum(math.prod(v.shape) for v in lora.trainable_variables(self.model))
+        trained_params = sum(math.prod(v.shape) for v in lora.trainable_variables(self.model))
         replicas = self.strategy.num_replicas_in_sync
-        sizes = memory.estimate(cfg, self.model.count_params(), trained, replicas)
-        self.log(memory.describe(cfg, sizes, trained))
+        sizes = memory.estimate(cfg, self.model.count_params(), trained_params, replicas)
+        self.log(memory.describe(cfg, sizes, trained_params))
         limit = memory.device_limit(cfg.runtime.device_memory_gb)
         if limit is not None and sizes["total"] > limit:
             raise ConfigError(
