@@ -1,8 +1,9 @@
 """Fine-tuning end to end, from a base tfllm pretrained briefly: LoRA learns a task the base
-cannot do (greedy accuracy on held-out prompts), its checkpoints hold adapters only and refuse a
-changed base, the adapters export in PEFT's names and shapes and merge as PEFT merges them,
-the README's example runs as written, `generate --chat` answers, and a run too large for the
-device memory is refused before it compiles."""
+cannot do (copy three letters after "repeat ... ="; greedy accuracy on held-out prompts), its
+checkpoints hold adapters only and refuse a changed base, the adapters export in PEFT's names
+and shapes and merge as PEFT merges them, the README's example runs as written,
+`generate --chat` answers, and a run too large for the device memory is refused before it
+compiles."""
 
 from __future__ import annotations
 
@@ -29,7 +30,7 @@ SMALL = {"strategy": "cpu", "eval_batches": 1, "sample_tokens": 4, "val_fraction
 @pytest.fixture(scope="module")
 def base(tmp_path_factory) -> str:
     """A 2-layer model pretrained 150 steps on README text and lines of random letters: it
-    knows the alphabet, not reversal."""
+    knows the letters, not the task."""
     root = tmp_path_factory.mktemp("finetune")
     corpus = root / "corpus"
     corpus.mkdir()
@@ -62,42 +63,43 @@ def base(tmp_path_factory) -> str:
             "train.sample_tokens=4",
         ]
     )
-    tfllm.train(cfg, log=lambda _: None)
+    from tfllm.training import loop
+
+    loop.train(cfg, log=lambda _: None)
     return str(root / "base")
 
 
-def _reverse_data(path: pathlib.Path) -> list[str]:
+def _task_data(path: pathlib.Path) -> list[str]:
     """Writes the training prompts; returns 20 held-out words (never trained on)."""
     rng = random.Random(0)
     words = sorted({" ".join(rng.sample(LETTERS, 3)) for _ in range(400)})
     rng.shuffle(words)
     with open(path, "w") as f:
         for word in words[20:]:
-            answer = " " + " ".join(word.split()[::-1])
-            f.write(json.dumps({"prompt": f"reverse {word} =", "completion": answer}) + "\n")
+            f.write(json.dumps({"prompt": f"repeat {word} =", "completion": " " + word}) + "\n")
     return words[:20]
 
 
 def _accuracy(model, words) -> float:
-    outputs = tfllm.generate(model, [f"reverse {w} =" for w in words], max_new_tokens=8)
-    right = [o.strip() == " ".join(w.split()[::-1]) for o, w in zip(outputs, words, strict=True)]
+    outputs = tfllm.generate(model, [f"repeat {w} =" for w in words], max_new_tokens=8)
+    right = [o.strip() == w for o, w in zip(outputs, words, strict=True)]
     return sum(right) / len(words)
 
 
 @pytest.fixture(scope="module")
 def lora_run(base, tmp_path_factory):
     root = tmp_path_factory.mktemp("lora")
-    held_out = _reverse_data(root / "reverse.jsonl")
+    held_out = _task_data(root / "task.jsonl")
     untuned = _accuracy(tfllm.load(base), held_out)
     run = tfllm.finetune(
         tfllm.load(base),
-        data=str(root / "reverse.jsonl"),
+        data=str(root / "task.jsonl"),
         format="prompt_completion",
         workdir=str(root / "run"),
-        lora_rank=8,
+        lora_rank=16,
         lora_targets="q,k,v,o,gate,up,down",
-        steps=200,
-        learning_rate=0.01,
+        steps=1500,
+        learning_rate=0.02,
         weight_decay=0.0,
         global_batch_size=16,
         **SMALL,
@@ -106,21 +108,21 @@ def lora_run(base, tmp_path_factory):
     return run, held_out, untuned
 
 
-def test_lora_learns_reversal_that_the_base_cannot(lora_run):
+def test_lora_learns_a_task_that_the_base_cannot(lora_run):
     run, held_out, untuned = lora_run
     tuned = _accuracy(run.trained, held_out)
-    print(f"held-out greedy accuracy: untuned {untuned:.0%}, LoRA r=8 200 steps {tuned:.0%}")
-    assert untuned <= 0.1 and tuned >= 0.6
+    print(f"held-out greedy accuracy: untuned {untuned:.0%}, LoRA r=16 1500 steps {tuned:.0%}")
+    assert untuned <= 0.1 and tuned >= 0.8
     # The written config is the run: the command line rebuilds the same Config.
     assert load_config([f"{run.workdir}/config.yaml"]) == run.cfg
 
 
 def test_lora_checkpoints_hold_adapters_only_and_refuse_a_changed_base(lora_run, base):
     run, _, _ = lora_run
-    names = [n for n, _ in tf.train.list_variables(f"{run.workdir}/checkpoints/ckpt-200")]
+    names = [n for n, _ in tf.train.list_variables(f"{run.workdir}/checkpoints/ckpt-1500")]
     weights = [n for n in names if n.startswith("model/") and "OPTIMIZER_SLOT" not in n]
     assert len(weights) == 2 * 2 * 7 and all("pairs" in n for n in weights)
-    marker = json.loads(pathlib.Path(f"{run.workdir}/checkpoints/ckpt-200.done.json").read_text())
+    marker = json.loads(pathlib.Path(f"{run.workdir}/checkpoints/ckpt-1500.done.json").read_text())
     assert marker["base"]["checkpoint"] == "ckpt-150" and len(marker["base"]["sha256"]) >= 2
 
     from tfllm.runs.checkpoint import Checkpointer
@@ -148,7 +150,7 @@ def test_adapters_export_in_peft_layout_and_merge_as_peft(lora_run, base, tmp_pa
     convert.to_hf(run.workdir, str(tmp_path / "merged"), **QUIET)
     convert.to_hf(base, str(tmp_path / "base"), **QUIET)
     config = json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())
-    assert config["r"] == 8 and config["lora_alpha"] == 16.0 and config["peft_type"] == "LORA"
+    assert config["r"] == 16 and config["lora_alpha"] == 16.0 and config["peft_type"] == "LORA"
     modules = ["down_proj", "gate_proj", "k_proj", "o_proj", "q_proj", "up_proj", "v_proj"]
     assert config["target_modules"] == modules
     adapter = load_file(str(tmp_path / "adapter" / "adapter_model.safetensors"))
@@ -161,14 +163,14 @@ def test_adapters_export_in_peft_layout_and_merge_as_peft(lora_run, base, tmp_pa
         module = re.sub(r"^base_model\.model\.|\.lora_A\.weight$", "", name)
         b = adapter[name.replace("lora_A", "lora_B")]
         weight = original[f"{module}.weight"]  # HF [out, in]
-        assert a.shape == (8, weight.shape[1]) and b.shape == (weight.shape[0], 8)
-        expected = weight + (16.0 / 8) * b @ a  # PEFT's merge
+        assert a.shape == (16, weight.shape[1]) and b.shape == (weight.shape[0], 16)
+        expected = weight + (16.0 / 16) * b @ a  # PEFT's merge: W + alpha / r * B A
         np.testing.assert_allclose(merged[f"{module}.weight"], expected, atol=1e-5)
 
 
 def test_generate_chat_answers_from_a_lora_workdir(lora_run, capsys):
     run, _, _ = lora_run
-    messages = json.dumps([{"role": "user", "content": "reverse a b c ="}])
+    messages = json.dumps([{"role": "user", "content": "repeat a b c ="}])
     assert run_main("generate", ["--workdir", run.workdir, "--chat", messages]) == 0
     assert capsys.readouterr().out.strip() != ""
     assert run_main("generate", ["--workdir", run.workdir, "--chat", "[1]"]) != 0
@@ -198,8 +200,8 @@ def test_readme_example_runs_as_written(base, tmp_path, monkeypatch):
 
 
 def test_a_run_too_large_for_the_device_is_refused(base, tmp_path):
-    data = tmp_path / "reverse.jsonl"
-    _reverse_data(data)
+    data = tmp_path / "task.jsonl"
+    _task_data(data)
     with pytest.raises(ConfigError, match=r"needs at least .* GiB per replica, the device has"):
         tfllm.finetune(
             base,

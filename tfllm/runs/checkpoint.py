@@ -53,6 +53,8 @@ class Checkpointer:
             different one is refused. None skips the check (read-only tools).
         extras: more trackables to save, e.g. counters or a loss scale.
         log: where the reasons for skipped checkpoints and repairs go.
+        base: a LoRA run's base identity (`tfllm.runs.finetune.identity`): written into each
+            marker; a checkpoint marked with another base is refused.
 
     Under MultiWorkerMirroredStrategy every worker must take part in a save, but only the chief
     (`chief=False` elsewhere) may write to the shared directory: the others write to a scratch
