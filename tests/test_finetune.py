@@ -1,5 +1,5 @@
 """Fine-tuning end to end, from a base tfllm pretrained briefly: LoRA learns a task the base
-cannot do (copy three letters after "repeat ... ="; greedy accuracy on held-out prompts), its
+cannot do (the next letter after "<phrase> <letter>"; greedy accuracy on held-out pairs), its
 checkpoints hold adapters only and refuse a changed base, the adapters export in PEFT's names
 and shapes and merge as PEFT merges them, the README's example runs as written,
 `generate --chat` answers, and a run too large for the device memory is refused before it
@@ -69,21 +69,33 @@ def base(tmp_path_factory) -> str:
     return str(root / "base")
 
 
-def _task_data(path: pathlib.Path) -> list[str]:
-    """Writes the training prompts; returns 20 held-out words (never trained on)."""
-    rng = random.Random(0)
-    words = sorted({" ".join(rng.sample(LETTERS, 3)) for _ in range(400)})
-    rng.shuffle(words)
+PREFIXES = [
+    "after",
+    "next after",
+    "the letter after",
+    "what comes after",
+    "successor of",
+    "one past",
+]
+
+
+def _task_data(path: pathlib.Path) -> list[tuple[str, str]]:
+    """Writes "<prefix> <letter>" -> the next letter for 42 of the 54 (prefix, letter) pairs,
+    8 times each; returns the 12 held-out pairs (never trained on)."""
+    pairs = [(p, c) for p in PREFIXES for c in LETTERS[:-1]]
+    random.Random(0).shuffle(pairs)
     with open(path, "w") as f:
-        for word in words[20:]:
-            f.write(json.dumps({"prompt": f"repeat {word} =", "completion": " " + word}) + "\n")
-    return words[:20]
+        for _ in range(8):
+            for prefix, c in pairs[12:]:
+                example = {"prompt": f"{prefix} {c}", "completion": chr(ord(c) + 1)}
+                f.write(json.dumps(example) + "\n")
+    return pairs[:12]
 
 
-def _accuracy(model, words) -> float:
-    outputs = tfllm.generate(model, [f"repeat {w} =" for w in words], max_new_tokens=8)
-    right = [o.strip() == w for o, w in zip(outputs, words, strict=True)]
-    return sum(right) / len(words)
+def _accuracy(model, pairs) -> float:
+    outputs = tfllm.generate(model, [f"{p} {c}" for p, c in pairs], max_new_tokens=4)
+    right = [o == chr(ord(c) + 1) for o, (_, c) in zip(outputs, pairs, strict=True)]
+    return sum(right) / len(pairs)
 
 
 @pytest.fixture(scope="module")
@@ -98,7 +110,7 @@ def lora_run(base, tmp_path_factory):
         workdir=str(root / "run"),
         lora_rank=16,
         lora_targets="q,k,v,o,gate,up,down",
-        steps=1500,
+        steps=300,
         learning_rate=0.02,
         weight_decay=0.0,
         global_batch_size=16,
@@ -111,18 +123,19 @@ def lora_run(base, tmp_path_factory):
 def test_lora_learns_a_task_that_the_base_cannot(lora_run):
     run, held_out, untuned = lora_run
     tuned = _accuracy(run.trained, held_out)
-    print(f"held-out greedy accuracy: untuned {untuned:.0%}, LoRA r=16 1500 steps {tuned:.0%}")
-    assert untuned <= 0.1 and tuned >= 0.8
+    print(f"held-out greedy accuracy: untuned {untuned:.0%}, LoRA r=16 300 steps {tuned:.0%}")
+    assert untuned <= 0.1 and tuned >= 0.75
     # The written config is the run: the command line rebuilds the same Config.
     assert load_config([f"{run.workdir}/config.yaml"]) == run.cfg
 
 
 def test_lora_checkpoints_hold_adapters_only_and_refuse_a_changed_base(lora_run, base):
     run, _, _ = lora_run
-    names = [n for n, _ in tf.train.list_variables(f"{run.workdir}/checkpoints/ckpt-1500")]
-    weights = [n for n in names if n.startswith("model/") and "OPTIMIZER_SLOT" not in n]
-    assert len(weights) == 2 * 2 * 7 and all("pairs" in n for n in weights)
-    marker = json.loads(pathlib.Path(f"{run.workdir}/checkpoints/ckpt-1500.done.json").read_text())
+    saved = tf.train.list_variables(f"{run.workdir}/checkpoints/ckpt-300")
+    tensors = [shape for _, shape in saved if shape]  # scalars: step, counters
+    # 28 adapters (2 layers x 7 targets x A, B) and AdamW's two slots each; no base weight.
+    assert len(tensors) == 3 * 2 * 2 * 7 and all(16 in shape for shape in tensors)
+    marker = json.loads(pathlib.Path(f"{run.workdir}/checkpoints/ckpt-300.done.json").read_text())
     assert marker["base"]["checkpoint"] == "ckpt-150" and len(marker["base"]["sha256"]) >= 2
 
     from tfllm.runs.checkpoint import Checkpointer
@@ -131,7 +144,9 @@ def test_lora_checkpoints_hold_adapters_only_and_refuse_a_changed_base(lora_run,
     variable = changed.model.weights[0]
     variable.assign(variable + 1e-3)
     model_config = changed.cfg.to_dict()["model"]
-    Checkpointer(base, changed.model, model_config=model_config).save(151, weights_only=True)
+    Checkpointer(base, changed.model, keep=2, model_config=model_config).save(
+        151, weights_only=True
+    )
     try:
         with pytest.raises(TfllmError, match="adapters trained on the base ckpt-150"):
             tfllm.load(run.workdir)
@@ -170,7 +185,7 @@ def test_adapters_export_in_peft_layout_and_merge_as_peft(lora_run, base, tmp_pa
 
 def test_generate_chat_answers_from_a_lora_workdir(lora_run, capsys):
     run, _, _ = lora_run
-    messages = json.dumps([{"role": "user", "content": "repeat a b c ="}])
+    messages = json.dumps([{"role": "user", "content": "after c"}])
     assert run_main("generate", ["--workdir", run.workdir, "--chat", messages]) == 0
     assert capsys.readouterr().out.strip() != ""
     assert run_main("generate", ["--workdir", run.workdir, "--chat", "[1]"]) != 0

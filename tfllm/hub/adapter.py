@@ -71,7 +71,7 @@ def write_adapter(workdir: str, out: str, family: str, base: str, log=print) -> 
     if trained.adapters is None:
         raise HubError(f"{workdir} is not a LoRA run (train.lora_rank is 0): drop --adapter")
     tensors = peft_tensors(family, trained)
-    modules = sorted({n.split(".")[-4] for n in tensors})  # q_proj, v_proj, ...
+    modules = sorted({n.split(".")[-3] for n in tensors})  # q_proj, v_proj, ...
     parent = os.path.dirname(os.path.abspath(out))
     os.makedirs(parent, exist_ok=True)
     tmp = tempfile.mkdtemp(prefix=".adapter-", dir=parent)
