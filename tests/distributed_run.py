@@ -12,11 +12,13 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from dataclasses import replace
 
 import numpy as np
 import tensorflow as tf
 
-from tfllm.config import load_config
+from tfllm.config import LORA_TARGETS, load_config
+from tfllm.model import lora
 from tfllm.model.lm import build_model
 from tfllm.training import distribute
 from tfllm.training.optim import completed_steps, make_optimizer
@@ -46,15 +48,23 @@ def windows(cfg, num_batches: int, seed: int) -> np.ndarray:
 
 
 def train_tiny(
-    overrides: list[str], loops: int = 2, loop_steps: int = 2, distinct_batches: int = 0
+    overrides: list[str],
+    loops: int = 2,
+    loop_steps: int = 2,
+    distinct_batches: int = 0,
+    lora_rank: int = 0,
 ) -> tuple[dict[str, np.ndarray], dict, Steps]:
-    """Trains `loops` host loops of `loop_steps` steps; returns (variables, summary, steps)."""
+    """Trains `loops` host loops of `loop_steps` steps; returns (variables, summary, steps).
+    `lora_rank` > 0 trains LoRA adapters on every projection of the (random, frozen) model."""
     cfg = load_config([], [*TINY, *overrides])
     strategy = distribute.make_strategy(cfg.runtime, log=lambda line: None)
     tf.keras.utils.set_random_seed(cfg.train.seed)
     with strategy.scope():
         model = build_model(cfg.model, cfg.train.precision, cfg.train.remat)
-        optimizer = make_optimizer(cfg.train, model.trainable_variables)
+        if lora_rank:
+            targets = ",".join(LORA_TARGETS)
+            lora.attach(model, replace(cfg.train, lora_rank=lora_rank, lora_targets=targets))
+        optimizer = make_optimizer(cfg.train, lora.trainable_variables(model))
     steps = Steps(cfg, strategy, model, optimizer)
 
     batch = cfg.train.global_batch_size
@@ -83,7 +93,7 @@ def train_tiny(
         "skipped_steps": completed_steps(optimizer) - int(optimizer.iterations.numpy()),
         "tokens_per_step": batch * cfg.data.seq_len,
     }
-    return {v.path: v.numpy() for v in model.trainable_variables}, summary, steps
+    return {v.path: v.numpy() for v in lora.trainable_variables(model)}, summary, steps
 
 
 def main() -> None:
@@ -93,9 +103,10 @@ def main() -> None:
     parser.add_argument("--loops", type=int, default=2, help="host loops to run")
     parser.add_argument("--loop_steps", type=int, default=2, help="steps per host loop")
     parser.add_argument("--distinct_batches", type=int, default=0, help="0: one per step")
+    parser.add_argument("--lora_rank", type=int, default=0, help="train LoRA adapters only")
     args = parser.parse_args()
     variables, summary, _ = train_tiny(
-        args.overrides, args.loops, args.loop_steps, args.distinct_batches
+        args.overrides, args.loops, args.loop_steps, args.distinct_batches, args.lora_rank
     )
     np.savez(args.out, **variables)
     with open(args.out + ".json", "w") as f:

@@ -17,7 +17,7 @@ Importing tfllm does not import TensorFlow; each function imports its stage when
 from __future__ import annotations
 
 __version__ = "0.1.0"
-__all__ = ["load_config", "prepare", "train", "load", "generate", "export"]
+__all__ = ["load_config", "prepare", "train", "load", "generate", "export", "finetune"]
 
 
 def load_config(*files: str, overrides: list[str] | tuple[str, ...] = ()):
@@ -69,3 +69,15 @@ def export(workdir: str, export_dir: str, version: int | None = None) -> str:
     from tfllm.serve import export as stage
 
     return stage.export(workdir, export_dir, version)
+
+
+def finetune(model, data: str, format: str = "messages", workdir: str = "", **options):
+    """Fine-tunes `model` (a `TrainedModel` from `tfllm.load`, or a workdir) on the file(s)
+    `data` of `format` (text, prompt_completion, messages, alpaca) into a new `workdir`; with
+    `lora_rank` > 0 only LoRA adapters train. Every other keyword is a train, data or runtime
+    config key (`steps`, `learning_rate`, `lora_targets`, `seq_len`, ...). Returns a run with
+    `.chat(messages)`, `.export(dir)`, `.trained`, `.cfg` and `.result`; its config.yaml
+    reproduces it: `python -m tfllm.train --config <workdir>/config.yaml`."""
+    from tfllm.training.finetune import finetune as run
+
+    return run(model, data, format, workdir, **options)

@@ -139,6 +139,14 @@ class TrainConfig:
     sample_tokens: int = 64
     sample_prompt: str = "def "
     profile_steps: str = ""  # "START,STOP": capture a profiler trace of those steps
+    # Fine-tuning (README "Fine-tuning"): start from the weights of another workdir (fresh
+    # optimizer and schedule, steps from 0; its model section and tokenizer are used)
+    init_from: str = ""
+    lora_rank: int = 0  # > 0: train low-rank adapters only, base weights frozen (needs init_from)
+    lora_alpha: float = 16.0  # the adapters' output is scaled by lora_alpha / lora_rank
+    lora_dropout: float = 0.0  # dropout on the adapters' input, as PEFT
+    lora_targets: str = "q,v"  # comma-separated among q, k, v, o, gate, up, down
+    base_precision: str = "float32"  # float32 | bfloat16: dtype of the frozen base (LoRA only)
 
 
 @dataclass
@@ -147,6 +155,9 @@ class RuntimeConfig:
     strategy: str = "auto"
     peak_flops: float = 0.0  # peak FLOP/s of one device for MFU; 0 = detect (or measure on CPU)
     profiler_port: int = 0  # serve on-demand profiler captures on this port; 0 = off
+    # Memory of one device in GiB for the pre-training estimate's check; 0 = what the GPU or
+    # TPU reports (no check on CPU)
+    device_memory_gb: float = 0.0
 
     strategy: str = "auto"  # auto | cpu | gpu | mirrored | multiworker | tpu
     tpu: str = ""  # TPU name, grpc:// address or "local"; empty: $TPU_NAME
@@ -374,6 +385,33 @@ def validate(cfg: Config) -> None:
         raise ConfigError("train.remat needs model.dropout 0 (recomputation redraws the masks)")
     if t.keep_checkpoints < 2:
         raise ConfigError(f"train.keep_checkpoints must be at least 2, got {t.keep_checkpoints}")
+    _validate_lora(t)
+
+
+LORA_TARGETS = ("q", "k", "v", "o", "gate", "up", "down")
+
+
+def _validate_lora(t: TrainConfig) -> None:
+    if t.lora_rank < 0 or t.lora_alpha <= 0 or not 0.0 <= t.lora_dropout < 1.0:
+        raise ConfigError(
+            "train.lora_rank must be >= 0, train.lora_alpha > 0 and train.lora_dropout in "
+            f"[0, 1); got {t.lora_rank}, {t.lora_alpha}, {t.lora_dropout}"
+        )
+    if t.lora_rank and not t.init_from:
+        raise ConfigError("train.lora_rank needs train.init_from (the workdir of the base model)")
+    targets = [x.strip() for x in t.lora_targets.split(",") if x.strip()]
+    unknown = [x for x in targets if x not in LORA_TARGETS]
+    if t.lora_rank and (unknown or not targets):
+        raise ConfigError(
+            f"train.lora_targets must name some of {', '.join(LORA_TARGETS)}, got "
+            f"{t.lora_targets!r}"
+        )
+    if t.base_precision not in ("float32", "bfloat16"):
+        raise ConfigError(
+            f"train.base_precision must be float32 or bfloat16, got {t.base_precision!r}"
+        )
+    if t.base_precision == "bfloat16" and not t.lora_rank:
+        raise ConfigError("train.base_precision=bfloat16 needs LoRA (train.lora_rank > 0)")
 
 
 def _validate_prepare(d: DataConfig) -> None:

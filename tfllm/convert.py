@@ -21,6 +21,9 @@ def main(argv: list[str] | None = None) -> int:
     direction.add_argument("--to_hf", help="a new directory to write the workdir's model to")
     parser.add_argument("--workdir", required=True, help="the tfllm workdir (new for --from_hf)")
     parser.add_argument("--shard_gb", type=float, default=5.0, help="--to_hf shard size limit")
+    parser.add_argument(
+        "--adapter", action="store_true", help="--to_hf of a LoRA run: the adapters alone (PEFT)"
+    )
     args = parser.parse_args(argv)
     cli.quiet_unless(args.verbose)
     from tfllm.hub import convert
@@ -28,7 +31,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.from_hf:
         convert.from_hf(args.from_hf, args.workdir)
     else:
-        convert.to_hf(args.workdir, args.to_hf, int(args.shard_gb * (1 << 30)))
+        convert.to_hf(
+            args.workdir, args.to_hf, int(args.shard_gb * (1 << 30)), adapter=args.adapter
+        )
     return 0
 
 

@@ -123,11 +123,30 @@ def _source_files(cfg: Config, workdir: str) -> tuple[str, dict, dict | None]:
     return "llama", base, {"eos_token_id": EOS_ID, "pad_token_id": PAD_ID}
 
 
-def to_hf(workdir: str, out: str, shard_bytes: int = SHARD_BYTES, log=print) -> str:
-    """Writes the newest usable checkpoint of `workdir` as an HF directory `out`."""
+def _source_workdir(workdir: str) -> str:
+    """The workdir holding the HF source files: a fine-tuned run's (first) base's."""
+    while not os.path.isdir(os.path.join(workdir, SOURCE)):
+        base = load_config([os.path.join(workdir, "config.yaml")]).train.init_from
+        if not base:
+            break
+        workdir = base
+    return workdir
+
+
+def to_hf(
+    workdir: str, out: str, shard_bytes: int = SHARD_BYTES, log=print, adapter: bool = False
+) -> str:
+    """Writes the newest usable checkpoint of `workdir` as an HF directory `out` (a LoRA run's
+    adapters merged), or with `adapter` the LoRA adapters alone in PEFT's format."""
     _fresh(out, "output directory")
+    source = _source_workdir(workdir)
+    if adapter:
+        from tfllm.hub.adapter import write_adapter
+
+        family = _source_files(load_config([os.path.join(source, "config.yaml")]), source)[0]
+        return write_adapter(workdir, out, family, os.path.abspath(source), log)
     trained = load_trained(workdir, log=log)
-    family, base, generation = _source_files(trained.cfg, workdir)
+    family, base, generation = _source_files(trained.cfg, source)
     model_section = {**trained.cfg.to_dict()["model"], "dropout": 0.0}
     hf = hf_config.from_model_config(family, model_section, base)
     dtype = hf.get("dtype") or hf.get("torch_dtype") or "float32"
@@ -143,7 +162,7 @@ def to_hf(workdir: str, out: str, shard_bytes: int = SHARD_BYTES, log=print) -> 
         if generation is not None:
             with open(os.path.join(tmp, "generation_config.json"), "w") as f:
                 json.dump(generation, f, indent=2)
-        hf_dir = os.path.join(workdir, SOURCE)
+        hf_dir = os.path.join(source, SOURCE)  # a fine-tuned run's tokenizer is its base's
         copied = [n for n in TOKENIZER_FILES if os.path.isfile(os.path.join(hf_dir, n))]
         for name in copied:
             shutil.copy2(os.path.join(hf_dir, name), tmp)

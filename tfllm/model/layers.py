@@ -53,6 +53,8 @@ class CausalSelfAttention(keras.layers.Layer):
     (epsilon of a per-head RMSNorm of queries and keys, 0 = off).
     """
 
+    _lora = None  # LoRA adapters (`tfllm.model.lora`), set while fine-tuning
+
     def __init__(
         self,
         hidden_dim: int,
@@ -108,6 +110,8 @@ class CausalSelfAttention(keras.layers.Layer):
         h, kv, k, o = self.num_heads, self.kv_heads, self.head_dim, self.options
         kernel = ops.reshape(self.qkv_kernel, (self.hidden_dim, (h + 2 * kv) * k))
         qkv = dense(x, kernel, training)
+        if self._lora is not None:
+            qkv = self._lora.add(x, qkv, [("q", h * k), ("k", kv * k), ("v", kv * k)], training)
         if o["qkv_bias"] or o["bias"]:
             qkv = qkv + self.qkv_bias
         qkv = ops.reshape(qkv, (batch, length, h + 2 * kv, k))  # (B, T, H + 2 KV, K)
@@ -143,6 +147,8 @@ class CausalSelfAttention(keras.layers.Layer):
         output = dense(
             attended, ops.reshape(self.output_kernel, (h * k, self.hidden_dim)), training
         )
+        if self._lora is not None:
+            output = self._lora.add(attended, output, [("o", self.hidden_dim)], training)
         if o["bias"]:
             output = output + self.output_bias
         return output, cache
@@ -175,6 +181,8 @@ _ATTENTION_OPTIONS = {
 class MLP(keras.layers.Layer):
     """Feed-forward: SwiGLU or GeGLU (fused gate and up projections, gate first), or plain
     GELU; biases with `bias` (GPT-2)."""
+
+    _lora = None  # LoRA adapters (`tfllm.model.lora`), set while fine-tuning
 
     def __init__(
         self,
@@ -216,6 +224,10 @@ class MLP(keras.layers.Layer):
     def call(self, x, training=False):
         width = self.gates * self.intermediate_dim
         projected = dense(x, ops.reshape(self.input_kernel, (self.hidden_dim, width)), training)
+        if self._lora is not None:
+            names = ("gate", "up") if self.gates == 2 else ("up",)
+            slices = [(name, self.intermediate_dim) for name in names]
+            projected = self._lora.add(x, projected, slices, training)
         if self.bias:
             projected = projected + self.input_bias
         if self.gates == 2:  # (B, T, 2 F)
@@ -225,6 +237,8 @@ class MLP(keras.layers.Layer):
         else:
             hidden = ops.gelu(projected, approximate=True)
         output = dense(hidden, self.output_kernel, training)
+        if self._lora is not None:
+            output = self._lora.add(hidden, output, [("down", self.hidden_dim)], training)
         return output + self.output_bias if self.bias else output
 
     def get_config(self):

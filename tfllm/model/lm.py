@@ -161,6 +161,7 @@ class TransformerLM(keras.Model):
         batch, length = ops.shape(token_ids)[0], ops.shape(token_ids)[1]
         if cache is not None and cache_start is None:
             cache_start = ops.zeros((batch,), dtype="int32")
+        restart = positions is None and segment_ids is not None
         if positions is None:
             positions = ops.arange(length, dtype="int32")[None, :] + cache_index
             if cache_start is not None:
@@ -171,6 +172,11 @@ class TransformerLM(keras.Model):
             mask = key_positions <= positions[:, :, None]  # (B, T, T)
             if segment_ids is not None:  # document packing: never attend across documents
                 mask = mask & (segment_ids[:, None, :] == segment_ids[:, :, None])
+            if restart:
+                # Positions restart at each document, as generation sees a prompt: a packed
+                # document's position is the count of its earlier tokens (they are contiguous).
+                positions = ops.sum(ops.cast(mask, "int32"), axis=-1) - 1
+                key_positions = positions[:, None, :]
         else:  # slot s of row b holds position s - cache_start[b]; negative ones are padding
             slots = ops.arange(ops.shape(cache[0][0])[2], dtype="int32")
             key_positions = (slots[None, :] - cache_start[:, None])[:, None, :]  # (B, 1, S)

@@ -53,6 +53,8 @@ class Checkpointer:
             different one is refused. None skips the check (read-only tools).
         extras: more trackables to save, e.g. counters or a loss scale.
         log: where the reasons for skipped checkpoints and repairs go.
+        base: a LoRA run's base identity (`tfllm.runs.finetune.identity`): written into each
+            marker; a checkpoint marked with another base is refused.
 
     Under MultiWorkerMirroredStrategy every worker must take part in a save, but only the chief
     (`chief=False` elsewhere) may write to the shared directory: the others write to a scratch
@@ -70,6 +72,7 @@ class Checkpointer:
         log=print,
         chief: bool = True,
         worker_id: int = 0,
+        base: dict | None = None,
     ):
         self.directory = posixpath.join(workdir, "checkpoints")
         objects = {"model": model, **(extras or {})}
@@ -80,6 +83,7 @@ class Checkpointer:
         self.weights = tf.train.Checkpoint(model=model)
         self.model_only = optimizer is None
         self.keep, self.model_config, self.log = keep, model_config, log
+        self.base = base  # a LoRA run's base checkpoint identity: marked, and checked on restore
         self._skipped: list[int] = []  # newer than the restored one; set aside at the next save
         self.scratch = None if chief else posixpath.join(self.directory, f"scratch-{worker_id}")
 
@@ -109,6 +113,7 @@ class Checkpointer:
                 "model": marker["model"],
                 "files": marker["files"],
                 "weights_only": bool(marker.get("weights_only", False)),
+                "base": marker.get("base"),
             }
         except (ValueError, KeyError, TypeError) as err:
             raise _Unusable(f"unreadable completion marker: {err}") from None
@@ -149,6 +154,16 @@ class Checkpointer:
             "use a new runtime.workdir or the checkpoint's model config"
         )
 
+    def _check_base(self, step: int, marker: dict) -> None:
+        if self.base is None or marker["base"] == self.base:
+            return
+        was = (marker["base"] or {}).get("checkpoint")
+        raise TfllmError(
+            f"{self._prefix(step)} holds adapters trained on the base {was}, but "
+            f"train.init_from now gives {self.base['checkpoint']} (files or sha256 differ): "
+            "restore that base or start a new runtime.workdir"
+        )
+
     def restore_latest(self, step: int | None = None) -> str | None:
         """Restores the newest usable checkpoint; returns its path, or None when there is none.
 
@@ -168,6 +183,7 @@ class Checkpointer:
             try:
                 marker = self._read_marker(candidate)
                 self._check_model(candidate, marker)
+                self._check_base(candidate, marker)
                 self._verify(candidate, marker)
             except _Unusable as why:
                 reasons.append(f"ckpt-{candidate}: {why}")
@@ -268,6 +284,8 @@ class Checkpointer:
         marker = {"step": step, "model": self.model_config, "files": files}
         if weights_only:
             marker["weights_only"] = True
+        if self.base is not None:
+            marker["base"] = self.base
         write_atomically(marker_path, json.dumps(marker, indent=1, sort_keys=True))  # publish
         _test_exit_point("after_marker", step)
         published = self._published_steps()

@@ -3,7 +3,9 @@
 
 It reads checkpoints exactly as training restores them (`Checkpointer`: completion marker,
 sizes, CRC, fallback to an older checkpoint with the reason logged, refusal of a checkpoint
-written for another model), but only the model's variables.
+written for another model), but only the model's variables. A LoRA workdir's checkpoints hold
+adapters only: its base (`train.init_from`, checked against the identity the checkpoint names)
+is loaded first and the adapters are merged into it, so every reader sees a plain model.
 """
 
 from __future__ import annotations
@@ -16,7 +18,9 @@ import tensorflow as tf
 from tfllm.config import Config, load_config
 from tfllm.data import prepare
 from tfllm.errors import TfllmError
+from tfllm.model import lora
 from tfllm.model.lm import TransformerLM, build_model
+from tfllm.runs import finetune
 from tfllm.runs.checkpoint import Checkpointer
 
 
@@ -29,10 +33,15 @@ class TrainedModel:
     tokenizer_path: str
     checkpoint: str  # the restored checkpoint's path prefix
     step: int
+    adapters: lora.Adapters | None = None  # a LoRA workdir read with merge=False
 
 
-def load_trained(workdir: str, step: int | None = None, log=print) -> TrainedModel:
+def load_trained(
+    workdir: str, step: int | None = None, log=print, merge: bool = True
+) -> TrainedModel:
     """The newest usable checkpoint of `workdir` (or ckpt-`step`), with its config and tokenizer.
+    A LoRA workdir's adapters are merged into the base, unless `merge` is False: then the model
+    is the base with the adapters attached (`.adapters`, e.g. to export them alone).
 
     Raises:
         TfllmError: not a workdir, no checkpoint, or none usable (each named with its reason).
@@ -42,13 +51,33 @@ def load_trained(workdir: str, step: int | None = None, log=print) -> TrainedMod
         raise TfllmError(f"{config_path} not found: is {workdir} a training workdir?")
     cfg = load_config([config_path])
     model = build_model(cfg.model)
-    checkpointer = Checkpointer(workdir, model, model_config=cfg.to_dict()["model"], log=log)
+    tracked, base, adapters = model, None, None
+    if cfg.train.lora_rank:
+        base = load_base(cfg, model, log)
+        tracked = adapters = lora.attach(model, cfg.train)
+    checkpointer = Checkpointer(
+        workdir, tracked, model_config=cfg.to_dict()["model"], log=log, base=base
+    )
     path = checkpointer.restore_latest(step)
     if path is None:
         raise TfllmError(
             f"no checkpoint in {checkpointer.directory}: train first "
             f"(python -m tfllm.train --config {config_path})"
         )
+    if adapters is not None and merge:
+        adapters.merge()
+        model.trainable = True
+        adapters = None
     tokenizer_path = prepare.tokenizer_path(cfg)
     restored_step = int(posixpath.basename(path).split("-")[1])
-    return TrainedModel(cfg, model, tokenizer_path, path, restored_step)
+    return TrainedModel(cfg, model, tokenizer_path, path, restored_step, adapters)
+
+
+def load_base(cfg: Config, model, log=print) -> dict:
+    """Copies the weights of `cfg.train.init_from`'s newest usable checkpoint into `model`
+    (built from the same model section, in any dtype); returns the base's identity."""
+    base = load_trained(cfg.train.init_from, log=log)
+    for target, source in zip(model.weights, base.model.weights, strict=True):
+        target.assign(tf.cast(source, target.dtype))
+    log(f"fine-tuning from {base.checkpoint} (weights only; fresh optimizer, step 0)")
+    return finetune.identity(base)

@@ -22,6 +22,7 @@ import tensorflow as tf
 from tfllm.config import Config
 from tfllm.data import reader
 from tfllm.errors import TfllmError
+from tfllm.model import lora
 from tfllm.training.optim import set_completed_steps
 from tfllm.training.steps import Steps, token_loss_sum
 
@@ -61,10 +62,10 @@ def gradient_report(model, loss_fn, batch: tuple, step: int) -> dict:
     counted = tf.reduce_sum(tf.cast(targets >= 0, tf.float32))  # ignored targets are -1
     with tf.GradientTape() as tape:
         loss = loss_fn(model, inputs, targets, True, *segment_ids) / counted
-    grads = tape.gradient(loss, model.trainable_variables)
+    grads = tape.gradient(loss, lora.trainable_variables(model))
     norms = {
         v.path: float(tf.norm(g)) if g is not None else None
-        for v, g in zip(model.trainable_variables, grads, strict=True)
+        for v, g in zip(lora.trainable_variables(model), grads, strict=True)
     }
     return {
         "step": step,

@@ -18,9 +18,11 @@ import tensorflow as tf
 from tfllm.config import Config, save_config
 from tfllm.data import prepare, reader, verify
 from tfllm.errors import ConfigError
+from tfllm.model import lora
 from tfllm.model.lm import build_model
-from tfllm.observe import flops, profiling
+from tfllm.observe import flops, memory, profiling
 from tfllm.observe.metrics import Reporter
+from tfllm.runs import finetune, trained
 from tfllm.runs.checkpoint import Checkpointer
 from tfllm.runs.lock import WorkdirLock
 from tfllm.serve import generate
@@ -47,7 +49,7 @@ def loop_values(loss: float, grad_norm, model, optimizer) -> dict[str, float]:
         "loss": loss,
         "learning_rate": float(optimizer.learning_rate),
         "grad_norm": float(grad_norm),
-        "param_norm": float(tf.linalg.global_norm(model.trainable_variables)),
+        "param_norm": float(tf.linalg.global_norm(lora.trainable_variables(model))),
     }
     # Only keras' LossScaleOptimizer (mixed_float16) has a dynamic loss scale.
     if hasattr(optimizer, "dynamic_scale"):
@@ -108,8 +110,11 @@ def new_counters() -> dict[str, tf.Variable]:
     }
 
 
-def make_checkpointer(cfg: Config, model, optimizer, counters: dict, strategy=None, log=print):
-    """The trainer's Checkpointer: what `tfllm.train` writes is exactly what this saves."""
+def make_checkpointer(
+    cfg: Config, model, optimizer, counters: dict, strategy=None, log=print, base=None
+):
+    """The trainer's Checkpointer: what `tfllm.train` writes is exactly what this saves
+    (`model` is a LoRA run's adapters, `base` its base's identity)."""
     strategy = strategy or tf.distribute.get_strategy()
     resolver = getattr(strategy, "cluster_resolver", None)
     return Checkpointer(
@@ -122,6 +127,7 @@ def make_checkpointer(cfg: Config, model, optimizer, counters: dict, strategy=No
         log=log,
         chief=strategy.extended.should_checkpoint,
         worker_id=resolver.task_id if resolver is not None and resolver.task_id else 0,
+        base=base,
     )
 
 
@@ -136,18 +142,31 @@ class _Run:
         self.val_loss, self.sample = math.nan, ""
 
     def restore(self) -> int:
-        cfg, log = self.cfg, self.log
+        self.cfg = cfg = finetune.resolve(self.cfg, self.log)
+        log, t = self.log, cfg.train
         self.manifest = prepare.ensure_prepared(cfg, log)
         self.directory = prepare.data_dir(cfg)
         save_config(cfg, f"{cfg.runtime.workdir}/config.yaml")
-        tf.keras.utils.set_random_seed(cfg.train.seed)
+        tf.keras.utils.set_random_seed(t.seed)
+        # A frozen bfloat16 base is held (and computes) in bfloat16; the adapters stay float32.
+        precision = "bfloat16" if t.base_precision == "bfloat16" else t.precision
         with self.strategy.scope():
-            self.model = build_model(cfg.model, cfg.train.precision, cfg.train.remat)
-            self.optimizer = make_optimizer(cfg.train, self.model.trainable_variables)
+            self.model = build_model(cfg.model, precision, t.remat)
+        base = trained.load_base(cfg, self.model, log) if t.init_from else None
+        with self.strategy.scope():
+            adapters = lora.attach(self.model, t) if t.lora_rank else None
+            self.optimizer = make_optimizer(t, lora.trainable_variables(self.model))
         self.counters = new_counters()
         self.checkpointer = make_checkpointer(
-            cfg, self.model, self.optimizer, self.counters, self.strategy, log
+            cfg,
+            adapters or self.model,
+            self.optimizer,
+            self.counters,
+            self.strategy,
+            log,
+            base=base if adapters else None,
         )
+        self.check_memory()
         restored = self.checkpointer.restore_latest()
         step = completed_steps(self.optimizer)
         log(
@@ -157,6 +176,21 @@ class _Run:
         if restored is None and cfg.train.on_nonfinite == "rollback":
             self.checkpointer.save(step)  # something to roll back to before the first one
         return step
+
+    def check_memory(self) -> None:
+        """Prints the memory estimate; refuses a run whose estimate exceeds the device's."""
+        cfg = self.cfg
+        trained_params = sum(math.prod(v.shape) for v in lora.trainable_variables(self.model))
+        replicas = self.strategy.num_replicas_in_sync
+        sizes = memory.estimate(cfg, self.model.count_params(), trained_params, replicas)
+        self.log(memory.describe(cfg, sizes, trained_params))
+        limit = memory.device_limit(cfg.runtime.device_memory_gb)
+        if limit is not None and sizes["total"] > limit:
+            raise ConfigError(
+                f"the run needs at least {sizes['total'] / memory.GIB:.3g} GiB per replica, the "
+                f"device has {limit / memory.GIB:.3g} GiB: lower train.global_batch_size or "
+                "data.seq_len, raise train.grad_accum_steps, set train.remat=true, or use LoRA"
+            )
 
     def compile(self, step: int) -> None:
         """Inputs, the compiled steps, reporting and the profiler (compiled at the first call)."""

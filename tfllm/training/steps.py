@@ -17,6 +17,7 @@ import tensorflow as tf
 
 from tfllm.config import Config
 from tfllm.data import reader
+from tfllm.model import lora
 from tfllm.observe import profiling
 from tfllm.training.optim import clip_by_global_norm, loss_scale
 
@@ -62,7 +63,7 @@ class Steps:
             loss = token_loss_sum(self.model, batch[0], batch[1], True, *batch[2:])
             loss = loss / global_tokens
             scaled = loss * scale
-        grads = tape.gradient(scaled, self.model.trainable_variables)
+        grads = tape.gradient(scaled, lora.trainable_variables(self.model))
         # The embedding's gradient is IndexedSlices: densify to sum and all-reduce it.
         return loss, [tf.convert_to_tensor(g) for g in grads]
 
@@ -105,7 +106,8 @@ class Steps:
 
         def apply():
             self.strategy.run(
-                lambda g: self.optimizer.apply(g, self.model.trainable_variables), args=(grads,)
+                lambda g: self.optimizer.apply(g, lora.trainable_variables(self.model)),
+                args=(grads,),
             )
             return tf.constant(True)
 
