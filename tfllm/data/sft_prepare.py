@@ -116,7 +116,8 @@ def prepare_sft(cfg: Config, out: str, log=print) -> dict:
     for where, pieces in sft.read_examples(
         [str(p) for _, p in list_files(d.source)], d.format, d.train_on, template, stats
     ):
-        examples[split_of(where, d.val_fraction)].append((where, pieces))
+        # By file name and record, not the full path: the same split wherever the data sits.
+        examples[split_of(posixpath.basename(where), d.val_fraction)].append((where, pieces))
     if not examples["val"] and len(examples["train"]) >= 2:
         examples["val"].append(examples["train"].pop())  # a small set: keep one to validate
     packed = {}
