@@ -9,6 +9,7 @@ missing checkpoint. Every command must print tfllm's own lines only.
 from __future__ import annotations
 
 import json
+import os
 import pathlib
 import re
 import subprocess
@@ -16,7 +17,6 @@ import sys
 import time
 
 import pytest
-from commands import run_subprocess
 
 PROMPT = "def main("
 # Small enough for CI, still the built-in corpus and the shipped tiny config.
@@ -73,9 +73,17 @@ print(json.dumps({
 """
 
 
-def _run(cwd: pathlib.Path, times: dict, label: str, command: str, *args: str, code: int = 0):
+def _run(cwd: pathlib.Path, times: dict, label: str, *argv: str, code: int = 0):
+    """`python *argv` in `cwd` as a user types it (argv: "-m", "tfllm.<command>", flags)."""
     started = time.time()
-    done = run_subprocess(command, *args, cwd=cwd, env={"TFLLM_VERBOSE": "0"})
+    done = subprocess.run(
+        [sys.executable, *argv],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        env={**os.environ, "TFLLM_VERBOSE": "0"},
+        timeout=900,
+    )
     times[label] = time.time() - started
     output = done.stdout + done.stderr
     assert done.returncode == code, f"{label}: exit {done.returncode}\n{output[-3000:]}"
@@ -89,14 +97,24 @@ def journey(tmp_path_factory):
     """The journey on the built-in corpus, run once; later tests read its workdir."""
     cwd = tmp_path_factory.mktemp("journey")
     times: dict[str, float] = {}
-    _run(cwd, times, "prepare", "prepare", *SMALL)
-    first = _run(cwd, times, "train 10", "train", *SMALL, "--set", "train.steps=10")
-    again = _run(cwd, times, "train 20", "train", *SMALL, "--set", "train.steps=20")
+    _run(cwd, times, "prepare", "-m", "tfllm.prepare", *SMALL)
+    first = _run(cwd, times, "train 10", "-m", "tfllm.train", *SMALL, "--set", "train.steps=10")
+    again = _run(cwd, times, "train 20", "-m", "tfllm.train", *SMALL, "--set", "train.steps=20")
     generated = _run(
-        cwd, times, "generate", "generate", "--workdir", "runs/journey",
+        cwd, times, "generate", "-m", "tfllm.generate", "--workdir", "runs/journey",
         "--prompt", PROMPT, "--max_new_tokens", "8", "--temperature", "0",
     )  # fmt: skip
-    _run(cwd, times, "export", "export", "--workdir", "runs/journey", "--export_dir", "export/j")
+    _run(
+        cwd,
+        times,
+        "export",
+        "-m",
+        "tfllm.export",
+        "--workdir",
+        "runs/journey",
+        "--export_dir",
+        "export/j",
+    )
     started = time.time()
     served = subprocess.run(
         [sys.executable, "-c", SERVE, str(cwd / "export/j/1"), PROMPT],
@@ -158,10 +176,10 @@ def test_damaged_newest_checkpoint_falls_back_with_a_reason(journey, tmp_path):
     data.write_bytes(data.read_bytes()[:-7])  # truncated: the marker's size no longer matches
     times: dict[str, float] = {}
     for label, command, args in (
-        ("generate", "generate", ["--prompt", PROMPT, "--max_new_tokens", "2"]),
-        ("export", "export", ["--export_dir", "export/fallback"]),
+        ("generate", "tfllm.generate", ["--prompt", PROMPT, "--max_new_tokens", "2"]),
+        ("export", "tfllm.export", ["--export_dir", "export/fallback"]),
     ):
-        done = _run(cwd, times, label, command, "--workdir", "runs/journey", *args)
+        done = _run(cwd, times, label, "-m", command, "--workdir", "runs/journey", *args)
         assert "skipping ckpt-20" in done.stdout and "bytes, the marker says" in done.stdout
     assert (cwd / "export/fallback/1/saved_model.pb").is_file()
     assert (cwd / "runs/journey/checkpoints/ckpt-20.index").is_file()  # a reader moves nothing
@@ -175,7 +193,17 @@ def test_no_checkpoint_is_one_line_and_exit_2(journey, tmp_path):
         ("generate", ["--prompt", "x"]),
         ("export", ["--export_dir", str(tmp_path / "e")]),
     ):
-        done = _run(tmp_path, {}, command, command, "--workdir", str(workdir), *args, code=2)
+        done = _run(
+            tmp_path,
+            {},
+            command,
+            "-m",
+            f"tfllm.{command}",
+            "--workdir",
+            str(workdir),
+            *args,
+            code=2,
+        )
         assert done.stderr.strip().count("\n") == 0
         assert done.stderr.startswith(f"error: no checkpoint in {workdir}/checkpoints: train first")
     assert not (tmp_path / "e").exists()
@@ -207,20 +235,20 @@ def test_a_17_document_corpus_prepares_and_trains(tmp_path):
         "--set", "runtime.workdir=runs/lic",
     ]  # fmt: skip
     times: dict[str, float] = {}
-    prepared = _run(tmp_path, times, "prepare", "prepare", *args)
+    prepared = _run(tmp_path, times, "prepare", "-m", "tfllm.prepare", *args)
     assert re.search(
         r"gave no val document among 17: \S*LICENSE-\d\d\.txt moved to val", prepared.stdout
     )
     manifest = json.loads((tmp_path / "tfrecords/lic/manifest.json").read_text())
     assert manifest["splits"]["val"]["documents"] == 1
-    trained = _run(tmp_path, times, "train", "train", *args)
+    trained = _run(tmp_path, times, "train", "-m", "tfllm.train", *args)
     assert "done: step 4" in trained.stdout
 
 
 def test_one_document_is_not_enough_and_says_which_setting(tmp_path):
     (tmp_path / "only.txt").write_text("one document\n")
     done = _run(
-        tmp_path, {}, "prepare", "prepare",
+        tmp_path, {}, "prepare", "-m", "tfllm.prepare",
         "--set", f"data.source={tmp_path}/only.txt", "--set", "data.name=one", code=2,
     )  # fmt: skip
     assert "gave 1 usable document(s)" in done.stderr and "data.min_doc_chars" in done.stderr

@@ -21,7 +21,7 @@ from __future__ import annotations
 import tensorflow as tf
 from tensorflow.python.profiler import trace
 
-from tfllm.config import parse_profile_steps
+from tfllm.validation import parse_profile_steps
 
 
 def step_trace(first_step: int):
