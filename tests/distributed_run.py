@@ -17,12 +17,13 @@ from dataclasses import replace
 import numpy as np
 import tensorflow as tf
 
-from tfllm.config import LORA_TARGETS, load_config
+from tfllm.config import load_config
 from tfllm.model import lora
 from tfllm.model.lm import build_model
 from tfllm.training import distribute
 from tfllm.training.optim import completed_steps, make_optimizer
 from tfllm.training.steps import Steps, evaluate
+from tfllm.validation import LORA_TARGETS
 
 TINY = [
     "model.vocabulary_size=64",

@@ -13,11 +13,12 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tfllm.config import LORA_TARGETS, load_config
+from tfllm.config import load_config
 from tfllm.model import lora
 from tfllm.model.lm import build_model
 from tfllm.training.optim import make_optimizer
 from tfllm.training.steps import Steps
+from tfllm.validation import LORA_TARGETS
 
 sys.path.insert(0, str(pathlib.Path(__file__).parent))
 from distributed_run import TINY, train_tiny  # noqa: E402
