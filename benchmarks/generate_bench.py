@@ -30,8 +30,8 @@ from tfllm.config import load_config, save_config
 from tfllm.data import tokenizer
 from tfllm.model.lm import build_model
 from tfllm.serve import export, generate
-from tfllm.training.loop import make_checkpointer, new_counters
 from tfllm.training.optim import make_optimizer
+from tfllm.training.session import make_checkpointer, new_counters
 
 SMALL = [
     "model.num_layers=6",

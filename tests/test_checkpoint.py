@@ -17,7 +17,8 @@ from conftest import TINY_MODEL
 from tfllm.config import load_config, save_config
 from tfllm.errors import TfllmError
 from tfllm.model.lm import build_model
-from tfllm.runs.checkpoint import SAVE_POINTS, Checkpointer
+from tfllm.runs.checkpoint import Checkpointer
+from tfllm.runs.checkpoint_files import SAVE_POINTS
 from tfllm.runs.lock import LOCK_NAME, WorkdirLock
 from tfllm.training.optim import make_optimizer
 

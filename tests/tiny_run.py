@@ -20,8 +20,8 @@ from tfllm.config import Config, load_config, save_config
 from tfllm.data import prepare
 from tfllm.model.lm import build_model
 from tfllm.serve import export, generate
-from tfllm.training.loop import make_checkpointer, new_counters
 from tfllm.training.optim import make_optimizer
+from tfllm.training.session import make_checkpointer, new_counters
 
 SEQ = 32
 VOCAB = 512  # byte fallback alone needs 256 pieces

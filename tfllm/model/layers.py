@@ -1,5 +1,5 @@
-"""Transformer layers in Keras 3: norms, rotary causal self-attention with a KV cache, MLP,
-block, with the architecture knobs of the open-weight families (README "Start from open weights").
+"""Transformer layers in Keras 3: rotary causal self-attention with a KV cache and the block,
+with the architecture knobs of the open-weight families (README "Start from open weights").
 
 Shape letters, used in every comment and einsum below:
     B batch, T query length, S key length (T, or the cache size when decoding),
@@ -19,7 +19,8 @@ import keras
 from keras import ops
 
 from tfllm.model import attention
-from tfllm.model.primitives import RMSNorm, apply_rotary, rotary_frequencies
+from tfllm.model.mlp import MLP
+from tfllm.model.primitives import RMSNorm, apply_rotary, normal, rotary_frequencies
 from tfllm.model.projections import dense
 
 HEADS_FIRST = (0, 2, 1, 3)  # (B, T, H, K) <-> (B, H, T, K)
@@ -37,10 +38,6 @@ def _cache_slots(batch, heads, length, cache_index):
     head = ops.broadcast_to(ops.arange(heads, dtype="int32")[None, :, None], shape)
     slots = ops.broadcast_to(cache_index + ops.arange(length, dtype="int32"), shape)
     return ops.stack([rows, head, slots], axis=-1)
-
-
-def _normal(std):
-    return keras.initializers.RandomNormal(stddev=std)
 
 
 class CausalSelfAttention(keras.layers.Layer):
@@ -81,9 +78,9 @@ class CausalSelfAttention(keras.layers.Layer):
         h, kv, k, d = self.num_heads, self.kv_heads, self.head_dim, self.hidden_dim
         # tfllm's own layout (D, 3, H, K) when every head has its keys; (D, H + 2 KV, K) else.
         shape = (d, 3, h, k) if kv == h else (d, h + 2 * kv, k)
-        self.qkv_kernel = self.add_weight(name="qkv_kernel", shape=shape, initializer=_normal(0.02))
+        self.qkv_kernel = self.add_weight(name="qkv_kernel", shape=shape, initializer=normal(0.02))
         self.output_kernel = self.add_weight(
-            name="output_kernel", shape=(h, k, d), initializer=_normal(self.output_init_std)
+            name="output_kernel", shape=(h, k, d), initializer=normal(self.output_init_std)
         )
         o = self.options
         if o["qkv_bias"] or o["bias"]:
@@ -176,80 +173,6 @@ _ATTENTION_OPTIONS = {
     "query_pre_attn_scalar": 0.0,
     "qk_norm": 0.0,
 }
-
-
-class MLP(keras.layers.Layer):
-    """Feed-forward: SwiGLU or GeGLU (fused gate and up projections, gate first), or plain
-    GELU; biases with `bias` (GPT-2)."""
-
-    _lora = None  # LoRA adapters (`tfllm.model.lora`), set while fine-tuning
-
-    def __init__(
-        self,
-        hidden_dim: int,
-        intermediate_dim: int,
-        activation: str = "swiglu",
-        output_init_std: float = 0.02,
-        bias: bool = False,
-        **kwargs,
-    ):
-        super().__init__(**kwargs)
-        self.hidden_dim = hidden_dim
-        self.intermediate_dim = intermediate_dim
-        self.activation = activation
-        self.output_init_std = output_init_std
-        self.bias = bias
-        self.gates = 1 if activation == "gelu" else 2
-
-    def build(self, input_shape):
-        self.input_kernel = self.add_weight(
-            name="input_kernel",
-            shape=(self.hidden_dim, self.gates, self.intermediate_dim),
-            initializer=_normal(0.02),
-        )
-        self.output_kernel = self.add_weight(
-            name="output_kernel",
-            shape=(self.intermediate_dim, self.hidden_dim),
-            initializer=_normal(self.output_init_std),
-        )
-        if self.bias:
-            width = self.gates * self.intermediate_dim
-            self.input_bias = self.add_weight(
-                name="input_bias", shape=(width,), initializer="zeros"
-            )
-            self.output_bias = self.add_weight(
-                name="output_bias", shape=(self.hidden_dim,), initializer="zeros"
-            )
-
-    def call(self, x, training=False):
-        width = self.gates * self.intermediate_dim
-        projected = dense(x, ops.reshape(self.input_kernel, (self.hidden_dim, width)), training)
-        if self._lora is not None:
-            names = ("gate", "up") if self.gates == 2 else ("up",)
-            slices = [(name, self.intermediate_dim) for name in names]
-            projected = self._lora.add(x, projected, slices, training)
-        if self.bias:
-            projected = projected + self.input_bias
-        if self.gates == 2:  # (B, T, 2 F)
-            gate, up = ops.split(projected, 2, axis=-1)
-            gate = ops.silu(gate) if self.activation == "swiglu" else ops.gelu(gate, True)
-            hidden = gate * up
-        else:
-            hidden = ops.gelu(projected, approximate=True)
-        output = dense(hidden, self.output_kernel, training)
-        if self._lora is not None:
-            output = self._lora.add(hidden, output, [("down", self.hidden_dim)], training)
-        return output + self.output_bias if self.bias else output
-
-    def get_config(self):
-        return {
-            **super().get_config(),
-            "hidden_dim": self.hidden_dim,
-            "intermediate_dim": self.intermediate_dim,
-            "activation": self.activation,
-            "output_init_std": self.output_init_std,
-            "bias": self.bias,
-        }
 
 
 class TransformerBlock(keras.layers.Layer):

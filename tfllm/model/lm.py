@@ -17,7 +17,8 @@ import keras
 from keras import ops
 
 from tfllm.config import ModelConfig
-from tfllm.model.layers import RMSNorm, TransformerBlock
+from tfllm.model.layers import TransformerBlock
+from tfllm.model.primitives import RMSNorm
 from tfllm.model.projections import TiedEmbedding
 
 # ModelConfig keys that TransformerLM takes as its `architecture` dict, with tfllm's defaults.

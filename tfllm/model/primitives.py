@@ -12,6 +12,11 @@ import keras
 from keras import ops
 
 
+def normal(std: float):
+    """The initializer of every projection: a normal of standard deviation `std`."""
+    return keras.initializers.RandomNormal(stddev=std)
+
+
 class RMSNorm(keras.layers.Layer):
     """Layer norm in float32: root-mean-square (`rms`), Gemma's with a (1 + w) scale stored as w
     (`rms_plus_one`), or mean-subtracting with a bias (`layer`, GPT-2's LayerNorm)."""

@@ -17,9 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import posixpath
-import re
 
 import keras
 import tensorflow as tf
@@ -27,16 +25,10 @@ import tensorflow as tf
 from tfllm.config import ModelConfig
 from tfllm.data.records import write_atomically
 from tfllm.errors import TfllmError
+from tfllm.runs import checkpoint_files as disk
 
 _MODEL_DEFAULTS = dataclasses.asdict(ModelConfig())
-MARKER_SUFFIX = ".done.json"
-STATE_FILE = "checkpoint"
 REJECTED_DIR = "rejected"
-_STEP = re.compile(r"^ckpt-(\d+)(?:[._]|$)")
-# Test-only: `TFLLM_TEST_EXIT_IN_SAVE=<point>:<step>` ends the process with os._exit(99) at that
-# point of the save of that step, to prove that a kill anywhere in a save leaves the previous
-# checkpoint usable.
-SAVE_POINTS = ("before_write", "after_write", "after_marker", "after_state")
 
 
 class Checkpointer:
@@ -88,52 +80,14 @@ class Checkpointer:
         self.scratch = None if chief else posixpath.join(self.directory, f"scratch-{worker_id}")
 
     def _prefix(self, step: int) -> str:
-        return posixpath.join(self.directory, f"ckpt-{step}")
+        return disk.prefix(self.directory, step)
 
     def _files_of(self, step: int) -> list[str]:
-        names = tf.io.gfile.listdir(self.directory) if tf.io.gfile.isdir(self.directory) else []
-        return sorted(n.rstrip("/") for n in names if _step_of(n) == step)
+        return disk.files_of(self.directory, step)
 
     def steps_on_disk(self) -> list[int]:
         """Every step with any `ckpt-N*` file, complete or not, newest first."""
-        if not tf.io.gfile.isdir(self.directory):
-            return []
-        steps = {_step_of(n) for n in tf.io.gfile.listdir(self.directory)}
-        return sorted((s for s in steps if s is not None), reverse=True)
-
-    def _read_marker(self, step: int) -> dict:
-        path = self._prefix(step) + MARKER_SUFFIX
-        if not tf.io.gfile.exists(path):
-            raise _Unusable("no completion marker (the save did not finish)")
-        try:
-            with tf.io.gfile.GFile(path) as f:
-                marker = json.load(f)
-            return {
-                "step": int(marker["step"]),
-                "model": marker["model"],
-                "files": marker["files"],
-                "weights_only": bool(marker.get("weights_only", False)),
-                "base": marker.get("base"),
-            }
-        except (ValueError, KeyError, TypeError) as err:
-            raise _Unusable(f"unreadable completion marker: {err}") from None
-
-    def _verify(self, step: int, marker: dict) -> None:
-        """Raises _Unusable unless every file matches the marker and every tensor reads back."""
-        for name, size in marker["files"].items():
-            path = posixpath.join(self.directory, name)
-            if not tf.io.gfile.exists(path):
-                raise _Unusable(f"{name} is missing")
-            actual = tf.io.gfile.stat(path).length
-            if actual != size:
-                raise _Unusable(f"{name} has {actual} bytes, the marker says {size}")
-        try:
-            # Reading every tensor checks its CRC32C before any variable is touched.
-            reader = tf.train.load_checkpoint(self._prefix(step))
-            for name in reader.get_variable_to_shape_map():
-                reader.get_tensor(name)
-        except (tf.errors.OpError, ValueError) as err:
-            raise _Unusable(f"tensors do not read back: {_first_line(err)}") from None
+        return disk.steps_on_disk(self.directory)
 
     def _check_model(self, step: int, marker: dict) -> None:
         if self.model_config is None:
@@ -181,11 +135,11 @@ class Checkpointer:
             candidates = [step]
         for candidate in candidates:
             try:
-                marker = self._read_marker(candidate)
+                marker = disk.read_marker(self.directory, candidate)
                 self._check_model(candidate, marker)
                 self._check_base(candidate, marker)
-                self._verify(candidate, marker)
-            except _Unusable as why:
+                disk.verify(self.directory, candidate, marker)
+            except disk.Unusable as why:
                 reasons.append(f"ckpt-{candidate}: {why}")
                 self._skipped.append(candidate)
                 self.log(f"checkpoint: skipping ckpt-{candidate}: {why}")
@@ -198,11 +152,11 @@ class Checkpointer:
                 if self.model_only:
                     status.expect_partial()  # the optimizer's slots are there on purpose
             except (tf.errors.OpError, AssertionError, ValueError) as err:
-                raise TfllmError(f"cannot restore {path}: {_first_line(err)}") from None
+                raise TfllmError(f"cannot restore {path}: {disk.first_line(err)}") from None
             if not self.model_only:  # readers never write into a workdir
                 self._repair_state_file(candidate)
             return path
-        listed = self._state_file_steps()
+        listed = disk.state_file_steps(self.directory)
         if any("no completion marker" not in r for r in reasons) or listed & set(self._skipped):
             # Published checkpoints exist but none loads: starting over would overwrite them.
             refusal = "" if self.model_only else ", refusing to start from step 0"
@@ -213,35 +167,16 @@ class Checkpointer:
             self.log("checkpoint: only unfinished saves on disk; starting from scratch")
         return None
 
-    def _state_file_steps(self) -> set[int]:
-        """Steps named in TF's state file, read as plain text since it may be damaged."""
-        path = posixpath.join(self.directory, STATE_FILE)
-        if not tf.io.gfile.exists(path):
-            return set()
-        with tf.io.gfile.GFile(path, "rb") as f:
-            text = f.read().decode("utf-8", "replace")
-        return {int(s) for s in re.findall(r"ckpt-(\d+)", text)}
-
     def _published_steps(self) -> list[int]:
         return [
             s
             for s in self.steps_on_disk()
-            if tf.io.gfile.exists(self._prefix(s) + MARKER_SUFFIX) and s not in self._skipped
+            if tf.io.gfile.exists(self._prefix(s) + disk.MARKER_SUFFIX) and s not in self._skipped
         ]
-
-    def _write_state_file(self, steps: list[int]) -> None:
-        """Writes TF's CheckpointState text proto (what `tf.train.latest_checkpoint` reads)
-        with paths relative to the directory, atomically. Written by hand: the only public
-        writer, `tf.compat.v1.train.update_checkpoint_state`, prints a deprecation warning."""
-        names = [posixpath.basename(self._prefix(s)) for s in sorted(steps)]
-        text = f'model_checkpoint_path: "{names[-1]}"\n' + "".join(
-            f'all_model_checkpoint_paths: "{name}"\n' for name in names
-        )
-        write_atomically(posixpath.join(self.directory, STATE_FILE), text)
 
     def _repair_state_file(self, restored: int) -> None:
         """Rewrites TF's `checkpoint` state file when it does not name the restored step."""
-        path = posixpath.join(self.directory, STATE_FILE)
+        path = posixpath.join(self.directory, disk.STATE_FILE)
         state = None
         if tf.io.gfile.exists(path):
             try:
@@ -252,8 +187,8 @@ class Checkpointer:
         if state is not None and state.model_checkpoint_path == self._prefix(restored):
             return
         was = "missing" if not tf.io.gfile.exists(path) else "unreadable or stale"
-        self._write_state_file([s for s in self._published_steps() if s <= restored])
-        self.log(f"checkpoint: rebuilt the '{STATE_FILE}' state file from disk (it was {was})")
+        disk.write_state_file(self.directory, [s for s in self._published_steps() if s <= restored])
+        self.log(f"checkpoint: rebuilt the '{disk.STATE_FILE}' state file from disk (it was {was})")
 
     def save(self, step: int, weights_only: bool = False) -> str:
         """Writes ckpt-`step`, publishes it with its marker, then drops the oldest ones.
@@ -270,16 +205,16 @@ class Checkpointer:
             return self._prefix(step)
         tf.io.gfile.makedirs(self.directory)
         self._set_aside_skipped()
-        marker_path = self._prefix(step) + MARKER_SUFFIX
+        marker_path = self._prefix(step) + disk.MARKER_SUFFIX
         if tf.io.gfile.exists(marker_path):  # rewriting a step: unpublish it first
             tf.io.gfile.remove(marker_path)
-        _test_exit_point("before_write", step)
+        disk.test_exit_point("before_write", step)
         prefix = (self.weights if weights_only else self.checkpoint).write(self._prefix(step))
-        _test_exit_point("after_write", step)
+        disk.test_exit_point("after_write", step)
         files = {
             n: tf.io.gfile.stat(posixpath.join(self.directory, n)).length
             for n in self._files_of(step)
-            if MARKER_SUFFIX not in n  # the marker, and a stale temp one
+            if disk.MARKER_SUFFIX not in n  # the marker, and a stale temp one
         }
         marker = {"step": step, "model": self.model_config, "files": files}
         if weights_only:
@@ -287,14 +222,14 @@ class Checkpointer:
         if self.base is not None:
             marker["base"] = self.base
         write_atomically(marker_path, json.dumps(marker, indent=1, sort_keys=True))  # publish
-        _test_exit_point("after_marker", step)
+        disk.test_exit_point("after_marker", step)
         published = self._published_steps()
-        self._write_state_file(published[: self.keep])
-        _test_exit_point("after_state", step)
+        disk.write_state_file(self.directory, published[: self.keep])
+        disk.test_exit_point("after_state", step)
         for old in self.steps_on_disk():
             if old not in published[: self.keep] and old < step:
                 for name in self._files_of(old):
-                    _remove(posixpath.join(self.directory, name))
+                    disk.remove(posixpath.join(self.directory, name))
         return prefix
 
     def _set_aside_skipped(self) -> None:
@@ -316,28 +251,3 @@ class Checkpointer:
                 )
             self.log(f"checkpoint: moved the skipped ckpt-{step} to {target}")
         self._skipped = []
-
-
-class _Unusable(Exception):
-    """Why one checkpoint cannot be restored (restore then tries the next older one)."""
-
-
-def _step_of(name: str) -> int | None:
-    match = _STEP.match(name.rstrip("/"))
-    return int(match.group(1)) if match else None
-
-
-def _first_line(err: Exception) -> str:
-    return (str(err).strip().splitlines() or [type(err).__name__])[0]
-
-
-def _remove(path: str) -> None:
-    if tf.io.gfile.isdir(path):
-        tf.io.gfile.rmtree(path)
-    else:
-        tf.io.gfile.remove(path)
-
-
-def _test_exit_point(point: str, step: int) -> None:
-    if os.environ.get("TFLLM_TEST_EXIT_IN_SAVE") == f"{point}:{step}":
-        os._exit(99)

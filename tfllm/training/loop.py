@@ -15,21 +15,17 @@ import time
 
 import tensorflow as tf
 
-from tfllm.config import Config, save_config
-from tfllm.data import prepare, reader, verify
+from tfllm.config import Config
+from tfllm.data import reader, verify
 from tfllm.errors import ConfigError
 from tfllm.model import lora
-from tfllm.model.lm import build_model
-from tfllm.observe import flops, memory, profiling
+from tfllm.observe import flops, profiling
 from tfllm.observe.metrics import Reporter
-from tfllm.runs import finetune, trained
-from tfllm.runs.checkpoint import Checkpointer
 from tfllm.runs.lock import WorkdirLock
-from tfllm.serve import generate
-from tfllm.training import distribute, faults
-from tfllm.training.optim import completed_steps, make_optimizer
+from tfllm.training import distribute, faults, session
+from tfllm.training.evaluation import Evaluation
 from tfllm.training.preemption import Preemption, PreemptionWatcher
-from tfllm.training.steps import Steps, evaluate
+from tfllm.training.steps import Steps
 
 
 def validate_run(cfg: Config, replicas: int) -> None:
@@ -88,8 +84,8 @@ def train(
 
 
 def _train(cfg: Config, strategy, log, stop_after, watcher: PreemptionWatcher) -> dict:
-    run = _Run(cfg, strategy, log)
-    step = run.restore()
+    started = session.start(cfg, strategy, log)
+    run, step = _Run(started, strategy, log), started.step
     preemption = Preemption(strategy, watcher, run.checkpointer.save, cfg.runtime.workdir, log)
     run.compile(step)
     last_step = min(cfg.train.steps, stop_after or cfg.train.steps)
@@ -102,95 +98,17 @@ def _train(cfg: Config, strategy, log, stop_after, watcher: PreemptionWatcher) -
     return run.finish(step)
 
 
-def new_counters() -> dict[str, tf.Variable]:
-    """The run's totals that a checkpoint carries besides the model and the optimizer."""
-    return {
-        "skipped_steps": tf.Variable(0, dtype=tf.int64, trainable=False),
-        "rollbacks": tf.Variable(0, dtype=tf.int64, trainable=False),
-    }
-
-
-def make_checkpointer(
-    cfg: Config, model, optimizer, counters: dict, strategy=None, log=print, base=None
-):
-    """The trainer's Checkpointer: what `tfllm.train` writes is exactly what this saves
-    (`model` is a LoRA run's adapters, `base` its base's identity)."""
-    strategy = strategy or tf.distribute.get_strategy()
-    resolver = getattr(strategy, "cluster_resolver", None)
-    return Checkpointer(
-        cfg.runtime.workdir,
-        model,
-        optimizer,
-        cfg.train.keep_checkpoints,
-        model_config=cfg.to_dict()["model"],
-        extras=counters,
-        log=log,
-        chief=strategy.extended.should_checkpoint,
-        worker_id=resolver.task_id if resolver is not None and resolver.task_id else 0,
-        base=base,
-    )
-
-
 class _Run:
-    """One training session's state, in the order the loop uses it: `restore` (data, model,
-    optimizer, newest checkpoint), `compile` (inputs, steps, reporting), `host_loop` (one call
+    """One training session's state (`session.start` built it), in the order the loop uses it:
+    `compile` (inputs, steps, reporting), `host_loop` (one call
     of up to steps_per_loop compiled steps and the non-finite policy),
-    `evaluate_and_checkpoint`, `finish`."""
+    `evaluate_and_checkpoint` (`Evaluation`), `finish`."""
 
-    def __init__(self, cfg: Config, strategy, log):
-        self.cfg, self.strategy, self.log = cfg, strategy, log
-        self.val_loss, self.sample = math.nan, ""
-
-    def restore(self) -> int:
-        self.cfg = cfg = finetune.resolve(self.cfg, self.log)
-        log, t = self.log, cfg.train
-        self.manifest = prepare.ensure_prepared(cfg, log)
-        self.directory = prepare.data_dir(cfg)
-        save_config(cfg, f"{cfg.runtime.workdir}/config.yaml")
-        tf.keras.utils.set_random_seed(t.seed)
-        # A frozen bfloat16 base is held (and computes) in bfloat16; the adapters stay float32.
-        precision = "bfloat16" if t.base_precision == "bfloat16" else t.precision
-        with self.strategy.scope():
-            self.model = build_model(cfg.model, precision, t.remat)
-        base = trained.load_base(cfg, self.model, log) if t.init_from else None
-        with self.strategy.scope():
-            adapters = lora.attach(self.model, t) if t.lora_rank else None
-            self.optimizer = make_optimizer(t, lora.trainable_variables(self.model))
-        self.counters = new_counters()
-        self.checkpointer = make_checkpointer(
-            cfg,
-            adapters or self.model,
-            self.optimizer,
-            self.counters,
-            self.strategy,
-            log,
-            base=base if adapters else None,
-        )
-        self.check_memory()
-        restored = self.checkpointer.restore_latest()
-        step = completed_steps(self.optimizer)
-        log(
-            f"model: {self.model.count_params():,} parameters; "
-            + (f"resumed from {restored} at step {step}" if restored else "starting from scratch")
-        )
-        if restored is None and cfg.train.on_nonfinite == "rollback":
-            self.checkpointer.save(step)  # something to roll back to before the first one
-        return step
-
-    def check_memory(self) -> None:
-        """Prints the memory estimate; refuses a run whose estimate exceeds the device's."""
-        cfg = self.cfg
-        trained_params = sum(math.prod(v.shape) for v in lora.trainable_variables(self.model))
-        replicas = self.strategy.num_replicas_in_sync
-        sizes = memory.estimate(cfg, self.model.count_params(), trained_params, replicas)
-        self.log(memory.describe(cfg, sizes, trained_params))
-        limit = memory.device_limit(cfg.runtime.device_memory_gb)
-        if limit is not None and sizes["total"] > limit:
-            raise ConfigError(
-                f"the run needs at least {sizes['total'] / memory.GIB:.3g} GiB per replica, the "
-                f"device has {limit / memory.GIB:.3g} GiB: lower train.global_batch_size or "
-                "data.seq_len, raise train.grad_accum_steps, set train.remat=true, or use LoRA"
-            )
+    def __init__(self, started: session.Session, strategy, log):
+        self.strategy, self.log = strategy, log
+        self.cfg, self.manifest, self.directory = started.cfg, started.manifest, started.directory
+        self.model, self.optimizer = started.model, started.optimizer
+        self.counters, self.checkpointer = started.counters, started.checkpointer
 
     def compile(self, step: int) -> None:
         """Inputs, the compiled steps, reporting and the profiler (compiled at the first call)."""
@@ -233,12 +151,7 @@ class _Run:
             profiling.start_server(cfg.runtime.profiler_port)
             port = cfg.runtime.profiler_port
             log(f"profiler server on port {port} (TensorBoard: Capture profile)")
-        self.generator = generate.Generator(self.model, prepare.tokenizer_path(cfg))
-        self.eval_engine = None
-        if cfg.train.eval_tasks:  # a bad name or task file fails now, not at the first eval
-            from tfllm.eval import run
-
-            self.eval_task_list = run.load_tasks(cfg.train.eval_tasks)
+        self.evaluation = Evaluation(cfg, self.model, self.steps, self.eval_ds, self.reporter)
         self.iterator = self.train_iterator(step)
 
     def train_iterator(self, start_step: int):
@@ -316,56 +229,18 @@ class _Run:
     def evaluate_and_checkpoint(self, step: int, last_step: int) -> None:
         cfg = self.cfg
         if step % cfg.train.eval_every == 0 or step == last_step:
-            self.evaluate(step)
+            self.evaluation(step)
         if step % cfg.train.checkpoint_every == 0 or step == last_step:
             self.checkpointer.save(step)
 
-    def evaluate(self, step: int) -> None:
-        self.val_loss = evaluate(self.steps, self.eval_ds)
-        self.reporter.scalars(
-            "val", step, {"loss": self.val_loss, "perplexity": math.exp(self.val_loss)}
-        )
-        self.reporter.print(f"step {step}: validation loss {self.val_loss:.4f}")
-        if self.cfg.train.eval_tasks:
-            self.run_eval_tasks(step)
-        self.sample = self.write_sample(step)
-
-    def run_eval_tasks(self, step: int) -> None:
-        """train.eval_tasks on the training model (built once: compiled scoring, cached
-        decoding), as `val/<task>/<metric>` scalars."""
-        from tfllm.eval import engine, run
-
-        if self.eval_engine is None:
-            tokenizer = prepare.tokenizer_path(self.cfg)
-            self.eval_engine = engine.model_engine(self.model, tokenizer)
-        rows = run.evaluate(self.eval_engine, self.eval_task_list)
-        values = {f"{r['task']}/{r['metric']}": r["value"] for r in rows}
-        self.reporter.scalars("val", step, values)
-        self.reporter.print(
-            f"step {step}: " + ", ".join(f"{name} {value:.4f}" for name, value in values.items())
-        )
-
-    def write_sample(self, step: int) -> str:
-        cfg = self.cfg
-        text = self.generator.generate(
-            [cfg.train.sample_prompt],
-            max_new_tokens=min(cfg.train.sample_tokens, cfg.model.max_sequence_length - 1),
-            temperature=0.8,
-            seed=cfg.train.seed,
-        )[0]
-        self.reporter.text("val", step, "sample", cfg.train.sample_prompt + text)
-        return text
-
     def finish(self, step: int) -> dict:
         self.window.stop()
-        if math.isnan(self.val_loss):  # resumed at the end: still report where the model stands
-            self.val_loss = evaluate(self.steps, self.eval_ds)
-            self.sample = self.write_sample(step)
+        self.evaluation.ensure(step)
         self.reporter.close()
-        self.log(f"sample: {self.cfg.train.sample_prompt}{self.sample}")
+        self.log(f"sample: {self.cfg.train.sample_prompt}{self.evaluation.sample}")
         return {
             "step": step,
-            "val_loss": self.val_loss,
+            "val_loss": self.evaluation.val_loss,
             "traces": dict(self.steps.traces),
             "skipped_steps": int(self.counters["skipped_steps"]),
             "rollbacks": int(self.counters["rollbacks"]),

@@ -1,0 +1,107 @@
+"""How a training session starts: the data prepared, the model built (a LoRA run's base loaded
+and its adapters attached), the optimizer, the checkpointer, the memory estimate checked, and
+the newest usable checkpoint restored."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import keras
+import tensorflow as tf
+
+from tfllm.config import Config, save_config
+from tfllm.data import prepare
+from tfllm.errors import ConfigError
+from tfllm.model import lora
+from tfllm.model.lm import build_model
+from tfllm.observe import memory
+from tfllm.runs import finetune, trained
+from tfllm.runs.checkpoint import Checkpointer
+from tfllm.training.optim import completed_steps, make_optimizer
+
+
+@dataclasses.dataclass
+class Session:
+    cfg: Config  # resolved: a fine-tuning run's base and adapter settings filled in
+    manifest: dict
+    directory: str  # the dataset's
+    model: keras.Model
+    optimizer: keras.optimizers.Optimizer
+    counters: dict[str, tf.Variable]
+    checkpointer: Checkpointer
+    step: int  # where training resumes
+
+
+def new_counters() -> dict[str, tf.Variable]:
+    """The run's totals that a checkpoint carries besides the model and the optimizer."""
+    return {
+        "skipped_steps": tf.Variable(0, dtype=tf.int64, trainable=False),
+        "rollbacks": tf.Variable(0, dtype=tf.int64, trainable=False),
+    }
+
+
+def make_checkpointer(
+    cfg: Config, model, optimizer, counters: dict, strategy=None, log=print, base=None
+):
+    """The trainer's Checkpointer: what `tfllm.train` writes is exactly what this saves
+    (`model` is a LoRA run's adapters, `base` its base's identity)."""
+    strategy = strategy or tf.distribute.get_strategy()
+    resolver = getattr(strategy, "cluster_resolver", None)
+    return Checkpointer(
+        cfg.runtime.workdir,
+        model,
+        optimizer,
+        cfg.train.keep_checkpoints,
+        model_config=cfg.to_dict()["model"],
+        extras=counters,
+        log=log,
+        chief=strategy.extended.should_checkpoint,
+        worker_id=resolver.task_id if resolver is not None and resolver.task_id else 0,
+        base=base,
+    )
+
+
+def start(cfg: Config, strategy, log) -> Session:
+    cfg = finetune.resolve(cfg, log)
+    t = cfg.train
+    manifest = prepare.ensure_prepared(cfg, log)
+    save_config(cfg, f"{cfg.runtime.workdir}/config.yaml")
+    tf.keras.utils.set_random_seed(t.seed)
+    # A frozen bfloat16 base is held (and computes) in bfloat16; the adapters stay float32.
+    precision = "bfloat16" if t.base_precision == "bfloat16" else t.precision
+    with strategy.scope():
+        model = build_model(cfg.model, precision, t.remat)
+    base = trained.load_base(cfg, model, log) if t.init_from else None
+    with strategy.scope():
+        adapters = lora.attach(model, t) if t.lora_rank else None
+        optimizer = make_optimizer(t, lora.trainable_variables(model))
+    counters = new_counters()
+    checkpointer = make_checkpointer(
+        cfg, adapters or model, optimizer, counters, strategy, log, base=base if adapters else None
+    )
+    check_memory(cfg, model, strategy.num_replicas_in_sync, log)
+    restored = checkpointer.restore_latest()
+    step = completed_steps(optimizer)
+    log(
+        f"model: {model.count_params():,} parameters; "
+        + (f"resumed from {restored} at step {step}" if restored else "starting from scratch")
+    )
+    if restored is None and t.on_nonfinite == "rollback":
+        checkpointer.save(step)  # something to roll back to before the first one
+    directory = prepare.data_dir(cfg)
+    return Session(cfg, manifest, directory, model, optimizer, counters, checkpointer, step)
+
+
+def check_memory(cfg: Config, model, replicas: int, log) -> None:
+    """Prints the memory estimate; refuses a run whose estimate exceeds the device's."""
+    trained_params = sum(math.prod(v.shape) for v in lora.trainable_variables(model))
+    sizes = memory.estimate(cfg, model.count_params(), trained_params, replicas)
+    log(memory.describe(cfg, sizes, trained_params))
+    limit = memory.device_limit(cfg.runtime.device_memory_gb)
+    if limit is not None and sizes["total"] > limit:
+        raise ConfigError(
+            f"the run needs at least {sizes['total'] / memory.GIB:.3g} GiB per replica, the "
+            f"device has {limit / memory.GIB:.3g} GiB: lower train.global_batch_size or "
+            "data.seq_len, raise train.grad_accum_steps, set train.remat=true, or use LoRA"
+        )
