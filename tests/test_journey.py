@@ -1,7 +1,8 @@
 """The README's journey, command by command, as a user types it: each step a fresh process.
 
-prepare -> train -> train further (resumes) -> generate -> export -> a process that imports only
-tensorflow and tensorflow_text serves the export (TF2 signatures and the TF1 session loader that
+prepare -> train -> train further (resumes) -> generate -> export -> eval (the checkpoint and
+the export score alike) -> a process that imports only tensorflow and tensorflow_text serves the
+export (TF2 signatures and the TF1 session loader that
 TF Serving uses). Then the same on a 17-document corpus, and the readers' answers to a damaged or
 missing checkpoint. Every command must print tfllm's own lines only.
 """
@@ -115,6 +116,10 @@ def journey(tmp_path_factory):
         "--export_dir",
         "export/j",
     )
+    # The model is judged the same way from its checkpoint and from its export.
+    evaluate = ("-m", "tfllm.eval", "--tasks", "stdlib_bpb", "--limit", "4")
+    _run(cwd, times, "eval workdir", *evaluate, "--workdir", "runs/journey")
+    _run(cwd, times, "eval export", *evaluate, "--export", "export/j")
     started = time.time()
     served = subprocess.run(
         [sys.executable, "-c", SERVE, str(cwd / "export/j/1"), PROMPT],
@@ -148,6 +153,17 @@ def test_the_export_serves_what_generate_printed(journey):
     assert served["tf1_completion"] == served["completion"]
     assert served["log_likelihood"] < 0
     assert served["logits_shape"] == [1, 3, 512]
+
+
+def test_eval_scores_the_checkpoint_and_its_export_alike(journey):
+    def bpb(path):
+        rows = json.loads(path.read_text())["results"]
+        return {r["metric"]: r["value"] for r in rows if r["task"] == "stdlib_bpb"}
+
+    from_checkpoint = bpb(journey["cwd"] / "runs/journey/eval/results-step-20.json")
+    from_export = bpb(journey["cwd"] / "export/j/eval/results-v1.json")
+    assert 0 < from_checkpoint["bits_per_byte"] < 8
+    assert from_export == pytest.approx(from_checkpoint, rel=1e-5)
 
 
 def test_the_files_the_readme_lists_exist(journey):
