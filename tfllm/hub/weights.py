@@ -77,44 +77,59 @@ def read_weights(directory: str, family: str, model) -> None:
     """Assigns every variable of `model` from the HF safetensors of `directory`."""
     files = weight_files(directory)
     prefix = "transformer." if any(n.startswith("transformer.") for n in files) else ""
-    variables = _variables(model)
-    mapping = tensor_map(family, model.num_layers)
-    used, handles = set(), {}
+    handles = {}
+
+    def reader(name):
+        def read():
+            file = files[prefix + name]
+            if file not in handles:
+                handles[file] = safe_open(file, framework="np")
+                handles[file].__enter__()
+            return handles[file].get_tensor(prefix + name), os.path.basename(file)
+
+        return read
+
     try:
-        for path, variable in variables.items():
-            if path not in mapping:
-                raise HubError(f"no {family} tensor maps to tfllm variable {path}")
-            kind, names = mapping[path]
-            expected = _hf_shapes(path, kind, names, tuple(variable.shape), model)
-            parts = []
-            for name, shape in zip(names, expected, strict=True):
-                file = files.get(prefix + name)
-                if file is None:
-                    raise HubError(f"{directory}: tensor {name} is missing (for {path})")
-                if file not in handles:
-                    handles[file] = safe_open(file, framework="np")
-                    handles[file].__enter__()
-                tensor = handles[file].get_tensor(prefix + name)
-                if tuple(tensor.shape) != shape:
-                    raise HubError(
-                        f"{os.path.basename(file)}: tensor {name} has shape "
-                        f"{tuple(tensor.shape)}, the config says {shape}"
-                    )
-                tensor = tensor.astype(np.float32)
-                parts.append(tensor.T if kind == "linear" else tensor)
-                used.add(prefix + name)
-            variable.assign(np.concatenate(parts, axis=-1).reshape(variable.shape))
-            del parts
+        names = [n[len(prefix) :] for n in files]
+        assign_weights(model, family, {n: reader(n) for n in names}, directory)
     finally:
         for handle in handles.values():
             handle.__exit__(None, None, None)
-    tied_head = prefix + "lm_head.weight" if model.architecture["tie_embeddings"] else None
+
+
+def assign_weights(model, family: str, tensors: dict, origin: str) -> None:
+    """Assigns every variable of `model` from `tensors`, {HF name: a function returning (the
+    tensor, the file it comes from)}, called once per tensor so that one is in memory at a time.
+    Every tensor must be used (a tied checkpoint's lm_head and buffers excepted)."""
+    mapping = tensor_map(family, model.num_layers)
+    used = set()
+    for path, variable in _variables(model).items():
+        if path not in mapping:
+            raise HubError(f"no {family} tensor maps to tfllm variable {path}")
+        kind, names = mapping[path]
+        expected = _hf_shapes(path, kind, names, tuple(variable.shape), model)
+        parts = []
+        for name, shape in zip(names, expected, strict=True):
+            if name not in tensors:
+                raise HubError(f"{origin}: tensor {name} is missing (for {path})")
+            tensor, file = tensors[name]()
+            if tuple(tensor.shape) != shape:
+                raise HubError(
+                    f"{file}: tensor {name} has shape {tuple(tensor.shape)}, the config says "
+                    f"{shape}"
+                )
+            tensor = tensor.astype(np.float32)
+            parts.append(tensor.T if kind == "linear" else tensor)
+            used.add(name)
+        variable.assign(np.concatenate(parts, axis=-1).reshape(variable.shape))
+        del parts
+    tied_head = "lm_head.weight" if model.architecture["tie_embeddings"] else None
     extra = [
-        n for n in files if n not in used and n != tied_head and not n.endswith(IGNORED_TENSORS)
+        n for n in tensors if n not in used and n != tied_head and not n.endswith(IGNORED_TENSORS)
     ]
     if extra:
         raise HubError(
-            f"{directory}: {len(extra)} tensor(s) tfllm's {family} does not use, e.g. {extra[0]}"
+            f"{origin}: {len(extra)} tensor(s) tfllm's {family} does not use, e.g. {extra[0]}"
         )
 
 
