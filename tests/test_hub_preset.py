@@ -149,3 +149,22 @@ def test_from_hf_points_a_preset_to_from_keras_hub(tmp_path, capsys):
     argv = ["--from_hf", str(tmp_path / "preset"), "--workdir", str(tmp_path / "run")]
     assert run_main("convert", argv) == 2
     assert "a keras-hub preset directory: use --from_keras_hub" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("variant", ["llama3", "qwen3", "gemma2", "gpt2"])
+def test_preset_to_tfllm_to_preset_keeps_the_logits(variant, tmp_path, capsys):
+    """`--to_keras_hub` (through the HF files and keras-hub's own converter): the preset it
+    writes loads in keras-hub and computes the original backbone's logits."""
+    # keras-hub's GPT-2 converter reads no n_inner (4 x hidden)
+    changes = {"intermediate_dim": 128} if variant == "gpt2" else {}
+    backbone = write_preset(str(tmp_path / "preset"), variant, **changes)
+    convert.from_keras_hub(str(tmp_path / "preset"), str(tmp_path / "run"), log=lambda _: None)
+    out = tmp_path / "back"
+    assert (
+        run_main("convert", ["--to_keras_hub", str(out), "--workdir", str(tmp_path / "run")]) == 0
+    )
+    assert f"-> keras-hub preset {out}" in capsys.readouterr().out
+    again = keras_hub.models.Backbone.from_preset(str(out))
+    ids = np.random.default_rng(2).integers(0, 128, (2, 9)).astype("int32")
+    np.testing.assert_allclose(_logits(again, ids), _logits(backbone, ids), atol=1e-5, rtol=0)
+    assert not [p for p in os.listdir(tmp_path) if p.startswith(".preset-")]
