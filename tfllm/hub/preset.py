@@ -110,7 +110,10 @@ def hf_config(name: str, config: dict, tied: bool, origin: str) -> dict:
     """A keras-hub backbone config -> the family's config.json."""
     family, context = BACKBONES[name]
     keys = _GPT2_KEYS if family == "gpt2" else _DECODER_KEYS
-    hf = {"model_type": family, "tie_word_embeddings": tied, "torch_dtype": "float32"}
+    policy = config.get("dtype")  # a DTypePolicy's config, or its name
+    dtype = policy.get("config", {}).get("name") if isinstance(policy, dict) else policy
+    dtype = dtype if dtype in ("bfloat16", "float16") else "float32"  # --to_hf writes it
+    hf = {"model_type": family, "tie_word_embeddings": tied, "torch_dtype": dtype}
     hf.update({keys[k]: v for k, v in config.items() if k in keys})
     known = {*keys, *_HARMLESS, *(_GEMMA_KEYS if family == "gemma" else ())}
     for key, value in config.items():
