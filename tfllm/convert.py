@@ -41,9 +41,7 @@ def main(argv: list[str] | None = None) -> int:
     elif args.from_keras_hub:
         convert.from_keras_hub(args.from_keras_hub, args.workdir)
     elif args.to_keras_hub:
-        from tfllm.hub import preset
-
-        preset.write_preset(args.workdir, args.to_keras_hub)
+        convert.to_keras_hub(args.workdir, args.to_keras_hub)
     else:
         convert.to_hf(
             args.workdir, args.to_hf, int(args.shard_gb * (1 << 30)), adapter=args.adapter

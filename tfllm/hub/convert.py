@@ -217,6 +217,40 @@ def to_hf(
     return out
 
 
+def to_keras_hub(workdir: str, out: str, log=print) -> str:
+    """Writes the workdir's model as a keras-hub preset directory `out`: the family's HF files
+    (`to_hf`) read by keras-hub's own converter, saved with `save_to_preset` (and the
+    tokenizer's, when keras-hub reads the family's tokenizer files)."""
+    _fresh(out, "output directory")
+    parent = os.path.dirname(os.path.abspath(out))
+    os.makedirs(parent, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=".preset-", dir=parent)
+    try:
+        hf = to_hf(workdir, os.path.join(tmp, "hf"), log=lambda _: None)
+        import keras_hub
+
+        preset = os.path.join(tmp, "preset")
+        try:
+            backbone = keras_hub.models.Backbone.from_preset(hf)
+        except Exception as err:
+            first = (str(err).strip() or type(err).__name__).splitlines()[0]
+            raise HubError(f"{workdir}: keras-hub cannot read its model: {first}") from None
+        backbone.save_to_preset(preset)
+        try:
+            keras_hub.tokenizers.Tokenizer.from_preset(hf).save_to_preset(preset)
+            tokenizer = "with its tokenizer"
+        except Exception as err:  # keras-hub reads only its own families' tokenizer files
+            first = (str(err).strip() or type(err).__name__).splitlines()[0][:120]
+            tokenizer = f"without a tokenizer (keras-hub: {first})"
+        if os.path.isdir(out):
+            os.rmdir(out)  # empty, checked by _fresh
+        os.replace(preset, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    log(f"convert: {workdir} -> keras-hub preset {out} {tokenizer}")
+    return out
+
+
 # tfllm's tokenizer: no BOS, EOS id 2, no dummy prefix (tfllm.data.tokenizer).
 _SCRATCH_TOKENIZER = {
     "tokenizer_class": "LlamaTokenizer",
