@@ -2,6 +2,7 @@
 tokens/s against keras-hub and PyTorch, cached decoding ms/token against keras-hub.
 
     PYTHONPATH=. python -m benchmarks.llama_bench train [--rounds 3] [--steps 20] [--chunks 3]
+    PYTHONPATH=. python -m benchmarks.llama_bench paired [--rounds 8] [--steps 10]
     PYTHONPATH=. python -m benchmarks.llama_bench generate [--new_tokens 64] [--repeats 5]
 
 One random Llama checkpoint is written as a Hugging Face directory (tfllm's exporter), and every
@@ -10,7 +11,8 @@ contender starts from it through its own importer: tfllm `tfllm.convert --from_h
 embedding head + `fit(jit_compile=True)`; PyTorch `transformers.LlamaForCausalLM.from_pretrained`
 (sdpa attention) with a plain loop. Same AdamW (lr 1e-3, betas 0.9/0.95, decay 0.1), clip 1.0,
 float32, the same 8 random token batches (benchmarks.train_bench). Training: every repetition
-is a fresh process per contender, contenders alternate A B C A B C; generation: batch 1, greedy,
+is a fresh process per contender, contenders alternate A B C A B C (`paired`: all three in one
+process, timed alternately chunk by chunk, per-round ratios); generation: batch 1, greedy,
 the EOS row of the head zeroed off, all contenders in one process timed alternately.
 """
 
@@ -198,6 +200,32 @@ def train(args) -> dict:
     return out
 
 
+def paired(args) -> dict:
+    """Every contender in one process, timed alternately chunk by chunk: each round's ratios
+    compare runs a few seconds apart, so they survive the load of a shared machine better than
+    medians of separate processes do."""
+    contenders = [c for c in TRAINERS if c != "torch-eager" or has_torch()]
+    with tempfile.TemporaryDirectory() as root:
+        write_checkpoint(root)
+        runs = {c: TRAINERS[c](root, args.steps) for c in contenders}
+        for first, _ in runs.values():
+            first(), first()
+        rates = {c: [] for c in contenders}
+        for _ in range(args.rounds):
+            for contender, (_, many) in runs.items():
+                started = time.perf_counter()
+                many()
+                rates[contender].append(
+                    args.steps * BATCH * SEQ_LEN / (time.perf_counter() - started)
+                )
+    peers = [c for c in contenders if c != "tfllm"]
+    per_round = [rates["tfllm"][i] / max(rates[c][i] for c in peers) for i in range(args.rounds)]
+    return {
+        "tokens_per_second": {c: summarize(v) for c, v in rates.items()},
+        "tfllm_over_fastest_peer_per_round": summarize(per_round),
+    }
+
+
 def generate(args) -> dict:
     import keras_hub
     import tensorflow as tf
@@ -255,7 +283,7 @@ def main() -> None:
         emit(measure(contender, root, int(steps), int(chunks)))
         return
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("section", choices=["train", "generate"])
+    parser.add_argument("section", choices=["train", "paired", "generate"])
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--chunks", type=int, default=3)
@@ -263,7 +291,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args()
     before = os.getloadavg()
-    result = train(args) if args.section == "train" else generate(args)
+    result = {"train": train, "paired": paired, "generate": generate}[args.section](args)
     result["machine"] = {**machine(), "load_average_before": list(before)}
     result["versions"] = versions()
     print(json.dumps(result, indent=2))
