@@ -65,11 +65,13 @@ EXTRAS_REQUIRE = {
     "gpu": ["tensorflow[and-cuda]>=2.20,<2.22"],
     "serving": ["tensorflow-serving-api>=2.20,<2.22"],
     # tfllm.convert: Hugging Face safetensors in and out (ml_dtypes, for bfloat16, comes with TF)
-    "hub": ["safetensors>=0.4"],
+    # tokenizers: a keras-hub preset's byte-level BPE tokenizer becomes a tokenizer.json
+    "hub": ["safetensors>=0.4", "tokenizers>=0.20"],
     "profile": ["tensorboard-plugin-profile"],
     # Only the PyTorch peer of benchmarks/ needs it; take the CPU wheel from PyTorch's index
     # (--extra-index-url https://download.pytorch.org/whl/cpu): PyPI's pulls GBs of CUDA.
-    "bench": ["torch==2.13.0", "tokenizers>=0.20"],
+    # transformers: the PyTorch peer of benchmarks/llama_bench.py is its LlamaForCausalLM
+    "bench": ["torch==2.13.0", "tokenizers>=0.20", "transformers>=4.45"],
 }
 
 setup(

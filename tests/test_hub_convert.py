@@ -115,6 +115,9 @@ def _break(directory, case):
     elif case == "bin_only":
         os.remove(directory / "model.safetensors")
         (directory / "pytorch_model.bin").write_bytes(b"\0")
+    elif case == "truncated":  # a download that stopped half way
+        data = (directory / "model.safetensors").read_bytes()
+        (directory / "model.safetensors").write_bytes(data[: len(data) // 2])
     elif case in ("missing", "shape"):
         tensors = load_file(directory / "model.safetensors")
         name = "model.layers.1.self_attn.k_proj.weight"
@@ -133,6 +136,7 @@ ERRORS = {
     "rope_type": "rope type 'yarn' is not supported",
     "bin_only": "only pytorch_model*.bin weights; tfllm reads safetensors",
     "missing": "tensor model.layers.1.self_attn.k_proj.weight is missing",
+    "truncated": "model.safetensors: truncated",
     "shape": "tensor model.layers.1.self_attn.k_proj.weight has shape (8, 32), the config says "
     "(16, 32)",
 }

@@ -59,8 +59,53 @@ def from_hf(source: str, workdir: str, log=print) -> Config:
     config_path = os.path.join(source, "config.json")
     if not os.path.isfile(config_path):
         raise HubError(f"{source}: no config.json (is it a Hugging Face model directory?)")
-    family, model_section = hf_config.to_model_config(_read_json(config_path), config_path)
+    hf = _read_json(config_path)
+    if "registered_name" in hf:
+        raise HubError(f"{source}: a keras-hub preset directory: use --from_keras_hub")
+    family, model_section = hf_config.to_model_config(hf, config_path)
     weights.weight_files(source)  # a missing or .bin-only checkpoint fails before any work
+
+    def populate(hf_dir):
+        for name in ("config.json", "generation_config.json", *TOKENIZER_FILES):
+            if os.path.isfile(os.path.join(source, name)):
+                shutil.copy2(os.path.join(source, name), hf_dir)
+        names = ("tokenizer.model", "tokenizer.json")
+        return next((n for n in names if os.path.isfile(f"{hf_dir}/{n}")), None)
+
+    def assign(model):
+        weights.read_weights(source, family, model)
+
+    return _import(source, workdir, family, model_section, populate, assign, log)
+
+
+def from_keras_hub(preset: str, workdir: str, log=print) -> Config:
+    """Imports the keras-hub preset directory `preset` into a new workdir (its `hf/` holds the
+    family's config.json and tokenizer files made from the preset); returns its config."""
+    from tfllm.hub import preset as presets
+
+    presets.preset_family(preset)  # a bad directory fails before keras-hub loads anything
+    _fresh(workdir, "workdir")
+    family, hf, tensors, tokenizer = presets.load(preset)
+    model_section = hf_config.to_model_config(hf, os.path.join(preset, "config.json"))[1]
+
+    def populate(hf_dir):
+        with open(os.path.join(hf_dir, "config.json"), "w") as f:
+            json.dump(hf_config.from_model_config(family, model_section, hf), f, indent=2)
+        if tokenizer is None:
+            return None
+        from tfllm.hub.preset_tokenizer import write_tokenizer
+
+        return write_tokenizer(tokenizer, preset, family, hf_dir)
+
+    def assign(model):
+        weights.assign_weights(model, family, tensors, preset)
+
+    return _import(preset, workdir, family, model_section, populate, assign, log)
+
+
+def _import(source, workdir, family, model_section, populate, assign, log) -> Config:
+    """Writes the workdir: `populate(hf_dir)` fills hf/ and names the tokenizer file in it,
+    `assign(model)` sets the weights."""
     _fresh(workdir, "workdir")
     parent = os.path.dirname(os.path.abspath(workdir))
     os.makedirs(parent, exist_ok=True)
@@ -68,13 +113,7 @@ def from_hf(source: str, workdir: str, log=print) -> Config:
     try:
         hf_dir = os.path.join(tmp, SOURCE)
         os.makedirs(hf_dir)
-        for name in ("config.json", "generation_config.json", *TOKENIZER_FILES):
-            if os.path.isfile(os.path.join(source, name)):
-                shutil.copy2(os.path.join(source, name), hf_dir)
-        tokenizer = next(
-            (n for n in ("tokenizer.model", "tokenizer.json") if os.path.isfile(f"{hf_dir}/{n}")),
-            None,
-        )
+        tokenizer = populate(hf_dir)
         overrides = [f"runtime.workdir={workdir}", f"data.name={os.path.basename(workdir)}"]
         if tokenizer:
             # Absolute: commands that read the workdir may run from another directory.
@@ -85,7 +124,7 @@ def from_hf(source: str, workdir: str, log=print) -> Config:
         cfg.model = ModelConfig(**model_section)
         validate(cfg)
         model = build_model(cfg.model)
-        weights.read_weights(source, family, model)
+        assign(model)
         save_config(cfg, os.path.join(tmp, "config.yaml"))
         checkpointer = Checkpointer(tmp, model, model_config=cfg.to_dict()["model"], log=log)
         checkpointer.save(0, weights_only=True)
@@ -175,6 +214,40 @@ def to_hf(
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     log(f"convert: {workdir} (step {trained.step}) -> {out} as {family}, {dtype}")
+    return out
+
+
+def to_keras_hub(workdir: str, out: str, log=print) -> str:
+    """Writes the workdir's model as a keras-hub preset directory `out`: the family's HF files
+    (`to_hf`) read by keras-hub's own converter, saved with `save_to_preset` (and the
+    tokenizer's, when keras-hub reads the family's tokenizer files)."""
+    _fresh(out, "output directory")
+    parent = os.path.dirname(os.path.abspath(out))
+    os.makedirs(parent, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=".preset-", dir=parent)
+    try:
+        hf = to_hf(workdir, os.path.join(tmp, "hf"), log=lambda _: None)
+        import keras_hub
+
+        preset = os.path.join(tmp, "preset")
+        try:
+            backbone = keras_hub.models.Backbone.from_preset(hf)
+        except Exception as err:
+            first = (str(err).strip() or type(err).__name__).splitlines()[0]
+            raise HubError(f"{workdir}: keras-hub cannot read its model: {first}") from None
+        backbone.save_to_preset(preset)
+        try:
+            keras_hub.tokenizers.Tokenizer.from_preset(hf).save_to_preset(preset)
+            tokenizer = "with its tokenizer"
+        except Exception as err:  # keras-hub reads only its own families' tokenizer files
+            first = (str(err).strip() or type(err).__name__).splitlines()[0][:120]
+            tokenizer = f"without a tokenizer (keras-hub: {first})"
+        if os.path.isdir(out):
+            os.rmdir(out)  # empty, checked by _fresh
+        os.replace(preset, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    log(f"convert: {workdir} -> keras-hub preset {out} {tokenizer}")
     return out
 
 

@@ -1,7 +1,10 @@
 """safetensors in and out, tensor by tensor, through the family's tensor map.
 
 Import reads one HF tensor at a time into its tfllm variable (peak memory: the model's float32
-variables plus one tensor). Export writes shard by shard: `model.safetensors`, or past
+variables plus one tensor), with plain reads at the offsets of the safetensors header rather
+than `safe_open`'s memory map: a mapped file's touched pages count in the process's resident
+set until it is closed, which made the import's peak the float32 model plus the whole
+checkpoint (benchmarks/convert_bench.py). Export writes shard by shard: `model.safetensors`, or past
 `shard_bytes` `model-0000i-of-0000n.safetensors` with `model.safetensors.index.json`, as
 transformers does; the tensors keep the checkpoint's dtype (float32, bfloat16 or float16).
 """
@@ -13,7 +16,6 @@ import os
 
 import ml_dtypes
 import numpy as np
-from safetensors import safe_open
 from safetensors.numpy import save_file
 
 from tfllm.hub.families import IGNORED_TENSORS, tensor_map
@@ -22,6 +24,32 @@ from tfllm.hub.hf_config import HubError
 INDEX = "model.safetensors.index.json"
 SINGLE = "model.safetensors"
 DTYPES = {"float32": np.float32, "bfloat16": ml_dtypes.bfloat16, "float16": np.float16}
+_BLOCK_BYTES = 16 << 20
+_FORMATS = {"F32": np.float32, "BF16": ml_dtypes.bfloat16, "F16": np.float16}
+
+
+def _header(path: str) -> tuple[dict, int]:
+    """A safetensors file's header {name: {dtype, shape, data_offsets}} and where data starts."""
+    try:
+        with open(path, "rb") as f:
+            size = int.from_bytes(f.read(8), "little")
+            header = json.loads(f.read(size))
+    except (OSError, ValueError) as err:
+        raise HubError(f"{path}: not a safetensors file ({err})") from None
+    header.pop("__metadata__", None)
+    return header, 8 + size
+
+
+def _read_tensor(path: str, entry: dict, start: int) -> np.ndarray:
+    if entry["dtype"] not in _FORMATS:
+        raise HubError(f"{path}: dtype {entry['dtype']} is not read (F32, BF16, F16)")
+    dtype = np.dtype(_FORMATS[entry["dtype"]])
+    begin, end = entry["data_offsets"]
+    count = (end - begin) // dtype.itemsize
+    tensor = np.fromfile(path, dtype=dtype, count=count, offset=start + begin)
+    if tensor.size != int(np.prod(entry["shape"])):
+        raise HubError(f"{path}: truncated")
+    return tensor.reshape(entry["shape"])
 
 
 def weight_files(directory: str) -> dict[str, str]:
@@ -33,8 +61,7 @@ def weight_files(directory: str) -> dict[str, str]:
         return {name: os.path.join(directory, file) for name, file in mapping.items()}
     single = os.path.join(directory, SINGLE)
     if os.path.exists(single):
-        with safe_open(single, framework="np") as f:
-            return {name: single for name in f.keys()}
+        return {name: single for name in _header(single)[0]}
     if any(n.startswith("pytorch_model") and n.endswith(".bin") for n in os.listdir(directory)):
         raise HubError(
             f"{directory}: only pytorch_model*.bin weights; tfllm reads safetensors (convert "
@@ -77,45 +104,77 @@ def read_weights(directory: str, family: str, model) -> None:
     """Assigns every variable of `model` from the HF safetensors of `directory`."""
     files = weight_files(directory)
     prefix = "transformer." if any(n.startswith("transformer.") for n in files) else ""
-    variables = _variables(model)
+    headers = {}
+
+    def reader(name):
+        def read():
+            file = files[prefix + name]
+            if file not in headers:
+                headers[file] = _header(file)
+            header, start = headers[file]
+            if prefix + name not in header:
+                raise HubError(f"{file}: no tensor {prefix + name} (the index says it is here)")
+            return _read_tensor(file, header[prefix + name], start), os.path.basename(file)
+
+        return read
+
+    names = [n[len(prefix) :] for n in files]
+    assign_weights(model, family, {n: reader(n) for n in names}, directory)
+
+
+def assign_weights(model, family: str, tensors: dict, origin: str) -> None:
+    """Assigns every variable of `model` from `tensors`, {HF name: a function returning (the
+    tensor, the file it comes from)}, called once per tensor so that one is in memory at a time.
+    Every tensor must be used (a tied checkpoint's lm_head and buffers excepted)."""
     mapping = tensor_map(family, model.num_layers)
-    used, handles = set(), {}
-    try:
-        for path, variable in variables.items():
-            if path not in mapping:
-                raise HubError(f"no {family} tensor maps to tfllm variable {path}")
-            kind, names = mapping[path]
-            expected = _hf_shapes(path, kind, names, tuple(variable.shape), model)
-            parts = []
-            for name, shape in zip(names, expected, strict=True):
-                file = files.get(prefix + name)
-                if file is None:
-                    raise HubError(f"{directory}: tensor {name} is missing (for {path})")
-                if file not in handles:
-                    handles[file] = safe_open(file, framework="np")
-                    handles[file].__enter__()
-                tensor = handles[file].get_tensor(prefix + name)
-                if tuple(tensor.shape) != shape:
-                    raise HubError(
-                        f"{os.path.basename(file)}: tensor {name} has shape "
-                        f"{tuple(tensor.shape)}, the config says {shape}"
-                    )
-                tensor = tensor.astype(np.float32)
-                parts.append(tensor.T if kind == "linear" else tensor)
-                used.add(prefix + name)
-            variable.assign(np.concatenate(parts, axis=-1).reshape(variable.shape))
-            del parts
-    finally:
-        for handle in handles.values():
-            handle.__exit__(None, None, None)
-    tied_head = prefix + "lm_head.weight" if model.architecture["tie_embeddings"] else None
+    used = set()
+    for path, variable in _variables(model).items():
+        if path not in mapping:
+            raise HubError(f"no {family} tensor maps to tfllm variable {path}")
+        kind, names = mapping[path]
+        expected = _hf_shapes(path, kind, names, tuple(variable.shape), model)
+        parts = []
+        for name, shape in zip(names, expected, strict=True):
+            if name not in tensors:
+                raise HubError(f"{origin}: tensor {name} is missing (for {path})")
+            tensor, file = tensors[name]()
+            if tuple(tensor.shape) != shape:
+                raise HubError(
+                    f"{file}: tensor {name} has shape {tuple(tensor.shape)}, the config says "
+                    f"{shape}"
+                )
+            parts.append(tensor.T if kind == "linear" else tensor)  # a view: no copy yet
+            used.add(name)
+        _assign_rows(variable, path, parts)
+        del parts
+    tied_head = "lm_head.weight" if model.architecture["tie_embeddings"] else None
     extra = [
-        n for n in files if n not in used and n != tied_head and not n.endswith(IGNORED_TENSORS)
+        n for n in tensors if n not in used and n != tied_head and not n.endswith(IGNORED_TENSORS)
     ]
     if extra:
         raise HubError(
-            f"{directory}: {len(extra)} tensor(s) tfllm's {family} does not use, e.g. {extra[0]}"
+            f"{origin}: {len(extra)} tensor(s) tfllm's {family} does not use, e.g. {extra[0]}"
         )
+
+
+def _assign_rows(variable, path: str, parts: list) -> None:
+    """Assigns the (in, out) matrix that `parts` make side by side, a block of leading rows at a
+    time, each cast to float32 on its own: the float32 temporaries stay near _BLOCK_BYTES where a
+    whole-variable concatenation and its tensor conversion held two more copies of the largest
+    variable (the embedding) at once."""
+    shape = tuple(variable.shape)
+    if len(shape) == 1:
+        variable.assign(np.concatenate(parts).astype(np.float32))
+        return
+    rows_per_lead = _matrix(path, shape)[0] // shape[0]  # (H, K, D): K matrix rows per head
+    row_bytes = 4 * int(np.prod(shape[1:]))
+    step = max(1, _BLOCK_BYTES // row_bytes)
+    target = variable.value  # the backend's variable: a slice assigns in place
+    for a in range(0, shape[0], step):
+        b = min(shape[0], a + step)
+        rows = slice(a * rows_per_lead, b * rows_per_lead)
+        block = np.concatenate([p[rows] for p in parts], axis=-1).astype(np.float32)
+        target[a:b].assign(block.reshape((b - a, *shape[1:])))
 
 
 def hf_tensors(family: str, model, dtype: str):

@@ -1,0 +1,301 @@
+"""An imported Llama-shaped model (GQA, RMSNorm, SwiGLU, rotary, untied head): training
+tokens/s against keras-hub and PyTorch, cached decoding ms/token against keras-hub.
+
+    PYTHONPATH=. python -m benchmarks.llama_bench train [--rounds 3] [--steps 20] [--chunks 3]
+    PYTHONPATH=. python -m benchmarks.llama_bench paired [--rounds 8] [--steps 10]
+    PYTHONPATH=. python -m benchmarks.llama_bench generate [--new_tokens 64] [--repeats 5]
+
+One random Llama checkpoint is written as a Hugging Face directory (tfllm's exporter), and every
+contender starts from it through its own importer: tfllm `tfllm.convert --from_hf` then
+`Steps.train_loop`; keras-hub `Llama3Backbone.from_preset(dir)` (its HF converter) + reverse
+embedding head + `fit(jit_compile=True)`; PyTorch `transformers.LlamaForCausalLM.from_pretrained`
+(sdpa attention) with a plain loop. Same AdamW (lr 1e-3, betas 0.9/0.95, decay 0.1), clip 1.0,
+float32, the same 8 random token batches (benchmarks.train_bench). Training: every repetition
+is a fresh process per contender, contenders alternate A B C A B C (`paired`: all three in one
+process, timed alternately chunk by chunk, per-round ratios); generation: batch 1, greedy,
+the EOS row of the head zeroed off, all contenders in one process timed alternately.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+from benchmarks.common import emit, has_torch, machine, run_worker, summarize, versions
+from benchmarks.train_bench import BATCHES
+
+SHAPE = {
+    "vocabulary_size": 4096,
+    "num_layers": 4,
+    "hidden_dim": 256,
+    "num_heads": 4,
+    "num_key_value_heads": 2,
+    "intermediate_dim": 688,
+    "max_sequence_length": 128,  # the KV cache of tfllm.serve.generate has this many slots
+    "tie_embeddings": False,
+}
+SEQ_LEN, BATCH = 128, 16
+
+
+def write_checkpoint(root: str) -> str:
+    """The random HF Llama directory every contender imports, and tfllm's workdir from it."""
+    import tensorflow as tf
+
+    from tfllm.config import ModelConfig
+    from tfllm.hub import convert, hf_config, weights
+    from tfllm.model.lm import build_model
+
+    source = os.path.join(root, "hf")
+    os.makedirs(source)
+    tf.keras.utils.set_random_seed(0)
+    cfg = ModelConfig(**SHAPE)
+    model = build_model(cfg)
+    base = {"architectures": ["LlamaForCausalLM"], "bos_token_id": 1, "eos_token_id": 2}
+    with open(os.path.join(source, "config.json"), "w") as f:
+        json.dump(hf_config.from_model_config("llama", vars(cfg), base), f)
+    weights.write_weights(source, "llama", model, "float32", 1 << 30)
+    convert.from_hf(source, os.path.join(root, "run"), log=lambda _: None)
+    return source
+
+
+def batches() -> np.ndarray:
+    rng = np.random.default_rng(0)
+    size = (BATCHES, BATCH, SEQ_LEN + 1)
+    return rng.integers(0, SHAPE["vocabulary_size"], size=size, dtype=np.int32)
+
+
+def run_tfllm(root: str, steps: int):
+    import tensorflow as tf
+
+    from tfllm.config import load_config
+    from tfllm.runs.trained import load_trained
+    from tfllm.training.optim import make_optimizer
+    from tfllm.training.steps import Steps
+
+    workdir = os.path.join(root, "run")
+    overrides = [
+        f"data.seq_len={SEQ_LEN}",
+        f"train.global_batch_size={BATCH}",
+        "train.learning_rate=1e-3",
+        "train.warmup_steps=0",
+        "train.jit_compile=true",
+    ]
+    cfg = load_config([os.path.join(workdir, "config.yaml")], overrides)
+    model = load_trained(workdir, log=lambda _: None).model
+    optimizer = make_optimizer(cfg.train, model.trainable_variables)
+    strategy = tf.distribute.get_strategy()
+    steps_fn = Steps(cfg, strategy, model, optimizer)
+    windows = tf.constant(batches())
+    ds = tf.data.Dataset.from_tensor_slices(windows).repeat()
+    iterator = iter(ds.map(lambda w: (w[:, :-1], w[:, 1:])).prefetch(2))
+    return (
+        lambda: float(steps_fn.train_loop(iterator, tf.constant(1))["loss"]),
+        lambda: float(steps_fn.train_loop(iterator, tf.constant(steps))["loss"]),
+    )
+
+
+def run_keras_hub(root: str, steps: int):
+    import keras
+    import keras_hub
+    import tensorflow as tf
+
+    backbone = keras_hub.models.Llama3Backbone.from_preset(os.path.join(root, "hf"))
+    inputs = backbone.input
+    logits = backbone.token_embedding(backbone(inputs), reverse=True)
+    model = keras.Model(inputs, logits)
+    model.compile(
+        optimizer=keras.optimizers.AdamW(1e-3, weight_decay=0.1, beta_2=0.95, global_clipnorm=1.0),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        jit_compile=True,
+    )
+    ds = tf.data.Dataset.from_tensor_slices(batches()).repeat()
+    ds = ds.map(
+        lambda w: ({"token_ids": w[:, :-1], "padding_mask": tf.ones_like(w[:, :-1])}, w[:, 1:])
+    )
+    ds = ds.prefetch(2)
+    return (
+        lambda: model.fit(ds, steps_per_epoch=1, epochs=1, verbose=0),
+        lambda: model.fit(ds, steps_per_epoch=steps, epochs=1, verbose=0),
+    )
+
+
+def run_torch(root: str, steps: int):
+    import torch
+    import transformers
+
+    torch.set_num_threads(os.cpu_count() or 1)
+    model = transformers.LlamaForCausalLM.from_pretrained(
+        os.path.join(root, "hf"), attn_implementation="sdpa", dtype=torch.float32
+    )
+    model.train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, betas=(0.9, 0.95), weight_decay=0.1)
+    windows = torch.from_numpy(batches()).long()
+
+    def steps_from(count: int):
+        for i in range(count):
+            w = windows[i % BATCHES]
+            logits = model(input_ids=w[:, :-1]).logits
+            loss = torch.nn.functional.cross_entropy(
+                logits.reshape(-1, logits.shape[-1]), w[:, 1:].reshape(-1)
+            )
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            optimizer.step()
+        return float(loss)
+
+    return lambda: steps_from(1), lambda: steps_from(steps)
+
+
+TRAINERS = {"tfllm": run_tfllm, "keras-hub-fit": run_keras_hub, "torch-eager": run_torch}
+
+
+def measure(contender: str, root: str, steps: int, chunks: int) -> dict:
+    started = time.perf_counter()
+    first, many = TRAINERS[contender](root, steps)
+    first()
+    first_step = time.perf_counter() - started
+    first()
+    rates = []
+    for _ in range(chunks):
+        started = time.perf_counter()
+        many()
+        rates.append(steps * BATCH * SEQ_LEN / (time.perf_counter() - started))
+    return {
+        "contender": contender,
+        "tokens_per_second": sorted(rates)[len(rates) // 2],
+        "chunks_tokens_per_second": rates,
+        "first_step_seconds": first_step,
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    }
+
+
+def train(args) -> dict:
+    contenders = [c for c in TRAINERS if c != "torch-eager" or has_torch()]
+    runs = {c: [] for c in contenders}
+    with tempfile.TemporaryDirectory() as root:
+        write_checkpoint(root)
+        for i in range(args.rounds):
+            for contender in contenders:
+                argv = ["worker", contender, root, str(args.steps), str(args.chunks)]
+                result = run_worker("benchmarks.llama_bench", argv, timeout=1200)
+                runs[contender].append(result)
+                print(f"round {i + 1} {contender}: {result}", flush=True)
+    out = {}
+    for contender, results in runs.items():
+        ok = [r for r in results if "error" not in r]
+        out[contender] = {
+            "tokens_per_second": summarize([r["tokens_per_second"] for r in ok]),
+            "first_step_seconds": summarize([r["first_step_seconds"] for r in ok]),
+            "peak_rss_mb": summarize([r["peak_rss_mb"] for r in ok]),
+            "errors": [r["error"] for r in results if "error" in r],
+        }
+    return out
+
+
+def paired(args) -> dict:
+    """Every contender in one process, timed alternately chunk by chunk: each round's ratios
+    compare runs a few seconds apart, so they survive the load of a shared machine better than
+    medians of separate processes do."""
+    contenders = [c for c in TRAINERS if c != "torch-eager" or has_torch()]
+    with tempfile.TemporaryDirectory() as root:
+        write_checkpoint(root)
+        runs = {c: TRAINERS[c](root, args.steps) for c in contenders}
+        for first, _ in runs.values():
+            first(), first()
+        rates = {c: [] for c in contenders}
+        for _ in range(args.rounds):
+            for contender, (_, many) in runs.items():
+                started = time.perf_counter()
+                many()
+                rates[contender].append(
+                    args.steps * BATCH * SEQ_LEN / (time.perf_counter() - started)
+                )
+    peers = [c for c in contenders if c != "tfllm"]
+    per_round = [rates["tfllm"][i] / max(rates[c][i] for c in peers) for i in range(args.rounds)]
+    return {
+        "tokens_per_second": {c: summarize(v) for c, v in rates.items()},
+        "tfllm_over_fastest_peer_per_round": summarize(per_round),
+    }
+
+
+def generate(args) -> dict:
+    import keras_hub
+    import tensorflow as tf
+
+    from benchmarks.generate_bench import medians
+    from tfllm.runs.trained import load_trained
+    from tfllm.serve import generate as tfllm_generate
+
+    n = args.new_tokens
+    with tempfile.TemporaryDirectory() as root:
+        write_checkpoint(root)
+        model = load_trained(os.path.join(root, "run"), log=lambda _: None).model
+        backbone = keras_hub.models.Llama3Backbone.from_preset(os.path.join(root, "hf"))
+    head = model.embedding.head_kernel  # untied: the EOS column never wins
+    eos_column = [[i, 2] for i in range(SHAPE["hidden_dim"])]
+    head.assign(tf.tensor_scatter_nd_update(head, eos_column, tf.zeros(SHAPE["hidden_dim"])))
+    backbone.token_embedding.reverse_embeddings.assign(head)
+    prompt = tf.constant(np.random.default_rng(0).integers(3, 4096, (1, 16)), tf.int32)
+    start, stop = tf.zeros([1], tf.int32), tf.constant([2])
+
+    def greedy(ids):
+        options = (tf.constant(n), tf.constant(0.0), tf.constant(0), tf.constant(1.0))
+        return tfllm_generate.decode(model, ids, start, *options, tf.constant(0, tf.int64), stop)
+
+    decode = {jit: tf.function(greedy, jit_compile=jit) for jit in (False, True)}
+    causal_lm = keras_hub.models.Llama3CausalLM(backbone=backbone, preprocessor=None)
+    causal_lm.compile(sampler="greedy")
+    padded = np.zeros((1, 16 + n), np.int32)
+    padded[:, :16] = prompt.numpy()
+    mask = np.zeros_like(padded, bool)
+    mask[:, :16] = True
+    request = {"token_ids": padded, "padding_mask": mask}
+    ours = np.asarray(decode[False](prompt)[0])[0, -n:]
+    theirs = np.asarray(causal_lm.generate(request, stop_token_ids=None)["token_ids"])[0, 16:]
+    seconds = medians(
+        {
+            "tfllm cached (graph)": lambda: np.asarray(decode[False](prompt)[0]),
+            "tfllm cached (XLA)": lambda: np.asarray(decode[True](prompt)[0]),
+            "keras-hub Llama3CausalLM.generate": lambda: causal_lm.generate(
+                request, stop_token_ids=None
+            ),
+        },
+        args.repeats,
+    )
+    return {
+        "new_tokens": n,
+        "same_tokens": bool(np.array_equal(ours, theirs)),
+        "ms_per_token": {k: 1000 * v / n for k, v in seconds.items()},
+    }
+
+
+def main() -> None:
+    if sys.argv[1] == "worker":
+        contender, root, steps, chunks = sys.argv[2:6]
+        emit(measure(contender, root, int(steps), int(chunks)))
+        return
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("section", choices=["train", "paired", "generate"])
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--chunks", type=int, default=3)
+    parser.add_argument("--new_tokens", type=int, default=64)
+    parser.add_argument("--repeats", type=int, default=5)
+    args = parser.parse_args()
+    before = os.getloadavg()
+    result = {"train": train, "paired": paired, "generate": generate}[args.section](args)
+    result["machine"] = {**machine(), "load_average_before": list(before)}
+    result["versions"] = versions()
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()
