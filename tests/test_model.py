@@ -71,3 +71,17 @@ def test_segment_ids_block_attention_across_documents(model):
     packed = np.asarray(model(x, positions=positions, segment_ids=segments))
     alone = np.asarray(model(x[:, 4:]))  # the second document on its own
     np.testing.assert_allclose(packed[:, 4:], alone, atol=1e-5)
+
+
+def test_a_model_built_to_be_read_has_the_same_variables_and_no_random_draws():
+    drawn = build_model(load_config([], SMALL).model)
+    to_read = build_model(load_config([], SMALL).model, initialize=False)
+    assert [(v.path, v.shape) for v in to_read.weights] == [
+        (v.path, v.shape) for v in drawn.weights
+    ]
+    kernels = [v for v in to_read.weights if "kernel" in v.path]
+    assert kernels and all(not np.any(v.numpy()) for v in kernels)
+    assert all(np.std(v.numpy()) > 1e-3 for v in drawn.weights if "kernel" in v.path)
+    # The switch is scoped to that one build.
+    again = build_model(load_config([], SMALL).model)
+    assert all(np.any(v.numpy()) for v in again.weights if "kernel" in v.path)

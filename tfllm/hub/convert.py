@@ -123,7 +123,7 @@ def _import(source, workdir, family, model_section, populate, assign, log) -> Co
         cfg = load_config(overrides=[*overrides, f"data.seq_len={seq_len}"])
         cfg.model = ModelConfig(**model_section)
         validate(cfg)
-        model = build_model(cfg.model)
+        model = build_model(cfg.model, initialize=False)
         assign(model)
         save_config(cfg, os.path.join(tmp, "config.yaml"))
         checkpointer = Checkpointer(tmp, model, model_config=cfg.to_dict()["model"], log=log)

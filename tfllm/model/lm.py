@@ -11,6 +11,7 @@ Shape letters as in `tfllm.layers`; L is num_layers, V vocabulary_size.
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 import keras
@@ -18,7 +19,7 @@ from keras import ops
 
 from tfllm.config import ModelConfig
 from tfllm.model.layers import TransformerBlock
-from tfllm.model.primitives import RMSNorm
+from tfllm.model.primitives import RMSNorm, weights_to_be_read
 from tfllm.model.projections import TiedEmbedding
 
 # ModelConfig keys that TransformerLM takes as its `architecture` dict, with tfllm's defaults.
@@ -253,17 +254,22 @@ class TransformerLM(keras.Model):
         }
 
 
-def build_model(cfg: ModelConfig, precision: str = "float32", remat: bool = False) -> TransformerLM:
+def build_model(
+    cfg: ModelConfig, precision: str = "float32", remat: bool = False, initialize: bool = True
+) -> TransformerLM:
     """Creates the model of `cfg` with its weights (a two-token call builds every layer).
 
     `precision` is a Keras dtype policy (`float32`, `mixed_bfloat16`, `mixed_float16`): layers
     compute in it and keep float32 variables; logits stay float32. Sublayers are created in
     `build()`, so the policy is set globally for the whole construction and restored after.
+    `initialize=False` skips the random draws, for a model whose weights are read next (a
+    checkpoint, an import).
     """
     previous = keras.config.dtype_policy()
     keras.config.set_dtype_policy(precision)
     try:
-        return _build(cfg, remat)
+        with contextlib.nullcontext() if initialize else weights_to_be_read():
+            return _build(cfg, remat)
     finally:
         keras.config.set_dtype_policy(previous)
 

@@ -13,6 +13,8 @@ import tensorflow as tf
 from keras import ops
 from tensorflow.compiler.tf2xla.ops import gen_xla_ops
 
+from tfllm.model.primitives import normal
+
 
 def materialized(x):
     """x behind an XLA optimization barrier, so that a transpose computing x stays a real copy.
@@ -87,10 +89,11 @@ class TiedEmbedding(keras.layers.Layer):
 
     def build(self, input_shape=None):
         shape = (self.hidden_dim, self.vocabulary_size)
-        normal = keras.initializers.RandomNormal(stddev=0.02)
-        self.kernel = self.add_weight(name="kernel", shape=shape, initializer=normal)
+        self.kernel = self.add_weight(name="kernel", shape=shape, initializer=normal(0.02))
         if not self.tied:
-            self.head_kernel = self.add_weight(name="head_kernel", shape=shape, initializer=normal)
+            self.head_kernel = self.add_weight(
+                name="head_kernel", shape=shape, initializer=normal(0.02)
+            )
 
     def call(self, token_ids):
         """(B, T) int -> (B, T, D) in the compute dtype."""

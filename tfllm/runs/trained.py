@@ -50,7 +50,7 @@ def load_trained(
     if not tf.io.gfile.exists(config_path):
         raise TfllmError(f"{config_path} not found: is {workdir} a training workdir?")
     cfg = load_config([config_path])
-    model = build_model(cfg.model)
+    model = build_model(cfg.model, initialize=False)
     tracked, base, adapters = model, None, None
     if cfg.train.lora_rank:
         base = load_base(cfg, model, log)
