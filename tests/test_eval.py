@@ -64,6 +64,27 @@ def test_context_and_continuation_split_as_the_harness_does(run, engine):
     assert ll == pytest.approx(-expected, abs=1e-4)
 
 
+def test_shared_prefixes_give_the_unshared_loglikelihoods(run):
+    long = "".join(f"x{i} = {i}\n" for i in range(12))  # near the 33-token limit
+    questions = [
+        ("def f(x):\n    return ", ["x + 1", "x", "f(x) * 2\n", "None"]),
+        ("import", [" os", " sys"]),
+        ("", ["a", "bc"]),  # an empty context: the prefix token alone
+        ("class A: ", ["pass", " x = 1"]),  # its trailing space moves to the choices
+        (long, ["y", "y = 1", "z = 2 + 3"]),
+        ("Hello, ", ["world", "wörld!", "there", "you", "all"]),
+        (long + long, ["a", "b"]),  # too long to share: scored whole, truncated
+    ]
+    requests = [(context, choice) for context, choices in questions for choice in choices]
+    shared = model_engine(run.model, run.tokenizer_path, batch_size=3)
+    whole = model_engine(run.model, run.tokenizer_path, batch_size=3, share_prefixes=False)
+    ours, theirs = shared.loglikelihood(requests), whole.loglikelihood(requests)
+    assert shared._shared._score.experimental_get_tracing_count() > 0
+    np.testing.assert_allclose([ll for ll, _ in ours], [ll for ll, _ in theirs], atol=1e-4)
+    assert [g for _, g in ours] == [g for _, g in theirs]
+    assert shared.scored_tokens == whole.scored_tokens
+
+
 def test_bpb_is_total_nll_over_bytes_and_ignores_batch_size_and_context(run, engine):
     long_text = "".join(f"value_{i} = {i * 7}\n" for i in range(40))  # many windows of 32
     docs = [{"text": t} for t in [*TEXTS, long_text]]

@@ -1,0 +1,106 @@
+"""Requests that share a context (the choices of one multiple-choice question) run it once.
+
+A batch of Q questions' contexts is run through the model with its KV cache (left-padded, as
+generation's prefill), the cache is repeated for each of a question's K choices, and the
+choices run from it: 4 choices of 10 tokens after 100 context tokens cost 140 token positions
+instead of 440. The numbers equal scoring each (context, choice) sequence whole (the same
+causal attention; tests/test_eval.py checks 1e-4).
+
+Only an in-process model has a cache to share; an export's `logits` signature scores whole
+sequences (`Engine.score_sequences`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import tensorflow as tf
+
+from tfllm.data.tokenizer import PAD_ID
+
+_CONTEXT_STEP = 32  # padded context widths: multiples of this (few compiled shapes)
+_CHOICE_STEP = 8  # padded choice widths
+
+
+def _round_up(n: int, step: int) -> int:
+    return max(-(-n // step) * step, step)
+
+
+class SharedScorer:
+    """Scores groups of continuations after one shared context each."""
+
+    def __init__(self, model, batch_size: int, jit_compile: bool = True):
+        self.model, self.batch_size = model, batch_size
+        self._score = tf.function(self._score_fn, jit_compile=jit_compile)
+
+    def _score_fn(self, context, start, inputs, targets, weights):
+        """context (Q, W) left-padded with start (Q,) padding columns; inputs (Q*K, C): each
+        choice without its last token, right-padded; targets and weights (Q*K, C + 1)."""
+        model = self.model
+        questions, width = context.shape
+        choices = inputs.shape[0] // questions
+        positions = tf.maximum(tf.range(width)[None, :] - start[:, None], 0)
+        cache = model.empty_cache(questions, width + inputs.shape[1])
+        logits, cache = model(
+            context, positions=positions, cache=cache, cache_index=0, cache_start=start
+        )
+        cache = tuple((tf.repeat(k, choices, 0), tf.repeat(v, choices, 0)) for k, v in cache)
+        start = tf.repeat(start, choices, 0)
+        # A choice's first input sits right after its context's width - start tokens; padding
+        # past the model's last position is clamped (it is never scored, and comes after).
+        positions = (width - start)[:, None] + tf.range(inputs.shape[1])[None, :]
+        positions = tf.minimum(positions, model.max_sequence_length - 1)
+        more, _ = model(
+            inputs, positions=positions, cache=cache, cache_index=width, cache_start=start
+        )
+        # The context's last logits predict each choice's first token.
+        logits = tf.concat([tf.repeat(logits[:, -1:, :], choices, 0), more], axis=1)
+        logp = -tf.nn.sparse_softmax_cross_entropy_with_logits(targets, logits)
+        greedy = tf.equal(tf.argmax(logits, axis=-1, output_type=tf.int32), targets)
+        return (
+            tf.reduce_sum(logp * weights, axis=-1),
+            tf.reduce_all(greedy | (weights == 0.0), axis=-1),
+        )
+
+    def score(
+        self,
+        groups: Sequence[tuple[list[int], list[list[int]]]],
+        progress,
+    ) -> list[list[tuple[float, bool]]]:
+        """(context tokens, [continuation tokens, ...]) groups -> (log-likelihood, is greedy)
+        per continuation. Each context has at least one token, each continuation too, and
+        context + continuation fits max_sequence_length + 1 tokens."""
+        choices = max(len(conts) for _, conts in groups)
+        order = sorted(range(len(groups)), key=lambda g: -len(groups[g][0]))
+        results: list = [None] * len(groups)
+        for low in range(0, len(order), self.batch_size):
+            chunk = order[low : low + self.batch_size]
+            width = min(
+                _round_up(max(len(groups[g][0]) for g in chunk), _CONTEXT_STEP),
+                self.model.max_sequence_length,
+            )
+            longest = max(len(c) for g in chunk for c in groups[g][1])
+            inner = _round_up(longest - 1, _CHOICE_STEP)
+            rows = self.batch_size * choices
+            context = np.full((self.batch_size, width), PAD_ID, np.int32)
+            start = np.full((self.batch_size,), width - 1, np.int32)  # unused rows: one token
+            inputs = np.full((rows, inner), PAD_ID, np.int32)
+            targets = np.full((rows, inner + 1), PAD_ID, np.int32)
+            weights = np.zeros((rows, inner + 1), np.float32)
+            for q, g in enumerate(chunk):
+                tokens, conts = groups[g]
+                context[q, width - len(tokens) :], start[q] = tokens, width - len(tokens)
+                for j, cont in enumerate(conts):
+                    row = q * choices + j
+                    inputs[row, : len(cont) - 1] = cont[:-1]
+                    targets[row, : len(cont)], weights[row, : len(cont)] = cont, 1.0
+            lls, greedy = (t.numpy() for t in self._score(context, start, inputs, targets, weights))
+            for q, g in enumerate(chunk):
+                base = q * choices
+                results[g] = [
+                    (float(lls[base + j]), bool(greedy[base + j]))
+                    for j in range(len(groups[g][1]))
+                ]
+            progress.advance(sum(len(groups[g][1]) for g in chunk))
+        return results
