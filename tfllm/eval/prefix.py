@@ -99,8 +99,7 @@ class SharedScorer:
             for q, g in enumerate(chunk):
                 base = q * choices
                 results[g] = [
-                    (float(lls[base + j]), bool(greedy[base + j]))
-                    for j in range(len(groups[g][1]))
+                    (float(lls[base + j]), bool(greedy[base + j])) for j in range(len(groups[g][1]))
                 ]
             progress.advance(sum(len(groups[g][1]) for g in chunk))
         return results
