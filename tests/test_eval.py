@@ -14,6 +14,7 @@ import yaml
 from commands import run_main
 
 from tfllm.data.tokenizer import EOS_ID
+from tfllm.errors import TfllmError
 from tfllm.eval import run as eval_run
 from tfllm.eval.engine import model_engine
 from tfllm.eval.scoring import run_task
@@ -175,6 +176,29 @@ def test_command_on_workdir_and_export_gives_the_same_table_json_and_scalars(run
     events = [e for e in tf.compat.v1.train.summary_iterator(str(next(out_a.glob("events*"))))]
     tags = {v.tag for e in events for v in e.summary.value}
     assert "english_bpb/bits_per_byte" in tags and "mc/acc_norm" in tags
+
+
+def test_config_and_set_give_the_workdir_and_tasks_with_the_usual_precedence(run, tmp_path):
+    overlay = tmp_path / "overlay.yaml"
+    overlay.write_text(f"runtime: {{workdir: {run.workdir}}}\ntrain: {{eval_tasks: nosuch}}\n")
+    # Without --config, the workdir's own config.yaml; --set wins over it.
+    assert eval_run.resolve(run.workdir, None, None, [], ["train.eval_tasks=english_bpb"]) == (
+        run.workdir, "english_bpb")  # fmt: skip
+    # --config files, then --set, then --tasks / --workdir.
+    assert eval_run.resolve(None, None, None, [str(overlay)], []) == (run.workdir, "nosuch")
+    over = ["train.eval_tasks=next_line"]
+    assert eval_run.resolve(None, None, None, [str(overlay)], over)[1] == "next_line"
+    assert eval_run.resolve(None, None, "stdlib_bpb", [str(overlay)], over)[1] == "stdlib_bpb"
+    with pytest.raises(TfllmError, match="model.num_layers=3: eval reads the model from"):
+        eval_run.resolve(None, None, None, [str(overlay)], ["model.num_layers=3"])
+    with pytest.raises(TfllmError, match="no tasks"):
+        eval_run.resolve(run.workdir, None, None, [], [])
+    # The command: the config names the workdir and the tasks.
+    out = tmp_path / "out"
+    argv = ["--config", str(overlay), "--set", "train.eval_tasks=english_bpb", "--limit", "2"]
+    assert run_main("eval", [*argv, "--output_dir", str(out)]) == 0
+    rows = json.loads((out / "results-step-0.json").read_text())["results"]
+    assert {r["task"] for r in rows} == {"english_bpb"} and rows[0]["n"] == 2
 
 
 def test_bad_input_is_one_line_naming_file_line_or_signature(run, tmp_path, capsys):

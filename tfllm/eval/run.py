@@ -100,7 +100,8 @@ def resolve(
     specific flags --workdir/--export and --tasks.
 
     The config only supplies defaults (`runtime.workdir`, `train.eval_tasks`): the model is
-    always the checkpoint's, so a config whose model section differs from it is refused.
+    always the checkpoint's (a config file's model section is not read; --set model.* is
+    refused).
     """
     own = posixpath.join(workdir, "config.yaml") if workdir else None
     if not config_files:
@@ -110,15 +111,10 @@ def resolve(
     task_names = task_names or cfg.train.eval_tasks
     if not task_names:
         raise TfllmError("no tasks: give --tasks NAME[,NAME...] or set train.eval_tasks")
-    saved = posixpath.join(target, "config.yaml")
-    if export is None and tf.io.gfile.exists(saved):
-        theirs, ours = load_config([saved]).to_dict()["model"], cfg.to_dict()["model"]
-        differing = sorted(k for k in ours if ours[k] != theirs.get(k))
-        if differing:
-            key = differing[0]
+    for assignment in overrides or []:
+        if assignment.startswith("model."):
             raise TfllmError(
-                f"model.{key} is {ours[key]!r} in the given config but {theirs.get(key)!r} in "
-                f"{saved}: eval reads the checkpoint's model (drop the model keys)"
+                f"--set {assignment}: eval reads the model from the checkpoint's config.yaml"
             )
     return target, task_names
 
