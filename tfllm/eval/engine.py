@@ -162,6 +162,7 @@ class Engine:
             for context_ids, members in groups.items()
             if self._shared is not None
             and len(members) > 1
+            and len(context_ids) > 1  # the prefix token alone: nothing to share
             and all(0 < len(pairs[i][1]) <= self.max_length + 1 - len(context_ids) for i in members)
         ]
         alone = sorted(set(range(len(pairs))) - {i for members in shared for i in members})
