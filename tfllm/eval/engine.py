@@ -16,7 +16,8 @@ the next S - context tokens, so every token after the first window is predicted 
 `context` earlier tokens (0: disjoint windows, the harness's default).
 
 Speed: requests are sorted by length (longest first) and batched in fixed-size batches padded
-to a multiple of `_WIDTH_STEP` tokens, so a handful of compiled shapes serve a whole task.
+to a multiple of `_WIDTH_STEP` tokens, so a handful of compiled shapes serve a whole task;
+requests with one context (a question's choices) run it once (`tfllm.eval.prefix`).
 """
 
 from __future__ import annotations

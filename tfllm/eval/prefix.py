@@ -73,11 +73,11 @@ class SharedScorer:
         """(context tokens, [continuation tokens, ...]) groups -> (log-likelihood, is greedy)
         per continuation. Each context has at least two tokens, each continuation at least
         one, and context + continuation fits max_sequence_length + 1 tokens."""
-        choices = max(len(conts) for _, conts in groups)
         order = sorted(range(len(groups)), key=lambda g: -len(groups[g][0]))
         results: list = [None] * len(groups)
         for low in range(0, len(order), self.batch_size):
             chunk = order[low : low + self.batch_size]
+            choices = max(len(groups[g][1]) for g in chunk)  # a batch's rows: questions x this
             width = min(
                 _round_up(max(len(groups[g][0]) - 1 for g in chunk), _CONTEXT_STEP),
                 self.model.max_sequence_length,
