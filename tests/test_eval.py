@@ -16,7 +16,7 @@ from commands import run_main
 from tfllm.data.tokenizer import EOS_ID
 from tfllm.errors import TfllmError
 from tfllm.eval import run as eval_run
-from tfllm.eval.engine import model_engine
+from tfllm.eval.engine import Progress, model_engine
 from tfllm.eval.scoring import run_task
 from tfllm.eval.tasks import Task
 
@@ -84,6 +84,20 @@ def test_shared_prefixes_give_the_unshared_loglikelihoods(run):
     np.testing.assert_allclose([ll for ll, _ in ours], [ll for ll, _ in theirs], atol=1e-4)
     assert [g for _, g in ours] == [g for _, g in theirs]
     assert shared.scored_tokens == whole.scored_tokens
+
+
+def test_is_greedy_means_every_continuation_token_is_the_argmax(run, engine):
+    context = [EOS_ID, *engine.encode("def f(x):")]
+    tokens = list(context)
+    for _ in range(4):  # the model's own greedy continuation, token by token
+        tokens.append(int(run.model(tf.constant([tokens])).numpy()[0, -1].argmax()))
+    greedy = tokens[len(context) :]
+    other = [*greedy[:-1], (greedy[-1] + 1) % tiny_run.VOCAB]
+    whole = engine.score_sequences(
+        [(context + greedy, len(context)), (context + other, len(context))]
+    )
+    shared = engine._shared.score([(context, [greedy, other])], Progress("", 2, None))[0]
+    assert [g for _, g in whole] == [g for _, g in shared] == [True, False]
 
 
 def test_bpb_is_total_nll_over_bytes_and_ignores_batch_size_and_context(run, engine):

@@ -30,7 +30,7 @@ import sentencepiece as spm
 import tensorflow as tf
 
 from tfllm.data.tokenizer import PAD_ID, is_hf_tokenizer, load_tokenizer, specials
-from tfllm.eval.prefix import SharedScorer
+from tfllm.eval.prefix import SharedScorer, is_greedy
 from tfllm.observe.console import Console, format_duration
 
 _WIDTH_STEP = 32  # padded widths: multiples of this, capped at max_sequence_length
@@ -99,7 +99,7 @@ class Engine:
         weighted target is the argmax."""
         logits = self._logits_fn(ids)
         logp = -tf.nn.sparse_softmax_cross_entropy_with_logits(targets, logits)
-        greedy = tf.equal(tf.argmax(logits, axis=-1, output_type=tf.int32), targets)
+        greedy = is_greedy(logits, targets)
         return (
             tf.reduce_sum(logp * weights, axis=-1),
             tf.reduce_all(greedy | (weights == 0.0), axis=-1),
