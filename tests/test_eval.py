@@ -14,8 +14,9 @@ import yaml
 from commands import run_main
 
 from tfllm.data.tokenizer import EOS_ID
+from tfllm.errors import TfllmError
 from tfllm.eval import run as eval_run
-from tfllm.eval.engine import model_engine
+from tfllm.eval.engine import Progress, model_engine
 from tfllm.eval.scoring import run_task
 from tfllm.eval.tasks import Task
 
@@ -62,6 +63,41 @@ def test_context_and_continuation_split_as_the_harness_does(run, engine):
     expected = hand_nll(run, engine, full) - hand_nll(run, engine, [EOS_ID, *head])
     # Scoring a prefix's tokens alone equals the same positions of the whole sequence (causal).
     assert ll == pytest.approx(-expected, abs=1e-4)
+
+
+def test_shared_prefixes_give_the_unshared_loglikelihoods(run):
+    long = "".join(f"x{i} = {i}\n" for i in range(12))  # near the 33-token limit
+    questions = [
+        ("def f(x):\n    return ", ["x + 1", "x", "f(x) * 2\n", "None"]),
+        ("import", [" os", " sys"]),
+        ("", ["a", "bc"]),  # an empty context: the prefix token alone
+        ("class A: ", ["pass", " x = 1"]),  # its trailing space moves to the choices
+        (long, ["y", "y = 1", "z = 2 + 3"]),
+        ("Hello, ", ["world", "wörld!", "there", "you", "all"]),
+        (long + long, ["a", "b"]),  # too long to share: scored whole, truncated
+    ]
+    requests = [(context, choice) for context, choices in questions for choice in choices]
+    shared = model_engine(run.model, run.tokenizer_path, batch_size=3)
+    whole = model_engine(run.model, run.tokenizer_path, batch_size=3, share_prefixes=False)
+    ours, theirs = shared.loglikelihood(requests), whole.loglikelihood(requests)
+    assert shared._shared._score.experimental_get_tracing_count() > 0
+    np.testing.assert_allclose([ll for ll, _ in ours], [ll for ll, _ in theirs], atol=1e-4)
+    assert [g for _, g in ours] == [g for _, g in theirs]
+    assert shared.scored_tokens == whole.scored_tokens
+
+
+def test_is_greedy_means_every_continuation_token_is_the_argmax(run, engine):
+    context = [EOS_ID, *engine.encode("def f(x):")]
+    tokens = list(context)
+    for _ in range(4):  # the model's own greedy continuation, token by token
+        tokens.append(int(run.model(tf.constant([tokens])).numpy()[0, -1].argmax()))
+    greedy = tokens[len(context) :]
+    other = [*greedy[:-1], (greedy[-1] + 1) % tiny_run.VOCAB]
+    whole = engine.score_sequences(
+        [(context + greedy, len(context)), (context + other, len(context))]
+    )
+    shared = engine._shared.score([(context, [greedy, other])], Progress("", 2, None))[0]
+    assert [g for _, g in whole] == [g for _, g in shared] == [True, False]
 
 
 def test_bpb_is_total_nll_over_bytes_and_ignores_batch_size_and_context(run, engine):
@@ -154,6 +190,29 @@ def test_command_on_workdir_and_export_gives_the_same_table_json_and_scalars(run
     events = [e for e in tf.compat.v1.train.summary_iterator(str(next(out_a.glob("events*"))))]
     tags = {v.tag for e in events for v in e.summary.value}
     assert "english_bpb/bits_per_byte" in tags and "mc/acc_norm" in tags
+
+
+def test_config_and_set_give_the_workdir_and_tasks_with_the_usual_precedence(run, tmp_path):
+    overlay = tmp_path / "overlay.yaml"
+    overlay.write_text(f"runtime: {{workdir: {run.workdir}}}\ntrain: {{eval_tasks: nosuch}}\n")
+    # Without --config, the workdir's own config.yaml; --set wins over it.
+    assert eval_run.resolve(run.workdir, None, None, [], ["train.eval_tasks=english_bpb"]) == (
+        run.workdir, "english_bpb")  # fmt: skip
+    # --config files, then --set, then --tasks / --workdir.
+    assert eval_run.resolve(None, None, None, [str(overlay)], []) == (run.workdir, "nosuch")
+    over = ["train.eval_tasks=next_line"]
+    assert eval_run.resolve(None, None, None, [str(overlay)], over)[1] == "next_line"
+    assert eval_run.resolve(None, None, "stdlib_bpb", [str(overlay)], over)[1] == "stdlib_bpb"
+    with pytest.raises(TfllmError, match="model.num_layers=3: eval reads the model from"):
+        eval_run.resolve(None, None, None, [str(overlay)], ["model.num_layers=3"])
+    with pytest.raises(TfllmError, match="no tasks"):
+        eval_run.resolve(run.workdir, None, None, [], [])
+    # The command: the config names the workdir and the tasks.
+    out = tmp_path / "out"
+    argv = ["--config", str(overlay), "--set", "train.eval_tasks=english_bpb", "--limit", "2"]
+    assert run_main("eval", [*argv, "--output_dir", str(out)]) == 0
+    rows = json.loads((out / "results-step-0.json").read_text())["results"]
+    assert {r["task"] for r in rows} == {"english_bpb"} and rows[0]["n"] == 2
 
 
 def test_bad_input_is_one_line_naming_file_line_or_signature(run, tmp_path, capsys):

@@ -2,29 +2,37 @@
 
     stdlib_bpb        bits per byte on held-out standard-library files
     english_bpb       bits per byte on the interpreter's English docs (pydoc_data/topics.py)
-    next_line         4-way multiple choice: the next line of held-out code, against lines
-                      of other held-out files
+    next_line         4-way multiple choice: the next line of held-out code, against the same
+                      line with its words in another order
+    next_indent       generate_until: the indentation of the next line of held-out code
     code_completion   generate_until: the rest of a line of held-out code, exact match
-    stdlib            all four
+    stdlib            all five
 
 "Held-out" files are those `data.source: stdlib` with the default val_fraction (0.02) puts in
 the validation split: a model trained on the default data never saw them. Items are drawn
 with a fixed seed, so every run and machine with the same Python scores the same documents.
+
+The distractors of `next_line` hold the true line's words (whitespace-separated, the spacing
+kept), so every choice has the same characters and, with any tokenizer that splits at spaces,
+nearly the same tokens: a random model's unigram preferences cancel and it stays at chance
+(0.25), while a model that learned which word follows which picks the true order.
 """
 
 from __future__ import annotations
 
 import random
+import re
 
 from tfllm.data.corpus import list_files, split_of
 from tfllm.eval.tasks import Task, TaskError
 
-TASKS = ("stdlib", "stdlib_bpb", "english_bpb", "next_line", "code_completion")
+TASKS = ("stdlib", "stdlib_bpb", "english_bpb", "next_line", "next_indent", "code_completion")
 _VAL_FRACTION = 0.02  # DataConfig's default
 _DOC_BYTES = 4096  # each bpb document: the first lines of a file up to this size
 _BPB_DOCS = 16
 _QUESTIONS = 200
 _COMPLETIONS = 100
+_INDENTS = 99  # a third each at 4, 8 and 12 spaces
 _CONTEXT_LINES = 6
 
 
@@ -81,26 +89,71 @@ def _positions(files, rng: random.Random, count: int):
     return found
 
 
+def _reordered(line: str, rng: random.Random, count: int = 3) -> list[str] | None:
+    """`count` versions of `line` with its words in other orders (indentation and spacing
+    kept), or None if the line has fewer than four words or too few distinct orders."""
+    indent = line[: len(line) - len(line.lstrip())]
+    parts = re.split(r"(\s+)", line.strip())
+    words, gaps = parts[0::2], [*parts[1::2], ""]
+    if len(words) < 4:
+        return None
+    found: list[str] = []
+    for _ in range(50):
+        order = rng.sample(words, len(words))
+        text = indent + "".join(word + gap for word, gap in zip(order, gaps, strict=True))
+        if text != line and text not in found:
+            found.append(text)
+            if len(found) == count:
+                return found
+    return None
+
+
 def next_line() -> Task:
-    rng = random.Random(0)
-    files = held_out_files()
+    rng, files = random.Random(0), held_out_files()
     docs = []
-    for lines, index in _positions(files, rng, _QUESTIONS):
-        answer = lines[index]
-        # Distractors: lines of other held-out files (names, style and indentation differ).
-        others = []
-        while len(others) < 3:
-            pool = _code_lines(rng.choice(files)[1])
-            line = rng.choice(pool) if pool else answer
-            if line not in lines and line not in others:
-                others.append(line)
-        choices = [answer, *others]
+    while len(docs) < _QUESTIONS:
+        ((lines, index),) = _positions(files, rng, 1)
+        others = _reordered(lines[index], rng)
+        if others is None:
+            continue
+        # Each choice ends its line: where a line may end is part of word order.
+        answer = lines[index] + "\n"
+        choices = [answer, *(other + "\n" for other in others)]
         rng.shuffle(choices)
         context = "\n".join(lines[index - _CONTEXT_LINES : index]) + "\n"
         docs.append({"context": context, "choices": choices, "label": choices.index(answer)})
     return Task("next_line", "multiple_choice", docs, doc_to_text="context",
                 doc_to_choice="choices", doc_to_target="label", target_delimiter="",
                 source="built-in next_line")  # fmt: skip
+
+
+def next_indent() -> Task:
+    """After six whole lines, the next line's indentation: as many prompts at 4, 8 and 12
+    spaces (a constant guess scores 1/3; every target is non-empty, so a model that starts the
+    line with text or ends it at once scores 0)."""
+    rng = random.Random(2)
+    files = [text.splitlines() for _, text in held_out_files()]
+    pool = [lines for lines in files if len(lines) > 20]
+    docs: list[dict] = []
+    wanted = {4: _INDENTS // 3, 8: _INDENTS // 3, 12: _INDENTS // 3}
+    while len(docs) < _INDENTS:
+        lines = rng.choice(pool)
+        index = rng.randrange(_CONTEXT_LINES, len(lines))
+        line = lines[index]
+        depth = len(line) - len(line.lstrip(" "))
+        if not line.strip() or line[depth] == "\t" or not wanted.get(depth):
+            continue
+        wanted[depth] -= 1
+        context = "\n".join(lines[index - _CONTEXT_LINES : index]) + "\n"
+        docs.append({"context": context, "answer": " " * depth})
+    return Task(
+        "next_indent", "generate_until", docs, doc_to_text="context", doc_to_target="answer",
+        generation_kwargs={"until": ["\n"], "max_gen_toks": 8},
+        # The prediction is its leading spaces: everything from the first other character on
+        # is dropped (the harness's regex filter would strip the spaces themselves).
+        metrics=[{"metric": "exact_match", "regexes_to_ignore": [r"\S.*"]}],
+        source="built-in next_indent",
+    )  # fmt: skip
 
 
 def code_completion() -> Task:
@@ -126,6 +179,7 @@ _MAKERS = {
     "stdlib_bpb": stdlib_bpb,
     "english_bpb": english_bpb,
     "next_line": next_line,
+    "next_indent": next_indent,
     "code_completion": code_completion,
 }
 

@@ -16,7 +16,8 @@ the next S - context tokens, so every token after the first window is predicted 
 `context` earlier tokens (0: disjoint windows, the harness's default).
 
 Speed: requests are sorted by length (longest first) and batched in fixed-size batches padded
-to a multiple of `_WIDTH_STEP` tokens, so a handful of compiled shapes serve a whole task.
+to a multiple of `_WIDTH_STEP` tokens, so a handful of compiled shapes serve a whole task;
+requests with one context (a question's choices) run it once (`tfllm.eval.prefix`).
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ import sentencepiece as spm
 import tensorflow as tf
 
 from tfllm.data.tokenizer import PAD_ID, is_hf_tokenizer, load_tokenizer, specials
+from tfllm.eval.prefix import SharedScorer, is_greedy
 from tfllm.observe.console import Console, format_duration
 
 _WIDTH_STEP = 32  # padded widths: multiples of this, capped at max_sequence_length
@@ -40,16 +42,19 @@ class Progress:
     def __init__(self, name: str, total: int, console: Console | None):
         self.name, self.total, self.console = name, total, console
         self.started = self.shown = time.time()
+        self.done = 0
 
-    def update(self, done: int) -> None:
+    def advance(self, count: int) -> None:
+        self.done += count
         now = time.time()
-        if self.console is None or (now - self.shown < 0.5 and done < self.total):
+        if self.console is None or (now - self.shown < 0.5 and self.done < self.total):
             return
         self.shown = now
-        rate = done / max(now - self.started, 1e-9)
-        eta = (self.total - done) / rate if rate else float("inf")
+        rate = self.done / max(now - self.started, 1e-9)
+        eta = (self.total - self.done) / rate if rate else float("inf")
         self.console.progress(
-            f"eval {self.name} {done}/{self.total} | {rate:.1f} ex/s | eta {format_duration(eta)}"
+            f"eval {self.name} {self.done}/{self.total} | {rate:.1f} ex/s | "
+            f"eta {format_duration(eta)}"
         )
 
 
@@ -66,7 +71,10 @@ class Engine:
         batch_size: int = 16,
         jit_compile: bool = True,
         console: Console | None = None,
+        cache_model=None,
     ):
+        """`cache_model`: the model behind `logits_fn`, whose KV cache lets requests with one
+        context run it once (`tfllm.eval.prefix`); None scores every sequence whole."""
         if is_hf_tokenizer(tokenizer_path):  # an imported model's: its in-graph tokenizer
             hf = load_tokenizer(tokenizer_path)
             self._encode = lambda text: hf.tokenize(tf.constant([text])).to_list()[0]
@@ -81,6 +89,9 @@ class Engine:
         self.max_length, self.batch_size, self.console = max_length, batch_size, console
         self._logits_fn, self._generate_fn = logits_fn, generate_fn
         self._score = tf.function(self._score_fn, jit_compile=jit_compile)
+        self._shared = None
+        if cache_model is not None:
+            self._shared = SharedScorer(cache_model, batch_size, jit_compile)
         self.scored_tokens = 0
 
     def _score_fn(self, ids, targets, weights):
@@ -88,7 +99,7 @@ class Engine:
         weighted target is the argmax."""
         logits = self._logits_fn(ids)
         logp = -tf.nn.sparse_softmax_cross_entropy_with_logits(targets, logits)
-        greedy = tf.equal(tf.argmax(logits, axis=-1, output_type=tf.int32), targets)
+        greedy = is_greedy(logits, targets)
         return (
             tf.reduce_sum(logp * weights, axis=-1),
             tf.reduce_all(greedy | (weights == 0.0), axis=-1),
@@ -105,7 +116,9 @@ class Engine:
         whole = self.encode(context + continuation)
         return [self.prefix_id, *context_ids], whole[len(context_ids) :]
 
-    def score_sequences(self, sequences: Sequence[tuple[list[int], int]], name: str = ""):
+    def score_sequences(
+        self, sequences: Sequence[tuple[list[int], int]], name: str = "", progress=None
+    ):
         """(tokens, first scored index) pairs -> (log-likelihood, is greedy) per pair.
 
         Tokens past max_sequence_length + 1 are dropped from the left (the scored part too,
@@ -114,7 +127,7 @@ class Engine:
         limit = self.max_length + 1
         order = sorted(range(len(sequences)), key=lambda i: -len(sequences[i][0]))
         results: list = [None] * len(sequences)
-        progress = Progress(name, len(sequences), self.console)
+        progress = progress or Progress(name, len(sequences), self.console)
         for start in range(0, len(order), self.batch_size):
             chunk = order[start : start + self.batch_size]
             rows = []
@@ -135,15 +148,37 @@ class Engine:
             self.scored_tokens += int(weights.sum())
             for row, i in enumerate(chunk):
                 results[i] = (float(lls[row]), bool(greedy[row]))
-            progress.update(start + len(chunk))
+            progress.advance(len(chunk))
         return results
 
     def loglikelihood(self, requests: Sequence[tuple[str, str]], name: str = ""):
-        sequences = []
-        for context, continuation in requests:
-            context_ids, continuation_ids = self.encode_pair(context, continuation)
-            sequences.append((context_ids + continuation_ids, len(context_ids)))
-        return self.score_sequences(sequences, name)
+        """Requests with the same context (a question's choices) run it once where the engine
+        has a model's cache (`tfllm.eval.prefix`); the rest are scored whole."""
+        pairs = [self.encode_pair(context, continuation) for context, continuation in requests]
+        groups: dict[tuple, list[int]] = {}
+        for i, (context_ids, _) in enumerate(pairs):
+            groups.setdefault(tuple(context_ids), []).append(i)
+        shared = [
+            members
+            for context_ids, members in groups.items()
+            if self._shared is not None
+            and len(members) > 1
+            and len(context_ids) > 1  # the prefix token alone: nothing to share
+            and all(0 < len(pairs[i][1]) <= self.max_length + 1 - len(context_ids) for i in members)
+        ]
+        alone = sorted(set(range(len(pairs))) - {i for members in shared for i in members})
+        progress = Progress(name, len(pairs), self.console)
+        results: list = [None] * len(pairs)
+        sequences = [(pairs[i][0] + pairs[i][1], len(pairs[i][0])) for i in alone]
+        for i, result in zip(alone, self.score_sequences(sequences, name, progress), strict=True):
+            results[i] = result
+        if shared:
+            inputs = [(pairs[m[0]][0], [pairs[i][1] for i in m]) for m in shared]
+            for members, scores in zip(shared, self._shared.score(inputs, progress), strict=True):
+                for i, result in zip(members, scores, strict=True):
+                    results[i] = result
+            self.scored_tokens += sum(len(pairs[i][1]) for m in shared for i in m)
+        return results
 
     def rolling_windows(self, text: str, context: int = 0) -> list[tuple[list[int], int]]:
         """The windows of one text, as (tokens, first scored index) pairs."""
@@ -182,7 +217,7 @@ class Engine:
         for i, (_, options) in enumerate(requests):
             n = min(int(options.get("max_gen_toks", 64)), self.max_length - 1)
             groups.setdefault(n, []).append(i)
-        progress, done = Progress(name, len(requests), self.console), 0
+        progress = Progress(name, len(requests), self.console)
         for max_new, members in groups.items():
             members.sort(key=lambda i: -len(requests[i][0]))
             for start in range(0, len(members), self.batch_size):
@@ -193,8 +228,7 @@ class Engine:
                 texts = self._generate_fn(padded, max_new)[: len(prompts)]
                 for i, text in zip(chunk, texts, strict=True):
                     results[i] = cut_at_stops(text, requests[i][1].get("until") or [])
-                done += len(chunk)
-                progress.update(done)
+                progress.advance(len(chunk))
         return results
 
 
@@ -206,8 +240,9 @@ def cut_at_stops(text: str, until: Sequence[str]) -> str:
     return text
 
 
-def model_engine(model, tokenizer_path: str, **options) -> Engine:
-    """An engine on an in-process `TransformerLM` (XLA-compiled scoring, cached decoding)."""
+def model_engine(model, tokenizer_path: str, share_prefixes: bool = True, **options) -> Engine:
+    """An engine on an in-process `TransformerLM` (XLA-compiled scoring, cached decoding;
+    `share_prefixes`: one context pass per multiple-choice question)."""
     from tfllm.serve.generate import Generator
 
     generator = Generator(model, tokenizer_path)
@@ -215,4 +250,6 @@ def model_engine(model, tokenizer_path: str, **options) -> Engine:
     def generate(prompts: list[str], max_new_tokens: int) -> list[str]:
         return generator.generate(prompts, max_new_tokens=max_new_tokens, temperature=0.0)
 
-    return Engine(model, generate, tokenizer_path, model.max_sequence_length, **options)
+    cache_model = model if share_prefixes else None
+    return Engine(model, generate, tokenizer_path, model.max_sequence_length,
+                  cache_model=cache_model, **options)  # fmt: skip

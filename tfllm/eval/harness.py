@@ -5,7 +5,9 @@ as "tfllm", answering the harness's requests with `tfllm.eval.engine`.
         --tasks my_task --include_path my_tasks/
 
 (`lm_eval`'s own command with the model registered; `export=PATH` instead of `workdir=`, and
-`step=N` for an older checkpoint.) From Python::
+`step=N` for an older checkpoint.) The bare `lm_eval --model tfllm` cannot find the model:
+lm-eval 0.4.13 resolves `--model` from its own table or from classes already imported, and
+reads no plugin entry points. From Python::
 
     import lm_eval
     from tfllm.eval.harness import TfllmLM

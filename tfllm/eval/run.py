@@ -18,6 +18,7 @@ import time
 import tensorflow as tf
 
 import tfllm
+from tfllm.cli import DEFAULT_CONFIG
 from tfllm.config import load_config
 from tfllm.errors import TfllmError
 from tfllm.eval import builtin, tasks
@@ -85,6 +86,37 @@ def export_engine(path: str, kinds: set[str], **options) -> tuple[Engine, dict]:
     version = int(posixpath.basename(path.rstrip("/"))) if path.rstrip("/")[-1].isdigit() else 0
     meta = {"model": path, "export_version": version, "step": version}
     return engine, meta
+
+
+def resolve(
+    workdir: str | None,
+    export: str | None,
+    task_names: str | None,
+    config_files: list[str] | None = None,
+    overrides: list[str] | None = None,
+) -> tuple[str, str]:
+    """(model path, tasks) from the command's flags, with the other commands' precedence: the
+    config files (default: the workdir's own config.yaml, else `tiny`), then --set, then the
+    specific flags --workdir/--export and --tasks.
+
+    The config only supplies defaults (`runtime.workdir`, `train.eval_tasks`): the model is
+    always the checkpoint's (a config file's model section is not read; --set model.* is
+    refused).
+    """
+    own = posixpath.join(workdir, "config.yaml") if workdir else None
+    if not config_files:
+        config_files = [own] if own and tf.io.gfile.exists(own) else [DEFAULT_CONFIG]
+    cfg = load_config(config_files, overrides)
+    target = export or workdir or cfg.runtime.workdir
+    task_names = task_names or cfg.train.eval_tasks
+    if not task_names:
+        raise TfllmError("no tasks: give --tasks NAME[,NAME...] or set train.eval_tasks")
+    for assignment in overrides or []:
+        if assignment.startswith("model."):
+            raise TfllmError(
+                f"--set {assignment}: eval reads the model from the checkpoint's config.yaml"
+            )
+    return target, task_names
 
 
 def load_tasks(names: str | list[str], max_length: int | None = None) -> list[tasks.Task]:
