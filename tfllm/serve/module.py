@@ -107,17 +107,8 @@ class ServingModule(tf.Module):
             context = self.model.max_sequence_length - max_new_tokens
             width = tf.minimum(tf.cast(tf.reduce_max(ids.row_lengths()), tf.int32), context)
             padded, start = left_pad(ids, width)
-            tokens, lengths = decode(
-                self.model,
-                padded,
-                start,
-                max_new_tokens,
-                temperature,
-                top_k,
-                top_p,
-                seed,
-                self.stop_ids,
-            )
+            knobs = (max_new_tokens, temperature, top_k, top_p, seed)
+            tokens, lengths = decode(self.model, padded, start, *knobs, self.stop_ids)
             texts = tf.RaggedTensor.from_tensor(tokens, lengths)
             return {"completions": self.tokenizer.detokenize(texts), "tokens": tokens}
 
