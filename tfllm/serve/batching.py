@@ -113,5 +113,5 @@ class BatchingServingModule(ServingModule):
     def signatures(self) -> dict:
         return {
             **super().signatures(),
-            "generate_batched": self.generate_rows.get_concrete_function(),
+            "generate_batched": self.generate_rows,
         }
