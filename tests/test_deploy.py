@@ -73,6 +73,12 @@ def test_int8_export_is_smaller_records_its_scheme_and_keeps_logits(run, int8_di
     loaded = tf.saved_model.load(int8_dir)
     ids = tf.constant(TOKEN_IDS)
     logits = loaded.signatures["logits"](token_ids=ids)["logits"].numpy()
+    # The first call dequantized into the float32 variables (saved empty), this one reads them.
+    np.testing.assert_array_equal(loaded.signatures["logits"](token_ids=ids)["logits"], logits)
+    assert all(
+        weight.numpy().shape == variable.shape
+        for weight, variable in zip(loaded.int8.floats, loaded.int8.values, strict=True)
+    )
     reference = run.model(ids).numpy()
     assert np.abs(logits - reference).max() < INT8_LOGITS_TOLERANCE
     assert np.abs(reference).max() > 3.0  # the tolerance is small against the logits

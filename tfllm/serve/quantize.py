@@ -3,10 +3,16 @@ output channel, dequantized in the graph; activations, norms and the KV cache st
 
 Symmetric, round to nearest: scale = max |w| over the channel's inputs / 127, q = rint(w / scale)
 in [-127, 127], w ~ q * scale. The serving functions run inside a `keras.StatelessScope` that
-maps each Keras kernel to its dequantized tensor, so the model's own `call` runs unchanged and
-the SavedModel keeps its signatures. The dequantization runs once per request, outside the
-decode loop (the loop body captures the dequantized tensors), so a generated token costs what it
-costs in float32; the stored weights are a quarter of the size.
+maps each Keras kernel to its float32 tensor, so the model's own `call` runs unchanged and the
+SavedModel keeps its signatures; the stored weights are a quarter of the size.
+
+The float32 tensor comes from a variable that is saved empty (no bytes on disk): the first call
+of any signature dequantizes each kernel into it, later calls only read it. TensorFlow has no
+CPU matmul over int8 weights, so a generated token costs what it costs in float32 either way;
+dequantizing on every request instead (25M weights on the small config) cost 23-36 ms per
+request, 1 ms per token at 32 tokens. The price is memory: once it has served a request, a
+loaded int8 export holds the float32 weights as well as the int8 ones (1.25x float32's RAM).
+TF Serving runs the warmup requests of the export at load, so no client request pays it.
 """
 
 from __future__ import annotations
@@ -44,6 +50,24 @@ def quantize(weights: np.ndarray, axes: tuple[int, ...]) -> tuple[np.ndarray, np
     return values, scale
 
 
+def float_weight(values, scale, floats, shape):
+    """The float32 kernel: read from the variable `floats`, or dequantized into it when empty.
+
+    Concurrent first requests may both dequantize; each writes the same values.
+    """
+
+    def dequantize():
+        weight = tf.cast(values, tf.float32) * scale
+        with tf.control_dependencies([floats.assign(weight, read_value=False)]):
+            return tf.identity(weight)
+
+    # The variable's shape, not its value: a predicate read by ReadVariableOp was seen to be
+    # wrong once grappler lowered the cond to Switch/Merge (true for an empty variable).
+    filled = tf.reduce_prod(tf.raw_ops.VariableShape(input=floats.handle)) > 0
+    weight = tf.cond(filled, floats.read_value, dequantize)
+    return tf.reshape(weight, shape)  # the static shape Keras checks
+
+
 def is_quantized(variable) -> bool:
     """Matrices are quantized; the norms' scale vectors stay float32."""
     return len(variable.shape) >= 2
@@ -54,7 +78,7 @@ class QuantizedWeights(tf.Module):
 
     def __init__(self, model: TransformerLM):
         super().__init__(name="int8")
-        targets, self.values, self.scales, self.layout = [], [], [], {}
+        targets, self.values, self.scales, self.floats, self.layout = [], [], [], [], {}
         for variable in filter(is_quantized, model.weights):
             axes = contraction_axes(variable.path, len(variable.shape))
             values, scale = quantize(np.asarray(variable.numpy()), axes)
@@ -63,14 +87,21 @@ class QuantizedWeights(tf.Module):
             name = variable.path.replace("/", ".")
             self.values.append(tf.Variable(values, trainable=False, name=f"{name}.int8"))
             self.scales.append(tf.Variable(scale, trainable=False, name=f"{name}.scale"))
+            empty = tf.zeros([0], tf.float32)  # the shape None lets the first call fill it
+            self.floats.append(
+                tf.Variable(
+                    empty, shape=tf.TensorShape(None), trainable=False, name=f"{name}.float32"
+                )
+            )
             self.layout[variable.path] = {"shape": list(variable.shape), "input_axes": list(axes)}
         object.__setattr__(self, "targets", targets)  # Keras variables: never saved
 
     def state_mapping(self) -> list:
-        """(Keras variable, dequantized float32 tensor) pairs for `keras.StatelessScope`."""
+        """(Keras variable, float32 tensor) pairs for `keras.StatelessScope`."""
+        weights = zip(self.targets, self.values, self.scales, self.floats, strict=True)
         return [
-            (target, tf.cast(values, tf.float32) * scale)
-            for target, values, scale in zip(self.targets, self.values, self.scales, strict=True)
+            (target, float_weight(values, scale, floats, target.shape))
+            for target, values, scale, floats in weights
         ]
 
     def dequantized(self, function):
