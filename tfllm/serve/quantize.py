@@ -8,10 +8,11 @@ SavedModel keeps its signatures; the stored weights are a quarter of the size.
 
 The float32 tensor comes from a variable that is saved empty (no bytes on disk): the first call
 of any signature dequantizes each kernel into it, later calls only read it. TensorFlow has no
-CPU matmul over int8 weights, so a generated token costs what it costs in float32 either way;
-dequantizing on every request instead (25M weights on the small config) cost 23-36 ms per
-request, 1 ms per token at 32 tokens. The price is memory: once it has served a request, a
-loaded int8 export holds the float32 weights as well as the int8 ones (1.25x float32's RAM).
+CPU matmul over int8 weights, so a generated token costs what it costs in float32 either way,
+and dequantizing on every request instead (25M weights on the small config) made int8 slower
+than float32 per token (README, "Measured"). The price is memory: once it has served a
+request, a loaded int8 export holds the float32 weights as well as the int8 ones (1.25x
+float32's RAM).
 TF Serving runs the warmup requests of the export at load, so no client request pays it.
 """
 
