@@ -77,12 +77,14 @@ def timed(fn) -> float:
 
 
 def rounds(contenders: dict, repeats: int) -> dict:
-    """Runs each contender once to compile, then alternately; seconds per contender per round."""
+    """Runs each contender once to compile, then alternately (A B C, C B A, ...: no contender
+    always runs first); seconds per contender per round."""
     for fn in contenders.values():
         fn()
     times = {name: [] for name in contenders}
-    for _ in range(repeats):
-        for name, fn in contenders.items():
+    for round_ in range(repeats):
+        order = list(contenders.items())
+        for name, fn in order[::-1] if round_ % 2 else order:
             times[name].append(timed(fn))
     return times
 
