@@ -141,6 +141,13 @@ def compare_baseline(model, tokenizer_path: str, rev: str, n: int, repeats: int)
             f"batch {batch} {setting:8s} {name:12s} {statistics.median(per_token):8.2f} ms/token "
             f"[{min(per_token):.2f}-{max(per_token):.2f}]"
         )
+        if name == rev:  # the two ran next to each other: their ratio shares the round's load
+            ours = times[(batch, setting, "this tree")]
+            ratios = [a / b for a, b in zip(ours, values, strict=True)]
+            print(
+                f"batch {batch} {setting:8s} this tree / {rev}: median of rounds "
+                f"{statistics.median(ratios):.3f} [{min(ratios):.3f}-{max(ratios):.3f}]"
+            )
 
 
 def make_run(root: str):
