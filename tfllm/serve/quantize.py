@@ -83,9 +83,9 @@ class QuantizedWeights(tf.Module):
         """(Keras variable, float32 tensor) pairs for `keras.StatelessScope`: the float32
         variables, or the dequantized weights written into them when they are still empty.
 
-        One cond for all the weights (one per kernel made the graph 10% bigger and its loading
-        slower). The last variable is written after all the others, so a request that sees it
-        filled reads filled ones only, even while a concurrent first request writes them.
+        One cond for all the weights, not one per kernel (42 per signature on the small config,
+        0.1 MB of graph). The last variable is written after all the others, so a request that
+        sees it filled reads filled ones only, even while a concurrent first request writes them.
         """
 
         def dequantize():
