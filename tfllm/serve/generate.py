@@ -107,6 +107,7 @@ def decode(
         tf.broadcast_to(knob, [batch]) for knob in (max_new_tokens, temperature, top_k, top_p)
     )
     steps = tf.reduce_max(max_new_tokens)
+    any_sampled = tf.reduce_any(temperature > 0.0)
     slots = model.max_sequence_length if slots is None else slots
     positions = tf.maximum(tf.range(width)[None, :] - start[:, None], 0)  # (B, P)
     cache = model.empty_cache(batch, slots)
@@ -117,7 +118,7 @@ def decode(
         return (step < steps) & ~tf.reduce_all(done)
 
     def one_token(step, logits, cache, tokens, lengths, done):
-        token = sampling.next_token(logits, temperature, top_k, top_p, seed, step)
+        token = sampling.next_token(logits, temperature, top_k, top_p, seed, step, any_sampled)
         done = done | (step >= max_new_tokens)
         token = tf.where(done, PAD_ID, token)  # (B,)
         tokens = tf.where(columns == step, token[:, None], tokens)  # (B, S)

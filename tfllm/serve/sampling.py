@@ -37,7 +37,7 @@ def filter_logits(logits, top_k, top_p):
     return tf.where(logits >= cutoff, logits, -float("inf"))
 
 
-def next_token(logits, temperature, top_k, top_p, seed, step):
+def next_token(logits, temperature, top_k, top_p, seed, step, any_sampled):
     """Picks one token per row: argmax where the row's temperature is 0, else a filtered sample.
 
     Args:
@@ -49,6 +49,9 @@ def next_token(logits, temperature, top_k, top_p, seed, step):
             for the whole batch; a (B,) seed keys one (V,) draw per row, the very numbers a
             batch of one with that seed draws, so a row does not depend on the rows beside it.
         step: int32 scalar, the index of the token being generated.
+        any_sampled: bool scalar, any(temperature > 0): False skips the sort and the draw (an
+            all-greedy batch, the common request). The caller computes it once per request, not
+            once per token.
 
     Returns:
         (B,) int32 token ids.
@@ -76,8 +79,7 @@ def next_token(logits, temperature, top_k, top_p, seed, step):
         sampled = tf.argmax(scaled - tf.math.log(-tf.math.log(uniform)), -1, output_type=tf.int32)
         return tf.where(temperature > 0.0, sampled, greedy())
 
-    # An all-greedy batch (the common request) skips the sort and the draw.
-    return tf.cond(tf.reduce_any(temperature > 0.0), sample, greedy)
+    return tf.cond(any_sampled, sample, greedy)
 
 
 def _uniform(shape, seed, step):
