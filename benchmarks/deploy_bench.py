@@ -2,11 +2,13 @@
 and the bits-per-byte cost of int8 weights against float32.
 
     PYTHONPATH=. python benchmarks/deploy_bench.py [--new_tokens 32] [--repeats 3]
+    PYTHONPATH=. python benchmarks/deploy_bench.py --only saved_model --train_steps 0 --repeats 9
 
 Speed and size: configs/small.yaml shapes with random weights (benchmarks/generate_bench.py's
 `make_run`; the EOS embedding zeroed so every run decodes `new_tokens`), greedy. Each format's
 load and decode are timed alternately with the others, `repeats` rounds; medians with
-[min, max] are printed.
+[min, max] are printed. `--only` keeps the formats whose name contains it; `--train_steps 0`
+skips the bits per byte.
 
 Bits per byte: a model that has learned something, the default config's shape (configs/tiny.yaml)
 trained `--train_steps` steps on the stdlib by tfllm's trainer, exported in every format and
@@ -194,29 +196,35 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--train_steps", type=int, default=300)
     parser.add_argument("--bpb_docs", type=int, default=4)
+    parser.add_argument("--only", default="", help="time the formats whose name has this")
     args = parser.parse_args()
     n = args.new_tokens
     with tempfile.TemporaryDirectory() as root:
         model, tokenizer_path, float_dir = make_run(root)
         quiet = dict(log=lambda _: None)
         int8_dir = export.export(root, f"{root}/export/bench", quantize_weights="int8", **quiet)
-        lite = {
-            q: litert.export_litert(
-                root, f"{root}/export/litert-{q}", prefill_length=16, quantize_weights=q, **quiet
-            )
-            for q in ("none", "int8")
-        }
-        onnx_dir = onnx.export_onnx(root, f"{root}/export/onnx", **quiet)
         prompt = [tokenizer.EOS_ID, *tokenizer_ids(tokenizer_path, PROMPT)]
         head_dim = model.hidden_dim // model.num_heads
         shape = [1, model.num_heads, model.max_sequence_length, head_dim]
-        formats = {
-            "saved_model float32": (float_dir, *saved_model(float_dir, n)),
-            "saved_model int8": (int8_dir, *saved_model(int8_dir, n)),
-            "litert float32": (lite["none"], *litert_format(lite["none"], n, prompt)),
-            "litert int8": (lite["int8"], *litert_format(lite["int8"], n, prompt)),
-            "onnx float32": (onnx_dir, *onnx_format(onnx_dir, n, prompt, shape)),
+
+        def lite(q):
+            path = litert.export_litert(
+                root, f"{root}/export/litert-{q}", prefill_length=16, quantize_weights=q, **quiet
+            )
+            return (path, *litert_format(path, n, prompt))
+
+        def onnx_float32():
+            path = onnx.export_onnx(root, f"{root}/export/onnx", **quiet)
+            return (path, *onnx_format(path, n, prompt, shape))
+
+        builders = {
+            "saved_model float32": lambda: (float_dir, *saved_model(float_dir, n)),
+            "saved_model int8": lambda: (int8_dir, *saved_model(int8_dir, n)),
+            "litert float32": lambda: lite("none"),
+            "litert int8": lambda: lite("int8"),
+            "onnx float32": onnx_float32,
         }
+        formats = {name: build() for name, build in builders.items() if args.only in name}
         loads = {name: [] for name in formats}
         tokens = {name: [] for name in formats}
         loaded = {name: load() for name, (_, load, _) in formats.items()}
@@ -241,6 +249,8 @@ def main() -> None:
             )
         weights = {d: size(f"{d}/variables") for d in (float_dir, int8_dir)}
         print(f"variables/ int8 / float32: {weights[int8_dir] / weights[float_dir]:.3f}")
+        if not args.train_steps:
+            return
         bpb = trained_bits_per_byte(root, args.train_steps, args.bpb_docs)
     print(f"bits/byte, tiny default model after {args.train_steps} steps ({args.bpb_docs} docs):")
     for name, value in bpb.items():

@@ -1,6 +1,7 @@
 """Decoding speed: cached vs uncached, and the exported SavedModel vs in-process generate.
 
     PYTHONPATH=. python benchmarks/generate_bench.py [--new_tokens 128] [--repeats 5]
+    PYTHONPATH=. python benchmarks/generate_bench.py --baseline REV [--new_tokens 64]
 
 On configs/small.yaml shapes (6 layers, hidden 512, 8 heads, intermediate 1536, vocabulary
 8192, 256 positions; about 25M parameters) with random weights, batch 1, greedy. Contenders are
@@ -11,16 +12,24 @@ shared and single runs are noisy. The EOS embedding is zeroed so no run stops ea
     uncached    the same loop without a cache: every step runs the whole prefix again
     exported    the SavedModel's serving_default (plain graph, no XLA), text in and out
     in-process  `Generator.generate` (a tf.function graph, its default), text in and out
+
+With `--baseline REV` it compares instead this tree's `Generator.generate_ids` with the one of
+git revision REV (its tfllm/serve/generate.py and sampling.py, on this tree's model), greedy
+and sampled (temperature 0.8, top_k 40, top_p 0.95), at batch 1 and 8: medians [min-max].
 """
 
 from __future__ import annotations
 
 import argparse
+import linecache
 import pathlib
 import statistics
+import subprocess
+import sys
 import sysconfig
 import tempfile
 import time
+import types
 
 import numpy as np
 import tensorflow as tf
@@ -67,15 +76,78 @@ def timed(fn) -> float:
     return time.perf_counter() - started
 
 
-def medians(contenders: dict, repeats: int) -> dict:
-    """Runs each contender once to compile, then alternately; median seconds per contender."""
+def rounds(contenders: dict, repeats: int) -> dict:
+    """Runs each contender once to compile, then alternately (A B C, C B A, ...: no contender
+    always runs first); seconds per contender per round."""
     for fn in contenders.values():
         fn()
     times = {name: [] for name in contenders}
-    for _ in range(repeats):
-        for name, fn in contenders.items():
+    for round_ in range(repeats):
+        order = list(contenders.items())
+        for name, fn in order[::-1] if round_ % 2 else order:
             times[name].append(timed(fn))
+    return times
+
+
+def medians(contenders: dict, repeats: int) -> dict:
+    times = rounds(contenders, repeats)
     return {name: statistics.median(values) for name, values in times.items()}
+
+
+def revision_module(rev: str, name: str, namespace: dict) -> types.ModuleType:
+    """tfllm/serve/<name>.py as of git revision `rev`, run with `namespace` predefined (its
+    own import lines of those names dropped, so it uses the revision's modules)."""
+    root = pathlib.Path(__file__).resolve().parent.parent
+    source = subprocess.run(
+        ["git", "show", f"{rev}:tfllm/serve/{name}.py"],
+        cwd=root, capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    for imported in namespace:
+        source = source.replace(f"from tfllm.serve import {imported}\n", "")
+    filename = f"{rev}:tfllm/serve/{name}.py"
+    # AutoGraph reads a function's source through linecache.
+    linecache.cache[filename] = (len(source), None, source.splitlines(True), filename)
+    module = types.ModuleType(f"{name}_at_{rev}")
+    module.__dict__.update(namespace)
+    sys.modules[module.__name__] = module  # AutoGraph looks functions' modules up there
+    exec(compile(source, filename, "exec"), module.__dict__)
+    return module
+
+
+def compare_baseline(model, tokenizer_path: str, rev: str, n: int, repeats: int) -> None:
+    """This tree's decode loop against revision `rev`'s, alternating, on the same model."""
+    sampling = revision_module(rev, "sampling", {})
+    baseline = revision_module(rev, "generate", {"sampling": sampling})
+    generators = {
+        "this tree": generate.Generator(model, tokenizer_path),
+        rev: baseline.Generator(model, tokenizer_path),
+    }
+    settings = {"greedy": {}, "sampled": dict(temperature=0.8, top_k=40, top_p=0.95, seed=1)}
+    contenders = {}
+    for batch in (1, 8):
+        for setting, options in settings.items():
+            for name, generator in generators.items():
+                contenders[(batch, setting, name)] = lambda g=generator, b=batch, o=options: (
+                    g.generate_ids([PROMPT] * b, max_new_tokens=n, **o)[0].numpy()
+                )
+    for batch, setting, _ in contenders:  # the same tokens, or the comparison means nothing
+        outputs = [contenders[(batch, setting, name)]() for name in generators]
+        np.testing.assert_array_equal(*outputs)
+    times = rounds(contenders, repeats)
+    print(f"model: {model.count_params():,} parameters; {n} new tokens, {repeats} rounds")
+    for (batch, setting, name), values in times.items():
+        per_token = [1000 * value / n for value in values]
+        print(
+            f"batch {batch} {setting:8s} {name:12s} {statistics.median(per_token):8.2f} ms/token "
+            f"[{min(per_token):.2f}-{max(per_token):.2f}]"
+        )
+        if name == rev:  # the two ran next to each other: their ratio shares the round's load
+            ours = times[(batch, setting, "this tree")]
+            ratios = [a / b for a, b in zip(ours, values, strict=True)]
+            print(
+                f"batch {batch} {setting:8s} this tree / {rev}: median of rounds "
+                f"{statistics.median(ratios):.3f} [{min(ratios):.3f}-{max(ratios):.3f}]"
+            )
 
 
 def make_run(root: str):
@@ -105,10 +177,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--new_tokens", type=int, default=128)
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--baseline", help="a git revision to compare the decode loop with")
     args = parser.parse_args()
     n = args.new_tokens
     with tempfile.TemporaryDirectory() as root:
         model, tokenizer_path, version_dir = make_run(root)
+        if args.baseline:
+            compare_baseline(model, tokenizer_path, args.baseline, n, args.repeats)
+            return
         print(f"model: {model.count_params():,} parameters; {n} new tokens, batch 1, greedy")
         generator = generate.Generator(model, tokenizer_path)
         xla_generator = generate.Generator(model, tokenizer_path, jit_compile=True)

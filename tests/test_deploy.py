@@ -73,11 +73,35 @@ def test_int8_export_is_smaller_records_its_scheme_and_keeps_logits(run, int8_di
     loaded = tf.saved_model.load(int8_dir)
     ids = tf.constant(TOKEN_IDS)
     logits = loaded.signatures["logits"](token_ids=ids)["logits"].numpy()
+    # The first call dequantized into the float32 variables (saved empty), this one reads them.
+    np.testing.assert_array_equal(loaded.signatures["logits"](token_ids=ids)["logits"], logits)
+    assert all(
+        weight.numpy().shape == variable.shape
+        for weight, variable in zip(loaded.int8.floats, loaded.int8.values, strict=True)
+    )
     reference = run.model(ids).numpy()
     assert np.abs(logits - reference).max() < INT8_LOGITS_TOLERANCE
     assert np.abs(reference).max() > 3.0  # the tolerance is small against the logits
     # Greedy agreement is measured on a trained model (test_deploy_trained.py): with random
     # weights (std 0.5) near-ties make it depend on which corpus the fixture's tokenizer saw.
+
+
+@pytest.mark.parametrize("quantized", [False, True])
+def test_each_signature_graph_is_saved_once(run, int8_dir, quantized):
+    """A function traced outside `tf.saved_model.save` and again inside it (its save context is
+    part of the trace key) is stored twice: on the small config a 7.5 MB graph instead of 4.0,
+    and int8's export 30.6% of float32's instead of 28.3%."""
+    from tensorflow.core.protobuf import saved_model_pb2
+
+    saved_model = saved_model_pb2.SavedModel()
+    with tf.io.gfile.GFile(
+        f"{int8_dir if quantized else run.version_dir}/saved_model.pb", "rb"
+    ) as f:
+        saved_model.ParseFromString(f.read())
+    names = [f.signature.name for f in saved_model.meta_graphs[0].graph_def.library.function]
+    for function in ("generate", "generate_rows", "score", "logits"):
+        assert len([n for n in names if re.fullmatch(f"__inference_{function}_[0-9]+", n)]) == 1
+    assert len([n for n in names if n.startswith("while_body_")]) == 2  # the two generates
 
 
 def test_tf1_session_loader_runs_the_int8_export(run, int8_dir):

@@ -20,9 +20,7 @@ import posixpath
 
 import tensorflow as tf
 
-from tfllm.data.tokenizer import PAD_ID
-from tfllm.serve import sampling
-from tfllm.serve.generate import is_stop, left_pad, prompt_ids
+from tfllm.serve.generate import decode, left_pad, prompt_ids
 from tfllm.serve.module import _INPUT_DTYPES, ServingModule, _check_texts, _require
 
 BATCHING_FILE = "assets.extra/batching_parameters.pbtxt"
@@ -49,76 +47,6 @@ def batching_parameters() -> str:
 def write_batching_parameters(saved_model_dir: str) -> None:
     with tf.io.gfile.GFile(posixpath.join(saved_model_dir, BATCHING_FILE), "w") as f:
         f.write(batching_parameters())
-
-
-def next_tokens(logits, temperature, top_k, top_p, seed, step):
-    """`sampling.next_token` with (B,) knobs: row b is what a batch of one with its knobs picks.
-
-    Each row draws its own (V,) Philox uniforms keyed by (seed[b], step), the very numbers a
-    (1, V) draw with that key gives, so a row does not depend on the rows merged with it.
-    """
-    vocabulary_size = tf.shape(logits)[-1]
-    scaled = sampling.filter_logits(
-        logits / tf.maximum(temperature, 1e-4)[:, None], top_k[:, None], top_p[:, None]
-    )
-    step = tf.cast(step, tf.int64)
-    uniform = tf.map_fn(
-        lambda row_seed: tf.random.stateless_uniform(
-            [vocabulary_size], tf.stack([row_seed, step]), minval=1e-20, maxval=1.0, alg="philox"
-        ),
-        seed,
-        fn_output_signature=tf.float32,
-    )
-    sampled = tf.argmax(scaled - tf.math.log(-tf.math.log(uniform)), -1, output_type=tf.int32)
-    greedy = tf.argmax(logits, axis=-1, output_type=tf.int32)
-    return tf.where(temperature > 0.0, sampled, greedy)
-
-
-def decode_rows(model, ids, start, max_new_tokens, temperature, top_k, top_p, seed, stop_ids):
-    """`generate.decode` with (B,) knobs; row b stops after max_new_tokens[b] tokens.
-
-    The cache holds P + max(max_new_tokens) slots rather than max_sequence_length: a row's
-    prompt is truncated for its own max_new_tokens, so the widest prompt and the longest
-    completion may come from different rows. Positions stay below max_sequence_length per row.
-    """
-    batch, width = tf.shape(ids)[0], tf.shape(ids)[1]
-    steps = tf.reduce_max(max_new_tokens)
-    slots = width + steps
-    positions = tf.maximum(tf.range(width)[None, :] - start[:, None], 0)
-    cache = model.empty_cache(batch, slots)
-    logits, cache = model(ids, positions=positions, cache=cache, cache_index=0, cache_start=start)
-    columns = tf.range(slots)[None, :]
-
-    def unfinished(step, logits, cache, tokens, lengths, done):
-        return (step < steps) & ~tf.reduce_all(done)
-
-    def one_token(step, logits, cache, tokens, lengths, done):
-        token = next_tokens(logits, temperature, top_k, top_p, seed, step)
-        done = done | (step >= max_new_tokens)
-        token = tf.where(done, PAD_ID, token)
-        tokens = tf.where(columns == step, token[:, None], tokens)
-        done = done | is_stop(token, stop_ids)
-        lengths = lengths + tf.cast(~done, tf.int32)
-        index = width + step
-        logits, cache = model(
-            token[:, None],
-            positions=(index - start)[:, None],
-            cache=cache,
-            cache_index=index,
-            cache_start=start,
-        )
-        return step + 1, logits[:, -1, :], cache, tokens, lengths, done
-
-    state = (
-        tf.constant(0),
-        logits[:, -1, :],
-        cache,
-        tf.fill([batch, slots], PAD_ID),
-        tf.zeros([batch], tf.int32),
-        tf.zeros([batch], tf.bool),
-    )
-    _, _, _, tokens, lengths, _ = tf.while_loop(unfinished, one_token, state)
-    return tokens[:, :steps], lengths
 
 
 class BatchingServingModule(ServingModule):
@@ -168,12 +96,22 @@ class BatchingServingModule(ServingModule):
             ids = tf.ragged.boolean_mask(ids, tf.ragged.range(lengths) >= dropped[:, None])
             width = tf.cast(tf.reduce_max(ids.row_lengths()), tf.int32)
             padded, start = left_pad(ids, width)
-            tokens, lengths = decode_rows(self.model, padded, start, *knobs, self.stop_ids)
+            # The cache holds P + max(max_new_tokens) slots rather than max_sequence_length: a
+            # row's prompt is truncated for its own max_new_tokens, so the widest prompt and the
+            # longest completion may come from different rows.
+            tokens, lengths = decode(
+                self.model,
+                padded,
+                start,
+                *knobs,
+                self.stop_ids,
+                width + tf.reduce_max(max_new_tokens),
+            )
             texts = tf.RaggedTensor.from_tensor(tokens, lengths)
             return {"completions": self.tokenizer.detokenize(texts), "tokens": tokens}
 
     def signatures(self) -> dict:
         return {
             **super().signatures(),
-            "generate_batched": self.generate_rows.get_concrete_function(),
+            "generate_batched": self.generate_rows,
         }

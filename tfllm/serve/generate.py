@@ -70,33 +70,56 @@ def bucket(length: int, limit: int) -> int:
 
 
 def decode(
-    model: TransformerLM, ids, start, max_new_tokens, temperature, top_k, top_p, seed, stop_ids
+    model: TransformerLM,
+    ids,
+    start,
+    max_new_tokens,
+    temperature,
+    top_k,
+    top_p,
+    seed,
+    stop_ids,
+    slots=None,
 ):
-    """Prefill, then up to `max_new_tokens` cached steps; stops early once every row hit EOS.
+    """Prefill, then up to max(max_new_tokens) cached steps; stops early once every row is done.
+
+    The one decode loop of in-process generation and of both SavedModel generate signatures.
 
     Args:
         model: the language model.
-        ids: (B, P) int32 left-padded prompts (from `left_pad`), P + max_new_tokens <= S.
+        ids: (B, P) int32 left-padded prompts (from `left_pad`).
         start: (B,) int32 padding columns per row.
-        max_new_tokens, temperature, top_k, top_p, seed: scalars, see `sampling.next_token`.
+        max_new_tokens, temperature, top_k, top_p: scalars (one setting for the batch, broadcast)
+            or (B,) (one per row: row b stops after max_new_tokens[b] tokens); see
+            `sampling.next_token`.
+        seed: int64, a scalar or (B,): `sampling.next_token` says how each keys the draw.
         stop_ids: (K,) int32, the ids that end a row (`tokenizer.specials`).
+        slots: the cache length, at least P + max(max_new_tokens); max_sequence_length by
+            default (a static shape: what XLA compiles).
 
     Returns:
-        (B, N) int32 generated tokens (the stop id that ended a row is kept, PAD_ID after it)
-        and (B,) int32 number of text tokens per row (before the stop id).
+        (B, N) int32 generated tokens, N = max(max_new_tokens) (the stop id that ended a row is
+        kept, PAD_ID after it and after the row's own max_new_tokens) and (B,) int32 number of
+        text tokens per row (before the stop id).
     """
     batch, width = tf.shape(ids)[0], tf.shape(ids)[1]
-    slots = model.max_sequence_length
+    max_new_tokens, temperature, top_k, top_p = (
+        tf.broadcast_to(knob, [batch]) for knob in (max_new_tokens, temperature, top_k, top_p)
+    )
+    steps = tf.reduce_max(max_new_tokens)
+    any_sampled = tf.reduce_any(temperature > 0.0)
+    slots = model.max_sequence_length if slots is None else slots
     positions = tf.maximum(tf.range(width)[None, :] - start[:, None], 0)  # (B, P)
     cache = model.empty_cache(batch, slots)
     logits, cache = model(ids, positions=positions, cache=cache, cache_index=0, cache_start=start)
     columns = tf.range(slots)[None, :]
 
     def unfinished(step, logits, cache, tokens, lengths, done):
-        return (step < max_new_tokens) & ~tf.reduce_all(done)
+        return (step < steps) & ~tf.reduce_all(done)
 
     def one_token(step, logits, cache, tokens, lengths, done):
-        token = sampling.next_token(logits, temperature, top_k, top_p, seed, step)
+        token = sampling.next_token(logits, temperature, top_k, top_p, seed, step, any_sampled)
+        done = done | (step >= max_new_tokens)
         token = tf.where(done, PAD_ID, token)  # (B,)
         tokens = tf.where(columns == step, token[:, None], tokens)  # (B, S)
         done = done | is_stop(token, stop_ids)
@@ -120,7 +143,7 @@ def decode(
         tf.zeros([batch], tf.bool),
     )
     _, _, _, tokens, lengths, _ = tf.while_loop(unfinished, one_token, state)
-    return tokens[:, :max_new_tokens], lengths
+    return tokens[:, :steps], lengths
 
 
 class Generator:

@@ -3,10 +3,17 @@ output channel, dequantized in the graph; activations, norms and the KV cache st
 
 Symmetric, round to nearest: scale = max |w| over the channel's inputs / 127, q = rint(w / scale)
 in [-127, 127], w ~ q * scale. The serving functions run inside a `keras.StatelessScope` that
-maps each Keras kernel to its dequantized tensor, so the model's own `call` runs unchanged and
-the SavedModel keeps its signatures. The dequantization runs once per request, outside the
-decode loop (the loop body captures the dequantized tensors), so a generated token costs what it
-costs in float32; the stored weights are a quarter of the size.
+maps each Keras kernel to its float32 tensor, so the model's own `call` runs unchanged and the
+SavedModel keeps its signatures; the stored weights are a quarter of the size.
+
+The float32 tensor comes from a variable that is saved empty (no bytes on disk): the first call
+of any signature dequantizes each kernel into it, later calls only read it. TensorFlow has no
+CPU matmul over int8 weights, so a generated token costs what it costs in float32 either way,
+and dequantizing on every request instead (25M weights on the small config) made int8 slower
+than float32 per token (README, "Measured"). The price is memory: once it has served a
+request, a loaded int8 export holds the float32 weights as well as the int8 ones (1.25x
+float32's RAM).
+TF Serving runs the warmup requests of the export at load, so no client request pays it.
 """
 
 from __future__ import annotations
@@ -54,7 +61,7 @@ class QuantizedWeights(tf.Module):
 
     def __init__(self, model: TransformerLM):
         super().__init__(name="int8")
-        targets, self.values, self.scales, self.layout = [], [], [], {}
+        targets, self.values, self.scales, self.floats, self.layout = [], [], [], [], {}
         for variable in filter(is_quantized, model.weights):
             axes = contraction_axes(variable.path, len(variable.shape))
             values, scale = quantize(np.asarray(variable.numpy()), axes)
@@ -63,14 +70,49 @@ class QuantizedWeights(tf.Module):
             name = variable.path.replace("/", ".")
             self.values.append(tf.Variable(values, trainable=False, name=f"{name}.int8"))
             self.scales.append(tf.Variable(scale, trainable=False, name=f"{name}.scale"))
+            empty = tf.zeros([0], tf.float32)  # the shape None lets the first call fill it
+            self.floats.append(
+                tf.Variable(
+                    empty, shape=tf.TensorShape(None), trainable=False, name=f"{name}.float32"
+                )
+            )
             self.layout[variable.path] = {"shape": list(variable.shape), "input_axes": list(axes)}
         object.__setattr__(self, "targets", targets)  # Keras variables: never saved
 
     def state_mapping(self) -> list:
-        """(Keras variable, dequantized float32 tensor) pairs for `keras.StatelessScope`."""
+        """(Keras variable, float32 tensor) pairs for `keras.StatelessScope`: the float32
+        variables, or the dequantized weights written into them when they are still empty.
+
+        One cond for all the weights, not one per kernel (42 per signature on the small config,
+        0.1 MB of graph). The last variable is written after all the others, so a request that
+        sees it filled reads filled ones only, even while a concurrent first request writes them.
+        """
+
+        def dequantize():
+            weights = [
+                tf.cast(values, tf.float32) * scale
+                for values, scale in zip(self.values, self.scales, strict=True)
+            ]
+            writes = [
+                floats.assign(weight, read_value=False)
+                for floats, weight in zip(self.floats[:-1], weights[:-1], strict=True)
+            ]
+            with tf.control_dependencies(writes):
+                last = self.floats[-1].assign(weights[-1], read_value=False)
+            with tf.control_dependencies([last]):
+                return [tf.identity(weight) for weight in weights]
+
+        def read():
+            return [floats.read_value() for floats in self.floats]
+
+        # The variable's shape, not its value: a predicate read by ReadVariableOp was seen to be
+        # wrong once grappler lowered the cond to Switch/Merge (true for an empty variable).
+        filled = tf.reduce_prod(tf.raw_ops.VariableShape(input=self.floats[-1].handle)) > 0
+        weights = tf.cond(filled, read, dequantize)
+        # The static shapes Keras checks.
         return [
-            (target, tf.cast(values, tf.float32) * scale)
-            for target, values, scale in zip(self.targets, self.values, self.scales, strict=True)
+            (target, tf.reshape(weight, target.shape))
+            for target, weight in zip(self.targets, weights, strict=True)
         ]
 
     def dequantized(self, function):

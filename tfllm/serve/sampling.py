@@ -17,9 +17,9 @@ def filter_logits(logits, top_k, top_p):
 
     Args:
         logits: (B, V) float32, already divided by the temperature.
-        top_k: int32 scalar; 0 keeps every token.
-        top_p: float32 scalar in (0, 1]; 1 keeps every token. The smallest set of most likely
-            tokens whose probability reaches top_p is kept (always at least one token).
+        top_k: int32, a scalar or (B, 1); 0 keeps every token.
+        top_p: float32, a scalar or (B, 1), in (0, 1]; 1 keeps every token. The smallest set of
+            most likely tokens whose probability reaches top_p is kept (at least one token).
 
     Returns:
         (B, V) float32 logits.
@@ -37,33 +37,52 @@ def filter_logits(logits, top_k, top_p):
     return tf.where(logits >= cutoff, logits, -float("inf"))
 
 
-def next_token(logits, temperature, top_k, top_p, seed, step):
-    """Picks one token per row: argmax when temperature is 0, else a filtered sample.
+def next_token(logits, temperature, top_k, top_p, seed, step, any_sampled):
+    """Picks one token per row: argmax where the row's temperature is 0, else a filtered sample.
 
     Args:
         logits: (B, V) float32 next-token logits.
-        temperature: float32 scalar >= 0.
-        top_k: int32 scalar >= 0.
-        top_p: float32 scalar in (0, 1].
-        seed: int64 scalar; with `step` it keys the stateless draw.
+        temperature: (B,) float32 >= 0.
+        top_k: (B,) int32 >= 0.
+        top_p: (B,) float32 in (0, 1].
+        seed: int64, with `step` the key of the stateless draw. A scalar keys one (B, V) draw
+            for the whole batch; a (B,) seed keys one (V,) draw per row, the very numbers a
+            batch of one with that seed draws, so a row does not depend on the rows beside it.
         step: int32 scalar, the index of the token being generated.
+        any_sampled: bool scalar, any(temperature > 0): False skips the sort and the draw (an
+            all-greedy batch, the common request). The caller computes it once per request, not
+            once per token.
 
     Returns:
         (B,) int32 token ids.
     """
 
-    def sample():
-        # A floor on the divisor: a temperature like 1e-30 would turn logits into inf and NaN.
-        scaled = filter_logits(logits / tf.maximum(temperature, 1e-4), top_k, top_p)
-        # Gumbel-max: argmax(logits + Gumbel noise) is a categorical draw. XLA has no kernel for
-        # StatelessMultinomial; a Philox uniform is the same bits with and without XLA.
-        key = tf.stack([seed, tf.cast(step, tf.int64)])
-        uniform = tf.random.stateless_uniform(
-            tf.shape(scaled), key, minval=1e-20, maxval=1.0, alg="philox"
-        )
-        return tf.argmax(scaled - tf.math.log(-tf.math.log(uniform)), -1, output_type=tf.int32)
-
     def greedy():
         return tf.argmax(logits, axis=-1, output_type=tf.int32)
 
-    return tf.cond(temperature > 0.0, sample, greedy)
+    def sample():
+        # A floor on the divisor: a temperature like 1e-30 would turn logits into inf and NaN.
+        scaled = filter_logits(
+            logits / tf.maximum(temperature, 1e-4)[:, None], top_k[:, None], top_p[:, None]
+        )
+        # Gumbel-max: argmax(logits + Gumbel noise) is a categorical draw. XLA has no kernel for
+        # StatelessMultinomial; a Philox uniform is the same bits with and without XLA.
+        step64 = tf.cast(step, tf.int64)
+        if seed.shape.rank == 0:
+            uniform = _uniform(tf.shape(scaled), seed, step64)
+        else:
+            uniform = tf.map_fn(
+                lambda row_seed: _uniform(tf.shape(scaled)[1:], row_seed, step64),
+                seed,
+                fn_output_signature=tf.float32,
+            )
+        sampled = tf.argmax(scaled - tf.math.log(-tf.math.log(uniform)), -1, output_type=tf.int32)
+        return tf.where(temperature > 0.0, sampled, greedy())
+
+    return tf.cond(any_sampled, sample, greedy)
+
+
+def _uniform(shape, seed, step):
+    return tf.random.stateless_uniform(
+        shape, tf.stack([seed, step]), minval=1e-20, maxval=1.0, alg="philox"
+    )
