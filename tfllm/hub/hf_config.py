@@ -128,6 +128,8 @@ def from_model_config(family: str, model: dict, base: dict | None = None) -> dic
             )
         elif key == "sliding_window" and not value:
             value = None
+        elif hf_key in _INTEGER_KEYS and float(value).is_integer():
+            value = int(value)  # transformers v5's strict configs refuse 256.0
         hf[hf_key] = value
     hf["tie_word_embeddings"] = model["tie_embeddings"]
     if model["positions"] == "rotary":
@@ -157,6 +159,7 @@ def from_model_config(family: str, model: dict, base: dict | None = None) -> dic
     return hf
 
 
+_INTEGER_KEYS = {"query_pre_attn_scalar"}  # floats in ModelConfig, ints in transformers' configs
 _ARCHITECTURES = {
     "llama": "LlamaForCausalLM",
     "mistral": "MistralForCausalLM",
