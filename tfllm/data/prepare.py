@@ -64,7 +64,9 @@ def sample_pass(data: DataConfig, log=print) -> tuple[list[str], str]:
     tokenizer_sample_mb: drawn from the whole stream, in memory only the sample. With two or
     more usable documents and none hashed to val, the train document nearest to val goes there.
     """
-    budget, held, heap = data.tokenizer_sample_mb << 20, 0, []
+    # No sample when data.tokenizer names the tokenizer: nothing is trained.
+    budget = 0 if data.tokenizer else data.tokenizer_sample_mb << 20
+    held, heap = 0, []
     counts, nearest, stats = collections.Counter(), (2.0, ""), CleaningStats()
     docs, bads = read_sources(data)
     for raw in docs:
@@ -78,7 +80,7 @@ def sample_pass(data: DataConfig, log=print) -> tuple[list[str], str]:
         bucket = int.from_bytes(hashlib.sha256(raw.name.encode()).digest()[:8], "big") / 2**64
         nearest = min(nearest, (bucket, raw.name))
         key = int.from_bytes(_sample_key(raw.name), "big")
-        if held >= budget and key >= -heap[0][0]:
+        if held >= budget and (not heap or key >= -heap[0][0]):
             continue
         heapq.heappush(heap, (-key, text))
         held += len(text)
@@ -107,17 +109,23 @@ def sample_pass(data: DataConfig, log=print) -> tuple[list[str], str]:
 
 
 def train_tokenizer(cfg: Config, out: str, log) -> tuple[bytes, str]:
+    """(the tokenizer file's bytes, the train document moved to val or "") after the first
+    pass; stores a copy of the tokenizer in the dataset. With data.tokenizer set (an imported
+    model's `tokenizer.model` or byte-level BPE `tokenizer.json`) that file is used as it is:
+    nothing is trained, the corpus is read with the model's own tokenizer."""
     d = cfg.data
-    sample, moved = sample_pass(d, log)
-    if d.tokenizer:  # a given tokenizer (an imported model's): the data must be read with it
-        if not d.tokenizer.endswith(".model") or not tf.io.gfile.exists(d.tokenizer):
+    if d.tokenizer:
+        if not d.tokenizer.endswith((".model", ".json")) or not tf.io.gfile.exists(d.tokenizer):
             raise DataError(
-                f"data.tokenizer {d.tokenizer}: prepare reads text with a SentencePiece "
-                ".model file that exists (instruction data, data.format, takes tokenizer.json)"
+                f"data.tokenizer {d.tokenizer}: prepare reads text with a SentencePiece .model "
+                "or a byte-level BPE tokenizer.json file that exists"
             )
+        _document_ends(d.tokenizer)  # a tokenizer.json tfllm cannot run stops here, not later
+    sample, moved = sample_pass(d, log)
+    if d.tokenizer:
         with tf.io.gfile.GFile(d.tokenizer, "rb") as f:
             proto = f.read()
-        log(f"tokenizer: {d.tokenizer} (given)")
+        log(f"tokenizer: {d.tokenizer} (given, not trained)")
     else:
         proto = tokenizer.train_tokenizer(
             sample,
@@ -130,7 +138,7 @@ def train_tokenizer(cfg: Config, out: str, log) -> tuple[bytes, str]:
         log(
             f"tokenizer: {d.tokenizer_type}, {cfg.model.vocabulary_size} pieces, {len(sample)} docs"
         )
-    with tf.io.gfile.GFile(posixpath.join(out, records.TOKENIZER), "wb") as f:
+    with tf.io.gfile.GFile(posixpath.join(out, assemble.stored_tokenizer(d)), "wb") as f:
         f.write(proto)
     return proto, moved
 
@@ -155,12 +163,14 @@ def settings(cfg: Config, proto: bytes) -> stream.Settings:
         d.minhash_ngram,
         d.minhash_perms,
         *_document_ends(d.tokenizer),
+        d.tokenizer.endswith(".json"),
     )
 
 
 def _document_ends(given: str) -> tuple[tuple[int, ...], tuple[int, ...]]:
     """What goes around each document: nothing and EOS for a tokenizer prepare trains; for a
-    given one (an imported model's), its start ids and its first stop id."""
+    given one (an imported model's), its start ids (Llama: BOS) and its own first stop id
+    (`tokenizer.specials`), never tfllm's EOS."""
     if not given:
         return (), (tokenizer.EOS_ID,)
     ids = tokenizer.specials(tokenizer.load_tokenizer(given))
@@ -180,7 +190,7 @@ def prepare(cfg: Config, log=print, timings: dict | None = None) -> dict:
         return sft_prepare.prepare_sft(cfg, out, log)
     checkpoint = resume.Checkpoint(out, resume.fingerprint(cfg))
     state = checkpoint.load()
-    tokenizer_path = posixpath.join(out, records.TOKENIZER)
+    tokenizer_path = posixpath.join(out, assemble.stored_tokenizer(d))
     if state is None:
         checkpoint.clear()
         proto, moved = train_tokenizer(cfg, out, log)
@@ -192,9 +202,10 @@ def prepare(cfg: Config, log=print, timings: dict | None = None) -> dict:
         log(f"resuming {out} after {state['position']} documents")
         timings["read"] = timings["tokenizer"] = 0.0
     dedup_state = (state.pop("dedup_keys", []), state.pop("dedup_signatures", None))
-    sources_stats, bads = _stream(cfg, proto, state, checkpoint, dedup_state, log, start)
+    stream_settings = settings(cfg, proto)
+    sources_stats, bads = _stream(cfg, stream_settings, state, checkpoint, dedup_state, log, start)
     timings["pack"] = time.time() - start - timings["read"] - timings["tokenizer"]
-    manifest = assemble.finish(cfg, proto, state, bads, sources_stats)
+    manifest = assemble.finish(cfg, stream_settings, state, bads, sources_stats)
     checkpoint.clear()
     megabytes = manifest["cleaning"].get("bytes_read", 0) / 1e6
     seconds = time.time() - start
@@ -205,7 +216,7 @@ def prepare(cfg: Config, log=print, timings: dict | None = None) -> dict:
     return manifest
 
 
-def _stream(cfg, proto, state, checkpoint, dedup_state, log, start):
+def _stream(cfg, stream_settings, state, checkpoint, dedup_state, log, start):
     """The second pass: documents -> workers -> dedup -> packers -> shards, in order."""
     from tfllm.data.dedup import Deduplicator
 
@@ -218,11 +229,9 @@ def _stream(cfg, proto, state, checkpoint, dedup_state, log, start):
         next(docs)
     batches = stream.batches(docs, batch_bytes(d, n_workers), MAX_BATCH_DOCS)
     progress = Progress(log, d, start)
-    for results, batch_stats in stream.run(batches, settings(cfg, proto), n_workers):
-        for source, counts in batch_stats.items():
-            state["sources"][source].update(counts)
-        finished = assemble.take(cfg, state, deduplicator, results)
-        state["position"] += len(results)
+    for batch in stream.run(batches, stream_settings, n_workers):
+        finished = assemble.take(cfg, state, deduplicator, batch)
+        state["position"] += len(batch.docs)
         if finished:
             checkpoint.save(state, *deduplicator.take_added())
         progress.update(state, bads)

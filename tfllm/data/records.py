@@ -117,8 +117,8 @@ class ShardWriter:
     A shard is written as `.{split}-{i}.tmp` and renamed to `.{split}-{i}.shard` when complete;
     `close()` writes the last one and renames all to their `-of-N` names (the count is only
     known then; a rename keeps the modification time). Holds plain data only, so a restartable
-    prepare pickles it with the windows not yet in a shard. A shard that already exists with
-    the same sha256 (a restart redoing work) is left untouched.
+    prepare saves it (resume.py) with the windows not yet in a shard. A shard that already
+    exists with the same sha256 (a restart redoing work) is left untouched.
     """
 
     def __init__(
