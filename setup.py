@@ -11,7 +11,7 @@ INSTALL_REQUIRES = [
     "keras-hub==0.32.*",
     "tensorflow-datasets==4.9.*",
     "tensorboard>=2.20,<2.22",
-    "sentencepiece>=0.2",
+    "sentencepiece>=0.2.1",  # out_type="numpy" (prepare's workers: no Python int per token)
     "pyyaml>=6",
     "jinja2>=3",  # chat templates, rendered as transformers renders them
     "numpy",
@@ -64,8 +64,9 @@ EXTRAS_REQUIRE = {
     ],
     "gpu": ["tensorflow[and-cuda]>=2.20,<2.22"],
     "serving": ["tensorflow-serving-api>=2.20,<2.22"],
-    # tfllm.convert: Hugging Face safetensors in and out (ml_dtypes, for bfloat16, comes with TF)
-    "hub": ["safetensors>=0.4"],
+    # tfllm.convert: Hugging Face safetensors in and out (ml_dtypes, for bfloat16, comes with TF);
+    # tokenizers: prepare's workers read a corpus with an imported tokenizer.json (one wheel).
+    "hub": ["safetensors>=0.4", "tokenizers>=0.20"],
     "profile": ["tensorboard-plugin-profile"],
     # Only the PyTorch peer of benchmarks/ needs it; take the CPU wheel from PyTorch's index
     # (--extra-index-url https://download.pytorch.org/whl/cpu): PyPI's pulls GBs of CUDA.
