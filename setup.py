@@ -11,7 +11,8 @@ INSTALL_REQUIRES = [
     "keras-hub==0.32.*",
     "tensorflow-datasets==4.9.*",
     "tensorboard>=2.20,<2.22",
-X
+    # out_type="numpy" (prepare's workers: no Python int per token); 0.2.1 lacks it.
+    "sentencepiece>=0.2.3",
     "pyyaml>=6",
     "jinja2>=3",  # chat templates, rendered as transformers renders them
     "numpy",
