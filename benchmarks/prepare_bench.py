@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import multiprocessing
+import os
 import pathlib
 import statistics
 import tempfile
@@ -103,6 +104,7 @@ def main() -> None:
     size = corpus.stat().st_size / 1e6
     tfllm_prepare(corpus, tmp, "warm", 1)  # the tokenizer the peer uses
     model = str(tmp / "warm" / "tokenizer.model")
+    load = [os.getloadavg()[0]]  # the machine is shared: say how busy it was
     rates: dict[str, list[float]] = {}
     other: dict[str, list[float]] = {"sample pass + tokenizer training s": []}
     for r in range(args.rounds):
@@ -112,7 +114,9 @@ def main() -> None:
             timings = tfllm_prepare(corpus, tmp, f"r{r}w{workers}", workers)
             rates.setdefault(f"tfllm {workers}w", []).append(size / timings["pack"])
             other["sample pass + tokenizer training s"].append(timings["read"])
+        load.append(os.getloadavg()[0])
     print(f"corpus {size:.1f} MB of JSON Lines, {args.rounds} rounds, MB/s median [min-max]")
+    print(f"  load average (1 min) over the rounds: {min(load):.1f} to {max(load):.1f}")
     med = {k: statistics.median(v) for k, v in rates.items()}
     for key, values in rates.items():
         print(f"  {key:10s} {med[key]:6.2f} [{min(values):.2f}-{max(values):.2f}]")

@@ -191,19 +191,21 @@ def prepare(cfg: Config, log=print, timings: dict | None = None) -> dict:
     checkpoint = resume.Checkpoint(out, resume.fingerprint(cfg))
     state = checkpoint.load()
     tokenizer_path = posixpath.join(out, assemble.stored_tokenizer(d))
-    if state is None:
-        checkpoint.clear()
-        proto, moved = train_tokenizer(cfg, out, log)
-        state = assemble.fresh_state(cfg, moved)
-        timings["read"], timings["tokenizer"] = time.time() - start, 0.0
-    else:
-        with tf.io.gfile.GFile(tokenizer_path, "rb") as f:
-            proto = f.read()
-        log(f"resuming {out} after {state['position']} documents")
-        timings["read"] = timings["tokenizer"] = 0.0
-    dedup_state = (state.pop("dedup_keys", []), state.pop("dedup_signatures", None))
-    stream_settings = settings(cfg, proto)
-    sources_stats, bads = _stream(cfg, stream_settings, state, checkpoint, dedup_state, log, start)
+    with stream.Workers(workers(d)) as pool:  # they start while the first pass runs
+        if state is None:
+            checkpoint.clear()
+            proto, moved = train_tokenizer(cfg, out, log)
+            state = assemble.fresh_state(cfg, moved)
+            timings["read"], timings["tokenizer"] = time.time() - start, 0.0
+        else:
+            with tf.io.gfile.GFile(tokenizer_path, "rb") as f:
+                proto = f.read()
+            log(f"resuming {out} after {state['position']} documents")
+            timings["read"] = timings["tokenizer"] = 0.0
+        dedup_state = (state.pop("dedup_keys", []), state.pop("dedup_signatures", None))
+        stream_settings = settings(cfg, proto)
+        pool.start(stream_settings)
+        sources_stats, bads = _stream(cfg, pool, state, checkpoint, dedup_state, log, start)
     timings["pack"] = time.time() - start - timings["read"] - timings["tokenizer"]
     manifest = assemble.finish(cfg, stream_settings, state, bads, sources_stats)
     checkpoint.clear()
@@ -216,20 +218,19 @@ def prepare(cfg: Config, log=print, timings: dict | None = None) -> dict:
     return manifest
 
 
-def _stream(cfg, stream_settings, state, checkpoint, dedup_state, log, start):
+def _stream(cfg, pool, state, checkpoint, dedup_state, log, start):
     """The second pass: documents -> workers -> dedup -> packers -> shards, in order."""
     from tfllm.data.dedup import Deduplicator
 
     d = cfg.data
-    n_workers = workers(d)
     deduplicator = Deduplicator(d.near_dedup, d.minhash_bands, d.minhash_threshold)
     deduplicator.restore(*dedup_state)
     docs, bads = read_sources(d)
     for _ in range(state["position"]):  # read again, not processed again
         next(docs)
-    batches = stream.batches(docs, batch_bytes(d, n_workers), MAX_BATCH_DOCS)
+    batches = stream.batches(docs, batch_bytes(d, pool.count), MAX_BATCH_DOCS)
     progress = Progress(log, d, start)
-    for batch in stream.run(batches, stream_settings, n_workers):
+    for batch in pool.run(batches):
         finished = assemble.take(cfg, state, deduplicator, batch)
         state["position"] += len(batch.docs)
         if finished:

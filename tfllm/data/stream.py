@@ -166,18 +166,56 @@ def batches(
         yield batch
 
 
-def run(batches_in: Iterable[list], settings: Settings, workers: int) -> Iterator[Batch]:
-    """Yields process(batch) for each batch, in order; in this process when workers == 1."""
-    if workers == 1:
-        init(settings)
-        yield from map(process, batches_in)
-        return
-    context = multiprocessing.get_context("spawn")
-    with context.Pool(workers, initializer=init, initargs=(settings,)) as pool:
+class Workers:
+    """The `data.workers` processes (none with one worker: this process does the work).
+
+    Spawning them and importing their libraries takes about 0.2 s each, as long as tokenizing
+    a few MB: prepare starts them before its sampling pass, and `start` gives them the
+    settings once the tokenizer exists. Each worker takes exactly one `start` task: it waits
+    at a barrier until all have taken theirs.
+    """
+
+    def __init__(self, count: int):
+        self.count, self._pool = count, None
+        if count > 1:
+            context = multiprocessing.get_context("spawn")
+            barrier = context.Barrier(count)
+            self._pool = context.Pool(count, initializer=_keep, initargs=(barrier,))
+
+    def start(self, settings: Settings) -> None:
+        if self._pool is None:
+            init(settings)
+        else:
+            self._pool.map(_init_one, [settings] * self.count, chunksize=1)
+
+    def run(self, batches_in: Iterable[list]) -> Iterator[Batch]:
+        """Yields process(batch) for each batch, in order; at most 2 x workers + 1 in flight."""
+        if self._pool is None:
+            yield from map(process, batches_in)
+            return
         in_flight: collections.deque = collections.deque()
         for batch in batches_in:
-            in_flight.append(pool.apply_async(process, (batch,)))
-            if len(in_flight) > 2 * workers:
+            in_flight.append(self._pool.apply_async(process, (batch,)))
+            if len(in_flight) > 2 * self.count:
                 yield in_flight.popleft().get()
         while in_flight:
             yield in_flight.popleft().get()
+
+    def __enter__(self) -> Workers:
+        return self
+
+    def __exit__(self, *_) -> None:
+        if self._pool is not None:
+            self._pool.terminate()
+            self._pool.join()
+
+
+def _keep(barrier) -> None:
+    _WORKER["barrier"] = barrier
+
+
+def _init_one(settings: Settings) -> None:
+    try:
+        init(settings)
+    finally:  # also after an error: the others must not wait forever
+        _WORKER["barrier"].wait()
