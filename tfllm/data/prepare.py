@@ -4,16 +4,18 @@
 
 Two streaming passes over the sources. The first draws the tokenizer's training sample: the
 cleaned train documents with the smallest hash of their name, up to `data.tokenizer_sample_mb`
-(the same sample whatever the order or the size of the corpus). The second sends batches of
-documents to `data.workers` processes (stream.py) and, in document order, deduplicates, packs
-and writes `<data.root>/<data.name>/{train,val}-*.tfrecord` (assemble.py); a checkpoint after
-each finished shard makes it restartable (resume.py). Then `tokenizer.model`,
-`dropped-sample.jsonl` (the first `data.dropped_sample` documents dropped per reason) and, last
-and atomically,
-`manifest.json`: shards with record and token counts, sizes and sha256, the tokenizer and its
-checksum, counts per cleaning rule and per source. `--verify` checks every shard and the
-tokenizer against the manifest. `--runner beam` runs the second pass as an Apache Beam
-pipeline instead (beam.py), with the same output.
+(the same sample whatever the order or the size of the corpus); with `data.tokenizer` set (an
+imported model's `.model` or `tokenizer.json`) nothing is sampled or trained, that tokenizer
+reads the corpus and the model's own start and EOS ids frame each document. The second sends
+batches of documents to `data.workers` processes (stream.py) and, in document order,
+deduplicates, packs and writes `<data.root>/<data.name>/{train,val}-*.tfrecord` (assemble.py);
+a checkpoint after each finished shard makes it restartable (resume.py). Then the tokenizer's
+copy (`tokenizer.model` or `tokenizer.json`), `dropped-sample.jsonl` (the first
+`data.dropped_sample` documents dropped per reason) and, last and atomically, `manifest.json`:
+shards with record and token counts, sizes and sha256, the tokenizer and its checksum, counts
+per cleaning rule and per source. `--verify` checks every shard and the tokenizer against the
+manifest. `--runner beam` runs the second pass as an Apache Beam pipeline instead (beam.py),
+with the same output.
 """
 
 from __future__ import annotations
