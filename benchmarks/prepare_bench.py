@@ -57,9 +57,10 @@ def _encode(line: str) -> np.ndarray:
     return np.array([*ids, 2], np.int32)
 
 
-def peer(corpus: pathlib.Path, model_file: str, out: pathlib.Path, workers: int) -> float:
-    """Megatron-style: Pool.imap(encode, lines, chunksize=32), main writes the arrays."""
-    started = time.perf_counter()
+def peer(corpus: pathlib.Path, model_file: str, out: pathlib.Path, workers: int) -> tuple:
+    """Megatron-style: Pool.imap(encode, lines, chunksize=32), main writes the arrays.
+    Returns (seconds, this process's CPU seconds)."""
+    started, cpu = time.perf_counter(), time.process_time()
     with open(corpus) as f, open(out, "wb") as sink:
         if workers == 1:
             _init(model_file)
@@ -70,7 +71,7 @@ def peer(corpus: pathlib.Path, model_file: str, out: pathlib.Path, workers: int)
             with ctx.Pool(workers, initializer=_init, initargs=(model_file,)) as pool:
                 for ids in pool.imap(_encode, f, chunksize=32):
                     sink.write(ids.tobytes())
-    return time.perf_counter() - started
+    return time.perf_counter() - started, time.process_time() - cpu
 
 
 def tfllm_prepare(corpus: pathlib.Path, root: pathlib.Path, name: str, workers: int) -> dict:
@@ -110,23 +111,27 @@ def main() -> None:
     other: dict[str, list[float]] = {"sample pass + tokenizer training s": []}
     for r in range(args.rounds):
         for workers in (1, 2):
-            seconds = peer(corpus, model, tmp / "peer.bin", workers)
+            seconds, cpu = peer(corpus, model, tmp / "peer.bin", workers)
             rates.setdefault(f"peer {workers}p", []).append(size / seconds)
             timings = tfllm_prepare(corpus, tmp, f"r{r}w{workers}", workers)
             rates.setdefault(f"tfllm {workers}w", []).append(size / timings["pack"])
+            if workers == 1:  # one process: its CPU time, steadier than wall time under load
+                rates.setdefault("peer 1p per CPU s", []).append(size / cpu)
+                rates.setdefault("tfllm 1w per CPU s", []).append(size / timings["pack_cpu"])
             other["sample pass + tokenizer training s"].append(timings["read"])
         load.append(os.getloadavg()[0])
     print(f"corpus {size:.1f} MB of JSON Lines, {args.rounds} rounds, MB/s median [min-max]")
     print(f"  load average (1 min) over the rounds: {min(load):.1f} to {max(load):.1f}")
     med = {k: statistics.median(v) for k, v in rates.items()}
     for key, values in rates.items():
-        print(f"  {key:10s} {med[key]:6.2f} [{min(values):.2f}-{max(values):.2f}]")
+        print(f"  {key:18s} {med[key]:6.2f} [{min(values):.2f}-{max(values):.2f}]")
     for key, values in other.items():
         print(f"  {key} {statistics.median(values):.2f}")
     # Ratios within each round (the contenders ran seconds apart, under the same load), then
     # their median and spread: steadier than a ratio of medians taken across rounds.
     pairs = {
         "tfllm 1w / peer 1p (goal >= 1/1.2 = 0.83)": ("tfllm 1w", "peer 1p"),
+        "the same in MB per CPU second": ("tfllm 1w per CPU s", "peer 1p per CPU s"),
         "tfllm 2w / tfllm 1w (goal >= 1.7)": ("tfllm 2w", "tfllm 1w"),
         "peer 2p / peer 1p (what this machine gives)": ("peer 2p", "peer 1p"),
         "tfllm 2w / peer 2p": ("tfllm 2w", "peer 2p"),

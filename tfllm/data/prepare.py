@@ -184,7 +184,7 @@ def prepare(cfg: Config, log=print, timings: dict | None = None) -> dict:
     """Builds (or finishes building) the dataset of `cfg.data`; returns its manifest.
 
     `timings`, when given, receives the seconds of each phase (read: the sampling pass,
-    tokenizer, pack: the streaming pass).
+    tokenizer, pack: the streaming pass; pack_cpu: this process's CPU seconds in it).
     """
     timings = {} if timings is None else timings
     d, out, start = cfg.data, data_dir(cfg), time.time()
@@ -208,8 +208,10 @@ def prepare(cfg: Config, log=print, timings: dict | None = None) -> dict:
         dedup_state = (state.pop("dedup_keys", []), state.pop("dedup_signatures", None))
         stream_settings = settings(cfg, proto)
         pool.start(stream_settings)
+        cpu = time.process_time()
         sources_stats, bads = _stream(cfg, pool, state, checkpoint, dedup_state, log, start)
     timings["pack"] = time.time() - start - timings["read"] - timings["tokenizer"]
+    timings["pack_cpu"] = time.process_time() - cpu
     manifest = assemble.finish(cfg, stream_settings, state, bads, sources_stats)
     checkpoint.clear()
     megabytes = manifest["cleaning"].get("bytes_read", 0) / 1e6
