@@ -99,9 +99,9 @@ def take(cfg, state, deduplicator, batch) -> int:
     if not labels:
         return 0
     labels = np.array(labels, np.int64)
-    pieces = np.array([doc[4] for doc in batch.docs if not doc[2]], np.int64)  # all >= 1
-    doc_tokens = np.add.reduceat(batch.piece_lengths, np.cumsum(pieces) - pieces)
-    piece_labels, token_labels = np.repeat(labels, pieces), np.repeat(labels, doc_tokens)
+    n_pieces = np.array([doc[4] for doc in batch.docs if not doc[2]], np.int64)  # all >= 1
+    doc_tokens = np.add.reduceat(batch.piece_lengths, np.cumsum(n_pieces) - n_pieces)
+    piece_labels, token_labels = np.repeat(labels, n_pieces), np.repeat(labels, doc_tokens)
     finished = 0
     for index, split in enumerate(SPLITS):
         count = int(np.sum(labels == index))
@@ -175,9 +175,9 @@ def finish(cfg, settings, state, bads, sources_stats) -> dict:
 def _tokenizer_entry(d: DataConfig, data: bytes) -> dict:
     """The manifest's `tokenizer`: the dataset's copy, and how it was trained or where the
     given one (data.tokenizer) came from."""
-    entry = {"file": records.TOKENIZER, "sha256": tokenizer.sha256(data)}
+    entry = {"file": stored_tokenizer(d), "sha256": tokenizer.sha256(data)}
     if d.tokenizer:
-        return {**entry, "file": stored_tokenizer(d), "given": d.tokenizer}
+        return {**entry, "given": d.tokenizer}
     return {
         **entry,
         "type": d.tokenizer_type,

@@ -8,9 +8,9 @@ of a weighted mixture is one random stream, so reading is sequential), cutting t
 numbered batches; after a Reshuffle the batches are cleaned, filtered, hashed and tokenized in
 parallel on as many workers as the runner gives (stream.process, the code the local workers
 run), each result written to `<dataset>/.beam/batch-NNNNNNNN.npz` (JSON and arrays, never
-pickle: snapshot.py). A last task takes the batch
-files in order through assemble.py - deduplication, packing, shards, manifest - so the output
-is byte for byte that of the local runner. Every path goes through tf.io.gfile: `gs://` input
+pickle: snapshot.py). A last task takes the batch files in order through assemble.py -
+deduplication, packing, shards, manifest - so the output is byte for byte that of the local
+runner. Every path goes through tf.io.gfile: `gs://` input
 and output work on Dataflow. Needs the `tfllm[beam]` extra (apache-beam 2.69 or newer).
 """
 
