@@ -3,7 +3,8 @@
 The user's path, each step a `python -m tfllm.<command>`: convert a Llama-3-style HF directory
 -> prepare a JSON Lines corpus with the workdir's own config (nothing trained: the shards hold
 the `tokenizers` library's ids of each document between the model's BOS and its own EOS, with
-1 and 2 workers byte-identical) -> train a few steps on those shards.
+1 and 2 workers byte-identical) -> train a few steps on those shards. The same framing for a
+SentencePiece `tokenizer.model` (Llama 2), and an unsupported tokenizer.json refused first.
 """
 
 from __future__ import annotations
@@ -123,3 +124,37 @@ def test_a_tokenizer_json_tfllm_cannot_run_stops_before_reading(tmp_path):
     )
     with pytest.raises(DataError, match="model.type 'WordPiece'; supported: BPE"):
         prepare.prepare(cfg, log=lambda _: None)
+
+
+def test_an_imported_sentencepiece_model_frames_documents_with_its_bos_and_eos(tmp_path):
+    """Llama 2 style: `tokenizer.model` beside tokenizer_config.json (add_bos_token)."""
+    import sentencepiece as spm
+
+    hf = write_tokenizer(tmp_path / "hf", "llama2")
+    docs = [f"{CORPUS[i % len(CORPUS)]} number {i * 31}" for i in range(30)]
+    corpus = tmp_path / "corpus.jsonl"
+    corpus.write_text("".join(json.dumps({"text": d}) + "\n" for d in docs))
+    cfg = load_config(
+        [],
+        [
+            f"data.tokenizer={hf / 'tokenizer.model'}",
+            f"data.source={corpus}",
+            f"data.root={tmp_path}",
+            "model.vocabulary_size=512",
+            "data.workers=1",
+            *SETTINGS,
+        ],
+    )
+    manifest = prepare.prepare(cfg, log=lambda _: None)
+    directory = pathlib.Path(prepare.data_dir(cfg))
+    assert (directory / "tokenizer.model").read_bytes() == (hf / "tokenizer.model").read_bytes()
+    assert manifest["tokenizer"]["given"] == cfg.data.tokenizer and manifest["eos_id"] == 2
+    sp = spm.SentencePieceProcessor(model_file=str(hf / "tokenizer.model"))
+    expected = {"train": [], "val": []}
+    for i, text in enumerate(docs):
+        name = f"{corpus}:{i + 1}"
+        expected[split_of(name, cfg.data.val_fraction)] += [1, *sp.encode(text), 2]
+    for split, stream in expected.items():
+        assert manifest["splits"][split]["tokens_in"] == len(stream)
+        written = _windows(directory, manifest, split).reshape(-1)
+        assert written.size > 0 and written.tolist() == stream[: written.size]
