@@ -19,6 +19,7 @@ import json
 import multiprocessing
 import os
 import pathlib
+import shutil
 import statistics
 import tempfile
 import time
@@ -140,6 +141,7 @@ def main() -> None:
     for label, (a, b) in pairs.items():
         ratios = [x / y for x, y in zip(rates[a], rates[b], strict=True)]
         print(f"  {label}: {statistics.median(ratios):.2f} [{min(ratios):.2f}-{max(ratios):.2f}]")
+    shutil.rmtree(tmp)  # the corpus and every round's shards: about 100 MB at --mb 10
 
 
 if __name__ == "__main__":
