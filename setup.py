@@ -11,7 +11,8 @@ INSTALL_REQUIRES = [
     "keras-hub==0.32.*",
     "tensorflow-datasets==4.9.*",
     "tensorboard>=2.20,<2.22",
-    "sentencepiece>=0.2",
+    # out_type="numpy" (prepare's workers: no Python int per token); 0.2.1 lacks it.
+    "sentencepiece>=0.2.3",
     "pyyaml>=6",
     "jinja2>=3",  # chat templates, rendered as transformers renders them
     "numpy",
@@ -64,8 +65,9 @@ EXTRAS_REQUIRE = {
     ],
     "gpu": ["tensorflow[and-cuda]>=2.20,<2.22"],
     "serving": ["tensorflow-serving-api>=2.20,<2.22"],
-    # tfllm.convert: Hugging Face safetensors in and out (ml_dtypes, for bfloat16, comes with TF)
-    # tokenizers: a keras-hub preset's byte-level BPE tokenizer becomes a tokenizer.json
+    # tfllm.convert: Hugging Face safetensors in and out (ml_dtypes, for bfloat16, comes with TF);
+    # tokenizers: prepare's workers read a corpus with an imported tokenizer.json, and a
+    # keras-hub preset's byte-level BPE tokenizer becomes a tokenizer.json.
     "hub": ["safetensors>=0.4", "tokenizers>=0.20"],
     "profile": ["tensorboard-plugin-profile"],
     # Only the PyTorch peer of benchmarks/ needs it; take the CPU wheel from PyTorch's index

@@ -195,7 +195,7 @@ def test_restart_after_sigkill_keeps_finished_shards(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(pathlib.Path(__file__).parents[1])}
     directory = tmp_path / "killed"
     process = subprocess.Popen([*command, *sets, "--set=data.name=killed"], env=env)
-    state = directory / ".prepare" / "state.pkl"
+    state = directory / ".prepare" / "state.npz"
     deadline = time.time() + 300
     while not (state.exists() and len(list(directory.glob(".train-*.shard"))) >= 3):
         assert process.poll() is None and time.time() < deadline, "prepare ended too soon"

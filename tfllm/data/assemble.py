@@ -30,6 +30,12 @@ def data_dir(cfg: Config) -> str:
     return posixpath.join(cfg.data.root, cfg.data.name)
 
 
+def stored_tokenizer(data: DataConfig) -> str:
+    """The name of the dataset's copy of its tokenizer: `tokenizer.json` when data.tokenizer is
+    a tokenizer.json, else `tokenizer.model` (given or trained)."""
+    return "tokenizer.json" if data.tokenizer.endswith(".json") else records.TOKENIZER
+
+
 def no_usable(data: DataConfig, split: str, stats: CleaningStats, bads) -> None:
     counts = ", ".join(f"{k} {v}" for k, v in sorted(stats.items())) or "nothing read"
     problems = [m for bad in bads for m in bad.messages]
@@ -61,41 +67,55 @@ def fresh_state(cfg: Config, moved: str) -> dict:
     }
 
 
-def take(cfg, state, deduplicator, results) -> int:
-    """Deduplicates, counts, packs and writes one batch's results; returns shards finished."""
+def take(cfg, state, deduplicator, batch) -> int:
+    """Deduplicates, counts, packs and writes one `stream.Batch`; returns shards finished."""
     d = cfg.data
-    kept = {split: [] for split in SPLITS}
-    for doc in results:
-        counts = state["sources"][doc.source]
-        reason = getattr(doc, "reason", "") or deduplicator.check(doc.key, doc.signature)
-        if reason:
-            if not hasattr(doc, "reason"):
+    for source, counts in batch.stats.items():
+        state["sources"][source].update(counts)
+    # Per document the worker kept: its split (0 train, 1 val) or -1 when dropped here.
+    labels, kept_index = [], 0
+    for name, source, reason, key, pieces, size, snippet in batch.docs:
+        counts = state["sources"][source]
+        if not reason:
+            signature = None if batch.signatures is None else batch.signatures[kept_index]
+            kept_index += 1
+            reason = deduplicator.check(key, signature)
+            if reason:
                 counts[reason] += 1
+                labels.append(-1)
+        if reason:
             if len(state["dropped"][reason]) < d.dropped_sample:
                 state["dropped"][reason].append(
-                    {"reason": reason, "source": doc.source, "name": doc.name, "text": doc.snippet}
+                    {"reason": reason, "source": source, "name": name, "text": snippet}
                 )
             continue
         counts["documents"] += 1
-        counts["bytes"] += doc.text_bytes
-        if doc.pieces > 1:
+        counts["bytes"] += size
+        if pieces > 1:
             counts["split_long"] += 1
-            counts["split_pieces"] += doc.pieces
-        moved = doc.name == state["moved_to_val"]
-        kept["val" if moved else split_of(doc.name, d.val_fraction)].append(doc)
+            counts["split_pieces"] += pieces
+        moved = name == state["moved_to_val"]
+        labels.append(SPLITS.index("val" if moved else split_of(name, d.val_fraction)))
+    if not labels:
+        return 0
+    labels = np.array(labels, np.int64)
+    n_pieces = np.array([doc[4] for doc in batch.docs if not doc[2]], np.int64)  # all >= 1
+    doc_tokens = np.add.reduceat(batch.piece_lengths, np.cumsum(n_pieces) - n_pieces)
+    piece_labels, token_labels = np.repeat(labels, n_pieces), np.repeat(labels, doc_tokens)
     finished = 0
-    for split, docs in kept.items():
-        if docs:
+    for index, split in enumerate(SPLITS):
+        count = int(np.sum(labels == index))
+        if count:
             info = state["splits"][split]
-            flat = np.concatenate([doc.tokens for doc in docs])
-            lengths = np.concatenate([doc.piece_lengths for doc in docs])
-            info["documents"] += len(docs)
+            flat = batch.tokens[token_labels == index]
+            lengths = batch.piece_lengths[piece_labels == index]
+            info["documents"] += count
             info["tokens_in"] += flat.size
             finished += info["writer"].write(*info["packer"].add(flat, lengths))
     return finished
 
 
-def finish(cfg, proto, state, bads, sources_stats) -> dict:
+def finish(cfg, settings, state, bads, sources_stats) -> dict:
     d, out = cfg.data, data_dir(cfg)
     for index, bad in enumerate(bads):
         sources_stats[index].update(bad.stats)
@@ -138,15 +158,8 @@ def finish(cfg, proto, state, bads, sources_stats) -> dict:
         "packing": d.packing,
         "compression": d.compression,
         "vocabulary_size": cfg.model.vocabulary_size,
-        "eos_id": tokenizer.EOS_ID,
-        "tokenizer": {
-            "file": records.TOKENIZER,
-            "sha256": tokenizer.sha256(proto),
-            "type": d.tokenizer_type,
-            "byte_fallback": d.tokenizer_byte_fallback,
-            "character_coverage": d.tokenizer_character_coverage,
-            "sample_mb": d.tokenizer_sample_mb,
-        },
+        "eos_id": settings.doc_end[0],
+        "tokenizer": _tokenizer_entry(d, settings.tokenizer),
         "cleaning": dict(sorted(cleaning.items())),
         "sources": {
             names[i]: {"weight": w, **dict(sorted(sources_stats[i].items()))}
@@ -157,3 +170,18 @@ def finish(cfg, proto, state, bads, sources_stats) -> dict:
     }
     records.write_manifest(out, manifest)
     return manifest
+
+
+def _tokenizer_entry(d: DataConfig, data: bytes) -> dict:
+    """The manifest's `tokenizer`: the dataset's copy, and how it was trained or where the
+    given one (data.tokenizer) came from."""
+    entry = {"file": stored_tokenizer(d), "sha256": tokenizer.sha256(data)}
+    if d.tokenizer:
+        return {**entry, "given": d.tokenizer}
+    return {
+        **entry,
+        "type": d.tokenizer_type,
+        "byte_fallback": d.tokenizer_byte_fallback,
+        "character_coverage": d.tokenizer_character_coverage,
+        "sample_mb": d.tokenizer_sample_mb,
+    }

@@ -7,40 +7,42 @@ The launcher draws the tokenizer sample and trains the tokenizer as the local ru
 of a weighted mixture is one random stream, so reading is sequential), cutting them into
 numbered batches; after a Reshuffle the batches are cleaned, filtered, hashed and tokenized in
 parallel on as many workers as the runner gives (stream.process, the code the local workers
-run), each result written to `<dataset>/.beam/batch-NNNNNNNN.pkl`. A last task takes the batch
-files in order through assemble.py - deduplication, packing, shards, manifest - so the output
-is byte for byte that of the local runner. Every path goes through tf.io.gfile: `gs://` input
+run), each result written to `<dataset>/.beam/batch-NNNNNNNN.npz` (JSON and arrays, never
+pickle: snapshot.py). A last task takes the batch files in order through assemble.py -
+deduplication, packing, shards, manifest - so the output is byte for byte that of the local
+runner. Every path goes through tf.io.gfile: `gs://` input
 and output work on Dataflow. Needs the `tfllm[beam]` extra (apache-beam 2.69 or newer).
 """
 
 from __future__ import annotations
 
-import pickle
 import posixpath
 import shlex
 
 import tensorflow as tf
 
 from tfllm.config import Config
-from tfllm.data import assemble, prepare, records, resume, stream
+from tfllm.data import assemble, formats, prepare, records, resume, snapshot, stream
 from tfllm.errors import ConfigError
 
 WORK_DIR = ".beam"
-_READ_STATS = "read.pkl"
+_READ_STATS = "read.npz"
+# What the batch files hold besides plain data: the workers' results, the reader's counts.
+snapshot.register(stream.Batch, formats.BadInput)
 
 
 def _batch_path(work: str, index: int) -> str:
-    return posixpath.join(work, f"batch-{index:08d}.pkl")
+    return posixpath.join(work, f"batch-{index:08d}.npz")
 
 
 def _dump(path: str, value) -> None:
     with tf.io.gfile.GFile(path, "wb") as f:
-        pickle.dump(value, f, protocol=pickle.HIGHEST_PROTOCOL)
+        f.write(snapshot.dumps(value))
 
 
 def _load(path: str):
     with tf.io.gfile.GFile(path, "rb") as f:
-        return pickle.load(f)
+        return snapshot.loads(f.read(), path)
 
 
 def read_batches(_, cfg: Config, work: str):
@@ -68,7 +70,9 @@ class Tokenize:
         return index
 
 
-def assemble_all(indices: list[int], cfg: Config, proto: bytes, moved: str, work: str) -> None:
+def assemble_all(
+    indices: list[int], cfg: Config, settings: stream.Settings, moved: str, work: str
+) -> None:
     """The batch files in order -> dedup, pack, write shards and the manifest."""
     from tfllm.data.dedup import Deduplicator
 
@@ -76,12 +80,9 @@ def assemble_all(indices: list[int], cfg: Config, proto: bytes, moved: str, work
     state = assemble.fresh_state(cfg, moved)
     deduplicator = Deduplicator(d.near_dedup, d.minhash_bands, d.minhash_threshold)
     for index in range(len(indices)):
-        results, batch_stats = _load(_batch_path(work, index))
-        for source, counts in batch_stats.items():
-            state["sources"][source].update(counts)
-        assemble.take(cfg, state, deduplicator, results)
+        assemble.take(cfg, state, deduplicator, _load(_batch_path(work, index)))
     bads = _load(posixpath.join(work, _READ_STATS))
-    assemble.finish(cfg, proto, state, bads, state["sources"])
+    assemble.finish(cfg, settings, state, bads, state["sources"])
 
 
 def prepare_beam(cfg: Config, log=print, options: str = "") -> dict:
@@ -110,7 +111,7 @@ def prepare_beam(cfg: Config, log=print, options: str = "") -> dict:
             | "Spread" >> beam.Reshuffle()
             | "CleanTokenize" >> beam.Map(Tokenize(settings, work))
             | "AllBatches" >> beam.combiners.ToList()
-            | "DedupPackWrite" >> beam.Map(assemble_all, cfg, proto, moved, work)
+            | "DedupPackWrite" >> beam.Map(assemble_all, cfg, settings, moved, work)
         )
     tf.io.gfile.rmtree(work)
     manifest = records.read_manifest(out)

@@ -4,16 +4,18 @@
 
 Two streaming passes over the sources. The first draws the tokenizer's training sample: the
 cleaned train documents with the smallest hash of their name, up to `data.tokenizer_sample_mb`
-(the same sample whatever the order or the size of the corpus). The second sends batches of
-documents to `data.workers` processes (stream.py) and, in document order, deduplicates, packs
-and writes `<data.root>/<data.name>/{train,val}-*.tfrecord` (assemble.py); a checkpoint after
-each finished shard makes it restartable (resume.py). Then `tokenizer.model`,
-`dropped-sample.jsonl` (the first `data.dropped_sample` documents dropped per reason) and, last
-and atomically,
-`manifest.json`: shards with record and token counts, sizes and sha256, the tokenizer and its
-checksum, counts per cleaning rule and per source. `--verify` checks every shard and the
-tokenizer against the manifest. `--runner beam` runs the second pass as an Apache Beam
-pipeline instead (beam.py), with the same output.
+(the same sample whatever the order or the size of the corpus); with `data.tokenizer` set (an
+imported model's `.model` or `tokenizer.json`) nothing is sampled or trained, that tokenizer
+reads the corpus and the model's own start and EOS ids frame each document. The second sends
+batches of documents to `data.workers` processes (stream.py) and, in document order,
+deduplicates, packs and writes `<data.root>/<data.name>/{train,val}-*.tfrecord` (assemble.py);
+a checkpoint after each finished shard makes it restartable (resume.py). Then the tokenizer's
+copy (`tokenizer.model` or `tokenizer.json`), `dropped-sample.jsonl` (the first
+`data.dropped_sample` documents dropped per reason) and, last and atomically, `manifest.json`:
+shards with record and token counts, sizes and sha256, the tokenizer and its checksum, counts
+per cleaning rule and per source. `--verify` checks every shard and the tokenizer against the
+manifest. `--runner beam` runs the second pass as an Apache Beam pipeline instead (beam.py),
+with the same output.
 """
 
 from __future__ import annotations
@@ -49,8 +51,9 @@ def read_sources(data: DataConfig) -> tuple[object, list[formats.BadInput]]:
 
 def batch_bytes(data: DataConfig, n_workers: int) -> int:
     """Sized so that the batches in flight (2 per worker and one being packed) stay well
-    inside data.max_memory_mb."""
-    return min(1 << 20, max(64 << 10, (data.max_memory_mb << 20) // (16 * (2 * n_workers + 1))))
+    inside data.max_memory_mb, and small enough (256 KB: about 0.1 s of tokenizing) that the
+    workers stay evenly busy to the end of a corpus of a few MB."""
+    return min(256 << 10, max(64 << 10, (data.max_memory_mb << 20) // (16 * (2 * n_workers + 1))))
 
 
 def _sample_key(name: str) -> bytes:
@@ -64,7 +67,9 @@ def sample_pass(data: DataConfig, log=print) -> tuple[list[str], str]:
     tokenizer_sample_mb: drawn from the whole stream, in memory only the sample. With two or
     more usable documents and none hashed to val, the train document nearest to val goes there.
     """
-    budget, held, heap = data.tokenizer_sample_mb << 20, 0, []
+    # No sample when data.tokenizer names the tokenizer: nothing is trained.
+    budget = 0 if data.tokenizer else data.tokenizer_sample_mb << 20
+    held, heap = 0, []
     counts, nearest, stats = collections.Counter(), (2.0, ""), CleaningStats()
     docs, bads = read_sources(data)
     for raw in docs:
@@ -78,7 +83,7 @@ def sample_pass(data: DataConfig, log=print) -> tuple[list[str], str]:
         bucket = int.from_bytes(hashlib.sha256(raw.name.encode()).digest()[:8], "big") / 2**64
         nearest = min(nearest, (bucket, raw.name))
         key = int.from_bytes(_sample_key(raw.name), "big")
-        if held >= budget and key >= -heap[0][0]:
+        if held >= budget and (not heap or key >= -heap[0][0]):
             continue
         heapq.heappush(heap, (-key, text))
         held += len(text)
@@ -107,17 +112,23 @@ def sample_pass(data: DataConfig, log=print) -> tuple[list[str], str]:
 
 
 def train_tokenizer(cfg: Config, out: str, log) -> tuple[bytes, str]:
+    """(the tokenizer file's bytes, the train document moved to val or "") after the first
+    pass; stores a copy of the tokenizer in the dataset. With data.tokenizer set (an imported
+    model's `tokenizer.model` or byte-level BPE `tokenizer.json`) that file is used as it is:
+    nothing is trained, the corpus is read with the model's own tokenizer."""
     d = cfg.data
-    sample, moved = sample_pass(d, log)
-    if d.tokenizer:  # a given tokenizer (an imported model's): the data must be read with it
-        if not d.tokenizer.endswith(".model") or not tf.io.gfile.exists(d.tokenizer):
+    if d.tokenizer:
+        if not d.tokenizer.endswith((".model", ".json")) or not tf.io.gfile.exists(d.tokenizer):
             raise DataError(
-                f"data.tokenizer {d.tokenizer}: prepare reads text with a SentencePiece "
-                ".model file that exists (instruction data, data.format, takes tokenizer.json)"
+                f"data.tokenizer {d.tokenizer}: prepare reads text with a SentencePiece .model "
+                "or a byte-level BPE tokenizer.json file that exists"
             )
+        _document_ends(d.tokenizer)  # a tokenizer.json tfllm cannot run stops here, not later
+    sample, moved = sample_pass(d, log)
+    if d.tokenizer:
         with tf.io.gfile.GFile(d.tokenizer, "rb") as f:
             proto = f.read()
-        log(f"tokenizer: {d.tokenizer} (given)")
+        log(f"tokenizer: {d.tokenizer} (given, not trained)")
     else:
         proto = tokenizer.train_tokenizer(
             sample,
@@ -130,7 +141,7 @@ def train_tokenizer(cfg: Config, out: str, log) -> tuple[bytes, str]:
         log(
             f"tokenizer: {d.tokenizer_type}, {cfg.model.vocabulary_size} pieces, {len(sample)} docs"
         )
-    with tf.io.gfile.GFile(posixpath.join(out, records.TOKENIZER), "wb") as f:
+    with tf.io.gfile.GFile(posixpath.join(out, assemble.stored_tokenizer(d)), "wb") as f:
         f.write(proto)
     return proto, moved
 
@@ -155,12 +166,14 @@ def settings(cfg: Config, proto: bytes) -> stream.Settings:
         d.minhash_ngram,
         d.minhash_perms,
         *_document_ends(d.tokenizer),
+        d.tokenizer.endswith(".json"),
     )
 
 
 def _document_ends(given: str) -> tuple[tuple[int, ...], tuple[int, ...]]:
     """What goes around each document: nothing and EOS for a tokenizer prepare trains; for a
-    given one (an imported model's), its start ids and its first stop id."""
+    given one (an imported model's), its start ids (Llama: BOS) and its own first stop id
+    (`tokenizer.specials`), never tfllm's EOS."""
     if not given:
         return (), (tokenizer.EOS_ID,)
     ids = tokenizer.specials(tokenizer.load_tokenizer(given))
@@ -171,7 +184,7 @@ def prepare(cfg: Config, log=print, timings: dict | None = None) -> dict:
     """Builds (or finishes building) the dataset of `cfg.data`; returns its manifest.
 
     `timings`, when given, receives the seconds of each phase (read: the sampling pass,
-    tokenizer, pack: the streaming pass).
+    tokenizer, pack: the streaming pass; pack_cpu: this process's CPU seconds in it).
     """
     timings = {} if timings is None else timings
     d, out, start = cfg.data, data_dir(cfg), time.time()
@@ -180,21 +193,26 @@ def prepare(cfg: Config, log=print, timings: dict | None = None) -> dict:
         return sft_prepare.prepare_sft(cfg, out, log)
     checkpoint = resume.Checkpoint(out, resume.fingerprint(cfg))
     state = checkpoint.load()
-    tokenizer_path = posixpath.join(out, records.TOKENIZER)
-    if state is None:
-        checkpoint.clear()
-        proto, moved = train_tokenizer(cfg, out, log)
-        state = assemble.fresh_state(cfg, moved)
-        timings["read"], timings["tokenizer"] = time.time() - start, 0.0
-    else:
-        with tf.io.gfile.GFile(tokenizer_path, "rb") as f:
-            proto = f.read()
-        log(f"resuming {out} after {state['position']} documents")
-        timings["read"] = timings["tokenizer"] = 0.0
-    dedup_state = (state.pop("dedup_keys", []), state.pop("dedup_signatures", None))
-    sources_stats, bads = _stream(cfg, proto, state, checkpoint, dedup_state, log, start)
+    tokenizer_path = posixpath.join(out, assemble.stored_tokenizer(d))
+    with stream.Workers(workers(d)) as pool:  # they start while the first pass runs
+        if state is None:
+            checkpoint.clear()
+            proto, moved = train_tokenizer(cfg, out, log)
+            state = assemble.fresh_state(cfg, moved)
+            timings["read"], timings["tokenizer"] = time.time() - start, 0.0
+        else:
+            with tf.io.gfile.GFile(tokenizer_path, "rb") as f:
+                proto = f.read()
+            log(f"resuming {out} after {state['position']} documents")
+            timings["read"] = timings["tokenizer"] = 0.0
+        dedup_state = (state.pop("dedup_keys", []), state.pop("dedup_signatures", None))
+        stream_settings = settings(cfg, proto)
+        pool.start(stream_settings)
+        cpu = time.process_time()
+        sources_stats, bads = _stream(cfg, pool, state, checkpoint, dedup_state, log, start)
     timings["pack"] = time.time() - start - timings["read"] - timings["tokenizer"]
-    manifest = assemble.finish(cfg, proto, state, bads, sources_stats)
+    timings["pack_cpu"] = time.process_time() - cpu
+    manifest = assemble.finish(cfg, stream_settings, state, bads, sources_stats)
     checkpoint.clear()
     megabytes = manifest["cleaning"].get("bytes_read", 0) / 1e6
     seconds = time.time() - start
@@ -205,24 +223,21 @@ def prepare(cfg: Config, log=print, timings: dict | None = None) -> dict:
     return manifest
 
 
-def _stream(cfg, proto, state, checkpoint, dedup_state, log, start):
+def _stream(cfg, pool, state, checkpoint, dedup_state, log, start):
     """The second pass: documents -> workers -> dedup -> packers -> shards, in order."""
     from tfllm.data.dedup import Deduplicator
 
     d = cfg.data
-    n_workers = workers(d)
     deduplicator = Deduplicator(d.near_dedup, d.minhash_bands, d.minhash_threshold)
     deduplicator.restore(*dedup_state)
     docs, bads = read_sources(d)
     for _ in range(state["position"]):  # read again, not processed again
         next(docs)
-    batches = stream.batches(docs, batch_bytes(d, n_workers), MAX_BATCH_DOCS)
+    batches = stream.batches(docs, batch_bytes(d, pool.count), MAX_BATCH_DOCS)
     progress = Progress(log, d, start)
-    for results, batch_stats in stream.run(batches, settings(cfg, proto), n_workers):
-        for source, counts in batch_stats.items():
-            state["sources"][source].update(counts)
-        finished = assemble.take(cfg, state, deduplicator, results)
-        state["position"] += len(results)
+    for batch in pool.run(batches):
+        finished = assemble.take(cfg, state, deduplicator, batch)
+        state["position"] += len(batch.docs)
         if finished:
             checkpoint.save(state, *deduplicator.take_added())
         progress.update(state, bads)

@@ -31,8 +31,11 @@ def _varint(values: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     of the cells in use, and the byte count of each value. A negative value is its 64-bit two's
     complement (ten bytes), as protobuf writes it: the sign of an SFT segment id."""
     values = np.asarray(values, np.int64).view(np.uint64)
+    top = int(values.max(initial=0))
     count = np.ones(values.shape, np.int32)
     for bits in range(7, 64, 7):
+        if top < 1 << bits:  # no value has more bytes: skip the passes over the array
+            break
         count += values >= np.uint64(1 << bits)
     lanes = int(count.max(initial=1))
     cells = np.empty((*values.shape, lanes), np.uint8)
@@ -117,8 +120,8 @@ class ShardWriter:
     A shard is written as `.{split}-{i}.tmp` and renamed to `.{split}-{i}.shard` when complete;
     `close()` writes the last one and renames all to their `-of-N` names (the count is only
     known then; a rename keeps the modification time). Holds plain data only, so a restartable
-    prepare pickles it with the windows not yet in a shard. A shard that already exists with
-    the same sha256 (a restart redoing work) is left untouched.
+    prepare saves it (resume.py) with the windows not yet in a shard. A shard that already
+    exists with the same sha256 (a restart redoing work) is left untouched.
     """
 
     def __init__(

@@ -2,7 +2,8 @@
 
 After each batch that finished a shard, prepare saves what it needs to go on from there: how
 many input documents it has consumed, the packers' carried tokens, the windows not yet in a
-shard, the counters and the dropped-document sample (`state.pkl`, written atomically), and the
+shard, the counters and the dropped-document sample (`state.npz`, JSON and arrays in one `.npz`,
+never pickle: snapshot.py; written atomically), and the
 deduplication keys added since the previous save (`dedup-NNNNN.npz`, append-only, so a save
 costs what was added, not the whole index). A restart with the same settings loads them, skips
 the consumed documents (reading them again, not processing them) and continues; shards that
@@ -17,17 +18,20 @@ import dataclasses
 import hashlib
 import io
 import json
-import pickle
 import posixpath
 
 import numpy as np
 import tensorflow as tf
 
 from tfllm.config import Config
+from tfllm.data import records, snapshot
+from tfllm.data.packing import ConcatPacker, DocumentPacker
 
 STATE_DIR = ".prepare"
-_STATE = "state.pkl"
+_STATE = "state.npz"
 # Settings that do not change a byte of the output: a restart may change them.
+# What the state holds besides plain data: the packers and the shard writers of each split.
+snapshot.register(ConcatPacker, DocumentPacker, records.ShardWriter)
 _FREE = {"workers", "max_memory_mb", "root", "shuffle_buffer", "on_corrupt", "verify"}
 
 
@@ -49,14 +53,14 @@ class Checkpoint:
         if not tf.io.gfile.exists(path):
             return None
         with tf.io.gfile.GFile(path, "rb") as f:
-            state = pickle.load(f)
+            state = snapshot.loads(f.read(), path)
         if state["fingerprint"] != self.fingerprint:
             return None
         self.deltas = state["deltas"]
         keys, signatures = [], []
         for index in range(self.deltas):
             with tf.io.gfile.GFile(self._delta_path(index), "rb") as f:
-                delta = np.load(io.BytesIO(f.read()))
+                delta = np.load(io.BytesIO(f.read()), allow_pickle=False)
                 keys.extend(row.tobytes() for row in delta["keys"])
                 if "signatures" in delta:
                     signatures.append(delta["signatures"])
@@ -80,7 +84,8 @@ class Checkpoint:
         self.deltas += 1
         path = posixpath.join(self.directory, _STATE)
         with tf.io.gfile.GFile(path + ".tmp", "wb") as f:
-            pickle.dump({**state, "fingerprint": self.fingerprint, "deltas": self.deltas}, f)
+            saved = {**state, "fingerprint": self.fingerprint, "deltas": self.deltas}
+            f.write(snapshot.dumps(saved))
         tf.io.gfile.rename(path + ".tmp", path, overwrite=True)
 
     def clear(self) -> None:
