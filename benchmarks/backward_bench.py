@@ -16,9 +16,8 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import statistics
-import time
 
+from benchmarks.common import alternate, paired
 from benchmarks.train_bench import run_tfllm, shape_of
 
 STEPS = {"tiny": 20, "small": 4}  # about 0.7 and 1.5 s a round here
@@ -58,21 +57,11 @@ def compare(size: str, rounds: int) -> dict:
     shape = shape_of(size)
     tokens = steps * shape["batch"] * shape["seq_len"]
     variants = {"hand-written": build(size, steps, True), "autodiff": build(size, steps, False)}
-    rates = {name: [] for name in variants}
-    for r in range(rounds):
-        order = list(variants) if r % 2 == 0 else list(reversed(variants))
-        for name in order:
-            started = time.perf_counter()
-            variants[name][1]()
-            rates[name].append(tokens / (time.perf_counter() - started))
-    ratios = [a / b for a, b in zip(rates["hand-written"], rates["autodiff"], strict=True)]
+    rates = alternate({name: run for name, (_, run) in variants.items()}, rounds, tokens)
     return {
         "size": size,
         "third_step_losses": {name: v[0] for name, v in variants.items()},
-        "tokens_per_second": {name: statistics.median(v) for name, v in rates.items()},
-        "ratio": statistics.median(ratios),
-        "ratio_min": min(ratios),
-        "ratio_max": max(ratios),
+        **paired(rates, "hand-written", "autodiff"),
     }
 
 

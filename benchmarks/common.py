@@ -131,3 +131,51 @@ def never_end(model, eos_id: int) -> None:
     kernel = model.embedding.kernel.numpy()  # (D, V)
     kernel[:, eos_id] = 0.0
     model.embedding.kernel.assign(np.asarray(kernel))
+
+
+def keras_hub_fit(backbone, windows):
+    """keras-hub's own training path for `backbone`: its reversed token embedding as the head,
+    `compile(jit_compile=True)` with the AdamW every contender uses, and a dataset of the
+    (batch, seq + 1) `windows`. Returns `fit_steps(n)`, which trains n steps."""
+    import keras
+    import tensorflow as tf
+
+    inputs = backbone.input
+    logits = backbone.token_embedding(backbone(inputs), reverse=True)
+    model = keras.Model(inputs, logits)
+    model.compile(
+        optimizer=keras.optimizers.AdamW(1e-3, weight_decay=0.1, beta_2=0.95, global_clipnorm=1.0),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        jit_compile=True,
+    )
+    ds = tf.data.Dataset.from_tensor_slices(windows).repeat()
+    ds = ds.map(
+        lambda w: ({"token_ids": w[:, :-1], "padding_mask": tf.ones_like(w[:, :-1])}, w[:, 1:])
+    ).prefetch(2)
+    return lambda n: model.fit(ds, steps_per_epoch=n, epochs=1, verbose=0)
+
+
+def alternate(variants: dict, rounds: int, work: float) -> dict[str, list[float]]:
+    """Runs each of `variants` ({name: callable}) once per round, in order on even rounds and
+    reversed on odd ones (neither always runs first); returns {name: [work / seconds]}."""
+    import time
+
+    rates = {name: [] for name in variants}
+    for r in range(rounds):
+        for name in list(variants) if r % 2 == 0 else list(reversed(variants)):
+            started = time.perf_counter()
+            variants[name]()
+            rates[name].append(work / (time.perf_counter() - started))
+    return rates
+
+
+def paired(rates: dict[str, list[float]], numerator: str, denominator: str) -> dict:
+    """Median rates, and the median and spread of the per-round ratio numerator/denominator
+    (pairs the rounds: load that changes between rounds cancels out)."""
+    ratios = [a / b for a, b in zip(rates[numerator], rates[denominator], strict=True)]
+    return {
+        "tokens_per_second": {name: statistics.median(v) for name, v in rates.items()},
+        "ratio": statistics.median(ratios),
+        "ratio_min": min(ratios),
+        "ratio_max": max(ratios),
+    }

@@ -28,7 +28,15 @@ import time
 
 import numpy as np
 
-from benchmarks.common import emit, has_torch, machine, run_worker, summarize, versions
+from benchmarks.common import (
+    emit,
+    has_torch,
+    keras_hub_fit,
+    machine,
+    run_worker,
+    summarize,
+    versions,
+)
 from benchmarks.train_bench import BATCHES
 
 SHAPE = {
@@ -102,28 +110,11 @@ def run_tfllm(root: str, steps: int):
 
 
 def run_keras_hub(root: str, steps: int):
-    import keras
     import keras_hub
-    import tensorflow as tf
 
     backbone = keras_hub.models.Llama3Backbone.from_preset(os.path.join(root, "hf"))
-    inputs = backbone.input
-    logits = backbone.token_embedding(backbone(inputs), reverse=True)
-    model = keras.Model(inputs, logits)
-    model.compile(
-        optimizer=keras.optimizers.AdamW(1e-3, weight_decay=0.1, beta_2=0.95, global_clipnorm=1.0),
-        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-        jit_compile=True,
-    )
-    ds = tf.data.Dataset.from_tensor_slices(batches()).repeat()
-    ds = ds.map(
-        lambda w: ({"token_ids": w[:, :-1], "padding_mask": tf.ones_like(w[:, :-1])}, w[:, 1:])
-    )
-    ds = ds.prefetch(2)
-    return (
-        lambda: model.fit(ds, steps_per_epoch=1, epochs=1, verbose=0),
-        lambda: model.fit(ds, steps_per_epoch=steps, epochs=1, verbose=0),
-    )
+    fit_steps = keras_hub_fit(backbone, batches())
+    return lambda: fit_steps(1), lambda: fit_steps(steps)
 
 
 def run_torch(root: str, steps: int):

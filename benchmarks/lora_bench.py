@@ -20,7 +20,7 @@ import time
 
 import numpy as np
 
-from benchmarks.common import emit, machine, run_worker, summarize, versions
+from benchmarks.common import emit, keras_hub_fit, machine, run_worker, summarize, versions
 
 SHAPE = dict(num_layers=4, hidden_dim=256, num_heads=4, intermediate_dim=704, vocab=4096)
 BATCH, SEQ, RANK = 16, 128, 8
@@ -71,7 +71,6 @@ def run_tfllm(steps: int, lora_rank: int):
 def run_keras_hub(steps: int):
     import keras
     import keras_hub
-    import tensorflow as tf
 
     keras.utils.set_random_seed(0)
     s = SHAPE
@@ -84,19 +83,7 @@ def run_keras_hub(steps: int):
         num_key_value_heads=s["num_heads"],
     )
     backbone.enable_lora(RANK)
-    inputs = backbone.input
-    logits = backbone.token_embedding(backbone(inputs), reverse=True)
-    model = keras.Model(inputs, logits)
-    model.compile(
-        optimizer=keras.optimizers.AdamW(1e-3, weight_decay=0.1, beta_2=0.95, global_clipnorm=1.0),
-        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-        jit_compile=True,
-    )
-    ds = tf.data.Dataset.from_tensor_slices(_windows()).repeat()
-    ds = ds.map(
-        lambda w: ({"token_ids": w[:, :-1], "padding_mask": tf.ones_like(w[:, :-1])}, w[:, 1:])
-    ).prefetch(2)
-    return lambda n: model.fit(ds, steps_per_epoch=n, epochs=1, verbose=0)
+    return keras_hub_fit(backbone, _windows())
 
 
 CONTENDERS = {

@@ -12,9 +12,8 @@ median tokens/s and the median of the per-round ratios with its spread.
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 
+from benchmarks.common import alternate, paired
 from benchmarks.train_bench import shape_of, tfllm_overrides, token_batches
 
 STEPS = 50  # train.steps_per_loop's default
@@ -52,19 +51,7 @@ def build(size: str):
 
 def compare(size: str, rounds: int) -> dict:
     variants, tokens = build(size)
-    rates = {name: [] for name in variants}
-    for r in range(rounds):
-        for name in list(variants) if r % 2 == 0 else list(reversed(variants)):
-            started = time.perf_counter()
-            variants[name]()
-            rates[name].append(tokens / (time.perf_counter() - started))
-    ratios = [m / g for m, g in zip(rates["marked_steps"], rates["train_loop"], strict=True)]
-    return {
-        "tokens_per_second": {name: statistics.median(v) for name, v in rates.items()},
-        "ratio": statistics.median(ratios),
-        "ratio_min": min(ratios),
-        "ratio_max": max(ratios),
-    }
+    return paired(alternate(variants, rounds, tokens), "marked_steps", "train_loop")
 
 
 def main(argv=None) -> None:

@@ -17,7 +17,7 @@ import time
 
 import numpy as np
 
-from benchmarks.common import emit, gpt2_backbone
+from benchmarks.common import emit, gpt2_backbone, keras_hub_fit
 
 SIZES = {
     # Overhead-bound: per-step framework cost decides.
@@ -98,28 +98,11 @@ def run_tfllm(shape: dict, steps: int, jit_compile: bool = True, replicas: int =
 def run_keras_hub(shape: dict, steps: int):
     """keras-hub GPT2Backbone + tied head, trained with `model.fit(jit_compile=True)`."""
     import keras
-    import tensorflow as tf
 
     keras.utils.set_random_seed(0)
     backbone = gpt2_backbone(shape, shape["seq_len"])
-    inputs = backbone.input
-    logits = backbone.token_embedding(backbone(inputs), reverse=True)
-    model = keras.Model(inputs, logits)
-    model.compile(
-        optimizer=keras.optimizers.AdamW(1e-3, weight_decay=0.1, beta_2=0.95, global_clipnorm=1.0),
-        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-        jit_compile=True,
-    )
-    windows = token_batches(shape)
-    ds = tf.data.Dataset.from_tensor_slices(windows).repeat()
-    ds = ds.map(
-        lambda w: ({"token_ids": w[:, :-1], "padding_mask": tf.ones_like(w[:, :-1])}, w[:, 1:])
-    )
-    ds = ds.prefetch(2)
-    return (
-        lambda: model.fit(ds, steps_per_epoch=1, epochs=1, verbose=0),
-        lambda: model.fit(ds, steps_per_epoch=steps, epochs=1, verbose=0),
-    )
+    fit_steps = keras_hub_fit(backbone, token_batches(shape))
+    return lambda: fit_steps(1), lambda: fit_steps(steps)
 
 
 def run_torch(shape: dict, steps: int, compiled: bool):

@@ -123,3 +123,14 @@ def write_hf_dir(
         json.dump({"bos_token_id": 1, "eos_token_id": [2, 3]}, f)
     weights.write_weights(directory, family, model, dtype, shard_bytes)
     return model
+
+
+def cached_logits(model, ids, prefill: int):
+    """Logits of every position: a prefill of `prefill` tokens, then one token per step."""
+    cache = model.empty_cache(ids.shape[0], ids.shape[1])
+    logits, cache = model(ids[:, :prefill], cache=cache, cache_index=0)
+    steps = [np.asarray(logits)]
+    for i in range(prefill, ids.shape[1]):
+        logits, cache = model(ids[:, i : i + 1], cache=cache, cache_index=i)
+        steps.append(np.asarray(logits))
+    return np.concatenate(steps, axis=1)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from hub_fixtures import VARIANTS, write_hf_dir
+from hub_fixtures import VARIANTS, cached_logits, write_hf_dir
 
 from tfllm.hub import convert
 from tfllm.runs.trained import load_trained
@@ -23,17 +23,6 @@ def _keras_hub_logits(directory, ids):
     backbone = keras_hub.models.Backbone.from_preset(directory)
     hidden = backbone({"token_ids": ids, "padding_mask": np.ones_like(ids)})
     return np.asarray(backbone.token_embedding(hidden, reverse=True))  # Gemma 2 caps here
-
-
-def _cached_logits(model, ids, prefill: int):
-    """Logits of every position: a prefill of `prefill` tokens, then one token per step."""
-    cache = model.empty_cache(ids.shape[0], ids.shape[1])
-    logits, cache = model(ids[:, :prefill], cache=cache, cache_index=0)
-    steps = [np.asarray(logits)]
-    for i in range(prefill, ids.shape[1]):
-        logits, cache = model(ids[:, i : i + 1], cache=cache, cache_index=i)
-        steps.append(np.asarray(logits))
-    return np.concatenate(steps, axis=1)
 
 
 @pytest.mark.parametrize("variant", sorted(VARIANTS))
@@ -49,5 +38,5 @@ def test_imported_logits_equal_keras_hub(variant, tmp_path):
         expected = _keras_hub_logits(str(tmp_path / "hf"), ids)
         np.testing.assert_allclose(np.asarray(model(ids)), expected, atol=1e-4, rtol=0)
         if length > 1:
-            cached = _cached_logits(model, ids, prefill=length // 2)
+            cached = cached_logits(model, ids, prefill=length // 2)
             np.testing.assert_allclose(cached, expected, atol=1e-4, rtol=0)

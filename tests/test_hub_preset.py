@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 from commands import run_main
+from hub_fixtures import cached_logits
 from keras_hub_presets import PRESETS, write_preset
 
 from tfllm.hub import convert
@@ -27,16 +28,6 @@ def _logits(backbone, ids):
     return np.asarray(backbone.token_embedding(hidden, reverse=True))
 
 
-def _cached_logits(model, ids, prefill: int):
-    cache = model.empty_cache(ids.shape[0], ids.shape[1])
-    logits, cache = model(ids[:, :prefill], cache=cache, cache_index=0)
-    steps = [np.asarray(logits)]
-    for i in range(prefill, ids.shape[1]):
-        logits, cache = model(ids[:, i : i + 1], cache=cache, cache_index=i)
-        steps.append(np.asarray(logits))
-    return np.concatenate(steps, axis=1)
-
-
 @pytest.mark.parametrize("variant", sorted(PRESETS))
 def test_preset_logits_equal_keras_hub(variant, tmp_path):
     backbone = write_preset(str(tmp_path / "preset"), variant)
@@ -48,7 +39,7 @@ def test_preset_logits_equal_keras_hub(variant, tmp_path):
         expected = _logits(backbone, ids)
         np.testing.assert_allclose(np.asarray(model(ids)), expected, atol=1e-4, rtol=0)
         if length > 1:
-            cached = _cached_logits(model, ids, prefill=length // 2)
+            cached = cached_logits(model, ids, prefill=length // 2)
             np.testing.assert_allclose(cached, expected, atol=1e-4, rtol=0)
 
 
