@@ -21,6 +21,7 @@ with the same output.
 from __future__ import annotations
 
 import collections
+import functools
 import hashlib
 import heapq
 import os
@@ -176,7 +177,14 @@ def _document_ends(given: str) -> tuple[tuple[int, ...], tuple[int, ...]]:
     (`tokenizer.specials`), never tfllm's EOS."""
     if not given:
         return (), (tokenizer.EOS_ID,)
-    ids = tokenizer.specials(tokenizer.load_tokenizer(given))
+    return _given_ends(given, tf.io.gfile.stat(given).mtime_nsec)
+
+
+@functools.lru_cache(maxsize=4)
+def _given_ends(path: str, modified: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    # Cached: building a Llama 3-sized in-graph tokenizer takes seconds, and prepare asks twice
+    # (the early check, then the workers' settings). `modified` keeps a rewritten file fresh.
+    ids = tokenizer.specials(tokenizer.load_tokenizer(path))
     return ids.start, ids.stop[:1]
 
 
