@@ -20,10 +20,9 @@ import time
 import pytest
 
 PROMPT = "def main("
-# Small enough for CI, still the built-in corpus and the shipped tiny config.
+# Small enough for CI, still the built-in corpus and the Quickstart's default config (no
+# --config: `python -m tfllm.train` trains configs/tiny.yaml).
 SMALL = [
-    "--config",
-    "tiny",
     "--set",
     "data.name=journey",
     "--set",
@@ -140,6 +139,11 @@ def journey(tmp_path_factory):
 
 
 def test_train_resumes_where_it_stopped(journey):
+    from tfllm.config import load_config
+
+    written = load_config([str(journey["cwd"] / "runs/journey/config.yaml")])
+    tiny = load_config(["tiny"], [a for a in SMALL if a != "--set"])
+    assert written.model == tiny.model and written.train.learning_rate == tiny.train.learning_rate
     assert "starting from scratch" in journey["first"]
     assert re.search(r"resumed from \S+ckpt-10 at step 10", journey["again"])
     assert "done: step 20" in journey["again"]
