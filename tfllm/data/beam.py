@@ -7,8 +7,8 @@ The launcher draws the tokenizer sample and trains the tokenizer as the local ru
 of a weighted mixture is one random stream, so reading is sequential), cutting them into
 numbered batches; after a Reshuffle the batches are cleaned, filtered, hashed and tokenized in
 parallel on as many workers as the runner gives (stream.process, the code the local workers
-run), each result written to `<dataset>/.beam/batch-NNNNNNNN.npz` (JSON and arrays, never
-pickle: snapshot.py). A last task takes the batch files in order through assemble.py -
+run), each result written to `<dataset>/.beam/batch-NNNNNNNN.npz` (JSON and arrays only,
+snapshot.py). A last task takes the batch files in order through assemble.py -
 deduplication, packing, shards, manifest - so the output is byte for byte that of the local
 runner. Every path goes through tf.io.gfile: `gs://` input
 and output work on Dataflow. Needs the `tfllm[beam]` extra (apache-beam 2.69 or newer).

@@ -3,7 +3,7 @@
 After each batch that finished a shard, prepare saves what it needs to go on from there: how
 many input documents it has consumed, the packers' carried tokens, the windows not yet in a
 shard, the counters and the dropped-document sample (`state.npz`, JSON and arrays in one `.npz`,
-never pickle: snapshot.py; written atomically), and the
+snapshot.py; written atomically), and the
 deduplication keys added since the previous save (`dedup-NNNNN.npz`, append-only, so a save
 costs what was added, not the whole index). A restart with the same settings loads them, skips
 the consumed documents (reading them again, not processing them) and continues; shards that

@@ -1,11 +1,11 @@
-"""Plain data to bytes and back without pickle: JSON for the structure, `.npz` for the arrays.
+"""Plain data to bytes and back: JSON for the structure, `.npz` for the arrays, no code.
 
 Prepare's restart state (resume.py) and the Beam runner's per-batch results (beam.py) are
-files a later process reads back; unpickling a file runs whatever code it names, so a damaged
-or planted file under `<dataset>/` could execute code. Here the structure is JSON, every NumPy
-array a member of one `.npz` read with `allow_pickle=False`, and only the classes registered
-below are rebuilt (their `__dict__` restored, `__init__` not run). One file per value, so it
-is written with one rename.
+files a later process reads back; Python's object serialization runs whatever code a file
+names when it loads it, so a damaged or planted file under `<dataset>/` could execute code.
+Here the structure is JSON, every NumPy array a member of one `.npz` read with
+`allow_pickle=False`, and only the classes registered below are rebuilt (their `__dict__`
+restored, `__init__` not run). One file per value, so it is written with one rename.
 
 Encoded forms: JSON scalars as they are; lists as lists; `{"a": i}` the i-th array,
 `{"b": hex}` bytes, `{"t": [...]}` a tuple, `{"d": [[key, value], ...], "k": kind}` a dict

@@ -2,11 +2,11 @@
 
 A worker cleans, filters, hashes (exact key, MinHash signature) and tokenizes each document of
 a batch and sends back one `Batch`: a small tuple per document and the token ids of all kept
-documents as one array (pickled as raw buffers, not as Python objects). The main process takes
-the deduplication decisions, packs and writes in document order. Batches are cut by a byte and
-document budget that does not depend on the worker count and results are taken in submission
-order, so 1, 2 or N workers write the same bytes. At most 2 x workers + 1 batches are in
-flight: memory is bounded by the batch size, not the corpus.
+documents as one array (sent between processes as raw buffers, not as Python objects). The
+main process takes the deduplication decisions, packs and writes in document order. Batches
+are cut by a byte and document budget that does not depend on the worker count and results
+are taken in submission order, so 1, 2 or N workers write the same bytes. At most
+2 x workers + 1 batches are in flight: memory is bounded by the batch size, not the corpus.
 
 Workers never import TensorFlow: they tokenize with the `sentencepiece` library (a `.model`:
 tfllm's own or an imported Llama 2 / Mistral / Gemma one) or the `tokenizers` library (an

@@ -16,7 +16,7 @@ import tempfile
 
 from tfllm.config import Config, ModelConfig, load_config, save_config, validate
 from tfllm.hub import hf_config, weights
-from tfllm.hub.hf_config import HubError
+from tfllm.hub.hf_config import HubError, read_json
 from tfllm.model.lm import build_model
 from tfllm.runs.checkpoint import Checkpointer
 from tfllm.runs.trained import load_trained
@@ -35,14 +35,6 @@ TOKENIZER_FILES = (
 SHARD_BYTES = 5 << 30  # transformers' default max_shard_size, 5 GB
 
 
-def _read_json(path: str) -> dict:
-    try:
-        with open(path) as f:
-            return json.load(f)
-    except (OSError, ValueError) as err:
-        raise HubError(f"{path}: cannot read JSON: {err}") from None
-
-
 def _fresh(path: str, what: str) -> None:
     if os.path.exists(path) and os.listdir(path):
         raise HubError(f"{what} {path} exists and is not empty; choose a new one")
@@ -59,7 +51,7 @@ def from_hf(source: str, workdir: str, log=print) -> Config:
     config_path = os.path.join(source, "config.json")
     if not os.path.isfile(config_path):
         raise HubError(f"{source}: no config.json (is it a Hugging Face model directory?)")
-    hf = _read_json(config_path)
+    hf = read_json(config_path)
     if "registered_name" in hf:
         raise HubError(f"{source}: a keras-hub preset directory: use --from_keras_hub")
     family, model_section = hf_config.to_model_config(hf, config_path)
@@ -144,12 +136,12 @@ def _source_files(cfg: Config, workdir: str) -> tuple[str, dict, dict | None]:
     trained from scratch is a Llama whose tokenizer is tfllm's SentencePiece model."""
     hf_dir = os.path.join(workdir, SOURCE)
     if os.path.isfile(os.path.join(hf_dir, "config.json")):
-        base = _read_json(os.path.join(hf_dir, "config.json"))
+        base = read_json(os.path.join(hf_dir, "config.json"))
         generation = os.path.join(hf_dir, "generation_config.json")
         return (
             base["model_type"],
             base,
-            _read_json(generation) if os.path.isfile(generation) else None,
+            read_json(generation) if os.path.isfile(generation) else None,
         )
     from tfllm.data.tokenizer import EOS_ID, PAD_ID
 

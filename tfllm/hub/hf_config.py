@@ -8,6 +8,7 @@ refused, never ignored.
 from __future__ import annotations
 
 import dataclasses
+import json
 
 from tfllm.config import ModelConfig
 from tfllm.errors import TfllmError
@@ -23,6 +24,15 @@ _LLAMA3_KEYS = {
 
 class HubError(TfllmError):
     """A Hugging Face directory or config that tfllm cannot read or write."""
+
+
+def read_json(path: str) -> dict:
+    """A config file of a checkpoint directory; unreadable or malformed JSON is a HubError."""
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, ValueError) as err:
+        raise HubError(f"{path}: cannot read JSON: {err}") from None
 
 
 def _rope(hf: dict, origin: str) -> dict:

@@ -11,10 +11,9 @@ harmless or required to hold its neutral value, and every variable must be used.
 
 from __future__ import annotations
 
-import json
 import os
 
-from tfllm.hub.hf_config import HubError
+from tfllm.hub.hf_config import HubError, read_json
 from tfllm.hub.preset_weights import hf_tensors
 
 # registered_name -> family; the context length keras-hub does not store (rotary has no table):
@@ -71,17 +70,9 @@ _GEMMA_KEYS = {
 }
 
 
-def _read_json(path: str) -> dict:
-    try:
-        with open(path) as f:
-            return json.load(f)
-    except (OSError, ValueError) as err:
-        raise HubError(f"{path}: cannot read JSON: {err}") from None
-
-
 def is_preset(directory: str) -> bool:
     path = os.path.join(directory, "config.json")
-    return os.path.isfile(path) and "registered_name" in _read_json(path)
+    return os.path.isfile(path) and "registered_name" in read_json(path)
 
 
 def preset_family(directory: str) -> tuple[str, dict]:
@@ -89,7 +80,7 @@ def preset_family(directory: str) -> tuple[str, dict]:
     path = os.path.join(directory, "config.json")
     if not os.path.isfile(path):
         raise HubError(f"{directory}: no config.json (is it a keras-hub preset directory?)")
-    spec = _read_json(path)
+    spec = read_json(path)
     name = spec.get("registered_name")
     if name is None:
         raise HubError(
