@@ -197,6 +197,10 @@ def prepare(cfg: Config, log=print, timings: dict | None = None) -> dict:
     timings = {} if timings is None else timings
     d, out, start = cfg.data, data_dir(cfg), time.time()
     tf.io.gfile.makedirs(out)
+    if d.format == "preference":  # pairs for DPO
+        from tfllm.data.preference import prepare_preference
+
+        return prepare_preference(cfg, out, log)
     if d.format != "text":  # instruction and chat data: examples, a loss mask, no dedup
         return sft_prepare.prepare_sft(cfg, out, log)
     checkpoint = resume.Checkpoint(out, resume.fingerprint(cfg))

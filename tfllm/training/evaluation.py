@@ -9,7 +9,7 @@ from tfllm.config import Config
 from tfllm.data import prepare
 from tfllm.observe.metrics import Reporter
 from tfllm.serve import generate
-from tfllm.training.steps import Steps, evaluate
+from tfllm.training.steps import Steps, evaluate, evaluate_metrics
 
 
 class Evaluation:
@@ -29,10 +29,9 @@ class Evaluation:
         self.val_loss, self.sample = math.nan, ""
 
     def __call__(self, step: int) -> None:
-        self.val_loss = evaluate(self.steps, self.eval_ds)
-        self.reporter.scalars(
-            "val", step, {"loss": self.val_loss, "perplexity": math.exp(self.val_loss)}
-        )
+        values = evaluate_metrics(self.steps, self.eval_ds)  # DPO adds its rewards and logps
+        self.val_loss = values["loss"]
+        self.reporter.scalars("val", step, {**values, **self.reporter.perplexity(self.val_loss)})
         self.reporter.print(f"step {step}: validation loss {self.val_loss:.4f}")
         if self.tasks:
             self.run_tasks(step)

@@ -31,6 +31,8 @@ class Session:
     counters: dict[str, tf.Variable]
     checkpointer: Checkpointer
     step: int  # where training resumes
+    reference: object = None  # DPO without LoRA: the (pairs + 1, 2) reference log-probs
+    teacher: keras.Model | None = None  # distillation's frozen teacher
 
 
 def new_counters() -> dict[str, tf.Variable]:
@@ -73,6 +75,17 @@ def start(cfg: Config, strategy, log) -> Session:
     with strategy.scope():
         model = build_model(cfg.model, precision, t.remat)
     base = trained.load_base(cfg, model, log) if t.init_from else None
+    directory = prepare.data_dir(cfg)
+    reference_logps = None
+    if t.objective == "dpo" and not t.lora_rank:  # while the model holds the reference weights
+        from tfllm.training import reference
+
+        reference_logps = reference.ensure(model, directory, manifest, base, t)
+    teacher = None
+    if t.distill_from:
+        from tfllm.training.distill import load_teacher
+
+        teacher = load_teacher(cfg, strategy)
     with strategy.scope():
         adapters = lora.attach(model, t) if t.lora_rank else None
         optimizer = make_optimizer(t, lora.trainable_variables(model))
@@ -80,7 +93,7 @@ def start(cfg: Config, strategy, log) -> Session:
     checkpointer = make_checkpointer(
         cfg, adapters or model, optimizer, counters, strategy, log, base=base if adapters else None
     )
-    check_memory(cfg, model, strategy.num_replicas_in_sync, log)
+    check_memory(cfg, model, strategy.num_replicas_in_sync, log, teacher)
     restored = checkpointer.restore_latest()
     step = completed_steps(optimizer)
     log(
@@ -89,14 +102,22 @@ def start(cfg: Config, strategy, log) -> Session:
     )
     if restored is None and t.on_nonfinite == "rollback":
         checkpointer.save(step)  # something to roll back to before the first one
-    directory = prepare.data_dir(cfg)
-    return Session(cfg, manifest, directory, model, optimizer, counters, checkpointer, step)
+    return Session(
+        cfg, manifest, directory, model, optimizer, counters, checkpointer, step,
+        reference_logps, teacher,
+    )  # fmt: skip
 
 
-def check_memory(cfg: Config, model, replicas: int, log) -> None:
+def check_memory(cfg: Config, model, replicas: int, log, teacher=None) -> None:
     """Prints the memory estimate; refuses a run whose estimate exceeds the device's."""
     trained_params = sum(math.prod(v.shape) for v in lora.trainable_variables(model))
-    sizes = memory.estimate(cfg, model.count_params(), trained_params, replicas)
+    extra = {}
+    if teacher is not None:
+        extra = {
+            "teacher_params": teacher.count_params(),
+            "teacher_bytes": 2 if teacher.compute_dtype == "bfloat16" else 4,
+        }
+    sizes = memory.estimate(cfg, model.count_params(), trained_params, replicas, **extra)
     log(memory.describe(cfg, sizes, trained_params))
     limit = memory.device_limit(cfg.runtime.device_memory_gb)
     if limit is not None and sizes["total"] > limit:
