@@ -73,7 +73,9 @@ EXTRAS_REQUIRE = {
     # Only the PyTorch peer of benchmarks/ needs it; take the CPU wheel from PyTorch's index
     # (--extra-index-url https://download.pytorch.org/whl/cpu): PyPI's pulls GBs of CUDA.
     # transformers: the PyTorch peer of benchmarks/llama_bench.py is its LlamaForCausalLM
-    "bench": ["torch==2.13.0", "tokenizers>=0.20", "transformers>=4.45"],
+    # trl: the peer of benchmarks/dpo_bench.py (DPOTrainer); with torch 2.13 already present it
+    # adds only accelerate.
+    "bench": ["torch==2.13.0", "tokenizers>=0.20", "transformers>=4.45", "trl>=1.0"],
 }
 
 setup(
