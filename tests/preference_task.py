@@ -1,9 +1,12 @@
 """A synthetic preference task and the tiny base models the post-training tests start from,
 made by tfllm's own prepare, trainer and checkpointer.
 
-The task: "pick x y =" with two different letters of a..j; the preferred answer is the later
-letter in the alphabet (" g" over " b"). The base corpus holds the same lines with either letter
-as the answer, picked at random, so a base that learned the format prefers neither.
+The task: "pick y x =" with two different letters of a..j; the preferred answer is " y" (yes)
+when the last letter x is among a..e, else " n" (no); y does not matter. The base corpus holds
+the same lines with either answer picked at random, so a base that learned the format answers
+y or n and prefers neither. (One letter each, so both answers are tokenized alike: with the
+words yes and no, the tiny tokenizer makes one piece of " no" and four of " yes", and DPO can
+then win by lowering the later pieces of " yes" alone.)
 """
 
 from __future__ import annotations
@@ -27,15 +30,29 @@ MODEL = [
     "model.hidden_dim=32",
     "model.num_heads=2",
     "model.intermediate_dim=64",
-    "model.vocabulary_size=280",  # byte fallback's 256 pieces and the task's words
+    "model.vocabulary_size=276",  # byte fallback's 256 and 20 pieces: " y", " n" split alike
     "model.max_sequence_length=32",
 ]
 QUIET = {"log": lambda _: None}
 
 
+def rule(x: str) -> str:
+    """The preferred answer to "pick y x =": y for x in a..e, n for f..j."""
+    return "y" if x < "f" else "n"
+
+
+def prompt(x: str, y: str) -> str:
+    return f"pick {y} {x} ="
+
+
+def pair_of(x: str, y: str) -> dict:
+    preferred = rule(x)
+    other = "n" if preferred == "y" else "y"
+    return {"prompt": prompt(x, y), "chosen": preferred, "rejected": other}
+
+
 def pair(rng: random.Random) -> dict:
-    x, y = rng.sample(LETTERS, 2)
-    return {"prompt": f"pick {x} {y} =", "chosen": f" {max(x, y)}", "rejected": f" {min(x, y)}"}
+    return pair_of(*rng.sample(LETTERS, 2))
 
 
 def write_pairs(path: pathlib.Path, count: int, seed: int) -> list[dict]:
@@ -47,15 +64,15 @@ def write_pairs(path: pathlib.Path, count: int, seed: int) -> list[dict]:
 
 def base_config(root: pathlib.Path, name: str, *overrides: str):
     corpus = root / "corpus"
-    if not corpus.exists():
+    if not corpus.exists():  # one JSON Lines record per line: EOS around each, as in DPO pairs
         corpus.mkdir(parents=True)
         rng = random.Random(0)
-        for k in range(30):
-            lines = []
-            for _ in range(100):
-                p = pair(rng)
-                lines.append(p["prompt"] + rng.choice([p["chosen"], p["rejected"]]))
-            (corpus / f"{k}.txt").write_text("\n".join(lines) + "\n")
+        for k in range(3):
+            with open(corpus / f"{k}.jsonl", "w") as f:
+                for _ in range(1000):
+                    p = pair(rng)
+                    text = p["prompt"] + rng.choice([p["chosen"], p["rejected"]])
+                    f.write(json.dumps({"text": text}) + "\n")
     return load_config(
         overrides=[
             *MODEL,
