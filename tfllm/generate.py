@@ -27,7 +27,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--top_p", type=float, default=1.0, help="1 = no nucleus filter")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
-    cli.quiet_unless(args.verbose)
+    cli.start(args)
     from tfllm.runs.trained import load_trained
     from tfllm.serve import chat
     from tfllm.serve.generate import Generator
