@@ -222,7 +222,7 @@ _PEAK_RSS = """
 import re, sys
 from tfllm.config import load_config
 from tfllm.data import prepare
-prepare.prepare(load_config([], sys.argv[1:]), log=lambda _: None)
+prepare.prepare(load_config([], sys.argv[1:]))
 print(re.search(r"VmHWM:\\s+(\\d+) kB", open("/proc/self/status").read()).group(1))
 """
 

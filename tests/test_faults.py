@@ -12,6 +12,7 @@ import sys
 import numpy as np
 import pytest
 import tensorflow as tf
+from commands import logged
 from test_train import final_weights, read_scalars, weight_difference
 
 from tfllm.config import save_config
@@ -63,7 +64,7 @@ class TrainProcess:
 
 def test_sigterm_kill9_restart_equals_uninterrupted(make_config, tmp_path):
     straight = make_config(*RUN, workdir=tmp_path / "straight")
-    train(straight, log=lambda *_: None)
+    train(straight)
     cfg = make_config(*RUN, workdir=tmp_path / "faulty")
     path = tmp_path / "faulty.yaml"
     save_config(cfg, str(path))
@@ -75,7 +76,7 @@ def test_sigterm_kill9_restart_equals_uninterrupted(make_config, tmp_path):
     first.proc.send_signal(signal.SIGSTOP)
     try:
         with pytest.raises(TfllmError, match="in use by process"):  # a second writer
-            train(cfg, log=lambda *_: None)
+            train(cfg)
     finally:
         first.proc.send_signal(signal.SIGTERM)
         first.proc.send_signal(signal.SIGCONT)
@@ -115,7 +116,7 @@ DIVERGE += ("train.steps_per_loop=5", "train.eval_every=10")
 def test_nonfinite_stop_writes_diagnostics(make_config, tmp_path):
     cfg = make_config(*DIVERGE)
     with pytest.raises(NonFiniteError, match="non-finite loss") as err:
-        train(cfg, log=lambda *_: None)
+        train(cfg)
     print(err.value)
     assert err.value.exit_code == EXIT_NONFINITE
     (report_path,) = (tmp_path / "run").glob("nonfinite-step-*.json")
@@ -127,8 +128,8 @@ def test_nonfinite_stop_writes_diagnostics(make_config, tmp_path):
 
 def test_nonfinite_skip_leaves_weights_unchanged(make_config):
     cfg = make_config(*DIVERGE, "train.on_nonfinite=skip")
-    lines = []
-    result = train(cfg, log=lines.append)
+    with logged() as lines:
+        result = train(cfg)
     print(result, [line for line in lines if "skipped" in line])
     assert result["step"] == 10 and result["skipped_steps"] > 0
     weights, step = final_weights(cfg)
@@ -138,9 +139,8 @@ def test_nonfinite_skip_leaves_weights_unchanged(make_config):
 
 def test_nonfinite_rollback_is_bounded(make_config):
     cfg = make_config(*DIVERGE, "train.on_nonfinite=rollback", "train.max_rollbacks=2")
-    lines = []
-    with pytest.raises(NonFiniteError, match="rollbacks used up"):
-        train(cfg, log=lines.append)
+    with logged() as lines, pytest.raises(NonFiniteError, match="rollbacks used up"):
+        train(cfg)
     rollbacks = [line for line in lines if "rolled back to" in line]
     print("\n".join(rollbacks))
     assert len(rollbacks) == 2
@@ -185,10 +185,10 @@ def test_nonfinite_rollback_recovers_from_a_poisoned_batch(make_config, tmp_path
         "train.eval_every=30",
         "train.on_nonfinite=rollback",
     )
-    prepare.prepare(cfg, log=lambda *_: None)
+    prepare.prepare(cfg)
     poison_step(cfg, 17)
-    lines = []
-    result = train(cfg, log=lines.append)
+    with logged() as lines:
+        result = train(cfg)
     rollbacks = [line for line in lines if "rolled back to" in line]
     print("\n".join(rollbacks))
     assert len(rollbacks) == 1 and result["rollbacks"] == 1

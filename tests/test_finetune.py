@@ -68,7 +68,7 @@ def base(tmp_path_factory) -> str:
     )
     from tfllm.training import loop
 
-    loop.train(cfg, log=lambda _: None)
+    loop.train(cfg)
     return str(root / "base")
 
 

@@ -81,8 +81,8 @@ def imported(tmp_path_factory):
 def test_mirrored_training_equals_one_device(imported):
     root, log = imported
     assert "2 replica(s)" in log and "resumed from runs/imp/checkpoints/ckpt-0 at step 0" in log
-    two = load_trained(str(root / "runs/imp"), log=lambda _: None)
-    one = load_trained(str(root / "runs/one"), log=lambda _: None)
+    two = load_trained(str(root / "runs/imp"))
+    one = load_trained(str(root / "runs/one"))
     assert two.step == one.step == 10
     difference = max(
         float(np.abs(a.numpy() - b.numpy()).max())
@@ -93,7 +93,7 @@ def test_mirrored_training_equals_one_device(imported):
 
 def test_prompt_tokens_are_the_tokenizers_own(imported):
     root, _ = imported
-    trained = load_trained(str(root / "runs/imp"), log=lambda _: None)
+    trained = load_trained(str(root / "runs/imp"))
     assert trained.tokenizer_path.endswith("tokenizer.json")
     generator = Generator(trained.model, trained.tokenizer_path)
     ids = generator._prompt_ids(tf.constant([PROMPT])).to_list()[0]

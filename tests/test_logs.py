@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import pathlib
 import re
 
 import pytest
@@ -130,3 +131,14 @@ def test_progress_records_carry_their_step_in_json(stderr):
     entry = json.loads(stderr())
     assert entry["step"] == 10 and entry["progress"] is True
     assert entry["message"].startswith("step 10/20 | 100 tok/s")
+
+
+def test_no_log_parameters_are_left():
+    package = pathlib.Path(logs.__file__).parent
+    found = [
+        f"{path}:{number}: {line.strip()}"
+        for path in package.rglob("*.py")
+        for number, line in enumerate(path.read_text().splitlines(), 1)
+        if re.search(r"\blog=(print|log)\b|\blog: Callable|def \w+\(.*\blog\b", line)
+    ]
+    assert not found, found

@@ -44,6 +44,7 @@ class Progress:
     """A progress line for `total` things (None when unknown), with a rate in `unit` per second.
 
     `label` starts the line (`step`, `eval stdlib`); `count_unit` follows the count (`MB`).
+    Lines are records of `level` (INFO) on `logger`.
     `update` takes the new count and may override the rate (a number, or a text such as
     `compiling`) and the ETA in seconds; by default both come from the time since the line was
     made. `fields` are shown between the count and the rate.
@@ -56,9 +57,10 @@ class Progress:
         unit: str = "",
         count_unit: str = "",
         logger: logging.Logger | None = None,
+        level: int = logging.INFO,
     ):
         self.label, self.total, self.unit, self.count_unit = label, total, unit, count_unit
-        self.logger = logger or logging.getLogger(__name__)
+        self.logger, self.level = logger or logging.getLogger(__name__), level
         self.started = time.monotonic()
         self.shown: float | None = None
         self.done: float = 0
@@ -77,6 +79,8 @@ class Progress:
         """Writes the line if it is due: the first, the last (done reaches total), or one
         interval after the previous one."""
         self.done = done
+        if not self.logger.isEnabledFor(self.level):
+            return
         now = time.monotonic()
         finished = self.total is not None and done >= self.total
         if self.shown is not None and not finished and now - self.shown < logs.progress_interval():
@@ -87,7 +91,8 @@ class Progress:
             rate = done / elapsed if elapsed > 0 else math.nan
         if eta is None and self.total is not None:
             eta = (self.total - done) / rate if isinstance(rate, float) and rate > 0 else math.inf
-        self.logger.info(self.line(done, fields, rate, eta), extra={"progress": True, "step": step})
+        extra = {"progress": True, "step": step}
+        self.logger.log(self.level, self.line(done, fields, rate, eta), extra=extra)
 
     def line(self, done: float, fields, rate: float | str, eta: float | None) -> str:
         count = f"{self.label} {_number(done)}"

@@ -18,6 +18,7 @@ dropped (`drop`, counted and named).
 
 from __future__ import annotations
 
+import logging
 import posixpath
 import time
 
@@ -29,6 +30,8 @@ from tfllm.data import chat, records, sft
 from tfllm.data.corpus import list_files, split_of
 from tfllm.data.tokenizer import EOS_ID, load_tokenizer
 from tfllm.errors import DataError
+
+logger = logging.getLogger(__name__)
 
 SPLITS = ("train", "val")
 _BATCH = 512  # examples tokenized per call of the in-graph tokenizer
@@ -97,7 +100,7 @@ def _tokenizer_dir(path: str) -> str:
     return path if tf.io.gfile.isdir(path) else posixpath.dirname(path)
 
 
-def prepare_sft(cfg: Config, out: str, log=print) -> dict:
+def prepare_sft(cfg: Config, out: str) -> dict:
     """Builds the dataset of `cfg.data` (an SFT format) in `out`; returns its manifest."""
     d, start = cfg.data, time.time()
     if not d.tokenizer:
@@ -151,7 +154,7 @@ def prepare_sft(cfg: Config, out: str, log=print) -> dict:
         packed[split] = {**c, "shards": writer.close()}
     manifest = _manifest(cfg, tokenizer, stats, dropped, packed)
     records.write_manifest(out, manifest)
-    _report(manifest, time.time() - start, log)
+    _report(manifest, time.time() - start)
     return manifest
 
 
@@ -201,9 +204,9 @@ def _tokenizer_entry(path: str) -> dict:
     return {"file": path, "sha256": records.file_sha256(path)}
 
 
-def _report(manifest: dict, seconds: float, log) -> None:
+def _report(manifest: dict, seconds: float) -> None:
     r = manifest["records"]
-    log(
+    logger.info(
         f"records: {r['read']} read, {r['used']} used"
         + "".join(f", {k} {v}" for k, v in sorted(r["skipped"].items()))
         + (
@@ -213,11 +216,11 @@ def _report(manifest: dict, seconds: float, log) -> None:
         )
     )
     for line in r["named"] + r["dropped_named"]:
-        log(f"  skipped {line}")
+        logger.info(f"  skipped {line}")
     for split, info in manifest["splits"].items():
-        log(
+        logger.info(
             f"{split}: {info['documents']} examples in {info['records']} windows; "
             f"{info['tokens_trained']} tokens trained on, {info['tokens_masked']} masked, "
             f"{info['examples_cut']} examples cut to the window"
         )
-    log(f"prepared {manifest['name']} ({manifest['format']}) in {seconds:.1f}s")
+    logger.info(f"prepared {manifest['name']} ({manifest['format']}) in {seconds:.1f}s")
