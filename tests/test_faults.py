@@ -27,13 +27,23 @@ RUN += ("train.eval_every=40",)
 
 
 class TrainProcess:
-    """`python -m tfllm.train --config FILE [ARGS]` in a subprocess, its stdout read line by
-    line; `env` adds environment variables (e.g. TF_CONFIG)."""
+    """`python -m tfllm.train --config FILE [ARGS]` in a subprocess, its output (stdout and
+    stderr) read line by line, with every host loop's progress line (--progress_seconds 0);
+    `env` adds environment variables (e.g. TF_CONFIG)."""
 
     def __init__(self, config_path, *args: str, env: dict | None = None):
         env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(ROOT), **(env or {})}
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "tfllm.train", "--config", str(config_path), *args],
+            [
+                sys.executable,
+                "-m",
+                "tfllm.train",
+                "--config",
+                str(config_path),
+                "--progress_seconds",
+                "0",
+                *args,
+            ],  # fmt: skip
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,

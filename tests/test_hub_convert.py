@@ -192,7 +192,7 @@ def test_converted_workdir_trains_from_step_0(tmp_path, corpus_dir, capsys):
         "train.jit_compile=false",
     ]
     assert run_main("train", argv) == 0
-    assert f"resumed from {workdir}/checkpoints/ckpt-0 at step 0" in capsys.readouterr().out
+    assert f"resumed from {workdir}/checkpoints/ckpt-0 at step 0" in capsys.readouterr().err
     after = load_trained(str(workdir), **QUIET)
     assert after.step == 2 and after.tokenizer_path == str(workdir / "hf" / "tokenizer.model")
     moved = [

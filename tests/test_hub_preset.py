@@ -154,7 +154,7 @@ def test_preset_to_tfllm_to_preset_keeps_the_logits(variant, tmp_path, capsys):
     assert (
         run_main("convert", ["--to_keras_hub", str(out), "--workdir", str(tmp_path / "run")]) == 0
     )
-    assert f"-> keras-hub preset {out}" in capsys.readouterr().out
+    assert f"-> keras-hub preset {out}" in capsys.readouterr().err
     again = keras_hub.models.Backbone.from_preset(str(out))
     ids = np.random.default_rng(2).integers(0, 128, (2, 9)).astype("int32")
     np.testing.assert_allclose(_logits(again, ids), _logits(backbone, ids), atol=1e-5, rtol=0)

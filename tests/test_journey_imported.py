@@ -48,10 +48,11 @@ print(json.dumps({"completion": out["completions"].numpy()[0].decode(),
 """
 
 
-def _ok(done: subprocess.CompletedProcess) -> str:
+def _ok(done: subprocess.CompletedProcess, stream: str = "stdout") -> str:
+    """The command's results (stdout), or its log lines with stream="stderr"."""
     assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
     assert "Traceback" not in done.stderr
-    return done.stdout
+    return getattr(done, stream)
 
 
 @pytest.fixture(scope="module")
@@ -72,7 +73,9 @@ def imported(tmp_path_factory):
     shutil.copytree(root / "runs/imp", root / "runs/one")
     common = [*TRAIN, "--set", f"data.source={data}"]
     config = ["--config", "runs/imp/config.yaml"]
-    mirrored = _ok(run_subprocess("train", *config, *common, "--strategy", "mirrored", cwd=root))
+    mirrored = _ok(
+        run_subprocess("train", *config, *common, "--strategy", "mirrored", cwd=root), "stderr"
+    )
     one = ["--set", "runtime.workdir=runs/one", "--strategy", "cpu"]
     _ok(run_subprocess("train", *config, *common, *one, cwd=root))
     return root, mirrored

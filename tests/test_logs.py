@@ -34,6 +34,7 @@ def _unconfigure():
     for handler in [h for h in root.handlers if isinstance(h, logs.ConsoleHandler)]:
         root.removeHandler(handler)
     root.setLevel(logging.NOTSET)
+    root.propagate = True
 
 
 def test_text_format_is_the_message_with_a_level_word_past_info(stderr):

@@ -100,7 +100,9 @@ def configure(
     level: str = "normal", fmt: str = "text", progress_seconds: float = PROGRESS_SECONDS
 ) -> ConsoleHandler:
     """Sends the `tfllm.*` loggers' records of `level` (quiet, normal, verbose) and above to
-    stderr in `fmt`. Called again, it replaces its own handler (one line per record, always)."""
+    stderr in `fmt`, and only there: not also to a handler that a library put on the root
+    logger (some call `logging.basicConfig` on import). Called again, it replaces its own
+    handler."""
     if fmt not in FORMATS:
         raise ValueError(f"log format {fmt!r}: expected one of {', '.join(FORMATS)}")
     for old in [h for h in _root.handlers if isinstance(h, ConsoleHandler)]:
@@ -109,6 +111,7 @@ def configure(
     handler = ConsoleHandler(fmt, progress_seconds)
     _root.addHandler(handler)
     _root.setLevel(LEVELS[level])
+    _root.propagate = False
     return handler
 
 

@@ -125,7 +125,7 @@ class Preemption:
             if self.watcher.signum is not None
             else "a peer worker was preempted"
         )
-        logger.warning(
+        logger.info(
             f"{why}: saved {path} at step {step}; run again to resume", extra={"step": step}
         )
 
