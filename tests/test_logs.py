@@ -10,6 +10,7 @@ import pathlib
 import re
 
 import pytest
+from commands import run_subprocess
 
 from tfllm import logs
 from tfllm.progress import Progress, format_count, format_duration
@@ -143,3 +144,54 @@ def test_no_log_parameters_are_left():
         if re.search(r"\blog=(print|log)\b|\blog: Callable|def \w+\(.*\blog\b", line)
     ]
     assert not found, found
+
+
+def test_prepare_as_a_user_runs_it_json_quiet_and_verify(corpus_dir, tmp_path):
+    """Log lines on stderr (JSON lines with --log_format json), results on stdout, nothing but
+    the results with --quiet."""
+    args = [
+        "--set", f"data.source={corpus_dir}", "--set", f"data.root={tmp_path}",
+        "--set", "data.name=logs", "--set", "model.vocabulary_size=512",
+        "--set", "data.seq_len=32", "--set", "model.max_sequence_length=64",
+        "--set", "data.tokenizer_sample_mb=1",
+    ]  # fmt: skip
+    done = run_subprocess("prepare", *args, "--log_format", "json", "--progress_seconds", "0")
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout == ""
+    entries = [json.loads(line) for line in done.stderr.splitlines()]
+    assert all({"time", "level", "logger", "message"} <= set(e) for e in entries)
+    assert {e["logger"] for e in entries} >= {"tfllm.data.prepare", "tfllm.data.progress"}
+    progress = [e for e in entries if e.get("progress")]
+    assert progress and all(e["message"].startswith("prepare ") for e in progress)
+    assert entries[-1]["message"].startswith(f"prepared {tmp_path}/logs in ")
+
+    quiet = run_subprocess("prepare", *args, "--force", "--quiet")
+    assert quiet.returncode == 0 and quiet.stdout == quiet.stderr == "", quiet.stderr[-3000:]
+
+    verified = run_subprocess("prepare", *args, "--verify")
+    assert verified.returncode == 0 and verified.stderr == "", verified.stderr[-3000:]
+    assert verified.stdout.splitlines()[-1].endswith("match the manifest")
+    assert verified.stdout.count("ok  ") >= 2  # one line per shard
+
+
+def test_the_python_api_shows_notes_unless_the_program_set_up_logging():
+    import subprocess
+    import sys
+
+    code = (
+        "import logging, sys\n"
+        "from tfllm import logs\n"
+        "if sys.argv[1] == 'own':\n"
+        "    logging.basicConfig(level=logging.WARNING, format='own %(message)s')\n"
+        "logs.show_by_default()\n"
+        "logging.getLogger('tfllm.x').info('a note')\n"
+        "logging.getLogger('tfllm.x').warning('a warning')\n"
+    )
+    shown = {
+        mode: subprocess.run(
+            [sys.executable, "-c", code, mode], capture_output=True, text=True, check=True
+        ).stderr
+        for mode in ("default", "own")
+    }
+    assert shown["default"] == "a note\nwarning: a warning\n"
+    assert shown["own"] == "own a warning\n"
