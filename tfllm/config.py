@@ -68,7 +68,7 @@ class DataConfig:
     source: str = "stdlib"
     text_field: str = "text"  # the field holding the text in JSON Lines and TFDS examples
     # Instruction and chat data (README "Fine-tuning"): text | prompt_completion | messages |
-    # alpaca; anything but text is packed by example with a loss mask (tfllm.data.sft_prepare).
+    # alpaca; anything but text is packed by example with a loss mask (tfllm.corpus.sft_prepare).
     format: str = "text"
     train_on: str = "completion"  # completion | assistant | all: which tokens are targets
     chat_template: str = ""  # a Jinja file overriding the tokenizer's own chat template

@@ -17,8 +17,8 @@ import sentencepiece as spm
 import tensorflow as tf
 import tensorflow_text as tf_text
 
-from tfllm.data.hf_tokenizer import load_hf_tokenizer
 from tfllm.errors import DataError
+from tfllm.tokenizers.hf_tokenizer import load_hf_tokenizer
 
 PAD_ID, UNK_ID, EOS_ID = 0, 1, 2
 # SentencePiece caps one training sentence; longer paragraphs are cut into pieces this long.
