@@ -149,8 +149,7 @@ class TrainConfig:
 
 @dataclass
 class RuntimeConfig:
-    workdir: str = "runs/tiny"
-    strategy: str = "auto"
+    workdir: str = "runs/tiny"  # the run's directory: checkpoints, config.yaml, TensorBoard logs
     peak_flops: float = 0.0  # peak FLOP/s of one device for MFU; 0 = detect (or measure on CPU)
     profiler_port: int = 0  # serve on-demand profiler captures on this port; 0 = off
     # Memory of one device in GiB for the pre-training estimate's check; 0 = what the GPU or

@@ -7,6 +7,5 @@
     verify    shards checked against the manifest before reading
     reader    shards to tf.data batches
 
-Imports only the shared modules and `tfllm.tokenizers`; the pipeline that writes datasets is
-`tfllm.corpus`.
+Imports only the shared modules; the pipeline that writes datasets is `tfllm.corpus`.
 """
