@@ -1,4 +1,5 @@
-"""How a training session starts: the data prepared, the model built (a LoRA run's base loaded
+"""How a training session starts: the prepared data checked against the config (made first
+when the caller passes the prepare stage), the model built (a LoRA run's base loaded
 and its adapters attached), the optimizer, the checkpointer, the memory estimate checked, and
 the newest usable checkpoint restored."""
 
