@@ -9,7 +9,7 @@ import pytest
 from _data_helpers import small_config, write_corpus
 from commands import logged
 
-from tfllm.data import prepare
+from tfllm.corpus import prepare
 from tfllm.errors import DataError
 from tfllm.training import loop as train
 

@@ -65,9 +65,10 @@ def base(tmp_path_factory) -> str:
             "train.sample_tokens=4",
         ]
     )
+    from tfllm.corpus.prepare import prepare
     from tfllm.training import loop
 
-    loop.train(cfg)
+    loop.train(cfg, build_data=prepare)
     return str(root / "base")
 
 

@@ -160,7 +160,7 @@ def test_prepare_as_a_user_runs_it_json_quiet_and_verify(corpus_dir, tmp_path):
     assert done.stdout == ""
     entries = [json.loads(line) for line in done.stderr.splitlines()]
     assert all({"time", "level", "logger", "message"} <= set(e) for e in entries)
-    assert {e["logger"] for e in entries} >= {"tfllm.data.prepare", "tfllm.data.progress"}
+    assert {e["logger"] for e in entries} >= {"tfllm.corpus.prepare", "tfllm.corpus.progress"}
     progress = [e for e in entries if e.get("progress")]
     assert progress and all(e["message"].startswith("prepare ") for e in progress)
     assert entries[-1]["message"].startswith(f"prepared {tmp_path}/logs in ")

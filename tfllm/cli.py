@@ -180,7 +180,7 @@ def run_command(main: Callable[[list[str] | None], int], argv: list[str] | None 
     except TfllmError as err:
         logs.end_line()
         print(f"error: {err}", file=sys.stderr)
-        code = getattr(err, "exit_code", 2)  # e.g. 3 for a non-finite loss (tfllm.faults)
+        code = getattr(err, "exit_code", 2)  # e.g. 3 for a non-finite loss (tfllm.training.faults)
     except KeyboardInterrupt:
         logs.end_line()
         print("interrupted", file=sys.stderr)

@@ -18,7 +18,7 @@ import posixpath
 import tensorflow as tf
 
 from tfllm.config import Config, load_config
-from tfllm.data import prepare
+from tfllm.data import layout
 from tfllm.errors import TfllmError
 
 logger = logging.getLogger(__name__)
@@ -39,7 +39,7 @@ def resolve(cfg: Config) -> Config:
     base = base_config(cfg.train.init_from)
     data = cfg.data
     if not data.tokenizer:
-        data = dataclasses.replace(data, tokenizer=prepare.tokenizer_path(base))
+        data = dataclasses.replace(data, tokenizer=layout.tokenizer_path(base))
     return dataclasses.replace(cfg, model=base.model, data=data)
 
 

@@ -13,6 +13,7 @@ import contextlib
 import logging
 import math
 import time
+from collections.abc import Callable
 
 import tensorflow as tf
 
@@ -61,8 +62,12 @@ def train(
     cfg: Config,
     strategy: tf.distribute.Strategy | None = None,
     stop_after: int | None = None,
+    build_data: Callable | None = None,
 ) -> dict:
     """Runs (or resumes) training to `cfg.train.steps`; returns the final metrics.
+
+    `build_data(cfg)` makes the dataset when it is missing (the prepare stage, which the
+    `train` command and `tfllm.train` pass in); without it a missing dataset is an error.
 
     `stop_after` ends this call early at that step (checkpointed), with the schedule still
     planned for `cfg.train.steps`: a job that runs in chunks resumes exactly where it stopped.
@@ -82,11 +87,11 @@ def train(
     chief = strategy.extended.should_checkpoint
     lock = WorkdirLock(cfg.runtime.workdir) if chief else contextlib.nullcontext()
     with lock, PreemptionWatcher() as watcher:
-        return _train(cfg, strategy, stop_after, watcher)
+        return _train(cfg, strategy, stop_after, watcher, build_data)
 
 
-def _train(cfg: Config, strategy, stop_after, watcher: PreemptionWatcher) -> dict:
-    started = session.start(cfg, strategy)
+def _train(cfg: Config, strategy, stop_after, watcher: PreemptionWatcher, build_data) -> dict:
+    started = session.start(cfg, strategy, build_data)
     run, step = _Run(started, strategy), started.step
     preemption = Preemption(strategy, watcher, run.checkpointer.save, cfg.runtime.workdir)
     run.compile(step)
