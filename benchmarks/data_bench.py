@@ -24,7 +24,8 @@ import time
 import tensorflow as tf
 
 from tfllm.config import load_config
-from tfllm.data import prepare, reader, verify
+from tfllm.corpus import prepare
+from tfllm.data import reader, verify
 from tfllm.model.lm import build_model
 from tfllm.training.optim import make_optimizer
 from tfllm.training.steps import Steps
@@ -123,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
         + args.overrides,
     )
     timings: dict[str, float] = {}
-    manifest = prepare.prepare(cfg, log=lambda _: None, timings=timings)
+    manifest = prepare.prepare(cfg, timings=timings)
     megabytes = manifest["cleaning"]["bytes_read"] / 1e6
     total = sum(timings.values())
     print(

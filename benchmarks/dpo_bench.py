@@ -79,8 +79,8 @@ def run_tfllm(hf_dir: str, lora_rank: int):
     import tensorflow as tf
 
     from tfllm.config import load_config
+    from tfllm.corpus.preference import _window
     from tfllm.data import pairs, records
-    from tfllm.data.preference import _window
     from tfllm.hub import convert
     from tfllm.model import lora
     from tfllm.runs.trained import load_trained
@@ -89,8 +89,8 @@ def run_tfllm(hf_dir: str, lora_rank: int):
     from tfllm.training.steps import Steps
 
     workdir = tempfile.mkdtemp() + "/model"
-    convert.from_hf(hf_dir, workdir, log=lambda _: None)
-    model = load_trained(workdir, log=lambda _: None).model
+    convert.from_hf(hf_dir, workdir)
+    model = load_trained(workdir).model
     overrides = [f"data.seq_len={SEQ}", f"train.global_batch_size={PAIRS}", "train.warmup_steps=0"]
     overrides += ["train.objective=dpo", "data.format=preference", "data.packing=document"]
     overrides += [f"train.init_from={workdir}", f"train.lora_rank={lora_rank}"]

@@ -36,9 +36,9 @@ import tensorflow as tf
 
 from benchmarks.common import never_end
 from tfllm.config import load_config, save_config
-from tfllm.data import tokenizer
 from tfllm.model.lm import build_model
 from tfllm.serve import export, generate
+from tfllm.tokenizers import tokenizer
 from tfllm.training.optim import make_optimizer
 from tfllm.training.session import make_checkpointer, new_counters
 
@@ -168,8 +168,8 @@ def make_run(root: str):
     model = build_model(cfg.model)
     never_end(model, tokenizer.EOS_ID)
     optimizer = make_optimizer(cfg.train, model.trainable_variables)
-    make_checkpointer(cfg, model, optimizer, new_counters(), log=lambda _: None).save(0)
-    version_dir = export.export(root, f"{root}/export/bench", log=lambda _: None)
+    make_checkpointer(cfg, model, optimizer, new_counters()).save(0)
+    version_dir = export.export(root, f"{root}/export/bench")
     return model, tokenizer_path, version_dir
 
 

@@ -19,7 +19,8 @@ from benchmarks import data_bench, generate_bench
 from benchmarks.common import emit, gpt2_backbone, never_end, summarize
 from benchmarks.train_bench import shape_of
 from tfllm.config import load_config
-from tfllm.data import prepare, verify
+from tfllm.corpus import prepare
+from tfllm.data import verify
 from tfllm.model.lm import build_model
 from tfllm.observe import flops
 from tfllm.serve import generate
@@ -46,7 +47,7 @@ def pipeline(quick: bool) -> dict:
         [*data_bench.SMALL, "data.source=stdlib", "data.tokenizer_sample_mb=2"]
         + [f"data.root={DATA_ROOT}"],
     )
-    manifest = prepare.ensure_prepared(cfg, lambda _: None)
+    manifest = prepare.ensure_prepared(cfg)
     shards = verify.check_split(prepare.data_dir(cfg), manifest, "train", "size", "error")
     reader = [data_bench.bench_reader(shards, cfg, batches) for _ in range(rounds)]
     rates = data_bench.bench_training(cfg, shards, rounds, steps)

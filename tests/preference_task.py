@@ -18,7 +18,7 @@ import random
 import numpy as np
 
 from tfllm.config import load_config, save_config
-from tfllm.data import prepare
+from tfllm.corpus import prepare
 from tfllm.model.lm import build_model
 from tfllm.training.optim import make_optimizer
 from tfllm.training.session import make_checkpointer, new_counters
@@ -33,7 +33,6 @@ MODEL = [
     "model.vocabulary_size=276",  # byte fallback's 256 and 20 pieces: " y", " n" split alike
     "model.max_sequence_length=32",
 ]
-QUIET = {"log": lambda _: None}
 
 
 def rule(x: str) -> str:
@@ -96,7 +95,7 @@ def random_base(root: pathlib.Path, name: str = "base", seed: int = 0) -> str:
     """A base workdir with random weights at step 0 (no training): quick, for the invariant
     and parity tests."""
     cfg = base_config(root, name)
-    prepare.ensure_prepared(cfg, **QUIET)
+    prepare.ensure_prepared(cfg)
     workdir = pathlib.Path(cfg.runtime.workdir)
     workdir.mkdir(parents=True)
     save_config(cfg, str(workdir / "config.yaml"))
@@ -105,7 +104,7 @@ def random_base(root: pathlib.Path, name: str = "base", seed: int = 0) -> str:
     for variable in model.weights:
         variable.assign(rng.normal(0.0, 0.2, variable.shape).astype("float32"))
     optimizer = make_optimizer(cfg.train, model.trainable_variables)
-    make_checkpointer(cfg, model, optimizer, new_counters(), **QUIET).save(0)
+    make_checkpointer(cfg, model, optimizer, new_counters()).save(0)
     return str(workdir)
 
 
@@ -117,7 +116,7 @@ def trained_base(root: pathlib.Path, name: str = "trained", steps: int = 300) ->
     cfg = base_config(
         root, name, f"train.steps={steps}", "train.learning_rate=0.01", "train.warmup_steps=10"
     )
-    loop.train(cfg, **QUIET)
+    loop.train(cfg, build_data=prepare.prepare)
     return cfg.runtime.workdir
 
 

@@ -18,15 +18,16 @@ import sys
 import numpy as np
 import pytest
 import tensorflow as tf
-from preference_task import QUIET, SEQ, dpo_options, random_base, write_pairs
+from preference_task import SEQ, dpo_options, random_base, write_pairs
 
 import tfllm
 from tfllm.config import TrainConfig, load_config, save_config
-from tfllm.data import pairs, prepare, records
+from tfllm.corpus import prepare
+from tfllm.data import layout, pairs, records
 from tfllm.data.reader import IGNORE
-from tfllm.data.tokenizer import load_tokenizer
 from tfllm.errors import DataError
 from tfllm.runs.trained import load_trained
+from tfllm.tokenizers.tokenizer import load_tokenizer
 from tfllm.training import dpo, loop
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -52,7 +53,7 @@ def preference_config(root, base, source, *overrides):
             "data.format=preference",
             "data.packing=document",
             f"data.source={source}",
-            f"data.tokenizer={prepare.tokenizer_path(base_cfg)}",
+            f"data.tokenizer={layout.tokenizer_path(base_cfg)}",
             f"data.root={root / 'prep'}",
             f"runtime.workdir={root / 'unused'}",
             "data.val_fraction=0.2",
@@ -63,7 +64,7 @@ def preference_config(root, base, source, *overrides):
 
 def read_pairs(cfg, split="train"):
     """(tokens (N, 2, W), segments (N, 2, W)) of a prepared split, in file order."""
-    directory = prepare.data_dir(cfg)
+    directory = layout.data_dir(cfg)
     manifest = records.read_manifest(directory)
     paths = [f"{directory}/{s['file']}" for s in manifest["splits"][split]["shards"]]
     serialized = list(tf.data.TFRecordDataset(paths))
@@ -100,7 +101,7 @@ def test_text_and_conversational_pairs(task, tmp_path):
     cfg = preference_config(
         tmp_path, base, source, "data.name=mixed", f"data.chat_template={template}"
     )
-    manifest = prepare.prepare(cfg, **QUIET)
+    manifest = prepare.prepare(cfg)
     assert manifest["records"]["read"] == 24 and manifest["records"]["used"] == 8
     assert manifest["records"]["skipped"] == {
         "missing_field": 4,
@@ -142,7 +143,7 @@ def test_long_pairs_cut_from_the_prompt_first_or_dropped(task, tmp_path):
     rows = [{"prompt": long_prompt, "chosen": " b", "rejected": " a a a"}] * 6
     source.write_text("".join(json.dumps(x) + "\n" for x in rows))
     cfg = preference_config(tmp_path, base, source, "data.name=cut", f"data.seq_len={SEQ}")
-    manifest = prepare.prepare(cfg, **QUIET)
+    manifest = prepare.prepare(cfg)
     assert sum(s["pairs_cut"] for s in manifest["splits"].values()) == 6
     tokenizer = load_tokenizer(cfg.data.tokenizer)
     prompt_ids = [2] + tokenizer.tokenize(long_prompt).numpy().tolist()  # tfllm's EOS first
@@ -158,7 +159,7 @@ def test_long_pairs_cut_from_the_prompt_first_or_dropped(task, tmp_path):
         tmp_path, base, source, "data.name=drop", f"data.seq_len={SEQ}", "data.truncate=drop"
     )
     with pytest.raises(DataError, match="no usable train pair"):
-        prepare.prepare(dropped, **QUIET)
+        prepare.prepare(dropped)
 
 
 def test_bad_file_is_one_error_line(task, tmp_path):
@@ -182,7 +183,7 @@ def test_bad_file_is_one_error_line(task, tmp_path):
         "error: bad.jsonl: no usable preference record (missing_field 1); first: "
         f"{source}:1: missing field 'chosen'"
     ]
-    assert not (pathlib.Path(prepare.data_dir(cfg)) / records.MANIFEST).exists()
+    assert not (pathlib.Path(layout.data_dir(cfg)) / records.MANIFEST).exists()
 
 
 @pytest.mark.parametrize(
@@ -195,8 +196,8 @@ def test_policy_equal_to_reference_gives_the_known_loss(task, loss, expected):
     value at d = 0, and zero rewards."""
     root, base = task
     cfg = preference_config(root, base, root / "pairs.jsonl", "data.name=pairs")
-    manifest = prepare.ensure_prepared(cfg, **QUIET)
-    trained = load_trained(base, **QUIET)
+    manifest = prepare.ensure_prepared(cfg)
+    trained = load_trained(base)
     train_cfg = TrainConfig(dpo_loss=loss, dpo_label_smoothing=0.2 if loss == "robust" else 0.0)
     shards = pairs.numbered_pairs(reader_shards(cfg, manifest), 16)
     numbers, *batch = next(iter(shards))
@@ -214,7 +215,7 @@ def test_policy_equal_to_reference_gives_the_known_loss(task, loss, expected):
 def reader_shards(cfg, manifest):
     from tfllm.training.reference import _shards
 
-    return _shards(prepare.data_dir(cfg), manifest)
+    return _shards(layout.data_dir(cfg), manifest)
 
 
 def tensorboard(workdir: str, split: str = "train") -> dict[str, dict[int, float]]:
@@ -229,7 +230,7 @@ def tensorboard(workdir: str, split: str = "train") -> dict[str, dict[int, float
 
 
 def _weights(workdir: str) -> dict[str, np.ndarray]:
-    model = load_trained(workdir, **QUIET).model
+    model = load_trained(workdir).model
     return {v.path: v.numpy() for v in model.weights}
 
 
@@ -264,11 +265,11 @@ def test_mirrored_accumulated_and_resumed_runs_equal_one_device(task, lora_rank)
         "train.grad_accum_steps=2",
     )
     resumed = load_config([config], [f"runtime.workdir={root / name}_resumed"])
-    loop.train(resumed, stop_after=2, **QUIET)
+    loop.train(resumed, stop_after=2)
     reference_files = glob.glob(f"{root / name}/data/finetune/reference-logps-*.json")
     assert len(reference_files) == (0 if lora_rank else 1)
     stamp = [os.stat(p).st_mtime_ns for p in reference_files]
-    loop.train(resumed, **QUIET)
+    loop.train(resumed)
     assert [os.stat(p).st_mtime_ns for p in reference_files] == stamp  # reused, not redone
     assert mirrored.wait(timeout=600) == 0, pathlib.Path(f"{root / name}_mirrored.log").read_text()
 

@@ -17,8 +17,8 @@ import tensorflow as tf
 from hub_fixtures import write_hf_dir
 
 from tfllm.config import TrainConfig
+from tfllm.corpus.preference import _window
 from tfllm.data import pairs, records
-from tfllm.data.preference import _window
 from tfllm.hub import convert
 from tfllm.runs.trained import load_trained
 from tfllm.training import distill, dpo
@@ -40,8 +40,8 @@ def models(tmp_path_factory):
     out = {}
     for name, seed in (("policy", 0), ("reference", 1)):
         write_hf_dir(str(root / f"hf_{name}"), "llama", "float32", seed=seed)
-        convert.from_hf(str(root / f"hf_{name}"), str(root / name), log=lambda _: None)
-        out[name] = load_trained(str(root / name), log=lambda _: None).model
+        convert.from_hf(str(root / f"hf_{name}"), str(root / name))
+        out[name] = load_trained(str(root / name)).model
     return out
 
 

@@ -1,6 +1,7 @@
 """One finished run, looked at the way a user does: event files, a TensorBoard server's HTTP
 API, the profile plugin's Overview, and the pages themselves in a headless Chromium."""
 
+import functools
 import gzip
 import json
 import math
@@ -17,16 +18,21 @@ import urllib.request
 import numpy as np
 import pytest
 import tensorflow as tf
+from commands import logged
 from conftest import TINY_MODEL
 from tensorflow.tsl.profiler.protobuf import xplane_pb2
 from xprof.convert import raw_to_tool_data
 
 from tfllm.config import load_config
+from tfllm.corpus.prepare import prepare as build_data
 from tfllm.model.lm import build_model
 from tfllm.observe import profiling
-from tfllm.training.loop import train
+from tfllm.training import loop
 from tfllm.training.optim import make_optimizer
 from tfllm.training.steps import Steps
+
+# As `tfllm.train` does: prepare the data first when it is missing.
+train = functools.partial(loop.train, build_data=build_data)
 
 # Every scalar a training run writes on CPU (no device memory, no loss scale in float32),
 # grouped by prefix; constants are text and HParams, not series.
@@ -85,8 +91,8 @@ def run(tmp_path_factory, corpus_dir, data_root):
             f"runtime.profiler_port={port}",
         ],
     )
-    lines = []
-    result = train(cfg, log=lines.append)
+    with logged() as lines:
+        result = train(cfg)
     # With the profiler port open every step runs marked, outside the graph host loop.
     assert result["traces"]["train_loop"] == 0 and result["traces"]["train_step"] == 1
     return workdir, port, lines

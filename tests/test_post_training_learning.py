@@ -25,12 +25,13 @@ import random
 import numpy as np
 import pytest
 import tensorflow as tf
-from preference_task import LETTERS, QUIET, base_config, pair_of, prompt, rule, trained_base
+from preference_task import LETTERS, base_config, pair_of, prompt, rule, trained_base
 
 import tfllm
 from tfllm.config import load_config
-from tfllm.data.tokenizer import load_tokenizer
+from tfllm.corpus import prepare
 from tfllm.runs.trained import load_trained
+from tfllm.tokenizers.tokenizer import load_tokenizer
 from tfllm.training import loop
 
 pytestmark = pytest.mark.slow
@@ -46,7 +47,7 @@ def base(tmp_path_factory):
 
 def test_answers_are_tokenized_alike(base):
     """The task's precondition: both answers are one token after the prompt's last one."""
-    trained = load_trained(base[1], **QUIET)
+    trained = load_trained(base[1])
     tokenizer = load_tokenizer(trained.tokenizer_path)
     lengths = {len(tokenizer.tokenize(prompt("b", "g") + a).numpy()) for a in ("y", "n")}
     assert lengths == {len(tokenizer.tokenize(prompt("b", "g")).numpy()) + 1}
@@ -85,7 +86,7 @@ def test_dpo_learns_the_preference(base):
     with open(root / "train_pairs.jsonl", "w") as f:
         for _ in range(400):
             f.write(json.dumps(pair_of(*rng.choice(train))) + "\n")
-    before = load_trained(workdir, **QUIET)
+    before = load_trained(workdir)
     accuracy_before, greedy_before = preference_accuracy(before), greedy_agreement(before)
     run = tfllm.dpo(
         workdir,
@@ -157,11 +158,11 @@ def test_distilled_student_beats_the_same_student_on_data_alone(base):
         [f"{distilled.workdir}/config.yaml"],
         ["train.distill_from=", f"runtime.workdir={root / 'alone'}"],
     )
-    loop.train(alone_cfg, **QUIET)
+    loop.train(alone_cfg, build_data=prepare.prepare)
     bpb = {
         "distilled": bits_per_byte(distilled.trained, held_out),
-        "alone": bits_per_byte(load_trained(str(root / "alone"), **QUIET), held_out),
-        "teacher": bits_per_byte(load_trained(teacher, **QUIET), held_out),
+        "alone": bits_per_byte(load_trained(str(root / "alone")), held_out),
+        "teacher": bits_per_byte(load_trained(teacher), held_out),
     }
     print("held-out bits per byte: " + ", ".join(f"{k} {v:.4f}" for k, v in bpb.items()))
     assert bpb["distilled"] <= bpb["alone"] - 0.01

@@ -2,6 +2,7 @@
 MultiWorkerMirroredStrategy workers on localhost; both save at one agreed step and exit 143;
 restarting both finishes the run with the weights of an uninterrupted one."""
 
+import functools
 import json
 import re
 import signal
@@ -13,9 +14,13 @@ from test_faults import TrainProcess
 from test_train import weight_difference
 
 from tfllm.config import save_config
-from tfllm.data import prepare
+from tfllm.corpus import prepare
+from tfllm.corpus.prepare import prepare as build_data
 from tfllm.errors import TfllmError
-from tfllm.training.loop import train
+from tfllm.training import loop
+
+# As `tfllm.train` does: prepare the data first when it is missing.
+train = functools.partial(loop.train, build_data=build_data)
 
 # PCH polls the signal flag once a second and saves one host loop after the next boundary:
 # 400 steps of 4-step loops (about 9 ms a step here) leave room for that after the signal.
@@ -67,7 +72,7 @@ def run_cluster(config_path) -> tuple[list[int], Cluster]:
 
 def test_sigterm_one_worker_all_save_at_one_step_and_resume(make_config, tmp_path):
     straight = make_config(*RUN, workdir=tmp_path / "straight")
-    prepare.ensure_prepared(straight, log=lambda *_: None)  # once, not by two racing workers
+    prepare.ensure_prepared(straight)  # once, not by two racing workers
     save_config(straight, str(tmp_path / "straight.yaml"))
     started = time.time()
     codes, cluster = run_cluster(tmp_path / "straight.yaml")
@@ -86,7 +91,7 @@ def test_sigterm_one_worker_all_save_at_one_step_and_resume(make_config, tmp_pat
         holder = json.loads((tmp_path / "preempted" / "train.lock").read_text())
         assert holder["pid"] == chief.proc.pid
         with pytest.raises(TfllmError, match=f"in use by process {chief.proc.pid}"):
-            train(cfg, log=lambda *_: None)
+            train(cfg)
         other.proc.send_signal(signal.SIGTERM)  # the non-chief: the chief must save anyway
         codes = cluster.finish()
     finally:
@@ -120,7 +125,7 @@ def test_sigint_to_the_chief_stops_both_at_one_step(make_config, tmp_path):
     """The chief is the signalled one (it writes the checkpoint as well as deciding), and the
     signal is SIGINT: the chief exits 130, its peer 143, after one save at one step."""
     cfg = make_config(*RUN, workdir=tmp_path / "interrupted")
-    prepare.ensure_prepared(cfg, log=lambda *_: None)
+    prepare.ensure_prepared(cfg)
     path = tmp_path / "interrupted.yaml"
     save_config(cfg, str(path))
     cluster = Cluster(path)

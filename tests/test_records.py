@@ -6,8 +6,9 @@ import pathlib
 import numpy as np
 import tensorflow as tf
 
-from tfllm.data import reader, records, tokenizer, verify
-from tfllm.data.prepare import data_dir, prepare
+from tfllm.corpus.prepare import data_dir, prepare
+from tfllm.data import reader, records, verify
+from tfllm.tokenizers import tokenizer
 
 
 def test_shard_writer_round_trip(tmp_path):
@@ -35,7 +36,7 @@ def test_shard_writer_round_trip(tmp_path):
 
 def test_prepare_conserves_tokens_and_reads_back(make_config):
     cfg = make_config("data.name=records-test")
-    manifest = prepare(cfg, log=lambda *_: None)
+    manifest = prepare(cfg)
     directory = data_dir(cfg)
     tmp = pathlib.Path(directory)
     assert manifest == json.loads((tmp / "manifest.json").read_text())
@@ -55,7 +56,7 @@ def test_prepare_conserves_tokens_and_reads_back(make_config):
     # The reader yields windows of the shards, shifted by one into inputs and targets.
     window_len = manifest["window_len"]
     shards = {
-        split: verify.check_split(directory, manifest, split, "sha256", "stop", log=print)
+        split: verify.check_split(directory, manifest, split, "sha256", "stop")
         for split in ("train", "val")
     }
     written = set()

@@ -12,6 +12,8 @@ from a shell)::
     tfllm.export("runs/demo", "export/demo")
 
 Importing tfllm does not import TensorFlow; each function imports its stage when called.
+Progress and notes are logged as the commands show them (stderr), unless the program has set up
+`logging` itself: then they go to its handlers (`tfllm.logs`).
 """
 
 from __future__ import annotations
@@ -42,8 +44,9 @@ def load_config(*files: str, overrides: list[str] | tuple[str, ...] = ()):
 def prepare(cfg, force: bool = False) -> dict:
     """Builds the dataset of `cfg.data` (unless it is already there and `force` is False);
     returns its manifest. As `python -m tfllm.prepare [--force]`."""
-    from tfllm.data import prepare as stage
+    from tfllm.corpus import prepare as stage
 
+    _show_logs()
     return stage.prepare(cfg) if force else stage.ensure_prepared(cfg)
 
 
@@ -51,9 +54,11 @@ def train(cfg, strategy=None) -> dict:
     """Trains (or resumes) to `cfg.train.steps` in `cfg.runtime.workdir`; returns the final
     step, validation loss and counters. As `python -m tfllm.train`; `strategy` defaults to
     the one `cfg.runtime.strategy` names."""
+    from tfllm.corpus.prepare import prepare as build_data
     from tfllm.training import loop
 
-    return loop.train(cfg, strategy)
+    _show_logs()
+    return loop.train(cfg, strategy, build_data=build_data)
 
 
 def load(workdir: str, step: int | None = None):
@@ -78,6 +83,7 @@ def export(workdir: str, export_dir: str, version: int | None = None) -> str:
     `export_dir`; returns its directory. As `python -m tfllm.export`."""
     from tfllm.serve import export as stage
 
+    _show_logs()
     return stage.export(workdir, export_dir, version)
 
 
@@ -88,9 +94,17 @@ def finetune(model, data: str, format: str = "messages", workdir: str = "", **op
     config key (`steps`, `learning_rate`, `lora_targets`, `seq_len`, ...). Returns a run with
     `.chat(messages)`, `.export(dir)`, `.trained`, `.cfg` and `.result`; its config.yaml
     reproduces it: `python -m tfllm.train --config <workdir>/config.yaml`."""
+    from tfllm.corpus.prepare import prepare as build_data
     from tfllm.training.finetune import finetune as run
 
-    return run(model, data, format, workdir, **options)
+    _show_logs()
+    return run(model, data, format, workdir, build_data=build_data, **options)
+
+
+def _show_logs() -> None:
+    from tfllm import logs
+
+    logs.show_by_default()
 
 
 def dpo(model, data: str, workdir: str = "", beta: float = 0.1, loss: str = "sigmoid", **options):
@@ -100,9 +114,11 @@ def dpo(model, data: str, workdir: str = "", beta: float = 0.1, loss: str = "sig
     itself (with `lora_rank` > 0 its base under the adapters). Other keywords are config keys
     (`steps`, `learning_rate`, `global_batch_size`, ...). Returns a run like `tfllm.finetune`'s.
     See docs/post-training.md."""
+    from tfllm.corpus.prepare import prepare as build_data
     from tfllm.training.post_training import dpo as run
 
-    return run(model, data, workdir, beta, loss, **options)
+    _show_logs()
+    return run(model, data, workdir, beta, loss, build_data=build_data, **options)
 
 
 def distill(teacher, student_config, data: str, workdir: str = "", **options):
@@ -111,6 +127,8 @@ def distill(teacher, student_config, data: str, workdir: str = "", **options):
     directory or keras-hub preset directory), which must share its tokenizer. Keywords:
     `alpha` (the KL term's weight), `temperature`, `format` (text or an SFT format) and config
     keys. Returns a run like `tfllm.finetune`'s. See docs/post-training.md."""
+    from tfllm.corpus.prepare import prepare as build_data
     from tfllm.training.post_training import distill as run
 
-    return run(teacher, student_config, data, workdir, **options)
+    _show_logs()
+    return run(teacher, student_config, data, workdir, build_data=build_data, **options)

@@ -6,14 +6,14 @@
 Writes `<data.root>/<data.name>/{train,val}-*.tfrecord`, `tokenizer.model` and
 `manifest.json` (shards with record and token counts, sizes and sha256, the tokenizer and its
 checksum, cleaning counts). `--verify` checks every shard and the tokenizer against the manifest.
-The stage itself is `tfllm.data.prepare` (`tfllm.data.beam` with `--runner beam`).
+The stage itself is `tfllm.corpus.prepare` (`tfllm.corpus.beam` with `--runner beam`).
 """
 
 from __future__ import annotations
 
 import functools
 
-from tfllm import cli
+from tfllm import cli, logs
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -34,15 +34,17 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     cfg = cli.config_from_args(args)
-    from tfllm.data import prepare, verify
+    from tfllm.corpus import prepare
+    from tfllm.data import verify
 
     build = prepare.prepare
     if args.runner == "beam":
-        from tfllm.data import beam
+        from tfllm.corpus import beam
 
         build = functools.partial(beam.prepare_beam, options=args.beam_options)
     if args.verify:
-        verify.verify_dataset(prepare.data_dir(cfg), log=print)
+        for line in verify.verify_dataset(prepare.data_dir(cfg)):
+            logs.output(line)
     elif args.force:
         build(cfg)
     else:

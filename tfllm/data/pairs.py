@@ -1,4 +1,4 @@
-"""Reading preference pairs for training (`tfllm.data.preference` writes them).
+"""Reading preference pairs for training (`tfllm.corpus.preference` writes them).
 
 A batch of pair records becomes (inputs, targets, segment_ids), each (B, 2, T) with the chosen
 sequence at [:, 0] and the rejected one at [:, 1], and, when the reference log-probabilities

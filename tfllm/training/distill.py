@@ -24,12 +24,12 @@ import posixpath
 
 import tensorflow as tf
 
-from tfllm.data import prepare, records
+from tfllm.data import layout, records
 from tfllm.data.reader import IGNORE
-from tfllm.data.tokenizer import load_tokenizer
 from tfllm.errors import ConfigError
 from tfllm.model.lm import build_model
 from tfllm.runs.trained import load_trained
+from tfllm.tokenizers.tokenizer import load_tokenizer
 from tfllm.training.steps import target_count
 
 logger = logging.getLogger(__name__)
@@ -58,9 +58,9 @@ def teacher_workdir(source: str, workdir: str) -> str:
         from tfllm.hub import convert, preset
 
         if preset.is_preset(source):
-            convert.from_keras_hub(source, imported, log=logger.info)
+            convert.from_keras_hub(source, imported)
         else:
-            convert.from_hf(source, imported, log=logger.info)
+            convert.from_hf(source, imported)
     return imported
 
 
@@ -90,8 +90,8 @@ def check_same_tokenizer(student: str, teacher: str) -> None:
 def load_teacher(cfg, strategy):
     """The frozen teacher model of `cfg.train.distill_from`, its variables under `strategy`."""
     source = teacher_workdir(cfg.train.distill_from, cfg.runtime.workdir)
-    trained = load_trained(source, log=logger.info)
-    check_same_tokenizer(prepare.tokenizer_path(cfg), trained.tokenizer_path)
+    trained = load_trained(source)
+    check_same_tokenizer(layout.tokenizer_path(cfg), trained.tokenizer_path)
     if trained.cfg.model.max_sequence_length < cfg.data.seq_len:
         raise ConfigError(
             f"train.distill_from: the teacher reads at most {trained.cfg.model.max_sequence_length}"

@@ -32,9 +32,12 @@ def dpo(
     beta: float = 0.1,
     loss: str = "sigmoid",
     lora_rank: int = 0,
+    *,
+    build_data=None,
     **options,
 ) -> FineTuneRun:
-    """DPO of `model` (a `TrainedModel` or a workdir) on the preference file(s) `data`."""
+    """DPO of `model` (a `TrainedModel` or a workdir) on the preference file(s) `data`;
+    `build_data` prepares the run's dataset (`loop.train`)."""
     from tfllm.training import loop
 
     if not workdir:
@@ -42,7 +45,7 @@ def dpo(
     options.setdefault("learning_rate", DPO_LEARNING_RATE["lora" if lora_rank else "full"])
     options.update(objective="dpo", dpo_beta=beta, dpo_loss=loss, lora_rank=lora_rank)
     cfg = config(_base_of(model), data, "preference", workdir, **options)
-    return FineTuneRun(workdir, cfg, loop.train(cfg, log=lambda _: None))
+    return FineTuneRun(workdir, cfg, loop.train(cfg, build_data=build_data))
 
 
 def _student_file(student_config, workdir: str) -> str:
@@ -64,19 +67,21 @@ def distill(
     alpha: float = 0.5,
     temperature: float = 1.0,
     format: str = "text",
+    *,
+    build_data=None,
     **options,
 ) -> FineTuneRun:
     """Trains the student of `student_config` (a `Config`, a YAML path or a shipped config's
     name) from scratch on `data` with the frozen `teacher` (a workdir, `TrainedModel`, Hugging
     Face directory or keras-hub preset directory); the student uses the teacher's tokenizer."""
-    from tfllm.data import prepare
+    from tfllm.data import layout
     from tfllm.training import loop
     from tfllm.training.distill import teacher_workdir
 
     if not workdir:
         raise ConfigError("tfllm.distill needs workdir= (where the run is written)")
     source = teacher_workdir(_base_of(teacher), workdir)
-    tokenizer = prepare.tokenizer_path(base_runs.base_config(source))
+    tokenizer = layout.tokenizer_path(base_runs.base_config(source))
     values = {
         "train.distill_from": source,
         "train.distill_alpha": alpha,
@@ -93,4 +98,4 @@ def distill(
     cfg = load_config(
         [_student_file(student_config, workdir)], [f"{k}={v}" for k, v in values.items()]
     )
-    return FineTuneRun(workdir, cfg, loop.train(cfg, log=lambda _: None))
+    return FineTuneRun(workdir, cfg, loop.train(cfg, build_data=build_data))

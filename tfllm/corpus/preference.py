@@ -1,7 +1,7 @@
 """Preference data (`data.format: preference`): prompt / chosen / rejected records, tokenized
 into pairs of windows for DPO (`train.objective: dpo`).
 
-Records, in TRL's two shapes (JSON Lines, JSON arrays or Parquet, read as `tfllm.data.sft` reads
+Records, in TRL's two shapes (JSON Lines, JSON arrays or Parquet, read as `tfllm.corpus.sft` reads
 them):
 
     text            {"prompt": str, "chosen": str, "rejected": str}
@@ -26,6 +26,7 @@ tokens from the right; or dropped (`drop`). Both are counted, and dropped pairs 
 
 from __future__ import annotations
 
+import logging
 import posixpath
 import time
 
@@ -33,11 +34,16 @@ import numpy as np
 import tensorflow as tf
 
 from tfllm.config import Config
-from tfllm.data import chat, records, sft
-from tfllm.data.corpus import list_files, split_of
-from tfllm.data.sft_prepare import _ends, _tokenizer_dir, _tokenizer_entry
-from tfllm.data.tokenizer import load_tokenizer
+from tfllm.corpus import sft
+from tfllm.corpus.sft_prepare import _ends, _tokenizer_dir, _tokenizer_entry
+from tfllm.corpus.sources import list_files
+from tfllm.data import records
+from tfllm.data.layout import split_of
 from tfllm.errors import DataError
+from tfllm.tokenizers import chat
+from tfllm.tokenizers.tokenizer import load_tokenizer
+
+logger = logging.getLogger(__name__)
 
 SPLITS = ("train", "val")
 _BATCH = 256  # pairs tokenized per call of the in-graph tokenizer
@@ -104,7 +110,7 @@ def _window(prompt: list, completion: list, number: int, window_len: int):
     return tokens, segments
 
 
-def prepare_preference(cfg: Config, out: str, log=print) -> dict:
+def prepare_preference(cfg: Config, out: str) -> dict:
     """Builds the pair dataset of `cfg.data` in `out`; returns its manifest."""
     d, start = cfg.data, time.time()
     if not d.tokenizer:
@@ -173,7 +179,7 @@ def prepare_preference(cfg: Config, out: str, log=print) -> dict:
         packed[split] = {**c, "shards": writer.close()}
     manifest = _manifest(cfg, tokenizer, stats, dropped, packed, number)
     records.write_manifest(out, manifest)
-    _report(manifest, time.time() - start, log)
+    _report(manifest, time.time() - start)
     return manifest
 
 
@@ -216,19 +222,19 @@ def _manifest(cfg: Config, tokenizer, stats, dropped, packed, pairs: int) -> dic
     }
 
 
-def _report(manifest: dict, seconds: float, log) -> None:
+def _report(manifest: dict, seconds: float) -> None:
     r = manifest["records"]
     skipped = "".join(f", {k} {v}" for k, v in sorted(r["skipped"].items()))
     too_long = r["dropped_too_long"]
-    log(
+    logger.info(
         f"records: {r['read']} read, {r['used']} used{skipped}"
         + (f", {too_long} too long (data.truncate=drop)" if too_long else "")
     )
     for line in r["named"] + r["dropped_named"]:
-        log(f"  skipped {line}")
+        logger.info(f"  skipped {line}")
     for split, info in manifest["splits"].items():
-        log(
+        logger.info(
             f"{split}: {info['documents']} pairs, {info['pairs_cut']} cut to the window "
             "(prompt from the left first)"
         )
-    log(f"prepared {manifest['name']} (preference) in {seconds:.1f}s")
+    logger.info(f"prepared {manifest['name']} (preference) in {seconds:.1f}s")

@@ -16,14 +16,18 @@ and output work on Dataflow. Needs the `tfllm[beam]` extra (apache-beam 2.69 or 
 
 from __future__ import annotations
 
+import logging
 import posixpath
 import shlex
 
 import tensorflow as tf
 
 from tfllm.config import Config
-from tfllm.data import assemble, formats, prepare, records, resume, snapshot, stream
+from tfllm.corpus import assemble, formats, prepare, resume, snapshot, stream
+from tfllm.data import layout, records
 from tfllm.errors import ConfigError
+
+logger = logging.getLogger(__name__)
 
 WORK_DIR = ".beam"
 _READ_STATS = "read.npz"
@@ -74,7 +78,7 @@ def assemble_all(
     indices: list[int], cfg: Config, settings: stream.Settings, moved: str, work: str
 ) -> None:
     """The batch files in order -> dedup, pack, write shards and the manifest."""
-    from tfllm.data.dedup import Deduplicator
+    from tfllm.corpus.dedup import Deduplicator
 
     d = cfg.data
     state = assemble.fresh_state(cfg, moved)
@@ -85,7 +89,7 @@ def assemble_all(
     assemble.finish(cfg, settings, state, bads, state["sources"])
 
 
-def prepare_beam(cfg: Config, log=print, options: str = "") -> dict:
+def prepare_beam(cfg: Config, options: str = "") -> dict:
     """Builds the dataset of `cfg.data` with a Beam pipeline run with `options` (Beam's
     command-line flags, e.g. "--runner=DataflowRunner --project=P ..."); returns the manifest."""
     try:
@@ -93,7 +97,7 @@ def prepare_beam(cfg: Config, log=print, options: str = "") -> dict:
         from apache_beam.options.pipeline_options import PipelineOptions
     except ImportError:
         raise ConfigError("--runner beam needs apache-beam: pip install 'tfllm[beam]'") from None
-    out = assemble.data_dir(cfg)
+    out = layout.data_dir(cfg)
     work = posixpath.join(out, WORK_DIR)
     tf.io.gfile.makedirs(out)
     resume.Checkpoint(out, "").clear()  # a local run's state would not match these shards
@@ -101,7 +105,7 @@ def prepare_beam(cfg: Config, log=print, options: str = "") -> dict:
         if tf.io.gfile.exists(stale):
             (tf.io.gfile.rmtree if stale == work else tf.io.gfile.remove)(stale)
     tf.io.gfile.makedirs(work)
-    proto, moved = prepare.train_tokenizer(cfg, out, log)
+    proto, moved = prepare.train_tokenizer(cfg, out)
     settings = prepare.settings(cfg, proto)
     with beam.Pipeline(options=PipelineOptions(shlex.split(options))) as pipeline:
         _ = (
@@ -115,5 +119,5 @@ def prepare_beam(cfg: Config, log=print, options: str = "") -> dict:
         )
     tf.io.gfile.rmtree(work)
     manifest = records.read_manifest(out)
-    log(f"prepared {out} with Beam ({options or 'default runner'})")
+    logger.info(f"prepared {out} with Beam ({options or 'default runner'})")
     return manifest

@@ -2,7 +2,7 @@
 template -> token ids with a loss mask -> packed windows -> the same shards and manifest.
 
 Each example is tokenized with the model's own tokenizer (`data.tokenizer`: a tfllm
-`tokenizer.model` or a Hugging Face directory) segment by segment (`tfllm.data.sft`), so the mask
+`tokenizer.model` or a Hugging Face directory) segment by segment (`tfllm.corpus.sft`), so the mask
 follows the segments exactly; the ids around it follow the model's convention: a Hugging Face
 tokenizer's post-processor prefix (its BOS) in front of plain formats (a chat template writes
 its own BOS) and its first EOS id after them; a tfllm tokenizer's EOS in front and behind (the
@@ -12,12 +12,13 @@ learns to stop.
 Examples are packed whole into windows of `seq_len + 1` tokens (document packing: each keeps its
 own segment id, so no token attends across examples and positions restart per example). The
 mask rides in the sign of the segment id: `-k` marks tokens of example `k` that are context, not
-targets (records.py). An example longer than a window is cut (`data.truncate: cut`, counted) or
-dropped (`drop`, counted and named).
+targets (`data/records.py`). An example longer than a window is cut (`data.truncate: cut`,
+counted) or dropped (`drop`, counted and named).
 """
 
 from __future__ import annotations
 
+import logging
 import posixpath
 import time
 
@@ -25,10 +26,15 @@ import numpy as np
 import tensorflow as tf
 
 from tfllm.config import Config
-from tfllm.data import chat, records, sft
-from tfllm.data.corpus import list_files, split_of
-from tfllm.data.tokenizer import EOS_ID, load_tokenizer
+from tfllm.corpus import sft
+from tfllm.corpus.sources import list_files
+from tfllm.data import records
+from tfllm.data.layout import split_of
 from tfllm.errors import DataError
+from tfllm.tokenizers import chat
+from tfllm.tokenizers.tokenizer import EOS_ID, load_tokenizer
+
+logger = logging.getLogger(__name__)
 
 SPLITS = ("train", "val")
 _BATCH = 512  # examples tokenized per call of the in-graph tokenizer
@@ -97,7 +103,7 @@ def _tokenizer_dir(path: str) -> str:
     return path if tf.io.gfile.isdir(path) else posixpath.dirname(path)
 
 
-def prepare_sft(cfg: Config, out: str, log=print) -> dict:
+def prepare_sft(cfg: Config, out: str) -> dict:
     """Builds the dataset of `cfg.data` (an SFT format) in `out`; returns its manifest."""
     d, start = cfg.data, time.time()
     if not d.tokenizer:
@@ -151,7 +157,7 @@ def prepare_sft(cfg: Config, out: str, log=print) -> dict:
         packed[split] = {**c, "shards": writer.close()}
     manifest = _manifest(cfg, tokenizer, stats, dropped, packed)
     records.write_manifest(out, manifest)
-    _report(manifest, time.time() - start, log)
+    _report(manifest, time.time() - start)
     return manifest
 
 
@@ -201,9 +207,9 @@ def _tokenizer_entry(path: str) -> dict:
     return {"file": path, "sha256": records.file_sha256(path)}
 
 
-def _report(manifest: dict, seconds: float, log) -> None:
+def _report(manifest: dict, seconds: float) -> None:
     r = manifest["records"]
-    log(
+    logger.info(
         f"records: {r['read']} read, {r['used']} used"
         + "".join(f", {k} {v}" for k, v in sorted(r["skipped"].items()))
         + (
@@ -213,11 +219,11 @@ def _report(manifest: dict, seconds: float, log) -> None:
         )
     )
     for line in r["named"] + r["dropped_named"]:
-        log(f"  skipped {line}")
+        logger.info(f"  skipped {line}")
     for split, info in manifest["splits"].items():
-        log(
+        logger.info(
             f"{split}: {info['documents']} examples in {info['records']} windows; "
             f"{info['tokens_trained']} tokens trained on, {info['tokens_masked']} masked, "
             f"{info['examples_cut']} examples cut to the window"
         )
-    log(f"prepared {manifest['name']} ({manifest['format']}) in {seconds:.1f}s")
+    logger.info(f"prepared {manifest['name']} ({manifest['format']}) in {seconds:.1f}s")
