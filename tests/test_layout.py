@@ -26,7 +26,8 @@ ALLOWED = {
     "serve": {"data", "model", "runs", "tokenizers"},
     "hub": {"data", "model", "runs", "tokenizers"},
     "eval": {"data", "model", "observe", "runs", "serve", "tokenizers"},
-    "training": {"data", "model", "observe", "runs", "serve", "eval", "tokenizers"},
+    # hub: distillation imports a Hugging Face or keras-hub teacher (tfllm.training.distill)
+    "training": {"data", "model", "observe", "runs", "serve", "eval", "tokenizers", "hub"},
 }
 
 
