@@ -286,3 +286,23 @@ def test_mirrored_accumulated_and_resumed_runs_equal_one_device(task, lora_rank)
         losses = tensorboard(str(root / other))["loss"]
         for step, loss in losses.items():
             assert loss == pytest.approx(scalars["loss"][step], rel=1e-5)
+
+
+def test_distillation_refuses_another_tokenizer(task, tmp_path):
+    """A teacher whose tokenizer gives other ids: one line naming both, before any training;
+    the same tokenizer (by file, or by ids) passes."""
+    from hf_tokenizer_files import write_tokenizer
+
+    from tfllm.errors import ConfigError
+    from tfllm.training.distill import check_same_tokenizer
+
+    root, base = task
+    ours = layout.tokenizer_path(load_config([f"{base}/config.yaml"]))
+    check_same_tokenizer(ours, ours)
+    theirs = str(write_tokenizer(tmp_path / "gpt2", "gpt2"))
+    with pytest.raises(ConfigError) as err:
+        check_same_tokenizer(ours, theirs)
+    assert str(err.value) == (
+        f"train.distill_from: the teacher's tokenizer ({theirs}) is not the student's ({ours}); "
+        "distillation compares distributions over the same token ids"
+    )
