@@ -44,6 +44,13 @@ CASES = {
         "vs keras-hub `GPT2Backbone` + `fit(jit_compile=True)` timed per step vs a "
         "nanoGPT-style PyTorch loop; one fresh process per contender and round.",
     ),
+    "train-paired": Case(
+        "train_bench",
+        "paired_case",
+        6,
+        "tfllm, keras-hub `fit` (timed per step) and PyTorch eager in one process at the GPT "
+        "small shape, timed alternately chunk by chunk; tfllm over the fastest, per round.",
+    ),
     "train-command": Case(
         "command_bench",
         "case",
@@ -52,6 +59,13 @@ CASES = {
         "(tokens/s from its own TensorBoard scalars), against keras-hub `fit` and PyTorch in "
         "fresh processes, at the GPT small shape, the Llama shape and LoRA on the Llama "
         "shape.",
+    ),
+    "step-hlo": Case(
+        "hlo_bench",
+        "case",
+        1,
+        "Op counts of the optimized XLA HLO of tfllm's and keras-hub's training steps at the "
+        "GPT small shape (fusions, dots, transposes, copies, reductions). Not timed.",
     ),
     "backward": Case(
         "backward_bench",
@@ -149,6 +163,12 @@ CASES = {
         5,
         "Cached greedy decoding ms/token on the imported Llama shape vs keras-hub "
         "`Llama3CausalLM.generate`.",
+    ),
+    "lora-paired": Case(
+        "lora_bench",
+        "paired_case",
+        6,
+        "The three LoRA contenders in one process, timed alternately chunk by chunk.",
     ),
     "lora": Case(
         "lora_bench",

@@ -13,10 +13,11 @@ keras-hub `fit` and PyTorch, at three setups.
 tfllm trains through the command a user types, reading the built-in corpus's shards
 (prepared once under ~/.cache/tfllm/bench-data), and its speed is what the run itself reports:
 the `perf/tokens_per_second` scalar of each host-loop call in its TensorBoard events (the first
-call, which compiles, reports none), median over the calls. The peers train from in-memory
-token batches in their own fresh processes (`train_bench`, `lora_bench` workers), keras-hub's
-`fit` timed per step. One fresh process per contender and round, contenders alternating; the
-ratio to the fastest peer is taken round by round.
+call, which compiles, reports none), median over the calls; and, as a check, the wall-clock
+rate between the first and last timed calls' events (what happens between calls included).
+The peers train from in-memory token batches in their own fresh processes (`train_bench`,
+`lora_bench` workers), keras-hub's `fit` timed per step. One fresh process per contender and
+round, contenders alternating; the ratio to the fastest peer is taken round by round.
 """
 
 from __future__ import annotations
@@ -67,17 +68,23 @@ def run_command(settings: list[str]) -> None:
         raise RuntimeError(f"tfllm.train exit {done.returncode}: {done.stderr.strip()[-400:]}")
 
 
-def reported_rates(workdir: str) -> list[float]:
-    """The run's own tokens/s, one per timed host-loop call, from its TensorBoard events."""
+def reported_rates(workdir: str, tokens_per_step: int) -> tuple[list[float], float | None]:
+    """The run's own tokens/s, one per timed host-loop call, from its TensorBoard events; and
+    the wall-clock rate from the first timed call's end to the last one's (everything between
+    the calls included: the loss read, norms, summaries)."""
     import tensorflow as tf
 
-    rates = []
+    rates, ends = [], []
     for path in sorted(glob.glob(os.path.join(workdir, "train", "events.out.tfevents.*"))):
         for event in tf.compat.v1.train.summary_iterator(path):
             for value in event.summary.value:
                 if value.tag == "perf/tokens_per_second":
                     rates.append(float(tf.make_ndarray(value.tensor)))
-    return rates
+                    ends.append((event.step, event.wall_time))
+    if len(ends) < 2:
+        return rates, None
+    (first_step, first_time), (last_step, last_time) = ends[0], ends[-1]
+    return rates, tokens_per_step * (last_step - first_step) / (last_time - first_time)
 
 
 def tfllm_round(shape: dict, root: str, name: str, steps: int, loop: int, extra=()) -> dict:
@@ -89,10 +96,15 @@ def tfllm_round(shape: dict, root: str, name: str, steps: int, loop: int, extra=
         return {"error": str(error)}
     finally:
         seconds = time.perf_counter() - started
-    rates = reported_rates(workdir)
+    rates, wall = reported_rates(workdir, shapes.tokens_per_step(shape))
     if not rates:
         return {"error": "no perf/tokens_per_second in the run's events"}
-    return {"tokens_per_second": statistics.median(rates), "calls": rates, "seconds": seconds}
+    return {
+        "tokens_per_second": statistics.median(rates),
+        "calls": rates,
+        "wall_tokens_per_second": wall,
+        "seconds": seconds,
+    }
 
 
 def run_keras_hub_llama(steps: int):
@@ -230,8 +242,10 @@ def rows(setup: str, results: dict) -> dict:
     out = {}
     for name, found in results.items():
         ok = [r for r in found if "error" not in r]
+        walls = [r["wall_tokens_per_second"] for r in ok if r.get("wall_tokens_per_second")]
         out[f"{setup} {name}"] = {
             "tokens/s": summarize([r["tokens_per_second"] for r in ok]),
+            "tokens/s, wall between loop calls": summarize(walls) if walls else None,
             "errors": "; ".join(r["error"] for r in found if "error" in r)[:120] or None,
         }
     return out

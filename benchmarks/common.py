@@ -222,3 +222,21 @@ def paired(rates: dict[str, list[float]], numerator: str, denominator: str) -> d
         "ratio_min": min(ratios),
         "ratio_max": max(ratios),
     }
+
+
+def paired_training(builders: dict, ours: str, rounds: int, steps: int, tokens: int) -> dict:
+    """Training contenders in one process, timed alternately chunk by chunk (`alternate`).
+
+    `builders` maps a name to a zero-argument function returning (first, many): one step, and
+    `steps` steps. Each is built and warmed up (two single steps) before any is timed. Returns
+    the harness's figures: every contender's tokens/s, and `ours` over the fastest other
+    contender, round by round (each pair of chunks ran within seconds of each other)."""
+    runs = {name: build() for name, build in builders.items()}
+    for first, _ in runs.values():
+        first(), first()
+    rates = alternate({name: many for name, (_, many) in runs.items()}, rounds, steps * tokens)
+    peers = [name for name in runs if name != ours]
+    per_round = [rates[ours][i] / max(rates[p][i] for p in peers) for i in range(rounds)]
+    figures = {name: {"tokens/s": summarize(values)} for name, values in rates.items()}
+    figures[f"{ours} / fastest other, per round"] = {"tokens/s": summarize(per_round)}
+    return figures

@@ -28,7 +28,7 @@ import time
 import numpy as np
 
 from benchmarks import shapes
-from benchmarks.common import alternate, emit, has_torch, keras_hub_fit, run_worker, summarize
+from benchmarks.common import emit, has_torch, keras_hub_fit, paired_training, run_worker, summarize
 from benchmarks.train_bench import measure
 
 SHAPE = shapes.model_keys(shapes.LLAMA)
@@ -174,19 +174,11 @@ def paired_case(rounds: int, quick: bool) -> dict:
     """Every contender in one process, timed alternately chunk by chunk: each round's ratios
     compare runs a few seconds apart, so they survive the load of a shared machine better than
     medians of separate processes do."""
-    names = contenders()
     steps = QUICK_STEPS if quick else STEPS
     with tempfile.TemporaryDirectory() as root:
         write_checkpoint(root)
-        runs = {c: TRAINERS[c](root, steps) for c in names}
-        for first, _ in runs.values():
-            first(), first()
-        timed = {c: many for c, (_, many) in runs.items()}
-        rates = alternate(timed, rounds, steps * BATCH * SEQ_LEN)
-    peers = [c for c in names if c != "tfllm"]
-    per_round = [rates["tfllm"][i] / max(rates[c][i] for c in peers) for i in range(rounds)]
-    figures = {c: {"tokens/s": summarize(v)} for c, v in rates.items()}
-    figures["tfllm / fastest peer, per round"] = {"tokens/s": summarize(per_round)}
+        builders = {c: lambda c=c: TRAINERS[c](root, steps) for c in contenders()}
+        figures = paired_training(builders, "tfllm", rounds, steps, BATCH * SEQ_LEN)
     return {"figures": figures}
 
 

@@ -16,7 +16,7 @@ import sys
 import time
 
 from benchmarks import shapes
-from benchmarks.common import emit, keras_hub_fit, run_worker, summarize
+from benchmarks.common import emit, keras_hub_fit, paired_training, run_worker, summarize
 from benchmarks.train_bench import measure
 
 STEPS, QUICK_STEPS, CHUNKS = 10, 2, 3
@@ -111,6 +111,14 @@ def case(rounds: int, quick: bool) -> dict:
         lora_vs_full = medians["tfllm-lora"] / medians["tfllm-full"]
         notes.append(f"tfllm LoRA / tfllm full: {lora_vs_full:.3f}")
     return {"figures": figures, "notes": notes, "runs": runs}
+
+
+def paired_case(rounds: int, quick: bool) -> dict:
+    """The three contenders in one process, timed alternately chunk by chunk."""
+    steps = QUICK_STEPS if quick else STEPS
+    builders = {name: lambda name=name: CONTENDERS[name](steps) for name in CONTENDERS}
+    tokens = shapes.tokens_per_step(shapes.LLAMA)
+    return {"figures": paired_training(builders, "tfllm-lora", rounds, steps, tokens)}
 
 
 if __name__ == "__main__":  # a worker: python -m benchmarks.lora_bench CONTENDER STEPS CHUNKS

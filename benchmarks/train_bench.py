@@ -23,6 +23,7 @@ from benchmarks.common import (
     gpt2_backbone,
     has_torch,
     keras_hub_fit,
+    paired_training,
     run_worker,
     summarize,
 )
@@ -208,6 +209,17 @@ def case(rounds: int, quick: bool) -> dict:
     if best:
         notes.append(f"MFU against the best XLA matmul round, {best:.1f} GFLOP/s (PaLM FLOPs).")
     return {"figures": figures, "notes": notes, "peak": peak, "runs": runs}
+
+
+def paired_case(rounds: int, quick: bool) -> dict:
+    """tfllm, keras-hub `fit` (timed per step) and PyTorch eager in one process at the GPT
+    small shape (tiny with --quick), timed alternately chunk by chunk."""
+    size = "tiny" if quick else "small"
+    shape, steps = shapes.gpt(size), (QUICK_STEPS if quick else STEPS)[size]
+    names = ["tfllm", "keras-hub-fit"] + (["torch-eager"] if has_torch() else [])
+    builders = {name: lambda name=name: CONTENDERS[name](shape, steps) for name in names}
+    figures = paired_training(builders, "tfllm", rounds, steps, shapes.tokens_per_step(shape))
+    return {"figures": {f"{size} {name}": row for name, row in figures.items()}}
 
 
 def per_round_ratio(results: dict, peers: list[str]) -> list[float]:
