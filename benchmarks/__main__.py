@@ -67,6 +67,13 @@ CASES = {
         "Op counts of the optimized XLA HLO of tfllm's and keras-hub's training steps at the "
         "GPT small shape (fusions, dots, transposes, copies, reductions). Not timed.",
     ),
+    "step-profile": Case(
+        "profile_bench",
+        "case",
+        3,
+        "A tf.profiler trace of tfllm's and keras-hub's training steps at the GPT small shape, "
+        "one process: CPU ms per step by kind (dots, each XLA fusion kind, TF ops outside XLA).",
+    ),
     "backward": Case(
         "backward_bench",
         "case",
