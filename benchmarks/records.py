@@ -86,6 +86,8 @@ def cell(value, digits: int | None = None) -> str:
         return f"{cell(value['median'], digits)} ({low}-{high})"
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return str(value)
+    if isinstance(value, int):
+        return f"{value:,}"
     if digits is None:
         digits = 0 if abs(value) >= 100 else 2 if abs(value) >= 1 else 3
     return f"{value:,.{digits}f}"

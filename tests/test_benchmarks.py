@@ -124,3 +124,31 @@ def test_backward_bench_variants_train_alike_and_the_patch_is_undone():
     autodiff, _ = backward_bench.build("tiny", 1, hand_written=False)
     assert (attention.attend_for_training, layers.dense, projections.dense) == before
     assert autodiff == pytest.approx(hand_written, abs=1e-5)
+
+
+def test_hlo_counts_read_xlas_own_optimized_module():
+    """`step-hlo` counts kernels in XLA's text: here a module XLA optimized itself."""
+    import tensorflow as tf
+
+    from benchmarks import hlo_bench
+
+    def step(x, w):
+        return tf.nn.softmax(tf.transpose(x @ w) * 2.0)
+
+    x, w = tf.ones([64, 32]), tf.ones([32, 16])
+    text = tf.function(step, jit_compile=True).experimental_get_compiler_ir(x, w)(
+        stage="optimized_hlo"
+    )
+    row = hlo_bench.count(text)
+    assert row["unfused dots"] + row["custom fusions (library dots)"] == 1
+    assert row["fusions"] >= 1 and row["kernels (fusions + unfused ops)"] >= 2
+    assert row["instructions in fusions"] > row["fusions"]
+
+
+def test_profile_kinds_group_xla_dots_fusions_and_tf_ops():
+    from benchmarks.profile_bench import kind
+
+    assert kind("MatMul_1.18") == kind("ynn_fusion.3") == "dots (XLA)"
+    assert kind("transpose_copy_fusion.51") == "transpose_copy_fusion"
+    assert kind("while/body/_1/while/cond/then/_282/while/cond/adam") == "TF op adam"
+    assert kind("L2Loss_3:L2Loss") == "TF op L2Loss"
