@@ -82,6 +82,9 @@ def cell(value, digits: int | None = None) -> str:
     if isinstance(value, dict):
         if value.get("median") is None:
             return "-"
+        if digits is None:  # the median's precision for the spread too
+            median = abs(value["median"])
+            digits = 0 if median >= 100 else 2 if median >= 1 else 3
         low, high = cell(value["min"], digits), cell(value["max"], digits)
         return f"{cell(value['median'], digits)} ({low}-{high})"
     if isinstance(value, bool) or not isinstance(value, (int, float)):
@@ -96,8 +99,8 @@ def cell(value, digits: int | None = None) -> str:
 def table(figures: dict) -> list[str]:
     """Rows by columns, the columns in the order they first appear."""
     columns: list[str] = []
-    for row in figures.values():
-        columns += [c for c in row if c not in columns]
+    for row in figures.values():  # a column with nothing in it (no errors, say) is left out
+        columns += [c for c, v in row.items() if c not in columns and v is not None]
     lines = ["| | " + " | ".join(columns) + " |", "|---" * (len(columns) + 1) + "|"]
     for name, row in figures.items():
         lines.append(f"| {name} | " + " | ".join(cell(row.get(c)) for c in columns) + " |")
@@ -140,7 +143,10 @@ def render(records: list[dict], descriptions: dict[str, str]) -> str:
         "`benchmarks/results/`; do not edit by hand. How each case measures, and what the figures",
         "mean, is in `benchmarks/README.md`. The machine is a shared 2-core VM: figures are",
         "medians of alternating rounds with their spread (min-max), and the load average says",
-        "how busy it was.",
+        "how busy it was. keras-hub's `fit` is timed per step, by a callback that reads the loss",
+        "at the end of every step, from the first step's start to the last step's end: the wall",
+        "time of a short unsynced `fit` call includes a wait of up to about 10 s for tf.data's",
+        "autotuning thread when the call ends.",
     ]
     for case in [c for c in descriptions if c in newest]:
         lines += ["", f"## {case}", "", descriptions[case], "", markdown(newest[case])]
