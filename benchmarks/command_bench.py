@@ -203,7 +203,7 @@ def peers(setup: str, steps: int) -> dict[str, tuple[str, list[str]]]:
 
 def case(rounds: int, quick: bool) -> dict:
     from tfllm.config import load_config
-    from tfllm.data import prepare
+    from tfllm.corpus import prepare
 
     steps, loop = (QUICK_STEPS, QUICK_LOOP) if quick else (STEPS, LOOP)
     peer_steps = 2 if quick else PEER_STEPS

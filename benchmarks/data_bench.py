@@ -25,7 +25,8 @@ import tensorflow as tf
 from benchmarks import shapes
 from benchmarks.common import ratio, summarize
 from tfllm.config import load_config
-from tfllm.data import prepare, reader, verify
+from tfllm.corpus import prepare
+from tfllm.data import reader, verify
 from tfllm.model.lm import build_model
 from tfllm.training.optim import make_optimizer
 from tfllm.training.steps import Steps
