@@ -213,9 +213,7 @@ def case(rounds: int, quick: bool) -> dict:
     figures, notes, runs = {}, [], {}
     with tempfile.TemporaryDirectory(prefix="command_bench_") as root:
         for setup, shape in setups.items():
-            prepare.ensure_prepared(
-                load_config([], tfllm_settings(shape, root, steps, loop)), lambda _: None
-            )
+            prepare.ensure_prepared(load_config([], tfllm_settings(shape, root, steps, loop)))
             extra = []
             if setup == "llama-lora":  # the base model LoRA starts from: one step of training
                 run_command(tfllm_settings(shape, os.path.join(root, "base"), 1, 1))

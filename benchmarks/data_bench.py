@@ -112,10 +112,10 @@ def case(rounds: int, quick: bool) -> dict:
         base = [*SMALL, "data.source=stdlib", "data.tokenizer_sample_mb=2"]
         cfg = load_config([], [*base, f"data.root={CACHE if quick else root}"])
         if quick:
-            manifest = prepare.ensure_prepared(cfg, lambda _: None)
+            manifest = prepare.ensure_prepared(cfg)
         else:
             timings: dict[str, float] = {}
-            manifest = prepare.prepare(cfg, log=lambda _: None, timings=timings)
+            manifest = prepare.prepare(cfg, timings=timings)
             megabytes = manifest["cleaning"]["bytes_read"] / 1e6
             figures["prepare, whole"] = {"MB/s": megabytes / sum(timings.values()),
                                          "seconds": sum(timings.values())}  # fmt: skip
