@@ -20,7 +20,9 @@ import yaml
 from tfllm.errors import ConfigError
 from tfllm.validation import validate
 
-CONFIG_DIR = pathlib.Path(__file__).resolve().parent.parent / "configs"
+# The named configs. In the repository `tfllm/configs` is a link to the top-level `configs/`
+# (their one source); a wheel holds a copy of those files (pyproject.toml's package data).
+CONFIG_DIR = pathlib.Path(__file__).resolve().parent / "configs"
 
 
 @dataclass
@@ -241,7 +243,8 @@ def resolve_config_path(name: str) -> pathlib.Path:
     for candidate in (CONFIG_DIR / name, CONFIG_DIR / f"{name}.yaml"):
         if candidate.is_file():
             return candidate
-    raise ConfigError(f"config file not found: {name}")
+    shipped = ", ".join(sorted(p.stem for p in CONFIG_DIR.glob("*.yaml")))
+    raise ConfigError(f"config file not found: {name} (named configs: {shipped})")
 
 
 def _parse_set(assignment: str) -> dict:

@@ -114,7 +114,7 @@ def test_every_documented_tag_is_written_with_finite_values(run):
     assert sample.startswith("def ")
     config_text = train_events["run/config"][0].item().decode()
     assert "profile_steps: 12,14" in config_text
-    # 37,024 parameters (test_metrics); FLOPs per token by hand there: 246720 and 234432.
+    # 37,024 parameters (test_observe_metrics); FLOPs per token by hand there: 246720 and 234432.
     constants = train_events["run/constants"][0].item().decode()
     assert "| parameters | 37,024 |" in constants
     assert "| FLOPs per token (PaLM) | 246,720 |" in constants

@@ -12,7 +12,7 @@ import sys
 import numpy as np
 import pytest
 import tensorflow as tf
-from test_train import final_weights, read_scalars, weight_difference
+from test_training_loop import final_weights, read_scalars, weight_difference
 
 from tfllm.config import save_config
 from tfllm.data import prepare, reader, records, verify

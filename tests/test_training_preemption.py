@@ -9,8 +9,8 @@ import time
 
 import portpicker
 import pytest
-from test_faults import TrainProcess
-from test_train import weight_difference
+from test_training_faults import TrainProcess
+from test_training_loop import weight_difference
 
 from tfllm.config import save_config
 from tfllm.data import prepare
