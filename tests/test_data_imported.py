@@ -71,6 +71,7 @@ def _windows(directory: pathlib.Path, manifest: dict, split: str) -> np.ndarray:
     return records.parse_batch(tf.constant(serialized), window)[records.TOKENS_KEY].numpy()
 
 
+@pytest.mark.slow  # trains
 def test_shards_hold_the_models_own_tokens_and_train(imported):
     root, config, corpus = imported
     assert _prepare(root, config, corpus, "w1", "data.workers=1") == 0

@@ -71,6 +71,7 @@ def test_simple_evaluate_equals_tfllm_eval(run, tmp_path, monkeypatch):
     assert isinstance(model.engine, engine_module.Engine)
 
 
+@pytest.mark.slow  # a subprocess
 def test_harness_command_line_runs_the_registered_model(run, tmp_path):
     """`python -m tfllm.eval.harness` is lm-eval's own command line with "tfllm" registered
     (lm-eval 0.4 finds models only in its own table or by import: no plugin entry points)."""

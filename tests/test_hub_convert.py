@@ -155,6 +155,7 @@ def test_bad_input_gives_one_line_and_writes_nothing(case, tmp_path, capsys):
     assert not (tmp_path / "runs").exists() or not os.listdir(tmp_path / "runs")
 
 
+@pytest.mark.slow  # trains
 def test_converted_workdir_trains_from_step_0(tmp_path, corpus_dir, capsys):
     source = tmp_path / "hf"
     write_hf_dir(str(source), "qwen2", vocabulary_size=512)

@@ -28,6 +28,8 @@ from tfllm.training.loop import train
 from tfllm.training.optim import make_optimizer
 from tfllm.training.steps import Steps
 
+pytestmark = pytest.mark.slow  # trains, runs TensorBoard and a browser
+
 # Every scalar a training run writes on CPU (no device memory, no loss scale in float32),
 # grouped by prefix; constants are text and HParams, not series.
 TRAIN_TAGS = {

@@ -20,6 +20,8 @@ from tfllm.errors import TfllmError
 from tfllm.training.faults import EXIT_NONFINITE, NonFiniteError
 from tfllm.training.loop import train
 
+pytestmark = pytest.mark.slow  # training processes killed and restarted
+
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 RUN = ("train.steps=40", "train.steps_per_loop=5", "train.checkpoint_every=10")
 RUN += ("train.eval_every=40",)

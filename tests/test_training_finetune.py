@@ -22,6 +22,8 @@ import tfllm
 from tfllm.config import load_config
 from tfllm.errors import ConfigError, TfllmError
 
+pytestmark = pytest.mark.slow  # trains a base and fine-tunes it
+
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 LETTERS = "abcdefghij"
 QUIET = {"log": lambda _: None}

@@ -12,6 +12,8 @@ from tfllm.runs.checkpoint import Checkpointer
 from tfllm.training.loop import train
 from tfllm.training.optim import make_optimizer
 
+pytestmark = pytest.mark.slow  # trains
+
 
 def final_weights(cfg):
     """The weights of the newest checkpoint in cfg's workdir."""

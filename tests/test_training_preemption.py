@@ -17,6 +17,8 @@ from tfllm.data import prepare
 from tfllm.errors import TfllmError
 from tfllm.training.loop import train
 
+pytestmark = pytest.mark.slow  # training processes sent signals
+
 # PCH polls the signal flag once a second and saves one host loop after the next boundary:
 # 400 steps of 4-step loops (about 9 ms a step here) leave room for that after the signal.
 # One checkpoint at the end only, so the preemption's checkpoint is the one new one.
