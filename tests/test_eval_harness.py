@@ -46,6 +46,7 @@ def run(tmp_path_factory):
     return tiny_run.build(str(tmp_path_factory.getbasetemp() / "tiny_run"))
 
 
+@pytest.mark.slow  # lm-evaluation-harness end to end
 def test_simple_evaluate_equals_tfllm_eval(run, tmp_path, monkeypatch):
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
     from lm_eval.tasks import TaskManager

@@ -62,6 +62,7 @@ def test_hf_to_tfllm_to_hf_is_byte_identical(variant, tmp_path):
     assert json.loads((out / "generation_config.json").read_text())["eos_token_id"] == [2, 3]
 
 
+@pytest.mark.slow  # an export and an import of a whole workdir
 def test_scratch_workdir_exports_as_llama_and_comes_back(tmp_path):
     run = tiny_run.build(str(tmp_path / "tiny"))
     out, back = tmp_path / "hf", tmp_path / "back"

@@ -74,6 +74,7 @@ def test_only_targeted_slices_get_a_delta():
     assert model.blocks[0].attention._lora is None  # merged: a plain model again
 
 
+@pytest.mark.slow  # a training step
 def test_a_step_changes_adapters_only():
     cfg, model, train = _model()
     adapters = lora.attach(model, train)

@@ -197,6 +197,7 @@ def test_existing_version_is_refused(run):
         export.export(run.workdir, run.export_dir, version=1)
 
 
+@pytest.mark.slow  # two export commands
 def test_command_line_writes_the_next_version(run, tmp_path):
     base = tmp_path / "export" / "cli"
     assert run_main("export", ["--workdir", run.workdir, "--export_dir", str(base)]) == 0
