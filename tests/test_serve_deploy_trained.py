@@ -9,6 +9,7 @@ import math
 
 import pytest
 
+from tfllm.corpus.prepare import prepare
 from tfllm.eval import builtin, run
 from tfllm.serve import export
 from tfllm.training import loop
@@ -34,7 +35,7 @@ def test_int8_keeps_a_trained_models_bits_per_byte_and_greedy_completions(make_c
         "train.checkpoint_every=300",
         workdir=tmp_path / "run",
     )
-    loop.train(cfg, log=lambda _: None)
+    loop.train(cfg, log=lambda _: None, build_data=prepare)
     metrics, completions = {}, {}
     requests = [(prompt, {"until": [], "max_gen_toks": 16}) for prompt in prompts()]
     for weights in ("none", "int8"):
