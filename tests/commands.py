@@ -1,8 +1,11 @@
 """Running tfllm's commands from tests: in-process (through the `tfllm` dispatcher) or as a
-subprocess, as a user types `python -m tfllm.<command>`."""
+subprocess, as a user types `python -m tfllm.<command>`; collecting what tfllm logs while a
+block runs."""
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 import subprocess
 import sys
@@ -40,3 +43,27 @@ def run_subprocess(command: str, *argv: str, cwd=None, env=None, timeout=900):
         env={**os.environ, **(env or {})},
         timeout=timeout,
     )
+
+
+class _Lines(logging.Handler):
+    def __init__(self, lines: list[str]):
+        super().__init__(logging.INFO)
+        self.lines = lines
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(record.getMessage())
+
+
+@contextlib.contextmanager
+def logged():
+    """Yields a list that receives the messages (INFO and above) tfllm logs inside the block."""
+    lines: list[str] = []
+    root = logging.getLogger("tfllm")
+    handler, level = _Lines(lines), root.level
+    root.addHandler(handler)
+    root.setLevel(logging.INFO)
+    try:
+        yield lines
+    finally:
+        root.removeHandler(handler)
+        root.setLevel(level)
