@@ -28,7 +28,8 @@ HEADS_FIRST = (0, 2, 1, 3)  # (B, T, H, K) <-> (B, H, T, K)
 
 def _cache_slots(batch, heads, length, cache_index):
     """(B, H, T, 3) scatter indices of slots cache_index..cache_index+T-1 in a (B, H, S, K)
-    cache.
+    cache. `cache_index` is a scalar (every row writes the same slots) or (B,) (one per row:
+    the serving scheduler's slots each sit at their own position).
 
     A scatter rather than `ops.slice_update`: Keras lowers that to XlaDynamicUpdateSlice, an
     XLA-only op, and the exported serving graph must run without XLA (tensorflow/serving#2214).
@@ -36,7 +37,8 @@ def _cache_slots(batch, heads, length, cache_index):
     shape = (batch, heads, length)
     rows = ops.broadcast_to(ops.arange(batch, dtype="int32")[:, None, None], shape)
     head = ops.broadcast_to(ops.arange(heads, dtype="int32")[None, :, None], shape)
-    slots = ops.broadcast_to(cache_index + ops.arange(length, dtype="int32"), shape)
+    first = ops.reshape(cache_index, (-1, 1, 1))  # (1, 1, 1) or (B, 1, 1)
+    slots = ops.broadcast_to(first + ops.arange(length, dtype="int32"), shape)
     return ops.stack([rows, head, slots], axis=-1)
 
 
