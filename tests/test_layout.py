@@ -18,6 +18,7 @@ ALLOWED = {
     "observe": set(),
     "runs": {"data", "model"},
     "serve": {"data", "model", "runs"},
+    "server": {"data", "model", "runs", "serve"},
     "hub": {"data", "model", "runs"},
     "training": {"data", "model", "observe", "runs", "serve", "eval"},
     "eval": {"data", "model", "observe", "runs", "serve"},
@@ -55,7 +56,7 @@ def test_sub_packages_import_only_lower_wings():
     wrong = []
     for module, imported in _imports().items():
         wing = _wing(module)
-        if wing not in ALLOWED:
+        if wing not in ALLOWED or module.endswith(".__main__"):  # a command module: argv only
             continue
         for target in imported:
             other = _wing(target)

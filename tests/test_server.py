@@ -7,6 +7,9 @@ from __future__ import annotations
 import concurrent.futures
 import http.client
 import json
+import os
+import subprocess
+import sys
 import time
 
 import numpy as np
@@ -247,3 +250,76 @@ def _raw_stream(server, body: dict) -> str:
         "POST", "/v1/completions", json.dumps(body), {"Content-Type": "application/json"}
     )
     return connection.getresponse().read().decode()
+
+
+@pytest.mark.slow
+def test_lm_eval_local_completions_equals_tfllm_eval(run, server, tmp_path):
+    """lm-evaluation-harness's `local-completions` model, tokenizing through the server's
+    /tokenize (no Hugging Face tokenizer on the client), scores a multiple-choice task file as
+    `tfllm eval` does on the same workdir: the same acc and log-likelihoods."""
+    pytest.importorskip("lm_eval")
+    pytest.importorskip("tenacity")  # lm-eval[api]
+    from test_eval_harness import local_task
+
+    from tfllm.eval.engine import model_engine
+    from tfllm.eval.scoring import run_task
+    from tfllm.eval.tasks import load_task_file
+
+    task = local_task(tmp_path)
+    args = f"base_url={server.url}/v1/completions,model=run,max_length={SEQ}"
+    out = subprocess.run(
+        [sys.executable, "-m", "lm_eval", "--model", "local-completions", "--model_args",
+         f"{args},tokenizer_backend=remote", "--tasks", "tfllm_local_mc", "--include_path",
+         str(tmp_path), "--output_path", str(tmp_path / "out"), "--log_samples"],
+        capture_output=True, text=True, env={**os.environ, "HF_DATASETS_OFFLINE": "1"},
+        timeout=600,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr[-3000:]
+    results = json.loads(next((tmp_path / "out").rglob("results_*.json")).read_text())
+    harness = results["results"]["tfllm_local_mc"]
+    engine = model_engine(run.model, run.tokenizer_path)
+    ours = run_task(engine, load_task_file(task))["metrics"]
+    assert harness["acc,none"] == pytest.approx(ours["acc"][0])
+    assert harness["acc_norm,none"] == pytest.approx(ours["acc_norm"][0])
+    samples = [json.loads(line) for p in (tmp_path / "out").rglob("samples_*.jsonl")
+               for line in p.read_text().splitlines()]  # fmt: skip
+    pairs = [(a["arg_0"], a["arg_1"]) for s in samples for a in s["arguments"].values()]
+    theirs = [float(r[0]) for s in samples for r in s["filtered_resps"]]
+    expected = [ll for ll, _ in engine.loglikelihood(pairs)]
+    assert len(pairs) == 12
+    np.testing.assert_allclose(theirs, expected, atol=1e-3)
+
+
+@pytest.mark.slow
+def test_chat_page_in_headless_chromium(run, server, tmp_path):
+    """Type a message into the chat page, press Send, read the streamed reply from the page:
+    the reply of `tfllm generate --chat`, and a tokens/s readout."""
+    from headless_chromium import Chromium
+
+    from tfllm.serve import chat
+
+    try:
+        browser = Chromium(str(tmp_path / "chromium"))
+    except FileNotFoundError:
+        pytest.skip("Debian's chromium is not installed (.ci/run installs it)")
+    try:
+        browser.open(server.url + "/")
+        assert browser.wait_for("document.getElementById('model').textContent") == "run"
+        browser.evaluate("document.getElementById('max_tokens').value = '16'")
+        browser.evaluate("document.getElementById('message').focus()")
+        browser.send("Input.insertText", text="def f():")
+        browser.evaluate("document.getElementById('send').click()")
+        status = browser.wait_for(
+            "(s => s.startsWith('done') || s.startsWith('error') ? s : '')"
+            "(document.getElementById('status').textContent)"
+        )
+        reply = browser.evaluate("document.querySelector('.turn.assistant').textContent")
+        user = browser.evaluate("document.querySelector('.turn.user').textContent")
+    finally:
+        browser.close()
+    expected = chat.chat_completion(
+        run, [{"role": "user", "content": "def f():"}], max_new_tokens=16
+    )
+    assert user == "def f():"
+    assert status.startswith("done") and "tokens/s" in status, status
+    assert reply == expected
