@@ -61,12 +61,18 @@ def build(workdir: str | None, export: str | None, options: ServerOptions) -> St
     cache_len = check(options, served.model.max_sequence_length)
     codec = Codec(served.tokenizer_path)
     engine = Engine(served.model, options.slots, cache_len, jit_compile=options.xla)
+    layers, kv_heads, head_dim = (
+        served.model.num_layers,
+        served.model.kv_heads,
+        served.model.head_dim,
+    )
+    megabytes = 2 * layers * options.slots * kv_heads * cache_len * head_dim * 4 / 2**20
+    logger.info("KV cache: %d slots x %d positions, %.1f MB", options.slots, cache_len, megabytes)
     started = time.perf_counter()
-    widths = engine.warm_up(codec.specials.start or (0,))
+    widths, sizes = engine.warm_up(codec.specials.start or (0,))
     logger.info(
-        "traced the decode step (%d slots x %d positions) and prefill widths %s in %.1f s",
-        options.slots,
-        cache_len,
+        "traced the decode step for %s busy slots and prefill widths %s in %.1f s",
+        sizes,
         widths,
         time.perf_counter() - started,
     )

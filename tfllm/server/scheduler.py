@@ -162,8 +162,9 @@ class Scheduler:
 
     def _step(self) -> None:
         want_top = any(s.logprobs for s in self.running.values())
+        size = self.engine.busy_rows(max(self.running))
         try:
-            out = self.engine.step(self.rows, want_top)
+            out = self.engine.step({k: row[:size] for k, row in self.rows.items()}, want_top)
         except Exception as err:
             ids = ", ".join(s.request_id for s in self.running.values())
             logger.exception("decode step failed (requests %s)", ids)
