@@ -210,7 +210,7 @@ def main() -> None:
     root = tempfile.mkdtemp(prefix="serve-bench-")
     paths = make_model(f"{root}/run")
     texts = prompts(paths["tokenizer"])
-    servers, contenders = [], {}
+    servers, contenders, errors = [], {}, {}
     try:
         port = free_port()
         servers.append(
@@ -267,7 +267,13 @@ def main() -> None:
             order = list(contenders) if r % 2 == 0 else list(reversed(contenders))
             for name in order:
                 for c in levels:
-                    runs[name][c].append(load(contenders[name], texts, c))
+                    if name in errors:
+                        continue
+                    try:
+                        runs[name][c].append(load(contenders[name], texts, c))
+                    except Exception as err:  # a server that died: recorded, the others go on
+                        errors[name] = f"round {r + 1}, c={c}: {err!r}"
+                        continue
                     figure = runs[name][c][-1]
                     print(
                         f"round {r + 1} {name:32s} c={c:2d} {figure['tokens_per_second']:7.1f} "
@@ -293,10 +299,12 @@ def main() -> None:
                     for key in by_level[c][0]
                 }
                 for c in levels
+                if by_level[c]
             }
             for name, by_level in runs.items()
         },
     }
+    record["errors"] = errors
     record["goals"] = goals(record["results"], levels)
     RESULTS.mkdir(exist_ok=True)
     out = RESULTS / f"{datetime.date.today().isoformat()}-serve.json"
