@@ -259,9 +259,12 @@ def main() -> None:
                 )
             )
             contenders["transformers serve"] = streamed(port, paths["hf"])
-        for ask in contenders.values():  # warm-up: every prompt bucket and output length once
-            for prompt_tokens, max_tokens in MIX:
-                ask(texts[prompt_tokens], max_tokens)
+        for name, ask in contenders.items():  # warm-up: every prompt bucket and output length
+            try:
+                for prompt_tokens, max_tokens in MIX:
+                    ask(texts[prompt_tokens], max_tokens)
+            except Exception as err:
+                errors[name] = f"warm-up: {err!r}"
         runs = {name: {c: [] for c in levels} for name in contenders}
         for r in range(args.rounds):
             order = list(contenders) if r % 2 == 0 else list(reversed(contenders))
