@@ -68,7 +68,7 @@ class DataConfig:
     source: str = "stdlib"
     text_field: str = "text"  # the field holding the text in JSON Lines and TFDS examples
     # Instruction and chat data (README "Fine-tuning"): text | prompt_completion | messages |
-    # alpaca; anything but text is packed by example with a loss mask (tfllm.data.sft_prepare).
+    # alpaca; anything but text is packed by example with a loss mask (tfllm.corpus.sft_prepare).
     format: str = "text"
     train_on: str = "completion"  # completion | assistant | all: which tokens are targets
     chat_template: str = ""  # a Jinja file overriding the tokenizer's own chat template
@@ -149,8 +149,7 @@ class TrainConfig:
 
 @dataclass
 class RuntimeConfig:
-    workdir: str = "runs/tiny"
-    strategy: str = "auto"
+    workdir: str = "runs/tiny"  # the run's directory: checkpoints, config.yaml, TensorBoard logs
     peak_flops: float = 0.0  # peak FLOP/s of one device for MFU; 0 = detect (or measure on CPU)
     profiler_port: int = 0  # serve on-demand profiler captures on this port; 0 = off
     # Memory of one device in GiB for the pre-training estimate's check; 0 = what the GPU or

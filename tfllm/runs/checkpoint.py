@@ -23,8 +23,8 @@ import keras
 import tensorflow as tf
 
 from tfllm.config import ModelConfig
-from tfllm.data.records import write_atomically
 from tfllm.errors import TfllmError
+from tfllm.files import write_atomically
 from tfllm.runs import checkpoint_files as disk
 
 _MODEL_DEFAULTS = dataclasses.asdict(ModelConfig())

@@ -6,6 +6,6 @@ step, retires finished sequences) -> `engine` (the compiled prefill and decode s
 with the KV cache on the device) and `text` (token ids <-> text, stop strings). `loading` reads
 a workdir or an export; `metrics` is the Prometheus page; `page` the chat page.
 
-May import: data, model, runs, serve and the shared modules (tests/test_layout.py). FastAPI,
+May import: model, runs, serve, tokenizers and the shared modules (tests/test_layout.py). FastAPI,
 Starlette, uvicorn and pydantic come with the `serve` extra (`pip install tfllm[serve]`).
 """

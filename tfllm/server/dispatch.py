@@ -12,13 +12,13 @@ import uuid
 from fastapi import Request
 from fastapi.responses import StreamingResponse
 
-from tfllm.data import chat as chat_templates
 from tfllm.server import responses
 from tfllm.server.metrics import Metrics
 from tfllm.server.responses import Choice
 from tfllm.server.scheduler import Closed, QueueFull, Scheduler, Sequence
 from tfllm.server.schemas import error_body
 from tfllm.server.text import Codec
+from tfllm.tokenizers import chat as chat_templates
 
 
 class ApiError(Exception):

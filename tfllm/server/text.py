@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import tensorflow as tf
 
-from tfllm.data import tokenizer
 from tfllm.errors import TfllmError
+from tfllm.tokenizers import tokenizer
 
 
 class Codec:

@@ -19,15 +19,14 @@ what they become. Nothing holds more than one file's row group or line at a time
 from __future__ import annotations
 
 import glob
-import hashlib
 import os
 import pathlib
 import random
-import sysconfig
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from tfllm.data import formats
+from tfllm.corpus import formats
+from tfllm.data.layout import stdlib_files
 from tfllm.errors import DataError
 
 TFDS_PREFIX = "tfds:"
@@ -61,16 +60,6 @@ def sources(source: str) -> list[tuple[str, float]]:
     return weighted
 
 
-def stdlib_files() -> tuple[pathlib.Path, list[pathlib.Path]]:
-    root = pathlib.Path(sysconfig.get_paths()["stdlib"]).resolve()
-    files = [
-        p
-        for p in root.rglob("*.py")
-        if "site-packages" not in p.parts and "dist-packages" not in p.parts
-    ]
-    return root, sorted(files)
-
-
 def _expand(entry: str) -> list[tuple[str, pathlib.Path]]:
     """(name, path) of each file of one entry; a directory's files are named relative to its
     parent, so the names (and the train/val split) do not depend on where the corpus lives."""
@@ -86,8 +75,7 @@ def _expand(entry: str) -> list[tuple[str, pathlib.Path]]:
 def list_files(source: str) -> list[tuple[str, pathlib.Path]]:
     """Resolves a file source to its files as (stable name, path), sorted by name."""
     if source == "stdlib":
-        root, files = stdlib_files()
-        return [(str(p.relative_to(root)), p) for p in files]
+        return stdlib_files()
     files: dict[str, pathlib.Path] = {}
     for entry in filter(None, (s.strip() for s in source.split(","))):
         found = _expand(entry)
@@ -95,16 +83,6 @@ def list_files(source: str) -> list[tuple[str, pathlib.Path]]:
             raise DataError(f"data.source: {entry!r} matches no file")
         files.update(found)
     return sorted(files.items())
-
-
-def name_hash(name: str) -> float:
-    """A document's place in [0, 1), from a hash of its name: stable across machines."""
-    return int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "big") / 2**64
-
-
-def split_of(name: str, val_fraction: float) -> str:
-    """Assigns a document to train or val by a hash of its name."""
-    return "val" if name_hash(name) < val_fraction else "train"
 
 
 def _file_documents(
