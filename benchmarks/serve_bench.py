@@ -205,10 +205,19 @@ def main() -> None:
     parser.add_argument("--concurrency", default="1,4,16")
     parser.add_argument("--slots", type=int, default=16, help="tfllm serve --slots")
     parser.add_argument("--skip_transformers", action="store_true")
+    parser.add_argument("--root", default="", help="reuse the model an earlier run made here")
     args = parser.parse_args()
     levels = [int(c) for c in args.concurrency.split(",")]
-    root = tempfile.mkdtemp(prefix="serve-bench-")
-    paths = make_model(f"{root}/run")
+    root = args.root or tempfile.mkdtemp(prefix="serve-bench-")
+    if os.path.exists(f"{root}/run/hf/tokenizer.json"):  # a model an earlier run made
+        paths = {
+            "workdir": f"{root}/run",
+            "export": f"{root}/run/export/bench/1",
+            "hf": f"{root}/run/hf",
+            "tokenizer": f"{root}/run/data/bench/tokenizer.model",
+        }
+    else:
+        paths = make_model(f"{root}/run")
     texts = prompts(paths["tokenizer"])
     servers, contenders, errors = [], {}, {}
     try:
@@ -245,6 +254,12 @@ def main() -> None:
                         "serve",
                         paths["hf"],
                         "--continuous-batching",
+                        # A bounded KV cache: by default it takes a share of the free memory,
+                        # which got its process killed for lack of memory on this machine.
+                        "--cb-block-size",
+                        "32",
+                        "--cb-num-blocks",
+                        "256",
                         "--device",
                         "cpu",
                         "--dtype",
