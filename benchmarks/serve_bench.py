@@ -153,6 +153,7 @@ def streamed(port: int, model: str):
 def one_at_a_time(version_dir: str):
     """The export's serving_default, one request at a time (a lock), whole answers."""
     import tensorflow as tf
+    import tensorflow_text  # noqa: F401  (registers the SentencePiece op the export uses)
 
     signature = tf.saved_model.load(version_dir).signatures["serving_default"]
     lock = threading.Lock()
