@@ -85,7 +85,7 @@ def make_model(root: str) -> dict:
 
     _, tokenizer_path, version_dir = make_run(root)
     hf_dir = f"{root}/hf"
-    to_hf(root, hf_dir, log=lambda _: None)
+    to_hf(root, hf_dir)
     write_tokenizer_json(tokenizer_path, hf_dir)
     return {"workdir": root, "export": version_dir, "hf": hf_dir, "tokenizer": tokenizer_path}
 

@@ -2,7 +2,7 @@
 
     python -m tfllm.serve --workdir DIR | --export PATH [--host 127.0.0.1] [--port 8000]
         [--slots 16] [--cache_len N] [--max_queue 64] [--name NAME] [--shutdown_timeout 30]
-        [--xla] [--verbose]
+        [--xla] [--verbose | --quiet] [--log_format json]
 
 Serves the newest usable checkpoint of a workdir (a LoRA run merged) or an export (a version
 directory, or a base path: its newest version): /v1/completions, /v1/chat/completions,
@@ -29,10 +29,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--shutdown_timeout", type=float, default=30.0, help="seconds")
     parser.add_argument("--xla", action="store_true", help="compile the decode step with XLA")
     args = parser.parse_args(argv)
-    cli.quiet_unless(args.verbose)
-    import logging
-
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    cli.start(args)
     try:
         from tfllm.server.run import ServerOptions, serve
     except ImportError as err:

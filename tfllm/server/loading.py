@@ -41,7 +41,7 @@ def load_served(workdir: str | None = None, export: str | None = None) -> Served
     if (workdir is None) == (export is None):
         raise TfllmError("give one of --workdir or --export")
     if workdir is not None:
-        trained = load_trained(workdir, log=logger.info)
+        trained = load_trained(workdir)
         name = posixpath.basename(workdir.rstrip("/"))
         return Served(trained.cfg, trained.model, trained.tokenizer_path, name, trained.checkpoint)
     return _load_export(export)
