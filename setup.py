@@ -35,14 +35,21 @@ EXTRAS_REQUIRE = {
         "ai-edge-litert>=2.3",
         "tf2onnx>=1.17",
         "onnxruntime>=1.20",
-        "lm-eval==0.4.*",
+        "lm-eval[api]==0.4.*",  # [api]: the local-completions model run against tfllm serve
         "pyarrow",
         "zstandard",
         "datasketch>=2.0",
         "datasets",
         "apache-beam>=2.69",  # prepare --runner beam (see the beam extra)
         "safetensors>=0.4",
+        # tfllm serve and the clients its tests use (the openai package, lm-eval above)
+        "fastapi>=0.110",
+        "uvicorn>=0.29",
+        "pydantic>=2",
+        "openai>=1.0",
     ],
+    # tfllm serve: the OpenAI-compatible server (tfllm.server).
+    "serve": ["fastapi>=0.110", "uvicorn>=0.29", "pydantic>=2"],
     # --format litert runs with TensorFlow's converter alone; the interpreter is for checking.
     "litert": ["ai-edge-litert>=2.3"],
     # Installs next to TF 2.21 and protobuf 7 here (tf2onnx 1.17, onnx 1.23, onnxruntime 1.32).
@@ -72,8 +79,16 @@ EXTRAS_REQUIRE = {
     "profile": ["tensorboard-plugin-profile"],
     # Only the PyTorch peer of benchmarks/ needs it; take the CPU wheel from PyTorch's index
     # (--extra-index-url https://download.pytorch.org/whl/cpu): PyPI's pulls GBs of CUDA.
-    # transformers: the PyTorch peer of benchmarks/llama_bench.py is its LlamaForCausalLM
-    "bench": ["torch==2.13.0", "tokenizers>=0.20", "transformers>=4.45"],
+    # transformers: the PyTorch peer of benchmarks/llama_bench.py is its LlamaForCausalLM, and
+    # `transformers serve` the peer of benchmarks/serve_bench.py (with fastapi/uvicorn/openai).
+    "bench": [
+        "torch==2.13.0",
+        "tokenizers>=0.20",
+        "transformers[serving]>=4.45",
+        "fastapi>=0.110",
+        "uvicorn>=0.29",
+        "openai>=1.0",
+    ],
 }
 
 setup(

@@ -24,6 +24,7 @@ ALLOWED = {
     "observe": set(),
     "runs": {"data", "model"},
     "serve": {"data", "model", "runs", "tokenizers"},
+    "server": {"model", "runs", "serve", "tokenizers"},
     "hub": {"data", "model", "runs", "tokenizers"},
     "eval": {"data", "model", "observe", "runs", "serve", "tokenizers"},
     "training": {"data", "model", "observe", "runs", "serve", "eval", "tokenizers"},
@@ -62,7 +63,7 @@ def test_sub_packages_import_only_the_packages_their_row_allows():
     wrong = []
     for module, imported in _imports().items():
         package = _package(module)
-        if package not in ALLOWED:
+        if package not in ALLOWED or module.endswith(".__main__"):  # a command module: argv only
             continue
         for target in imported:
             other = _package(target)
