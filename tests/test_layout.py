@@ -24,6 +24,7 @@ ALLOWED = {
     "observe": set(),
     "runs": {"data", "model"},
     "serve": {"data", "model", "runs", "tokenizers"},
+    "server": {"model", "runs", "serve", "tokenizers"},
     "hub": {"data", "model", "runs", "tokenizers"},
     "eval": {"data", "model", "observe", "runs", "serve", "tokenizers"},
     "training": {"data", "model", "observe", "runs", "serve", "eval", "tokenizers"},

@@ -23,6 +23,7 @@ COMMANDS = {
     "export": "tfllm.commands.export",
     "eval": "tfllm.commands.eval",
     "convert": "tfllm.commands.convert",
+    "serve": "tfllm.serve.__main__",
 }
 
 
@@ -38,6 +39,7 @@ def usage() -> str:
     ]
     for name, module in COMMANDS.items():
         summary = (importlib.import_module(module).__doc__ or "").strip().splitlines()[0]
+        summary = summary.split("`: ", 1)[-1]  # "`python -m tfllm.x`: does y" -> "does y"
         lines.append(f"  {name:<{width}}  {summary}")
     lines += ["", "`tfllm <command> --help` lists a command's flags. `tfllm --version`."]
     return "\n".join(lines)
