@@ -161,6 +161,7 @@ class _Serving(tf.Module):
         return {"texts": self.tokenizer.detokenize(ids)}
 
 
+@pytest.mark.slow  # a subprocess
 def test_savedmodel_reloaded_in_a_fresh_process(hf_dirs, tmp_path):
     jobs, expected = [], {}
     for family in [*BPE_FAMILIES, "llama2"]:

@@ -10,8 +10,8 @@ import time
 
 import portpicker
 import pytest
-from test_faults import TrainProcess
-from test_train import weight_difference
+from test_training_faults import TrainProcess
+from test_training_loop import weight_difference
 
 from tfllm.config import save_config
 from tfllm.corpus import prepare
@@ -21,6 +21,8 @@ from tfllm.training import loop
 
 # As `tfllm.train` does: prepare the data first when it is missing.
 train = functools.partial(loop.train, build_data=build_data)
+
+pytestmark = pytest.mark.slow  # training processes sent signals
 
 # PCH polls the signal flag once a second and saves one host loop after the next boundary:
 # 400 steps of 4-step loops (about 9 ms a step here) leave room for that after the signal.

@@ -12,7 +12,7 @@ import pathlib
 import pytest
 from _data_helpers import small_config
 from commands import run_main
-from test_data_scale import _docs, _shard_bytes
+from test_corpus_scale import _docs, _shard_bytes
 
 from tfllm.corpus import prepare
 

@@ -155,6 +155,7 @@ def test_other_model_shape_is_refused_naming_keys(workdir, make_config):
     assert "model.num_layers: checkpoint 2, config 3" in str(err.value)
 
 
+@pytest.mark.slow  # training processes killed mid-save
 @pytest.mark.parametrize("point", SAVE_POINTS)
 def test_kill_during_save_keeps_previous_checkpoint(point, make_config, tmp_path):
     cfg = make_config()

@@ -130,6 +130,7 @@ def test_only_empty_files_is_one_clear_error(tmp_path):
         prepare.prepare(cfg)
 
 
+@pytest.mark.slow  # prepare with its worker processes
 def test_hostile_corpus_prepares_with_counts(tmp_path):
     """Invalid UTF-8, NUL bytes, a BOM and a single 50 MB line never crash the tokenizer."""
     text = tmp_path / "text"

@@ -7,10 +7,14 @@ from __future__ import annotations
 
 import math
 
+import pytest
+
 from tfllm.corpus.prepare import prepare
 from tfllm.eval import builtin, run
 from tfllm.serve import export
 from tfllm.training import loop
+
+pytestmark = pytest.mark.slow  # trains 300 steps
 
 BPB_DOCS = 4  # the first held-out files of the stdlib_bpb task, 4 KB each
 COMPLETIONS = 8  # held-out code prompts, 16 greedy tokens each

@@ -1,7 +1,7 @@
 """Prepare's restart state and the Beam batch files: JSON + .npz (snapshot.py), never pickle.
 
-The restart itself (SIGKILL, then the same shards) is tests/test_data_scale.py's; the Beam
-runner's equality with the local one is tests/test_data_beam.py's. Here: a state with every
+The restart itself (SIGKILL, then the same shards) is tests/test_corpus_scale.py's; the Beam
+runner's equality with the local one is tests/test_corpus_beam.py's. Here: a state with every
 kind of value comes back equal, and a file that is not a snapshot (a planted pickle) is
 refused with one line naming it, without running anything.
 """

@@ -74,6 +74,7 @@ def test_only_targeted_slices_get_a_delta():
     assert model.blocks[0].attention._lora is None  # merged: a plain model again
 
 
+@pytest.mark.slow  # a training step
 def test_a_step_changes_adapters_only():
     cfg, model, train = _model()
     adapters = lora.attach(model, train)
@@ -105,6 +106,7 @@ def test_a_packed_document_sees_the_positions_it_has_alone():
     np.testing.assert_allclose(logits[:, :5], model(first).numpy(), atol=1e-5)
 
 
+@pytest.mark.slow  # trains
 def test_lora_trains_with_accumulation_and_mixed_precision():
     single, summary, _ = train_tiny(["runtime.strategy=cpu"], lora_rank=4)
     accum, _, _ = train_tiny(["runtime.strategy=cpu", "train.grad_accum_steps=4"], lora_rank=4)
@@ -122,6 +124,7 @@ def test_lora_trains_with_accumulation_and_mixed_precision():
     assert bf16["losses"][2] < bf16["losses"][0]
 
 
+@pytest.mark.slow  # two training processes
 def test_lora_mirrored_equals_one_device(tmp_path):
     out = tmp_path / "mirrored.npz"
     env = {"TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"}

@@ -27,6 +27,8 @@ from tfllm.training.loop import validate_run
 sys.path.insert(0, str(pathlib.Path(__file__).parent))
 from distributed_run import TINY, train_tiny  # noqa: E402
 
+pytestmark = pytest.mark.slow  # multi-process and multi-replica training
+
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 HELPER = ROOT / "tests" / "distributed_run.py"
 TOLERANCE = 1e-5

@@ -15,6 +15,8 @@ from tfllm.runs.checkpoint import Checkpointer
 from tfllm.training import loop
 from tfllm.training.optim import make_optimizer
 
+pytestmark = pytest.mark.slow  # trains
+
 # As `tfllm.train` does: prepare the data first when it is missing.
 train = functools.partial(loop.train, build_data=build_data)
 

@@ -19,7 +19,7 @@ import tensorflow as tf
 from commands import run_main
 from hf_tokenizer_files import CORPUS, write_tokenizer
 from hub_fixtures import write_hf_dir
-from test_data_scale import _shard_bytes
+from test_corpus_scale import _shard_bytes
 from tokenizers import Tokenizer
 
 from tfllm.config import load_config
@@ -73,6 +73,7 @@ def _windows(directory: pathlib.Path, manifest: dict, split: str) -> np.ndarray:
     return records.parse_batch(tf.constant(serialized), window)[records.TOKENS_KEY].numpy()
 
 
+@pytest.mark.slow  # trains
 def test_shards_hold_the_models_own_tokens_and_train(imported):
     root, config, corpus = imported
     assert _prepare(root, config, corpus, "w1", "data.workers=1") == 0

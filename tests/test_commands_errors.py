@@ -36,6 +36,7 @@ def test_yaml_syntax_error(tmp_path):
     assert "Traceback" not in result.stderr
 
 
+@pytest.mark.slow  # a training command that prepares first
 @pytest.mark.parametrize("kind", ["missing", "empty"])
 def test_missing_or_empty_corpus(tmp_path, kind):
     source = tmp_path / "corpus"

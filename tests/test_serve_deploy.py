@@ -82,7 +82,7 @@ def test_int8_export_is_smaller_records_its_scheme_and_keeps_logits(run, int8_di
     reference = run.model(ids).numpy()
     assert np.abs(logits - reference).max() < INT8_LOGITS_TOLERANCE
     assert np.abs(reference).max() > 3.0  # the tolerance is small against the logits
-    # Greedy agreement is measured on a trained model (test_deploy_trained.py): with random
+    # Greedy agreement is measured on a trained model (test_serve_deploy_trained.py): with random
     # weights (std 0.5) near-ties make it depend on which corpus the fixture's tokenizer saw.
 
 

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 from commands import logged
-from test_train import final_weights, read_scalars, weight_difference
+from test_training_loop import final_weights, read_scalars, weight_difference
 
 from tfllm.config import save_config
 from tfllm.corpus import prepare
@@ -26,6 +26,8 @@ from tfllm.training.faults import EXIT_NONFINITE, NonFiniteError
 
 # As `tfllm.train` does: prepare the data first when it is missing.
 train = functools.partial(loop.train, build_data=build_data)
+
+pytestmark = pytest.mark.slow  # training processes killed and restarted
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 RUN = ("train.steps=40", "train.steps_per_loop=5", "train.checkpoint_every=10")

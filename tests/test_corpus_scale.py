@@ -178,6 +178,7 @@ def test_bad_input_is_named_and_counted_or_stops(tmp_path):
             prepare.prepare(strict)
 
 
+@pytest.mark.slow  # prepare processes killed and restarted
 def test_restart_after_sigkill_keeps_finished_shards(tmp_path):
     write_corpus(tmp_path / "text", files=800, words=400)
     sets = [
@@ -227,6 +228,7 @@ print(re.search(r"VmHWM:\\s+(\\d+) kB", open("/proc/self/status").read()).group(
 """
 
 
+@pytest.mark.slow  # prepare subprocesses on two corpora
 def test_memory_is_flat_in_corpus_size(tmp_path):
     """Peak RSS on 40 MB equals that on 4 MB within a few percent, under data.max_memory_mb.
     (The issue asks 1 GB vs 100 MB; at this machine's ~4 MB/s that is minutes, so 10x less.)"""

@@ -31,6 +31,8 @@ from tfllm.training import loop
 from tfllm.training.optim import make_optimizer
 from tfllm.training.steps import Steps
 
+pytestmark = pytest.mark.slow  # trains, runs TensorBoard and a browser
+
 # As `tfllm.train` does: prepare the data first when it is missing.
 train = functools.partial(loop.train, build_data=build_data)
 
@@ -120,7 +122,7 @@ def test_every_documented_tag_is_written_with_finite_values(run):
     assert sample.startswith("def ")
     config_text = train_events["run/config"][0].item().decode()
     assert "profile_steps: 12,14" in config_text
-    # 37,024 parameters (test_metrics); FLOPs per token by hand there: 246720 and 234432.
+    # 37,024 parameters (test_observe_metrics); FLOPs per token by hand there: 246720 and 234432.
     constants = train_events["run/constants"][0].item().decode()
     assert "| parameters | 37,024 |" in constants
     assert "| FLOPs per token (PaLM) | 246,720 |" in constants

@@ -94,6 +94,7 @@ def test_graph_needs_no_xla(run):
     assert not [op for op in ops if op.startswith("Xla")]
 
 
+@pytest.mark.slow  # a subprocess
 def test_fresh_process_round_trip(run):
     out = json.loads(
         _python("-c", FRESH_PROCESS, run.version_dir, json.dumps(PROMPTS), json.dumps(TOKEN_IDS))
@@ -122,6 +123,7 @@ def test_tf1_loader_runs_every_signature(run, session):
     assert (per_token > 0).all()
 
 
+@pytest.mark.slow  # a subprocess
 def test_saved_model_cli_runs_logits(run, tmp_path):
     ids = tmp_path / "ids.npy"
     np.save(ids, np.array(TOKEN_IDS, np.int32))
@@ -195,6 +197,7 @@ def test_existing_version_is_refused(run):
         export.export(run.workdir, run.export_dir, version=1)
 
 
+@pytest.mark.slow  # two export commands
 def test_command_line_writes_the_next_version(run, tmp_path):
     base = tmp_path / "export" / "cli"
     assert run_main("export", ["--workdir", run.workdir, "--export_dir", str(base)]) == 0

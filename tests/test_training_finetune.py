@@ -1,7 +1,7 @@
 """Fine-tuning end to end, from a base tfllm pretrained briefly: LoRA learns a task the base
 cannot do (the next letter after "<phrase> <letter>"; greedy accuracy on held-out pairs), its
 checkpoints hold adapters only and refuse a changed base, the adapters export in PEFT's names
-and shapes and merge as PEFT merges them, the README's example runs as written,
+and shapes and merge as PEFT merges them, the docs' example runs as written,
 `generate --chat` answers, and a run too large for the device memory is refused before it
 compiles."""
 
@@ -21,6 +21,8 @@ from commands import run_main
 import tfllm
 from tfllm.config import load_config
 from tfllm.errors import ConfigError, TfllmError
+
+pytestmark = pytest.mark.slow  # trains a base and fine-tunes it
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 LETTERS = "abcdefghij"
@@ -193,11 +195,12 @@ def test_generate_chat_answers_from_a_lora_workdir(lora_run, capsys):
     assert run_main("generate", ["--workdir", run.workdir, "--chat", "[1]"]) != 0
 
 
-def test_readme_example_runs_as_written(base, tmp_path, monkeypatch):
-    """The README's ten lines, with `steps=500` shortened: the rest runs as printed."""
-    readme = (ROOT / "README.md").read_text()
-    section = readme[readme.index("## Fine-tuning") :]
-    code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+def test_docs_example_runs_as_written(base, tmp_path, monkeypatch):
+    """docs/fine-tuning.md's first lines, with `steps=500` shortened: the rest runs as printed."""
+    page = (ROOT / "docs" / "fine-tuning.md").read_text()
+    code = re.search(
+        r"<!-- run by tests/test_training_finetune.py -->\n```python\n(.*?)```", page, re.S
+    ).group(1)
     assert "steps=500" in code
     code = code.replace("steps=500", "steps=3")
     monkeypatch.chdir(tmp_path)
@@ -210,7 +213,7 @@ def test_readme_example_runs_as_written(base, tmp_path, monkeypatch):
     (tmp_path / "chats.jsonl").write_text(
         "".join(json.dumps({"messages": m}) + "\n" for m in chats)
     )
-    exec(compile(code, "README.md", "exec"), {})
+    exec(compile(code, "docs/fine-tuning.md", "exec"), {})
     assert (tmp_path / "export" / "qwen-chat").is_dir()
     cfg = load_config(["runs/qwen-chat/config.yaml"])
     assert cfg.train.lora_rank == 16 and cfg.train.init_from == "runs/qwen2-0.5b"
