@@ -40,6 +40,7 @@ def test_every_case_names_a_function_of_its_module():
         assert callable(getattr(module, case.function)), name
 
 
+@pytest.mark.slow  # the case's command as a subprocess
 def test_a_case_writes_its_record_and_render_makes_the_page(tmp_path):
     done = benchmarks("peak", "--quick", "--results", str(tmp_path))
     assert done.returncode == 0, done.stderr[-2000:]
@@ -94,11 +95,13 @@ def test_every_contender_sees_the_same_batches():
     assert a.shape == (8, 8, 129) and (a == b).all() and a.max() < 2048
 
 
+@pytest.mark.slow  # a training step of a benchmark model
 def test_tfllm_contender_runs_one_step():
     result = train_bench.worker("tfllm", "tiny", steps=1, chunks=1)
     assert result["tokens_per_second"] > 0 and result["peak_rss_mb"] > 0
 
 
+@pytest.mark.slow  # keras-hub compiles and trains a model
 def test_keras_hub_fit_is_timed_per_step_by_its_own_callback():
     """`fit_steps` returns the seconds its steps took (the callback synced every step), less
     than the wall time of the call, which includes `fit`'s set-up."""
@@ -114,6 +117,7 @@ def test_keras_hub_fit_is_timed_per_step_by_its_own_callback():
     assert isinstance(seconds, Seconds) and 0 < seconds < time.perf_counter() - started
 
 
+@pytest.mark.slow  # training steps
 def test_backward_bench_variants_train_alike_and_the_patch_is_undone():
     """The hand-written backward passes and TensorFlow's own differentiation, in the whole
     model: the same loss after two updates. And the comparison leaves tfllm as it was."""

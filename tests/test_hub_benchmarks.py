@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from safetensors.numpy import load_file
 
 from benchmarks import convert_bench, lora_bench, shapes
@@ -40,6 +41,7 @@ def test_convert_bench_checkpoint_is_sharded_bfloat16_and_imports(tmp_path, monk
     )
 
 
+@pytest.mark.slow  # two models compiled and trained a step
 def test_lora_contenders_train_the_llama_shape_one_step():
     """tfllm LoRA and keras-hub `enable_lora` on `shapes.LLAMA`, the smallest measurement."""
     for contender in ("tfllm-lora", "keras-hub-lora"):
