@@ -210,6 +210,37 @@ def peer_versions() -> dict:
 CONTENDERS = ("tfllm-lora", "trl-lora", "tfllm-full", "trl-full")
 
 
+def _measure_all(rounds: int, steps: int) -> dict[str, list[dict]]:
+    """Every contender once per round, alternating, each in a fresh process."""
+    runs: dict[str, list[dict]] = {name: [] for name in CONTENDERS}
+    with tempfile.TemporaryDirectory() as hf_dir:
+        write_model(hf_dir)
+        for r in range(rounds):  # alternate: load drifts hit every contender alike
+            for name in CONTENDERS if r % 2 == 0 else reversed(CONTENDERS):
+                worker = ["--worker", name, str(steps), hf_dir]
+                runs[name].append(run_worker("benchmarks.dpo_bench", worker, timeout=1200))
+    return runs
+
+
+def case(rounds: int, quick: bool) -> dict:
+    """The harness's case (`python -m benchmarks dpo`)."""
+    runs = _measure_all(rounds, 1 if quick else 4)
+    figures, medians = {}, {}
+    for name, results in runs.items():
+        rates = [r["tokens_per_second"] for r in results if "error" not in r]
+        figures[name] = {
+            "tokens/s": summarize(rates),
+            "errors": "; ".join(r["error"] for r in results if "error" in r)[:120] or None,
+        }
+        medians[name] = figures[name]["tokens/s"]["median"]
+    notes = [
+        f"tfllm / TRL DPOTrainer, {kind}: {medians[f'tfllm-{kind}'] / medians[f'trl-{kind}']:.2f}"
+        for kind in ("lora", "full")
+        if medians[f"tfllm-{kind}"] and medians[f"trl-{kind}"]
+    ]
+    return {"figures": figures, "notes": notes, "runs": runs}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--worker", nargs=3, metavar=("CONTENDER", "STEPS", "HF_DIR"))
@@ -220,13 +251,7 @@ def main() -> None:
     if args.worker:
         emit(measure(args.worker[0], int(args.worker[1]), args.worker[2]))
         return
-    runs: dict[str, list[dict]] = {name: [] for name in CONTENDERS}
-    with tempfile.TemporaryDirectory() as hf_dir:
-        write_model(hf_dir)
-        for _ in range(args.rounds):  # alternate: load drifts hit every contender alike
-            for name in CONTENDERS:
-                worker = ["--worker", name, str(args.steps), hf_dir]
-                runs[name].append(run_worker("benchmarks.dpo_bench", worker, timeout=1200))
+    runs = _measure_all(args.rounds, args.steps)
     report = {
         "benchmark": "dpo_bench",
         "date": datetime.date.today().isoformat(),
