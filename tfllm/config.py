@@ -151,9 +151,9 @@ class TrainConfig:
     lora_dropout: float = 0.0  # dropout on the adapters' input, as PEFT
     lora_targets: str = "q,v"  # comma-separated among q, k, v, o, gate, up, down
     base_precision: str = "float32"  # float32 | bfloat16: dtype of the frozen base (LoRA only)
-    # Post-training (docs/post-training.md): lm trains on next-token cross-entropy; dpo on
-    # preference pairs (data.format preference) against the starting checkpoint as reference
-    objective: str = "lm"  # lm | dpo
+    # Post-training (docs/post-training.md): lm, next-token cross-entropy; dpo, preference pairs
+    # (data.format preference) against the starting checkpoint (train.init_from) as reference
+    objective: str = "lm"
     dpo_beta: float = field(default=0.1, metadata={"range": "(0, inf)"})  # DPO's beta
     dpo_loss: str = "sigmoid"  # sigmoid | ipo | hinge | robust
     # DPO's label smoothing e (sigmoid: conservative DPO; robust: the noise rate, below 0.5)
@@ -161,8 +161,9 @@ class TrainConfig:
     # Knowledge distillation: the teacher (a workdir, a Hugging Face directory or a keras-hub
     # preset directory); empty: off
     distill_from: str = ""
-    # The loss is (1 - alpha) x cross-entropy + alpha x T^2 x KL(teacher || student) at T
+    # the KL term's weight: (1 - alpha) x cross-entropy + alpha x T^2 x KL(teacher || student)
     distill_alpha: float = field(default=0.5, metadata={"range": "[0, 1]"})
+    # T: both distributions of the KL term are softened by it
     distill_temperature: float = field(default=1.0, metadata={"range": "(0, inf)"})
 
 
