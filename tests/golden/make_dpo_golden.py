@@ -16,7 +16,7 @@ restated here line for line rather than imported.
 
 Recorded: per pair the policy and reference log-probabilities of chosen and rejected, and per
 variant the loss, the rewards and the gradient of the loss with respect to four named weights
-of the policy. tests/test_dpo_golden.py rebuilds the same directories, imports them with
+of the policy. tests/test_training_dpo_golden.py rebuilds the same directories, imports them with
 `tfllm.convert` and checks every number within 1e-4 without torch installed.
 """
 
