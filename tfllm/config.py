@@ -23,7 +23,7 @@ from tfllm.validation import validate
 CONFIG_DIR = pathlib.Path(__file__).resolve().parent.parent / "configs"
 
 
-@dataclass
+@dataclass(frozen=True)  # the model reads its settings from it: none may change under it
 class ModelConfig:
     vocabulary_size: int = 2048
     num_layers: int = 2
