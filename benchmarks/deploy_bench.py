@@ -205,8 +205,7 @@ def main() -> None:
         quiet = dict(log=lambda _: None)
         int8_dir = export.export(root, f"{root}/export/bench", quantize_weights="int8", **quiet)
         prompt = [tokenizer.EOS_ID, *tokenizer_ids(tokenizer_path, PROMPT)]
-        head_dim = model.hidden_dim // model.num_heads
-        shape = [1, model.num_heads, model.max_sequence_length, head_dim]
+        shape = [1, model.kv_heads, model.config.max_sequence_length, model.head_dim]
 
         def lite(q):
             path = litert.export_litert(

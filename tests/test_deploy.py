@@ -236,7 +236,7 @@ def test_onnx_logits_and_decode_match_tensorflow(run, tmp_path):
     # Prefill then a greedy loop over decode.onnx, against tfllm's cached decode loop.
     decode = onnxruntime.InferenceSession(f"{version_dir}/decode.onnx")
     names = [output.name for output in decode.get_outputs()]
-    shape = [1, run.model.num_heads, tiny_run.SEQ, run.model.hidden_dim // run.model.num_heads]
+    shape = [1, run.model.kv_heads, tiny_run.SEQ, run.model.head_dim]
     sp = sentencepiece.SentencePieceProcessor(model_file=f"{version_dir}/tokenizer.model")
     prompt = [2, *sp.encode("class A:\n")]
     inputs = [tensor.name for tensor in decode.get_inputs()]
