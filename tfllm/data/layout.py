@@ -8,6 +8,7 @@ live here so that none of them imports the pipeline to learn a path.
 from __future__ import annotations
 
 import hashlib
+import logging
 import pathlib
 import posixpath
 import sysconfig
@@ -18,6 +19,8 @@ import tensorflow as tf
 from tfllm.config import Config, DataConfig
 from tfllm.data import records
 from tfllm.errors import DataError
+
+logger = logging.getLogger(__name__)
 
 
 def data_dir(cfg: Config) -> str:
@@ -60,10 +63,10 @@ def stdlib_files() -> list[tuple[str, pathlib.Path]]:
     return sorted((str(p.relative_to(root)), p) for p in files)
 
 
-def ensure_prepared(cfg: Config, log=print, build: Callable | None = None) -> dict:
+def ensure_prepared(cfg: Config, build: Callable | None = None) -> dict:
     """The manifest of `cfg.data`'s dataset, checked against the config.
 
-    A missing dataset is made by `build(cfg, log)` when given (the prepare stage, passed in by
+    A missing dataset is made by `build(cfg)` when given (the prepare stage, passed in by
     the commands and the Python API), else it is an error that says how to make it.
     """
     directory = data_dir(cfg)
@@ -73,8 +76,8 @@ def ensure_prepared(cfg: Config, log=print, build: Callable | None = None) -> di
                 f"no prepared data: {directory}/{records.MANIFEST} is missing "
                 "(run python -m tfllm.prepare)"
             )
-        log(f"{directory}/{records.MANIFEST} not found: preparing the data first")
-        return build(cfg, log)
+        logger.info(f"{directory}/{records.MANIFEST} not found: preparing the data first")
+        return build(cfg)
     return check_compatible(cfg, records.read_manifest(directory))
 
 
