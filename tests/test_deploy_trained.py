@@ -36,7 +36,6 @@ def test_int8_keeps_a_trained_models_bits_per_byte_and_greedy_completions(
             cfg.runtime.workdir,
             str(tmp_path / weights),
             quantize_weights=weights,
-            log=lambda _: None,
         )
         kinds = {"loglikelihood_rolling", "generate_until"}
         engine, _ = run.export_engine(version_dir, kinds, batch_size=8)
