@@ -95,11 +95,13 @@ def test_every_contender_sees_the_same_batches():
     assert a.shape == (8, 8, 129) and (a == b).all() and a.max() < 2048
 
 
+@pytest.mark.slow  # a training step of a benchmark model
 def test_tfllm_contender_runs_one_step():
     result = measure("tfllm", "tiny", steps=1, chunks=1)
     assert result["tokens_per_second"] > 0 and result["peak_rss_mb"] > 0
 
 
+@pytest.mark.slow  # training steps
 def test_backward_bench_variants_train_alike_and_the_patch_is_undone():
     """The hand-written backward passes and TensorFlow's own differentiation, in the whole
     model: the same loss after two updates. And the comparison leaves tfllm as it was."""

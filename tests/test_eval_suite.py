@@ -7,10 +7,13 @@ from __future__ import annotations
 import math
 import pathlib
 
+import pytest
 import tensorflow as tf
 
 from tfllm.eval import engine, run
 from tfllm.model.lm import build_model
+
+pytestmark = pytest.mark.slow  # trains 300 steps
 
 
 def val_scalars(workdir) -> dict[str, float]:
