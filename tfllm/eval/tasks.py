@@ -25,8 +25,10 @@ import json
 import pathlib
 import re
 
+import jinja2
 import yaml
 
+from tfllm import templates
 from tfllm.errors import TfllmError
 
 OUTPUT_TYPES = ("loglikelihood", "loglikelihood_rolling", "multiple_choice", "generate_until")
@@ -47,17 +49,11 @@ _KNOWN_KEYS = {
 
 @functools.cache
 def _jinja():
-    """The harness's template environment; jinja2 comes with tfllm[eval] (the built-in suite
-    and field-name tasks do without it)."""
-    try:
-        import jinja2
-    except ImportError:
-        raise TaskError(
-            "Jinja templates in task files need jinja2: pip install tfllm[eval]"
-        ) from None
-    env = jinja2.Environment(undefined=jinja2.StrictUndefined, keep_trailing_newline=True)
+    """The harness's template environment, in tfllm's sandbox (`tfllm.templates`): a task file
+    is shared like a dataset, and its templates must not reach Python."""
+    env = templates.environment(undefined=jinja2.StrictUndefined, keep_trailing_newline=True)
     env.filters["regex_replace"] = lambda value, pattern, repl: re.sub(pattern, repl, value)
-    return jinja2, env
+    return env
 
 
 class TaskError(TfllmError):
@@ -96,11 +92,11 @@ class Task:
             return [self.render(item, doc, index, key) for item in spec]
         if not isinstance(spec, str):
             return spec
-        jinja2, env = _jinja()
         try:
-            text = env.from_string(spec).render(**doc)
-        except jinja2.TemplateError as err:
-            raise TaskError(f"{self.source}: {key} on document {index}: {err}") from None
+            template = templates.compile_template(_jinja(), spec, f"{self.source}: {key}")
+            text = templates.render(template, f"{self.source}: {key} on document {index}", **doc)
+        except templates.TemplateFailure as err:
+            raise TaskError(str(err)) from None
         return int(text) if key == "doc_to_target" and text.strip().isdigit() else text
 
     def text(self, doc: dict, index: int) -> str:
