@@ -23,39 +23,46 @@ from tfllm.validation import validate
 CONFIG_DIR = pathlib.Path(__file__).resolve().parent.parent / "configs"
 
 
+def ranged(default: int | float, interval: str):
+    """A numeric field with its allowed range as metadata, in interval notation: `[0, 1)`,
+    `(0, inf)`, `[1, inf)`. `tfllm.validation` enforces it (finite values only) and the
+    configuration reference prints it."""
+    return field(default=default, metadata={"range": interval})
+
+
 @dataclass
 class ModelConfig:
-    vocabulary_size: int = 2048
-    num_layers: int = 2
-    num_heads: int = 4
-    hidden_dim: int = 128
-    intermediate_dim: int = 512
-    max_sequence_length: int = 256
+    vocabulary_size: int = ranged(2048, "[1, inf)")
+    num_layers: int = ranged(2, "[1, inf)")
+    num_heads: int = ranged(4, "[1, inf)")
+    hidden_dim: int = ranged(128, "[1, inf)")
+    intermediate_dim: int = ranged(512, "[1, inf)")
+    max_sequence_length: int = ranged(256, "[1, inf)")
     activation: str = "swiglu"  # swiglu (SiLU-gated) | geglu (GELU-tanh-gated) | gelu (plain)
-    dropout: float = 0.0
-    rope_max_wavelength: float = 10000.0  # HF rope_theta
-    layer_norm_epsilon: float = 1e-5
+    dropout: float = ranged(0.0, "[0, 1)")
+    rope_max_wavelength: float = ranged(10000.0, "(0, inf)")  # HF rope_theta
+    layer_norm_epsilon: float = ranged(1e-5, "(0, inf)")
     # Architecture knobs of open-weight families (README "Start from open weights"); the
     # defaults are tfllm's own model.
-    num_key_value_heads: int = 0  # grouped-query attention; 0 = num_heads
-    head_dim: int = 0  # 0 = hidden_dim / num_heads
+    num_key_value_heads: int = ranged(0, "[0, inf)")  # grouped-query attention; 0 = num_heads
+    head_dim: int = ranged(0, "[0, inf)")  # 0 = hidden_dim / num_heads
     tie_embeddings: bool = True  # False: a separate output head
     qkv_bias: bool = False  # biases on Q, K, V (Qwen2)
     bias: bool = False  # biases on every projection (GPT-2)
     norm: str = "rms"  # rms | rms_plus_one (Gemma: x * (1 + w)) | layer (LayerNorm with bias)
     positions: str = "rotary"  # rotary | learned (absolute, GPT-2)
     rope_scaling: str = "none"  # none | llama3 (Llama 3.1 frequency scaling)
-    rope_scaling_factor: float = 8.0
-    rope_low_freq_factor: float = 1.0
-    rope_high_freq_factor: float = 4.0
-    rope_original_max_positions: int = 8192
+    rope_scaling_factor: float = ranged(8.0, "(0, inf)")
+    rope_low_freq_factor: float = ranged(1.0, "(0, inf)")
+    rope_high_freq_factor: float = ranged(4.0, "(0, inf)")
+    rope_original_max_positions: int = ranged(8192, "[1, inf)")
     embedding_scale: bool = False  # multiply embeddings by sqrt(hidden_dim) (Gemma)
     post_norms: bool = False  # norms on the attention and MLP outputs too (Gemma 2)
-    attention_softcap: float = 0.0  # cap * tanh(scores / cap); 0 = off (Gemma 2)
-    final_softcap: float = 0.0  # the same on the logits; 0 = off (Gemma 2)
-    query_pre_attn_scalar: float = 0.0  # queries scaled by this ** -0.5; 0 = head dim (Gemma 2)
-    sliding_window: int = 0  # keys at most this many positions back (self included); 0 = off
-    sliding_window_period: int = 1  # layers i with i % period == 0 slide (Gemma 2: 2)
+    attention_softcap: float = ranged(0.0, "[0, inf)")  # cap * tanh(scores / cap); 0: off (Gemma2)
+    final_softcap: float = ranged(0.0, "[0, inf)")  # the same on the logits; 0 = off (Gemma 2)
+    query_pre_attn_scalar: float = ranged(0.0, "[0, inf)")  # q x this**-0.5; 0: head dim (Gemma 2)
+    sliding_window: int = ranged(0, "[0, inf)")  # keys this many back at most (self too); 0 = off
+    sliding_window_period: int = ranged(1, "[1, inf)")  # layers i % period == 0 slide (Gemma 2)
     qk_norm: bool = False  # RMSNorm of each query and key head (Qwen3)
 
 
@@ -74,75 +81,75 @@ class DataConfig:
     chat_template: str = ""  # a Jinja file overriding the tokenizer's own chat template
     truncate: str = "cut"  # cut | drop: an example longer than a window
     tfds_data_dir: str = ""  # TFDS data_dir; empty: the TFDS default (~/tensorflow_datasets)
-    seq_len: int = 128
+    seq_len: int = ranged(128, "[1, inf)")
     root: str = "tfrecords"  # shards go to <root>/<name>/
-    val_fraction: float = 0.02
+    val_fraction: float = ranged(0.02, "(0, 1)")
     utf8_policy: str = "skip"  # skip | replace: what a document with invalid UTF-8 becomes
-    min_doc_chars: int = 1  # shorter documents are dropped (and counted)
-    max_doc_chars: int = 1_000_000  # longer documents are split into pieces this long
+    min_doc_chars: int = ranged(1, "[0, inf)")  # shorter documents are dropped (and counted)
+    max_doc_chars: int = ranged(1_000_000, "[1, inf)")  # longer documents are cut this long
     packing: str = "concat"  # concat | document (segment ids: no attention across documents)
-    records_per_shard: int = 8192
+    records_per_shard: int = ranged(8192, "[1, inf)")
     compression: str = "none"  # none | gzip: how shards are written (and read, per manifest)
     # A tokenizer file to use instead of training one (e.g. the one `tfllm.convert` imported);
     # empty: prepare trains a SentencePiece model on the corpus.
     tokenizer: str = ""
     tokenizer_type: str = "unigram"  # unigram | bpe
-    tokenizer_sample_mb: int = 8  # text sampled to train the tokenizer
+    tokenizer_sample_mb: int = ranged(8, "[1, inf)")  # text sampled to train the tokenizer
     tokenizer_byte_fallback: bool = True  # unknown characters become byte pieces, never <unk>
-    tokenizer_character_coverage: float = 0.9995
-    shuffle_buffer: int = 4096  # records permuted together (a block of the global order)
+    tokenizer_character_coverage: float = ranged(0.9995, "(0, 1]")
+    shuffle_buffer: int = ranged(4096, "[1, inf)")  # records permuted together (a block)
     on_corrupt: str = "error"  # error | skip: a damaged shard stops the run, or is counted
     verify: str = "sha256"  # sha256 | size: the check of every shard before training
-    workers: int = 0  # processes that clean and tokenize in prepare; 0: one per core
-    max_memory_mb: int = 2048  # prepare's documents in flight are sized to stay under this
+    workers: int = ranged(0, "[0, inf)")  # processes that clean and tokenize; 0: one per core
+    max_memory_mb: int = ranged(2048, "[256, inf)")  # prepare's documents in flight stay under this
     on_bad_input: str = "skip"  # skip | error: a bad line, row or file is counted, or stops
-    dropped_sample: int = 20  # dropped documents kept per reason in dropped-sample.jsonl
-    filter_min_alnum: float = 0.0  # drop below this share of alphanumeric characters; 0: off
-    filter_max_line_chars: int = 0  # drop documents with a longer line; 0: off
-    filter_max_repeated_lines: float = 1.0  # drop above this share of repeated lines; 1: off
+    dropped_sample: int = ranged(20, "[0, inf)")  # dropped documents kept per reason (a sample)
+    filter_min_alnum: float = ranged(0.0, "[0, 1]")  # drop below this alphanumeric share; 0: off
+    filter_max_line_chars: int = ranged(0, "[0, inf)")  # drop documents with a longer line; 0: off
+    filter_max_repeated_lines: float = ranged(1.0, "[0, 1]")  # repeated lines; above: drop; 1: off
     near_dedup: bool = False  # MinHash LSH near-duplicate removal (datatrove's defaults below)
-    minhash_ngram: int = 5  # words per shingle
-    minhash_perms: int = 112  # permutations = minhash_bands x rows per band
-    minhash_bands: int = 14
-    minhash_threshold: float = 0.7  # share of equal permutations that makes a duplicate
+    minhash_ngram: int = ranged(5, "[1, inf)")  # words per shingle
+    minhash_perms: int = ranged(112, "[1, inf)")  # permutations = minhash_bands x rows per band
+    minhash_bands: int = ranged(14, "[1, inf)")
+    minhash_threshold: float = ranged(0.7, "[0, 1]")  # share of equal permutations: a duplicate
 
 
 @dataclass
 class TrainConfig:
-    steps: int = 2000
-    seed: int = 0
-    global_batch_size: int = 16
-    learning_rate: float = 3e-3
-    min_learning_rate_ratio: float = 0.1
-    warmup_steps: int = 100
-    weight_decay: float = 0.1
-    beta_1: float = 0.9
-    beta_2: float = 0.95
-    epsilon: float = 1e-8
-    grad_clip_norm: float = 1.0
-    steps_per_loop: int = 50
-    eval_every: int = 500
-    eval_batches: int = 20
+    steps: int = ranged(2000, "[1, inf)")
+    seed: int = ranged(0, "[0, 4294967295]")
+    global_batch_size: int = ranged(16, "[1, inf)")
+    learning_rate: float = ranged(3e-3, "(0, inf)")
+    min_learning_rate_ratio: float = ranged(0.1, "[0, 1]")
+    warmup_steps: int = ranged(100, "[0, inf)")
+    weight_decay: float = ranged(0.1, "[0, inf)")
+    beta_1: float = ranged(0.9, "[0, 1)")
+    beta_2: float = ranged(0.95, "[0, 1)")
+    epsilon: float = ranged(1e-8, "(0, inf)")
+    grad_clip_norm: float = ranged(1.0, "[0, inf)")  # global-norm clipping; 0 = off
+    steps_per_loop: int = ranged(50, "[1, inf)")
+    eval_every: int = ranged(500, "[1, inf)")
+    eval_batches: int = ranged(20, "[1, inf)")
     # tfllm.eval tasks (built-in names or task YAML paths, comma-separated) run at every
     # evaluation, their metrics in TensorBoard next to the validation loss; empty: none
     eval_tasks: str = ""
-    checkpoint_every: int = 500
-    keep_checkpoints: int = 3
+    checkpoint_every: int = ranged(500, "[1, inf)")
+    keep_checkpoints: int = ranged(3, "[2, inf)")
     on_nonfinite: str = "stop"  # stop | skip | rollback
-    max_rollbacks: int = 3
+    max_rollbacks: int = ranged(3, "[0, inf)")
     jit_compile: bool = True
-    grad_accum_steps: int = 1  # global batch = per-replica batch x replicas x grad_accum_steps
+    grad_accum_steps: int = ranged(1, "[1, inf)")  # global batch = replica batch x replicas x this
     precision: str = "float32"  # float32 | mixed_bfloat16 | mixed_float16 (dynamic loss scaling)
     remat: bool = False  # recompute each Transformer block's activations in the backward pass
-    sample_tokens: int = 64
+    sample_tokens: int = ranged(64, "[1, inf)")
     sample_prompt: str = "def "
     profile_steps: str = ""  # "START,STOP": capture a profiler trace of those steps
     # Fine-tuning (README "Fine-tuning"): start from the weights of another workdir (fresh
     # optimizer and schedule, steps from 0; its model section and tokenizer are used)
     init_from: str = ""
-    lora_rank: int = 0  # > 0: train low-rank adapters only, base weights frozen (needs init_from)
-    lora_alpha: float = 16.0  # the adapters' output is scaled by lora_alpha / lora_rank
-    lora_dropout: float = 0.0  # dropout on the adapters' input, as PEFT
+    lora_rank: int = ranged(0, "[0, inf)")  # > 0: LoRA adapters only, base frozen (needs init_from)
+    lora_alpha: float = ranged(16.0, "(0, inf)")  # adapters' output x lora_alpha / lora_rank
+    lora_dropout: float = ranged(0.0, "[0, 1)")  # dropout on the adapters' input, as PEFT
     lora_targets: str = "q,v"  # comma-separated among q, k, v, o, gate, up, down
     base_precision: str = "float32"  # float32 | bfloat16: dtype of the frozen base (LoRA only)
 
@@ -151,15 +158,15 @@ class TrainConfig:
 class RuntimeConfig:
     workdir: str = "runs/tiny"
     strategy: str = "auto"
-    peak_flops: float = 0.0  # peak FLOP/s of one device for MFU; 0 = detect (or measure on CPU)
-    profiler_port: int = 0  # serve on-demand profiler captures on this port; 0 = off
+    peak_flops: float = ranged(0.0, "[0, inf)")  # one device, for MFU; 0 = detect (measure on CPU)
+    profiler_port: int = ranged(0, "[0, 65535]")  # on-demand profiler captures here; 0 = off
     # Memory of one device in GiB for the pre-training estimate's check; 0 = what the GPU or
     # TPU reports (no check on CPU)
-    device_memory_gb: float = 0.0
+    device_memory_gb: float = ranged(0.0, "[0, inf)")
 
     strategy: str = "auto"  # auto | cpu | gpu | mirrored | multiworker | tpu
     tpu: str = ""  # TPU name, grpc:// address or "local"; empty: $TPU_NAME
-    num_cpu_devices: int = 2  # logical CPU devices for `mirrored` on a host without a GPU
+    num_cpu_devices: int = ranged(2, "[1, inf)")  # logical CPU devices for `mirrored` without GPU
     collective: str = "auto"  # multiworker all-reduce: auto | ring | nccl
 
 
@@ -278,6 +285,12 @@ def load_config(
         path = resolve_config_path(name)
         try:
             overlay = yaml.safe_load(path.read_text(encoding="utf-8"))
+        except UnicodeDecodeError as err:
+            raise ConfigError(
+                f"{path}: not UTF-8 text (byte {err.start}); save the config file as UTF-8"
+            ) from None
+        except OSError as err:
+            raise ConfigError(f"{path}: cannot read: {err.strerror}") from None
         except yaml.YAMLError as err:
             raise ConfigError(f"{path}: YAML syntax error: {err}".replace("\n", " ")) from None
         _merge(values, overlay, str(path))
