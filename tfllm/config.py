@@ -302,8 +302,10 @@ def load_config(
 
 
 def save_config(cfg: Config, path: str) -> None:
-    """Writes the resolved config (through tf.io.gfile, so gs:// works)."""
+    """Writes the resolved config (through tf.io.gfile, so gs:// works), under a temporary
+    name first: a reader sees the old file or the whole new one."""
     import tensorflow as tf
 
-    with tf.io.gfile.GFile(path, "w") as f:
+    with tf.io.gfile.GFile(path + ".tmp", "w") as f:
         f.write(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    tf.io.gfile.rename(path + ".tmp", path, overwrite=True)

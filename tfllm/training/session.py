@@ -66,7 +66,6 @@ def start(cfg: Config, strategy, log) -> Session:
     cfg = finetune.resolve(cfg, log)
     t = cfg.train
     manifest = prepare.ensure_prepared(cfg, log)
-    save_config(cfg, f"{cfg.runtime.workdir}/config.yaml")
     tf.keras.utils.set_random_seed(t.seed)
     # A frozen bfloat16 base is held (and computes) in bfloat16; the adapters stay float32.
     precision = "bfloat16" if t.base_precision == "bfloat16" else t.precision
@@ -82,6 +81,9 @@ def start(cfg: Config, strategy, log) -> Session:
     )
     check_memory(cfg, model, strategy.num_replicas_in_sync, log)
     restored = checkpointer.restore_latest()
+    # Only now, with the checkpoint accepted for this model: a refused resume must leave the
+    # workdir's config.yaml describing the checkpoints that are there.
+    save_config(cfg, f"{cfg.runtime.workdir}/config.yaml")
     step = completed_steps(optimizer)
     log(
         f"model: {model.count_params():,} parameters; "
