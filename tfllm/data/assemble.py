@@ -16,7 +16,7 @@ import posixpath
 import numpy as np
 
 from tfllm.config import Config, DataConfig
-from tfllm.data import records, tokenizer
+from tfllm.data import fingerprint, records, tokenizer
 from tfllm.data.clean import CleaningStats
 from tfllm.data.corpus import sources, split_of
 from tfllm.data.packing import ConcatPacker, DocumentPacker
@@ -166,6 +166,7 @@ def finish(cfg, settings, state, bads, sources_stats) -> dict:
             for i, (_, w) in enumerate(sources(d.source))
         },
         "moved_to_val": state["moved_to_val"],
+        "built_from": fingerprint.describe(cfg),
         "splits": splits,
     }
     records.write_manifest(out, manifest)

@@ -31,7 +31,16 @@ import time
 import tensorflow as tf
 
 from tfllm.config import Config, DataConfig
-from tfllm.data import assemble, formats, records, resume, sft_prepare, stream, tokenizer
+from tfllm.data import (
+    assemble,
+    fingerprint,
+    formats,
+    records,
+    resume,
+    sft_prepare,
+    stream,
+    tokenizer,
+)
 from tfllm.data.assemble import DROPPED_SAMPLE, data_dir  # noqa: F401 - the stage's names
 from tfllm.data.clean import CleaningStats, clean_text
 from tfllm.data.corpus import read_raw, sources, split_of
@@ -263,7 +272,8 @@ def ensure_prepared(cfg: Config, log=print, build=None) -> dict:
 
 
 def check_compatible(cfg: Config, manifest: dict) -> dict:
-    """Refuses shards made for another sequence length or vocabulary."""
+    """Refuses shards made for another sequence length or vocabulary, or from other inputs or
+    settings than the config's (`fingerprint.check`)."""
     where = posixpath.join(data_dir(cfg), records.MANIFEST)
     if manifest["packing"] != cfg.data.packing:
         raise DataError(
@@ -280,4 +290,5 @@ def check_compatible(cfg: Config, manifest: dict) -> dict:
             f"{where} has a {manifest['vocabulary_size']}-piece tokenizer, larger than "
             f"model.vocabulary_size {cfg.model.vocabulary_size}"
         )
+    fingerprint.check(cfg, manifest, where)
     return manifest

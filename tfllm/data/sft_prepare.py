@@ -25,7 +25,7 @@ import numpy as np
 import tensorflow as tf
 
 from tfllm.config import Config
-from tfllm.data import chat, records, sft
+from tfllm.data import chat, fingerprint, records, sft
 from tfllm.data.corpus import list_files, split_of
 from tfllm.data.tokenizer import EOS_ID, load_tokenizer
 from tfllm.errors import DataError
@@ -169,6 +169,7 @@ def _manifest(cfg: Config, tokenizer, stats, dropped, packed) -> dict:
         "packing": "document",
         "loss_mask": True,
         "compression": d.compression,
+        "built_from": fingerprint.describe(cfg),
         "vocabulary_size": int(getattr(tokenizer, "vocabulary_size", 0) or tokenizer.vocab_size()),
         "records": {
             "read": stats.read,
