@@ -15,9 +15,11 @@ import shutil
 import tempfile
 
 from tfllm.config import Config, ModelConfig, load_config, save_config, validate
+from tfllm.hub import files as hf_files
 from tfllm.hub import hf_config, weights
 from tfllm.hub.hf_config import HubError, read_json
 from tfllm.model.lm import build_model
+from tfllm.observe.flops import count_parameters
 from tfllm.runs.checkpoint import Checkpointer
 from tfllm.runs.trained import load_trained
 
@@ -54,8 +56,23 @@ def from_hf(source: str, workdir: str, log=print) -> Config:
     hf = read_json(config_path)
     if "registered_name" in hf:
         raise HubError(f"{source}: a keras-hub preset directory: use --from_keras_hub")
-    family, model_section = hf_config.to_model_config(hf, config_path)
-    weights.weight_files(source)  # a missing or .bin-only checkpoint fails before any work
+    ignored = []
+    family, model_section = hf_config.to_model_config(hf, config_path, ignored)
+    if ignored:
+        log(f"convert: keys tfllm does not model, set to null or false: {', '.join(ignored)}")
+    # A missing or .bin-only checkpoint, a bad index or header fails before any work, and a
+    # config that describes more parameters than the files hold before the model is built.
+    files = set(weights.weight_files(source).values())
+    present = hf_files.data_bytes(files)
+    try:
+        needed = 2 * count_parameters(ModelConfig(**model_section))  # 16-bit at the least
+    except (ValueError, ZeroDivisionError):
+        needed = 0  # an inconsistent architecture: validate() names it below
+    if needed > present:
+        raise HubError(
+            f"{config_path} describes at least {needed // 2:,} parameters ({needed:,} bytes in "
+            f"16 bits), the weight files of {source} hold {present:,} bytes"
+        )
 
     def populate(hf_dir):
         for name in ("config.json", "generation_config.json", *TOKENIZER_FILES):
