@@ -10,7 +10,7 @@ import tfllm
 
 PACKAGE = pathlib.Path(tfllm.__file__).parent
 COMMANDS = {"prepare", "train", "generate", "export", "convert"}
-SHARED = {"config", "errors", "cli", "validation"}
+SHARED = {"config", "errors", "cli", "validation", "templates", "resources", "locks"}
 # What each sub-package may import besides itself and the shared modules.
 ALLOWED = {
     "data": set(),

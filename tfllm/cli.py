@@ -17,6 +17,7 @@ import threading
 import warnings
 from collections.abc import Callable
 
+from tfllm import resources
 from tfllm.config import Config, load_config
 from tfllm.errors import TfllmError
 
@@ -131,13 +132,36 @@ def _filter_native_stderr() -> None:
     atexit.register(drain)
 
 
+def check_utf8(argv: list[str]) -> None:
+    """Refuses an argument that is not UTF-8 (Python keeps its bytes as surrogates, which fail
+    much later, wherever the text is first encoded)."""
+    for index, arg in enumerate(argv, start=1):
+        try:
+            arg.encode("utf-8")
+        except UnicodeEncodeError as err:
+            shown = arg.encode("utf-8", "backslashreplace").decode("ascii", "backslashreplace")
+            raise TfllmError(
+                f"argument {index} ({shown[:60]}) is not valid UTF-8 (byte {err.start}); "
+                "pass text in UTF-8"
+            ) from None
+
+
 def run_command(main: Callable[[list[str] | None], int], argv: list[str] | None = None) -> None:
-    """Runs a command's main; a TfllmError becomes one line on stderr and exit code 2."""
+    """Runs a command's main; a TfllmError becomes one line on stderr and exit code 2, and so
+    does a full disk or exhausted memory that no stage named more precisely."""
     try:
+        check_utf8(sys.argv[1:] if argv is None else argv)
         code = main(argv)
     except TfllmError as err:
         print(f"error: {err}", file=sys.stderr)
         code = getattr(err, "exit_code", 2)  # e.g. 3 for a non-finite loss (tfllm.faults)
+    except Exception as err:
+        if not (resources.out_of_space(err) or resources.out_of_memory(err)):
+            raise
+        cause = "out of disk space" if resources.out_of_space(err) else "out of memory"
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        print(f"error: {cause}: {first}", file=sys.stderr)
+        code = 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         code = 130

@@ -30,6 +30,7 @@ import time
 
 import tensorflow as tf
 
+from tfllm import resources
 from tfllm.config import Config, DataConfig
 from tfllm.data import (
     assemble,
@@ -46,8 +47,10 @@ from tfllm.data.clean import CleaningStats, clean_text
 from tfllm.data.corpus import read_raw, sources, split_of
 from tfllm.data.progress import Progress
 from tfllm.errors import DataError
+from tfllm.locks import DirectoryLock
 
 MAX_BATCH_DOCS = 256
+LOCK_NAME = "prepare.lock"
 
 
 def workers(data: DataConfig) -> int:
@@ -200,10 +203,29 @@ def _given_ends(path: str, modified: int) -> tuple[tuple[int, ...], tuple[int, .
 def prepare(cfg: Config, log=print, timings: dict | None = None) -> dict:
     """Builds (or finishes building) the dataset of `cfg.data`; returns its manifest.
 
+    One process at a time per dataset (`<dataset>/prepare.lock`). A full disk is one error
+    line, with the temporary files removed and the restart state kept.
     `timings`, when given, receives the seconds of each phase (read: the sampling pass,
     tokenizer, pack: the streaming pass; pack_cpu: this process's CPU seconds in it).
     """
-    timings = {} if timings is None else timings
+    out = data_dir(cfg)
+    kept = (
+        f"the shards finished so far and the restart state in {out}/{resume.STATE_DIR} (run "
+        "prepare again to continue)"
+    )
+    with (
+        DirectoryLock(out, LOCK_NAME, "dataset", "prepare", log),
+        resources.guarded("the dataset", out, kept, lambda: _remove_temporaries(out)),
+    ):
+        return _prepare(cfg, log, {} if timings is None else timings)
+
+
+def _remove_temporaries(out: str) -> None:
+    resources.remove_temporaries(out, ["*.tmp"])
+    resources.remove_temporaries(posixpath.join(out, resume.STATE_DIR), ["*.tmp"])
+
+
+def _prepare(cfg: Config, log, timings: dict) -> dict:
     d, out, start = cfg.data, data_dir(cfg), time.time()
     tf.io.gfile.makedirs(out)
     if d.format != "text":  # instruction and chat data: examples, a loss mask, no dedup

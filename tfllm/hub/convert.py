@@ -14,6 +14,7 @@ import os
 import shutil
 import tempfile
 
+from tfllm import resources
 from tfllm.config import Config, ModelConfig, load_config, save_config, validate
 from tfllm.hub import files as hf_files
 from tfllm.hub import hf_config, weights
@@ -132,12 +133,13 @@ def _import(source, workdir, family, model_section, populate, assign, log) -> Co
         cfg = load_config(overrides=[*overrides, f"data.seq_len={seq_len}"])
         cfg.model = ModelConfig(**model_section)
         validate(cfg)
-        model = build_model(cfg.model, initialize=False)
-        assign(model)
-        save_config(cfg, os.path.join(tmp, "config.yaml"))
-        checkpointer = Checkpointer(tmp, model, model_config=cfg.to_dict()["model"], log=log)
-        checkpointer.save(0, weights_only=True)
-        _publish(tmp, workdir)
+        with resources.guarded(f"the new workdir {workdir}", parent, "everything else"):
+            model = build_model(cfg.model, initialize=False)
+            assign(model)
+            save_config(cfg, os.path.join(tmp, "config.yaml"))
+            checkpointer = Checkpointer(tmp, model, model_config=cfg.to_dict()["model"], log=log)
+            checkpointer.save(0, weights_only=True)
+            _publish(tmp, workdir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -204,21 +206,22 @@ def to_hf(
     os.makedirs(parent, exist_ok=True)
     tmp = tempfile.mkdtemp(prefix=".convert-", dir=parent)
     try:
-        weights.write_weights(tmp, family, trained.model, dtype, shard_bytes)
-        with open(os.path.join(tmp, "config.json"), "w") as f:
-            json.dump(hf, f, indent=2)
-        if generation is not None:
-            with open(os.path.join(tmp, "generation_config.json"), "w") as f:
-                json.dump(generation, f, indent=2)
-        hf_dir = os.path.join(source, SOURCE)  # a fine-tuned run's tokenizer is its base's
-        copied = [n for n in TOKENIZER_FILES if os.path.isfile(os.path.join(hf_dir, n))]
-        for name in copied:
-            shutil.copy2(os.path.join(hf_dir, name), tmp)
-        if not os.path.isdir(hf_dir):  # from scratch: tfllm's SentencePiece, as LlamaTokenizer
-            shutil.copy2(trained.tokenizer_path, os.path.join(tmp, "tokenizer.model"))
-            with open(os.path.join(tmp, "tokenizer_config.json"), "w") as f:
-                json.dump(_SCRATCH_TOKENIZER, f, indent=2)
-        _publish(tmp, out)
+        with resources.guarded(f"the Hugging Face directory {out}", parent, "everything else"):
+            weights.write_weights(tmp, family, trained.model, dtype, shard_bytes)
+            with open(os.path.join(tmp, "config.json"), "w") as f:
+                json.dump(hf, f, indent=2)
+            if generation is not None:
+                with open(os.path.join(tmp, "generation_config.json"), "w") as f:
+                    json.dump(generation, f, indent=2)
+            hf_dir = os.path.join(source, SOURCE)  # a fine-tuned run's tokenizer is its base's
+            copied = [n for n in TOKENIZER_FILES if os.path.isfile(os.path.join(hf_dir, n))]
+            for name in copied:
+                shutil.copy2(os.path.join(hf_dir, name), tmp)
+            if not os.path.isdir(hf_dir):  # from scratch: tfllm's SentencePiece, as LlamaTokenizer
+                shutil.copy2(trained.tokenizer_path, os.path.join(tmp, "tokenizer.model"))
+                with open(os.path.join(tmp, "tokenizer_config.json"), "w") as f:
+                    json.dump(_SCRATCH_TOKENIZER, f, indent=2)
+            _publish(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -22,6 +22,7 @@ import posixpath
 import keras
 import tensorflow as tf
 
+from tfllm import resources
 from tfllm.config import ModelConfig
 from tfllm.data.records import write_atomically
 from tfllm.errors import TfllmError
