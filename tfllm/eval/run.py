@@ -212,8 +212,8 @@ def run(
         name = f"results-v{meta['export_version']}.json"
         output_dir = output_dir or posixpath.join(posixpath.dirname(meta["model"]), "eval")
     else:
+        task_list = load_tasks(task_names)  # first: a bad task file stops before the model
         trained = load_trained(target, step, log)
-        task_list = load_tasks(task_names)
         engine = model_engine(trained.model, trained.tokenizer_path, batch_size=batch_size,
                               console=console)  # fmt: skip
         meta = {"model": target, "checkpoint": trained.checkpoint, "step": trained.step}

@@ -99,6 +99,16 @@ class Task:
             raise TaskError(str(err)) from None
         return int(text) if key == "doc_to_target" and text.strip().isdigit() else text
 
+    def check(self) -> None:
+        """Renders every template on every document once: a template that fails (or reaches
+        outside the sandbox) stops the command before any model is loaded."""
+        for index, doc in enumerate(self.docs):
+            self.text(doc, index)
+            if self.output_type == "multiple_choice":
+                self.gold(doc, index, self.choices(doc, index))
+            elif self.doc_to_target is not None:
+                self.target(doc, index)
+
     def text(self, doc: dict, index: int) -> str:
         return str(self.render(self.doc_to_text, doc, index, "doc_to_text"))
 
@@ -260,7 +270,7 @@ def load_task_file(path: str) -> Task:
     if not data.is_absolute() and not data.exists():
         data = yaml_path.parent / data
     filters = spec.get("filter_list") or []
-    return Task(
+    task = Task(
         name=str(spec.get("task") or yaml_path.stem),
         output_type=spec.get("output_type", "generate_until"),
         docs=read_jsonl(data),
@@ -271,6 +281,8 @@ def load_task_file(path: str) -> Task:
         metrics=list(spec.get("metric_list") or []),
         generation_kwargs=dict(spec.get("generation_kwargs") or {}),
         filters=list(filters[0].get("filter", [])) if filters else [],
-        rolling_context=int(spec.get("rolling_context", 0)),
+        rolling_context=spec.get("rolling_context", 0),
         source=str(yaml_path),
     )
+    task.check()
+    return task

@@ -98,6 +98,13 @@ def read_header(path: str) -> tuple[dict, int]:
     header.pop("__metadata__", None)
     data_bytes = size - 8 - length
     for name, entry in header.items():
+        offsets = entry.get("data_offsets") if isinstance(entry, dict) else None
+        end = offsets[1] if isinstance(offsets, list) and len(offsets) == 2 else None
+        if isinstance(end, int) and end > data_bytes:  # a download that stopped half way
+            raise HubError(
+                f"{path}: truncated (tensor {name} ends at data byte {end}, the file holds "
+                f"{data_bytes})"
+            )
         problem = _entry_error(entry, data_bytes)
         if problem:
             raise HubError(f"{path}: tensor {name} {problem}")
