@@ -42,6 +42,7 @@ EXTRAS_REQUIRE = {
         "datasets",
         "apache-beam>=2.69",  # prepare --runner beam (see the beam extra)
         "safetensors>=0.4",
+        "hypothesis>=6",  # the fuzz suite of hostile input (tests/test_fuzz.py)
     ],
     # --format litert runs with TensorFlow's converter alone; the interpreter is for checking.
     "litert": ["ai-edge-litert>=2.3"],

@@ -77,7 +77,13 @@ def _expand(entry: str) -> list[tuple[str, pathlib.Path]]:
     path = pathlib.Path(entry)
     if path.is_dir():
         base = path.resolve()
-        return [(str(p.relative_to(base.parent)), p) for p in base.rglob("*") if p.is_file()]
+        # Python's bytecode caches are not text, and appear whenever a module of a source
+        # tree is imported: left in, they would change the inputs of a prepared dataset.
+        return [
+            (str(p.relative_to(base.parent)), p)
+            for p in base.rglob("*")
+            if p.is_file() and "__pycache__" not in p.relative_to(base).parts
+        ]
     if path.is_file():
         return [(entry, path)]
     return [(p, pathlib.Path(p)) for p in glob.glob(entry, recursive=True) if os.path.isfile(p)]
