@@ -179,12 +179,12 @@ def test_any_hugging_face_directory_imports_or_one_line(hf_source, tmp_path_fact
 
 
 @pytest.fixture(scope="module")
-def tokenizer_file(tmp_path_factory) -> pathlib.Path:
+def tokenizer_file(corpus_dir, tmp_path_factory) -> pathlib.Path:
     from tfllm.data.tokenizer import train_tokenizer
 
-    text = [f"def f{i}(x):\n    return x * {i} + 'ü'\n" * 20 for i in range(50)]
+    text = [p.read_text() for p in sorted((corpus_dir / "json").glob("*.py"))]
     path = tmp_path_factory.mktemp("fuzz_tok") / "tokenizer.model"
-    path.write_bytes(train_tokenizer(text, 300, sample_mb=1))
+    path.write_bytes(train_tokenizer(text, 512, sample_mb=1))
     return path
 
 
@@ -207,10 +207,11 @@ def test_any_corpus_is_prepared_or_one_line(tokenizer_file, tmp_path_factory, ca
     for i in range(3):
         (root / "in" / f"f{i}{suffix}").write_bytes(b"\n".join(lines[i::3]))
     argv = ["--set", f"data.source={root / 'in'}", "--set", f"data.root={root / 'd'}",
-            "--set", f"data.tokenizer={tokenizer_file}", "--set", "model.vocabulary_size=300",
+            "--set", f"data.tokenizer={tokenizer_file}", "--set", "model.vocabulary_size=512",
             "--set", "data.seq_len=8", "--set", "model.max_sequence_length=8", "--set",
-            "data.workers=1", "--set", "data.val_fraction=0.4"]  # fmt: skip
+            "data.workers=1", "--set", "data.val_fraction=0.4", "--set",
+            "data.name=fuzz"]  # fmt: skip
     code = run_main("prepare", argv)
     outcome(code, capsys.readouterr().err)
-    manifest = root / "d" / "stdlib" / "manifest.json"
+    manifest = root / "d" / "fuzz" / "manifest.json"
     assert manifest.exists() == (code == 0)

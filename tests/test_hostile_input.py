@@ -92,19 +92,17 @@ def test_train_refuses_shards_made_from_another_source(run, tmp_path):
     assert not (tmp_path / "w" / "config.yaml").exists()
 
 
-def test_prepare_refuses_a_dataset_whose_input_changed(tmp_path):
+def test_prepare_refuses_a_dataset_whose_input_changed(corpus_dir, tmp_path):
     corpus = tmp_path / "corpus"
-    corpus.mkdir()
-    for i in range(4):
-        (corpus / f"{i}.py").write_text(f"def f{i}(x):\n    return x * {i}\n" * 200)
+    shutil.copytree(corpus_dir / "json", corpus)
     common = ["--set", f"data.source={corpus}", "--set", f"data.root={tmp_path / 'data'}",
               "--set", "data.name=t", "--set", "model.vocabulary_size=300", "--set",
               "data.seq_len=16", "--set", "model.max_sequence_length=16", "--set",
               "data.val_fraction=0.3"]  # fmt: skip
     assert run_subprocess("prepare", *common).returncode == 0
     before = snapshot(tmp_path / "data")
-    (corpus / "1.py").write_text("changed\n")
-    one_error(run_subprocess("prepare", *common), "input 1.py changed", "--force")
+    (corpus / "decoder.py").write_text("changed\n")
+    one_error(run_subprocess("prepare", *common), "input corpus/decoder.py changed", "--force")
     assert snapshot(tmp_path / "data") == before
 
 
