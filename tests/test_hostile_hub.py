@@ -11,9 +11,8 @@ import pathlib
 import shutil
 
 import pytest
-from commands import run_subprocess
+from commands import one_error, run_subprocess
 from hub_fixtures import write_hf_dir
-from test_hostile_input import one_error
 
 from tfllm.hub import hf_config
 from tfllm.hub.families import FAMILIES

@@ -13,7 +13,7 @@ import sys
 import pytest
 import tiny_run
 import yaml
-from commands import run_subprocess
+from commands import one_error, run_subprocess
 
 from tfllm.config import load_config
 from tfllm.errors import ConfigError
@@ -27,17 +27,6 @@ QUICK = ["--set", "train.jit_compile=false", "--set", "train.steps=2", "--set",
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
     return tiny_run.build(str(tmp_path_factory.getbasetemp() / "tiny_run"))
-
-
-def one_error(result, *fragments: str) -> str:
-    """The one `error:` line of a refused command (exit 2, no traceback)."""
-    assert result.returncode == 2, (result.returncode, result.stdout[-800:], result.stderr[-2000:])
-    assert "Traceback" not in result.stderr, result.stderr
-    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
-    assert len(errors) == 1, result.stderr
-    for fragment in fragments:
-        assert fragment in errors[0], errors[0]
-    return errors[0]
 
 
 def snapshot(directory: pathlib.Path) -> dict[str, bytes]:
@@ -96,7 +85,7 @@ def test_prepare_refuses_a_dataset_whose_input_changed(corpus_dir, tmp_path):
     corpus = tmp_path / "corpus"
     shutil.copytree(corpus_dir / "json", corpus)
     common = ["--set", f"data.source={corpus}", "--set", f"data.root={tmp_path / 'data'}",
-              "--set", "data.name=t", "--set", "model.vocabulary_size=300", "--set",
+              "--set", "data.name=t", "--set", "model.vocabulary_size=512", "--set",
               "data.seq_len=16", "--set", "model.max_sequence_length=16", "--set",
               "data.val_fraction=0.3"]  # fmt: skip
     assert run_subprocess("prepare", *common).returncode == 0
@@ -203,30 +192,34 @@ def test_disk_full_while_exporting_keeps_the_versions(run, tmp_path):
     assert sorted(p.name for p in export_dir.iterdir()) == ["1"]
 
 
-def test_disk_full_while_preparing_removes_temp_files(tmp_path):
-    result = run_limited(48 << 10, "prepare", "--set", f"data.root={tmp_path}", "--set",
+def test_disk_full_while_preparing_removes_temp_files(corpus_dir, tmp_path):
+    # A 8 KB tokenizer fits, a shard of about 200 KB does not.
+    result = run_limited(32 << 10, "prepare", "--set", f"data.root={tmp_path}", "--set",
+                         f"data.source={corpus_dir}", "--set", "data.name=full", "--set",
                          "data.tokenizer_sample_mb=1", "--set", "data.records_per_shard=4000",
-                         "--set", "model.vocabulary_size=300")  # fmt: skip
-    one_error(result, "out of disk space while writing the dataset")
+                         "--set", "model.vocabulary_size=512")  # fmt: skip
+    one_error(result, "out of disk space while writing the dataset", "restart state")
     left = [p.name for p in tmp_path.rglob("*") if p.name.endswith(".tmp")]
     assert not left
+    assert not (tmp_path / "full" / "manifest.json").exists()
 
 
 # 7. The smaller ones.
 def test_a_damaged_restart_state_is_one_line(tmp_path):
-    state = tmp_path / "data" / "stdlib" / ".prepare"
+    state = tmp_path / "data" / "x" / ".prepare"
     state.mkdir(parents=True)
     (state / "state.npz").write_bytes(b"garbage")
-    result = run_subprocess("prepare", "--set", f"data.root={tmp_path / 'data'}")
+    result = run_subprocess("prepare", "--set", f"data.root={tmp_path / 'data'}", "--set",
+                            "data.name=x")  # fmt: skip
     one_error(result, "restart state", "is damaged", "delete")
 
 
 def test_prepare_takes_a_lock_on_its_dataset(tmp_path):
-    dataset = tmp_path / "stdlib"
+    dataset = tmp_path / "x"
     dataset.mkdir()
     holder = f'{{"pid": {os.getpid()}, "host": "{os.uname().nodename}", "since": 0}}'
     (dataset / "prepare.lock").write_text(holder)
-    result = run_subprocess("prepare", "--set", f"data.root={tmp_path}")
+    result = run_subprocess("prepare", "--set", f"data.root={tmp_path}", "--set", "data.name=x")
     one_error(result, f"dataset {dataset} is in use by process {os.getpid()}")
 
 
@@ -285,3 +278,20 @@ def test_a_fine_tuning_run_reports_the_models_vocabulary(run, tmp_path):
                             "model.vocabulary_size=4096", *QUICK)  # fmt: skip
     assert result.returncode == 0, result.stderr[-2000:]
     assert f"(ln V = {__import__('math').log(tiny_run.VOCAB):.2f})" in result.stdout
+
+
+def test_the_fingerprint_names_a_changed_mixture_weight_or_setting(tmp_path):
+    from tfllm.data import fingerprint
+    from tfllm.errors import DataError
+
+    for name in ("a", "b"):
+        (tmp_path / f"{name}.txt").write_text(f"text {name}\n")
+    source = f"{tmp_path}/a.txt:0.7,{tmp_path}/b.txt:0.3"
+    manifest = {"built_from": fingerprint.describe(load_config([], [f"data.source={source}"]))}
+    fingerprint.check(load_config([], [f"data.source={source}"]), manifest, "m.json")
+    reweighed = load_config([], [f"data.source={source.replace('0.7', '0.5')}"])
+    with pytest.raises(DataError, match="m.json was prepared from data.source .*0.7"):
+        fingerprint.check(reweighed, manifest, "m.json")
+    cleaned = load_config([], [f"data.source={source}", "data.min_doc_chars=5"])
+    with pytest.raises(DataError, match="prepared with data.min_doc_chars 1, the config says 5"):
+        fingerprint.check(cleaned, manifest, "m.json")

@@ -137,9 +137,15 @@ def check(cfg: Config, manifest: dict, where: str) -> None:
         f"run python -m tfllm.prepare --force to rebuild {posixpath.dirname(where)}, or set "
         "another data.name"
     )
+    changed_source = DataError(
+        f"{where} was prepared from data.source {recorded.get('source')!r}, the config says "
+        f"{now['source']!r}; {advice}"
+    )
     for key, value in now["settings"].items():
         was = recorded.get("settings", {}).get(key)
         if was != value:
+            if key == "weights":  # a mixture's weights are part of data.source
+                raise changed_source
             if key.endswith("_sha256"):
                 name = key[: -len("_sha256")]
                 raise DataError(
@@ -152,9 +158,6 @@ def check(cfg: Config, manifest: dict, where: str) -> None:
     was_inputs = recorded.get("inputs", {})
     if was_inputs.get("sha256") != now["inputs"]["sha256"]:
         if recorded.get("source") != now["source"]:
-            raise DataError(
-                f"{where} was prepared from data.source {recorded.get('source')!r}, the config "
-                f"says {now['source']!r}; {advice}"
-            )
+            raise changed_source
         change = _input_change(was_inputs, now["inputs"])
         raise DataError(f"{where}: {change} since it was prepared; {advice}")
