@@ -109,4 +109,3 @@ def remove_tree(path: str) -> None:
 
     if tf.io.gfile.exists(path):
         tf.io.gfile.rmtree(path)
-
