@@ -28,7 +28,7 @@ from tfllm.errors import DataError
 HASHED_BYTES = 64 << 20  # inputs up to this size in all are recorded by content
 LISTED_FILES = 100
 # The data keys that decide what the shards hold (seq_len, packing and the vocabulary have
-# their own checks in prepare.check_compatible; the rest say how to run, not what to make).
+# their own checks in `check`; the rest say how to run, not what to make).
 SETTINGS = (
     "format",
     "text_field",
@@ -125,7 +125,23 @@ def _input_change(was: dict, now: dict) -> str:
 
 
 def check(cfg: Config, manifest: dict, where: str) -> None:
-    """Refuses a dataset whose `built_from` differs from what the config would build."""
+    """Refuses shards made for another sequence length, packing or vocabulary, and a dataset
+    whose `built_from` differs from what the config would build."""
+    if manifest["packing"] != cfg.data.packing:
+        raise DataError(
+            f"{where} was prepared with data.packing {manifest['packing']}, the config asks for "
+            f"{cfg.data.packing}; use another data.name or run prepare --force"
+        )
+    if manifest["seq_len"] != cfg.data.seq_len:
+        raise DataError(
+            f"{where} was prepared with seq_len {manifest['seq_len']}, the config asks for "
+            f"{cfg.data.seq_len}; use another data.name or run prepare --force"
+        )
+    if manifest["vocabulary_size"] > cfg.model.vocabulary_size:
+        raise DataError(
+            f"{where} has a {manifest['vocabulary_size']}-piece tokenizer, larger than "
+            f"model.vocabulary_size {cfg.model.vocabulary_size}"
+        )
     recorded = manifest.get("built_from")
     if not isinstance(recorded, dict):
         raise DataError(

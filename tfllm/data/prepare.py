@@ -13,7 +13,8 @@ a checkpoint after each finished shard makes it restartable (resume.py). Then th
 copy (`tokenizer.model` or `tokenizer.json`), `dropped-sample.jsonl` (the first
 `data.dropped_sample` documents dropped per reason) and, last and atomically, `manifest.json`:
 shards with record and token counts, sizes and sha256, the tokenizer and its checksum, counts
-per cleaning rule and per source. `--verify` checks every shard and the tokenizer against the
+per cleaning rule and per source, and what the dataset was made from (fingerprint.py), which
+a later run compares with its config before reading a shard. `--verify` checks every shard and the tokenizer against the
 manifest. `--runner beam` runs the second pass as an Apache Beam pipeline instead (beam.py),
 with the same output.
 """
@@ -290,27 +291,6 @@ def ensure_prepared(cfg: Config, log=print, build=None) -> dict:
     if not tf.io.gfile.exists(posixpath.join(directory, records.MANIFEST)):
         log(f"{directory}/{records.MANIFEST} not found: preparing the data first")
         return (build or prepare)(cfg, log)
-    return check_compatible(cfg, records.read_manifest(directory))
-
-
-def check_compatible(cfg: Config, manifest: dict) -> dict:
-    """Refuses shards made for another sequence length or vocabulary, or from other inputs or
-    settings than the config's (`fingerprint.check`)."""
-    where = posixpath.join(data_dir(cfg), records.MANIFEST)
-    if manifest["packing"] != cfg.data.packing:
-        raise DataError(
-            f"{where} was prepared with data.packing {manifest['packing']}, the config asks for "
-            f"{cfg.data.packing}; use another data.name or run prepare --force"
-        )
-    if manifest["seq_len"] != cfg.data.seq_len:
-        raise DataError(
-            f"{where} was prepared with seq_len {manifest['seq_len']}, the config asks for "
-            f"{cfg.data.seq_len}; use another data.name or run prepare --force"
-        )
-    if manifest["vocabulary_size"] > cfg.model.vocabulary_size:
-        raise DataError(
-            f"{where} has a {manifest['vocabulary_size']}-piece tokenizer, larger than "
-            f"model.vocabulary_size {cfg.model.vocabulary_size}"
-        )
-    fingerprint.check(cfg, manifest, where)
+    manifest = records.read_manifest(directory)
+    fingerprint.check(cfg, manifest, posixpath.join(directory, records.MANIFEST))
     return manifest
