@@ -14,9 +14,9 @@ copy (`tokenizer.model` or `tokenizer.json`), `dropped-sample.jsonl` (the first
 `data.dropped_sample` documents dropped per reason) and, last and atomically, `manifest.json`:
 shards with record and token counts, sizes and sha256, the tokenizer and its checksum, counts
 per cleaning rule and per source, and what the dataset was made from (fingerprint.py), which
-a later run compares with its config before reading a shard. `--verify` checks every shard and the tokenizer against the
-manifest. `--runner beam` runs the second pass as an Apache Beam pipeline instead (beam.py),
-with the same output.
+a later run compares with its config before reading a shard. `--verify` checks every shard
+and the tokenizer against the manifest. `--runner beam` runs the second pass as an Apache Beam
+pipeline instead (beam.py), with the same output.
 """
 
 from __future__ import annotations
