@@ -18,7 +18,7 @@ ALLOWED = {
     "observe": set(),
     "runs": {"data", "model"},
     "serve": {"data", "model", "runs"},
-    "hub": {"data", "model", "runs"},
+    "hub": {"data", "model", "observe", "runs"},
     "training": {"data", "model", "observe", "runs", "serve", "eval"},
     "eval": {"data", "model", "observe", "runs", "serve"},
 }
