@@ -139,7 +139,7 @@ def check_utf8(argv: list[str]) -> None:
         try:
             arg.encode("utf-8")
         except UnicodeEncodeError as err:
-            shown = arg.encode("utf-8", "backslashreplace").decode("ascii", "backslashreplace")
+            shown = os.fsencode(arg).decode("utf-8", "backslashreplace")  # the bytes as given
             raise TfllmError(
                 f"argument {index} ({shown[:60]}) is not valid UTF-8 (byte {err.start}); "
                 "pass text in UTF-8"
