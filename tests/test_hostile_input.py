@@ -287,7 +287,9 @@ def test_the_fingerprint_names_a_changed_mixture_weight_or_setting(tmp_path):
     for name in ("a", "b"):
         (tmp_path / f"{name}.txt").write_text(f"text {name}\n")
     source = f"{tmp_path}/a.txt:0.7,{tmp_path}/b.txt:0.3"
-    manifest = {"built_from": fingerprint.describe(load_config([], [f"data.source={source}"]))}
+    cfg = load_config([], [f"data.source={source}"])
+    manifest = {"packing": "concat", "seq_len": cfg.data.seq_len, "vocabulary_size": 256,
+                "built_from": fingerprint.describe(cfg)}  # fmt: skip
     fingerprint.check(load_config([], [f"data.source={source}"]), manifest, "m.json")
     reweighed = load_config([], [f"data.source={source.replace('0.7', '0.5')}"])
     with pytest.raises(DataError, match="m.json was prepared from data.source .*0.7"):
