@@ -31,10 +31,11 @@ import tensorflow as tf
 
 from benchmarks.generate_bench import PROMPT, make_run
 from tfllm.config import load_config
-from tfllm.data import prepare, tokenizer
+from tfllm.corpus import prepare
 from tfllm.eval import run
 from tfllm.eval.engine import Engine
 from tfllm.serve import export, litert, onnx
+from tfllm.tokenizers import tokenizer
 from tfllm.training import loop
 
 

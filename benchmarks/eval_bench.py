@@ -31,10 +31,10 @@ import numpy as np
 import tensorflow as tf
 
 from tfllm.config import load_config
-from tfllm.data import tokenizer
 from tfllm.eval import builtin
 from tfllm.eval.engine import model_engine
 from tfllm.model.lm import build_model
+from tfllm.tokenizers import tokenizer
 from tfllm.training.optim import make_optimizer
 from tfllm.training.steps import Steps
 

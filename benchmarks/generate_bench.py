@@ -36,9 +36,9 @@ import tensorflow as tf
 
 from benchmarks.common import never_end
 from tfllm.config import load_config, save_config
-from tfllm.data import tokenizer
 from tfllm.model.lm import build_model
 from tfllm.serve import export, generate
+from tfllm.tokenizers import tokenizer
 from tfllm.training.optim import make_optimizer
 from tfllm.training.session import make_checkpointer, new_counters
 

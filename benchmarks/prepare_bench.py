@@ -32,11 +32,11 @@ import numpy as np
 
 def write_corpus(path: pathlib.Path, megabytes: float) -> None:
     """The interpreter's standard library (distinct real code, ~35 MB), one file per line."""
-    from tfllm.data.corpus import stdlib_files
+    from tfllm.data.inputs import stdlib_files
 
     written = 0
     with open(path, "w") as f:
-        for file in stdlib_files()[1]:
+        for _, file in stdlib_files():
             if written >= megabytes * 1e6:
                 break
             line = json.dumps({"text": file.read_text(errors="replace")}) + "\n"
@@ -77,7 +77,7 @@ def peer(corpus: pathlib.Path, model_file: str, out: pathlib.Path, workers: int)
 
 def tfllm_prepare(corpus: pathlib.Path, root: pathlib.Path, name: str, workers: int) -> dict:
     from tfllm.config import load_config
-    from tfllm.data import prepare
+    from tfllm.corpus import prepare
 
     cfg = load_config(
         [],

@@ -19,7 +19,8 @@ from benchmarks import data_bench, generate_bench
 from benchmarks.common import emit, gpt2_backbone, never_end, summarize
 from benchmarks.train_bench import shape_of
 from tfllm.config import load_config
-from tfllm.data import prepare, verify
+from tfllm.corpus import prepare
+from tfllm.data import verify
 from tfllm.model.lm import build_model
 from tfllm.observe import flops
 from tfllm.serve import generate

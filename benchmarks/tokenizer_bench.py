@@ -27,7 +27,7 @@ from tokenizers import Regex, Tokenizer, decoders, models, trainers
 from tokenizers import pre_tokenizers as pre
 
 from benchmarks.common import machine, summarize
-from tfllm.data.hf_tokenizer import load_hf_tokenizer
+from tfllm.tokenizers.hf_tokenizer import load_hf_tokenizer
 
 LLAMA3_PATTERN = (
     r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*"

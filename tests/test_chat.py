@@ -11,8 +11,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from tfllm.data import chat, sft
+from tfllm.corpus import sft
 from tfllm.errors import DataError
+from tfllm.tokenizers import chat
 
 GOLDEN = json.loads((pathlib.Path(__file__).parent / "golden" / "chat_golden.json").read_text())
 

@@ -14,7 +14,7 @@ from _data_helpers import small_config
 from commands import run_main
 from test_data_scale import _docs, _shard_bytes
 
-from tfllm.data import prepare
+from tfllm.corpus import prepare
 
 pytest.importorskip(
     "apache_beam",

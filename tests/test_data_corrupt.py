@@ -11,7 +11,8 @@ import tensorflow as tf
 from _data_helpers import small_config, write_corpus
 from commands import run_main
 
-from tfllm.data import prepare, reader, records, verify
+from tfllm.corpus import prepare
+from tfllm.data import reader, records, verify
 from tfllm.errors import DataError
 
 VICTIM = 1  # index of the damaged train shard

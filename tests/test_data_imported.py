@@ -23,9 +23,11 @@ from test_data_scale import _shard_bytes
 from tokenizers import Tokenizer
 
 from tfllm.config import load_config
-from tfllm.data import prepare, records
-from tfllm.data.corpus import read_raw, split_of
-from tfllm.data.formats import BadInput
+from tfllm.corpus import prepare
+from tfllm.corpus.formats import BadInput
+from tfllm.corpus.sources import read_raw
+from tfllm.data import records
+from tfllm.data.layout import split_of
 from tfllm.errors import DataError
 from tfllm.runs.trained import load_trained
 

@@ -10,9 +10,11 @@ import pytest
 import tensorflow as tf
 from _data_helpers import WORDS, small_config, write_corpus
 
-from tfllm.data import prepare, records, tokenizer
-from tfllm.data.clean import Cleaner, CleaningStats, split_long
+from tfllm.corpus import prepare
+from tfllm.corpus.clean import Cleaner, CleaningStats, split_long
+from tfllm.data import records
 from tfllm.errors import DataError
+from tfllm.tokenizers import tokenizer
 
 
 @pytest.fixture(scope="module", params=["concat", "document"])

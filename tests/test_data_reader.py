@@ -10,7 +10,8 @@ import tensorflow as tf
 from _data_helpers import batch_digest, small_config, write_corpus
 
 from tfllm.config import load_config
-from tfllm.data import prepare, reader, verify
+from tfllm.corpus import prepare
+from tfllm.data import reader, verify
 from tfllm.model.lm import build_model
 from tfllm.training.steps import token_loss_sum
 

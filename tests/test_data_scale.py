@@ -22,8 +22,10 @@ import tensorflow as tf
 import zstandard
 from _data_helpers import WORDS, small_config, write_corpus
 
-from tfllm.data import prepare, records, tokenizer
+from tfllm.corpus import prepare
+from tfllm.data import records
 from tfllm.errors import DataError
+from tfllm.tokenizers import tokenizer
 
 QUIET = {"log": lambda _: None}
 
@@ -92,8 +94,8 @@ def _write_formats(directory: pathlib.Path, texts: list[str]) -> dict[str, str]:
 
 
 def test_every_format_gives_the_same_documents(tmp_path):
-    from tfllm.data.corpus import read_raw
-    from tfllm.data.formats import BadInput
+    from tfllm.corpus.formats import BadInput
+    from tfllm.corpus.sources import read_raw
 
     texts = _docs(30)
     for source in _write_formats(tmp_path / "f", texts):
@@ -221,7 +223,7 @@ def test_restart_after_sigkill_keeps_finished_shards(tmp_path):
 _PEAK_RSS = """
 import re, sys
 from tfllm.config import load_config
-from tfllm.data import prepare
+from tfllm.corpus import prepare
 prepare.prepare(load_config([], sys.argv[1:]), log=lambda _: None)
 print(re.search(r"VmHWM:\\s+(\\d+) kB", open("/proc/self/status").read()).group(1))
 """

@@ -16,8 +16,8 @@ import pickle
 import numpy as np
 import pytest
 
-from tfllm.data import resume, snapshot
-from tfllm.data.clean import CleaningStats
+from tfllm.corpus import resume, snapshot
+from tfllm.corpus.clean import CleaningStats
 from tfllm.data.packing import DocumentPacker
 from tfllm.data.records import ShardWriter
 from tfllm.errors import DataError

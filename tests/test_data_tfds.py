@@ -7,8 +7,8 @@ import pytest
 import tensorflow_datasets as tfds
 from _data_helpers import WORDS, small_config
 
-from tfllm.data import prepare
-from tfllm.data.corpus import parse_tfds_source
+from tfllm.corpus import prepare
+from tfllm.corpus.sources import parse_tfds_source
 from tfllm.errors import DataError
 
 

@@ -8,7 +8,7 @@ import os
 import pytest
 from _data_helpers import small_config, write_corpus
 
-from tfllm.data import prepare
+from tfllm.corpus import prepare
 from tfllm.errors import DataError
 from tfllm.training import loop as train
 

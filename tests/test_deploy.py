@@ -14,8 +14,8 @@ import tensorflow as tf
 import tiny_run
 from commands import run_main
 
-from tfllm.data.tokenizer import load_tokenizer, specials
 from tfllm.serve import batching, litert, quantize
+from tfllm.tokenizers.tokenizer import load_tokenizer, specials
 
 PROMPTS = ["def ", "", "import numpy as np\nx = np.", "class A:\n", "for i in range(", "x = "]
 TOKEN_IDS = [[2, 17, 260, 5, 99, 7], [2, 300, 301, 302, 4, 9]]

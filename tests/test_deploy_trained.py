@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 
+from tfllm.corpus.prepare import prepare
 from tfllm.eval import builtin, run
 from tfllm.serve import export
 from tfllm.training import loop
@@ -30,7 +31,7 @@ def test_int8_keeps_a_trained_models_bits_per_byte_and_greedy_completions(make_c
         "train.checkpoint_every=300",
         workdir=tmp_path / "run",
     )
-    loop.train(cfg, log=lambda _: None)
+    loop.train(cfg, log=lambda _: None, build_data=prepare)
     metrics, completions = {}, {}
     requests = [(prompt, {"until": [], "max_gen_toks": 16}) for prompt in prompts()]
     for weights in ("none", "int8"):

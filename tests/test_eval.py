@@ -13,12 +13,12 @@ import tiny_run
 import yaml
 from commands import run_main
 
-from tfllm.data.tokenizer import EOS_ID
 from tfllm.errors import TfllmError
 from tfllm.eval import run as eval_run
 from tfllm.eval.engine import Progress, model_engine
 from tfllm.eval.scoring import run_task
 from tfllm.eval.tasks import Task
+from tfllm.tokenizers.tokenizer import EOS_ID
 
 TEXTS = ["def f(x):\n    return x + 1\n", "import os\n", "Hello, world! ünïcödé", "a"]
 

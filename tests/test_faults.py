@@ -1,5 +1,6 @@
 """Real processes, real signals: SIGTERM, kill -9 and restart, a second writer, NaN policies."""
 
+import functools
 import json
 import os
 import pathlib
@@ -15,10 +16,15 @@ import tensorflow as tf
 from test_train import final_weights, read_scalars, weight_difference
 
 from tfllm.config import save_config
-from tfllm.data import prepare, reader, records, verify
+from tfllm.corpus import prepare
+from tfllm.corpus.prepare import prepare as build_data
+from tfllm.data import reader, records, verify
 from tfllm.errors import TfllmError
+from tfllm.training import loop
 from tfllm.training.faults import EXIT_NONFINITE, NonFiniteError
-from tfllm.training.loop import train
+
+# As `tfllm.train` does: prepare the data first when it is missing.
+train = functools.partial(loop.train, build_data=build_data)
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 RUN = ("train.steps=40", "train.steps_per_loop=5", "train.checkpoint_every=10")

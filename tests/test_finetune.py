@@ -66,9 +66,10 @@ def base(tmp_path_factory) -> str:
             "train.sample_tokens=4",
         ]
     )
+    from tfllm.corpus.prepare import prepare
     from tfllm.training import loop
 
-    loop.train(cfg, log=lambda _: None)
+    loop.train(cfg, log=lambda _: None, build_data=prepare)
     return str(root / "base")
 
 

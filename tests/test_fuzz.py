@@ -180,7 +180,7 @@ def test_any_hugging_face_directory_imports_or_one_line(hf_source, tmp_path_fact
 
 @pytest.fixture(scope="module")
 def tokenizer_file(corpus_dir, tmp_path_factory) -> pathlib.Path:
-    from tfllm.data.tokenizer import train_tokenizer
+    from tfllm.tokenizers.tokenizer import train_tokenizer
 
     text = [p.read_text() for p in sorted((corpus_dir / "json").glob("*.py"))]
     path = tmp_path_factory.mktemp("fuzz_tok") / "tokenizer.model"

@@ -8,8 +8,8 @@ import tensorflow as tf
 import tiny_run
 from commands import run_main
 
-from tfllm.data.tokenizer import EOS_ID
 from tfllm.serve import generate
+from tfllm.tokenizers.tokenizer import EOS_ID
 
 WIDTH = 28  # padded prompt width, at least the longest prompt (the corpus is tfllm's source)
 PROMPTS = ["", "def", "import tensorflow as tf\n", "class Generator:\n    def __init__(self"]

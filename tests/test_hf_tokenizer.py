@@ -17,10 +17,10 @@ import tensorflow as tf
 from tokenizers import Tokenizer
 
 from tests.hf_tokenizer_files import write_tokenizer
-from tfllm.data import bpe
-from tfllm.data.hf_tokenizer import load_hf_tokenizer
-from tfllm.data.tokenizer import load_tokenizer
 from tfllm.errors import DataError
+from tfllm.tokenizers import bpe
+from tfllm.tokenizers.hf_tokenizer import load_hf_tokenizer
+from tfllm.tokenizers.tokenizer import load_tokenizer
 
 BPE_FAMILIES = ["llama3", "qwen2", "gpt2"]
 SPECIAL = {"llama3": "<|eot_id|>", "qwen2": "<|im_end|>", "gpt2": "<|endoftext|>"}

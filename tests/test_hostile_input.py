@@ -58,8 +58,8 @@ def test_a_task_template_cannot_run_code(tmp_path, payload):
 
 
 def test_a_chat_template_cannot_run_code(tmp_path):
-    from tfllm.data import chat
     from tfllm.errors import DataError
+    from tfllm.tokenizers import chat
 
     path = tmp_path / "chat.jinja"
     path.write_text(PAYLOADS[0])

@@ -14,9 +14,9 @@ from commands import run_main
 from hub_fixtures import VARIANTS, write_hf_dir
 from safetensors.numpy import load_file, save_file
 
-from tfllm.data.tokenizer import train_tokenizer
 from tfllm.hub import convert, hf_config
 from tfllm.runs.trained import load_trained
+from tfllm.tokenizers.tokenizer import train_tokenizer
 
 QUIET = {"log": lambda _: None}
 

@@ -61,7 +61,7 @@ def test_preset_tokenizers_equal_their_families(tmp_path):
     from keras_hub_presets import write_gemma_tokenizer, write_llama3_tokenizer
     from tokenizers import Tokenizer
 
-    from tfllm.data.hf_tokenizer import load_hf_tokenizer
+    from tfllm.tokenizers.hf_tokenizer import load_hf_tokenizer
 
     source = write_tokenizer(tmp_path / "tok", "llama3")
     llama3 = tmp_path / "llama3"

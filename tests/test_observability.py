@@ -1,6 +1,7 @@
 """One finished run, looked at the way a user does: event files, a TensorBoard server's HTTP
 API, the profile plugin's Overview, and the pages themselves in a headless Chromium."""
 
+import functools
 import gzip
 import json
 import math
@@ -22,11 +23,15 @@ from tensorflow.tsl.profiler.protobuf import xplane_pb2
 from xprof.convert import raw_to_tool_data
 
 from tfllm.config import load_config
+from tfllm.corpus.prepare import prepare as build_data
 from tfllm.model.lm import build_model
 from tfllm.observe import profiling
-from tfllm.training.loop import train
+from tfllm.training import loop
 from tfllm.training.optim import make_optimizer
 from tfllm.training.steps import Steps
+
+# As `tfllm.train` does: prepare the data first when it is missing.
+train = functools.partial(loop.train, build_data=build_data)
 
 # Every scalar a training run writes on CPU (no device memory, no loss scale in float32),
 # grouped by prefix; constants are text and HParams, not series.

@@ -2,6 +2,7 @@
 MultiWorkerMirroredStrategy workers on localhost; both save at one agreed step and exit 143;
 restarting both finishes the run with the weights of an uninterrupted one."""
 
+import functools
 import json
 import re
 import signal
@@ -13,9 +14,13 @@ from test_faults import TrainProcess
 from test_train import weight_difference
 
 from tfllm.config import save_config
-from tfllm.data import prepare
+from tfllm.corpus import prepare
+from tfllm.corpus.prepare import prepare as build_data
 from tfllm.errors import TfllmError
-from tfllm.training.loop import train
+from tfllm.training import loop
+
+# As `tfllm.train` does: prepare the data first when it is missing.
+train = functools.partial(loop.train, build_data=build_data)
 
 # PCH polls the signal flag once a second and saves one host loop after the next boundary:
 # 400 steps of 4-step loops (about 9 ms a step here) leave room for that after the signal.

@@ -6,8 +6,9 @@ import pathlib
 import numpy as np
 import tensorflow as tf
 
-from tfllm.data import reader, records, tokenizer, verify
-from tfllm.data.prepare import data_dir, prepare
+from tfllm.corpus.prepare import data_dir, prepare
+from tfllm.data import reader, records, verify
+from tfllm.tokenizers import tokenizer
 
 
 def test_shard_writer_round_trip(tmp_path):

@@ -11,9 +11,10 @@ import tensorflow as tf
 import tiny_run
 
 from tfllm.config import load_config
-from tfllm.data import prepare, reader, records, verify
-from tfllm.data.tokenizer import EOS_ID, load_tokenizer
+from tfllm.corpus import prepare
+from tfllm.data import reader, records, verify
 from tfllm.errors import ConfigError, DataError
+from tfllm.tokenizers.tokenizer import EOS_ID, load_tokenizer
 
 CHATS = [
     {"messages": [{"role": "user", "content": f"add {i} and {i + 1}"},

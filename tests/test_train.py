@@ -1,5 +1,6 @@
 """A short training run whose loss falls, and resume: N steps, stop, run again to 2N."""
 
+import functools
 import math
 
 import numpy as np
@@ -7,10 +8,14 @@ import pytest
 import tensorflow as tf
 
 from tfllm.config import load_config
+from tfllm.corpus.prepare import prepare as build_data
 from tfllm.model.lm import build_model
 from tfllm.runs.checkpoint import Checkpointer
-from tfllm.training.loop import train
+from tfllm.training import loop
 from tfllm.training.optim import make_optimizer
+
+# As `tfllm.train` does: prepare the data first when it is missing.
+train = functools.partial(loop.train, build_data=build_data)
 
 
 def final_weights(cfg):

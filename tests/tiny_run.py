@@ -17,7 +17,7 @@ import numpy as np
 
 import tfllm
 from tfllm.config import Config, load_config, save_config
-from tfllm.data import prepare
+from tfllm.corpus import prepare
 from tfllm.model.lm import build_model
 from tfllm.serve import export, generate
 from tfllm.training.optim import make_optimizer

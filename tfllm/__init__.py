@@ -32,7 +32,7 @@ def load_config(*files: str, overrides: list[str] | tuple[str, ...] = ()):
 def prepare(cfg, force: bool = False) -> dict:
     """Builds the dataset of `cfg.data` (unless it is already there and `force` is False);
     returns its manifest. As `python -m tfllm.prepare [--force]`."""
-    from tfllm.data import prepare as stage
+    from tfllm.corpus import prepare as stage
 
     return stage.prepare(cfg) if force else stage.ensure_prepared(cfg)
 
@@ -41,9 +41,10 @@ def train(cfg, strategy=None) -> dict:
     """Trains (or resumes) to `cfg.train.steps` in `cfg.runtime.workdir`; returns the final
     step, validation loss and counters. As `python -m tfllm.train`; `strategy` defaults to
     the one `cfg.runtime.strategy` names."""
+    from tfllm.corpus.prepare import prepare as build_data
     from tfllm.training import loop
 
-    return loop.train(cfg, strategy)
+    return loop.train(cfg, strategy, build_data=build_data)
 
 
 def load(workdir: str, step: int | None = None):
@@ -78,6 +79,7 @@ def finetune(model, data: str, format: str = "messages", workdir: str = "", **op
     config key (`steps`, `learning_rate`, `lora_targets`, `seq_len`, ...). Returns a run with
     `.chat(messages)`, `.export(dir)`, `.trained`, `.cfg` and `.result`; its config.yaml
     reproduces it: `python -m tfllm.train --config <workdir>/config.yaml`."""
+    from tfllm.corpus.prepare import prepare as build_data
     from tfllm.training.finetune import finetune as run
 
-    return run(model, data, format, workdir, **options)
+    return run(model, data, format, workdir, build_data=build_data, **options)

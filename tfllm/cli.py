@@ -154,7 +154,7 @@ def run_command(main: Callable[[list[str] | None], int], argv: list[str] | None 
         code = main(argv)
     except TfllmError as err:
         print(f"error: {err}", file=sys.stderr)
-        code = getattr(err, "exit_code", 2)  # e.g. 3 for a non-finite loss (tfllm.faults)
+        code = getattr(err, "exit_code", 2)  # e.g. 3 for a non-finite loss (tfllm.training.faults)
     except Exception as err:
         if not (resources.out_of_space(err) or resources.out_of_memory(err)):
             raise

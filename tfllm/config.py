@@ -75,7 +75,7 @@ class DataConfig:
     source: str = "stdlib"
     text_field: str = "text"  # the field holding the text in JSON Lines and TFDS examples
     # Instruction and chat data (README "Fine-tuning"): text | prompt_completion | messages |
-    # alpaca; anything but text is packed by example with a loss mask (tfllm.data.sft_prepare).
+    # alpaca; anything but text is packed by example with a loss mask (tfllm.corpus.sft_prepare).
     format: str = "text"
     train_on: str = "completion"  # completion | assistant | all: which tokens are targets
     chat_template: str = ""  # a Jinja file overriding the tokenizer's own chat template
@@ -156,8 +156,7 @@ class TrainConfig:
 
 @dataclass
 class RuntimeConfig:
-    workdir: str = "runs/tiny"
-    strategy: str = "auto"
+    workdir: str = "runs/tiny"  # the run's directory: checkpoints, config.yaml, TensorBoard logs
     peak_flops: float = ranged(0.0, "[0, inf)")  # one device, for MFU; 0 = detect (measure on CPU)
     profiler_port: int = ranged(0, "[0, 65535]")  # on-demand profiler captures here; 0 = off
     # Memory of one device in GiB for the pre-training estimate's check; 0 = what the GPU or

@@ -6,7 +6,7 @@
 Writes `<data.root>/<data.name>/{train,val}-*.tfrecord`, `tokenizer.model` and
 `manifest.json` (shards with record and token counts, sizes and sha256, the tokenizer and its
 checksum, cleaning counts). `--verify` checks every shard and the tokenizer against the manifest.
-The stage itself is `tfllm.data.prepare` (`tfllm.data.beam` with `--runner beam`).
+The stage itself is `tfllm.corpus.prepare` (`tfllm.corpus.beam` with `--runner beam`).
 """
 
 from __future__ import annotations
@@ -34,11 +34,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     cfg = cli.config_from_args(args)
-    from tfllm.data import prepare, verify
+    from tfllm.corpus import prepare
+    from tfllm.data import verify
 
     build = prepare.prepare
     if args.runner == "beam":
-        from tfllm.data import beam
+        from tfllm.corpus import beam
 
         build = functools.partial(beam.prepare_beam, options=args.beam_options)
     if args.verify:

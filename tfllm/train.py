@@ -23,10 +23,11 @@ def main(argv: list[str] | None = None) -> int:
     cli.add_strategy_flags(parser)
     args = parser.parse_args(argv)
     cfg = cli.config_from_args(args)
-    from tfllm.training import faults, loop  # after the flags: --verbose decides TF's logging
+    from tfllm.corpus.prepare import prepare  # after the flags: --verbose decides TF's logging
+    from tfllm.training import faults, loop
 
     started = time.time()
-    result = loop.train(cfg)
+    result = loop.train(cfg, build_data=prepare)
     if result.get("preempted"):
         code = faults.exit_code_for(result["preempted"])
         print(f"stopped by signal {result['preempted']} at step {result['step']}: exit {code}")

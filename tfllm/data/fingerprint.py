@@ -21,8 +21,7 @@ import pathlib
 import posixpath
 
 from tfllm.config import Config
-from tfllm.data import formats
-from tfllm.data.corpus import TFDS_PREFIX, list_files, sources
+from tfllm.data.inputs import TFDS_PREFIX, list_files, sources
 from tfllm.errors import DataError
 
 HASHED_BYTES = 64 << 20  # inputs up to this size in all are recorded by content
@@ -61,7 +60,7 @@ def _entries(entry: str) -> list[tuple[str, str]]:
     """(name, path) of each file of one source entry; a TFDS entry is its own name."""
     if entry.startswith(TFDS_PREFIX):
         return [(entry, "")]
-    if formats.is_saved_dataset(pathlib.Path(entry)):
+    if (pathlib.Path(entry) / "state.json").is_file():  # a `datasets` save_to_disk directory
         root = pathlib.Path(entry)
         return sorted((str(p.relative_to(root)), str(p)) for p in root.rglob("*") if p.is_file())
     return [(name, str(path)) for name, path in list_files(entry)]

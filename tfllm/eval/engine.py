@@ -29,9 +29,9 @@ import numpy as np
 import sentencepiece as spm
 import tensorflow as tf
 
-from tfllm.data.tokenizer import PAD_ID, is_hf_tokenizer, load_tokenizer, specials
 from tfllm.eval.prefix import SharedScorer, is_greedy
 from tfllm.observe.console import Console, format_duration
+from tfllm.tokenizers.tokenizer import PAD_ID, is_hf_tokenizer, load_tokenizer, specials
 
 _WIDTH_STEP = 32  # padded widths: multiples of this, capped at max_sequence_length
 

@@ -162,7 +162,7 @@ def _source_files(cfg: Config, workdir: str) -> tuple[str, dict, dict | None]:
             base,
             read_json(generation) if os.path.isfile(generation) else None,
         )
-    from tfllm.data.tokenizer import EOS_ID, PAD_ID
+    from tfllm.tokenizers.tokenizer import EOS_ID, PAD_ID
 
     base = {
         "architectures": ["LlamaForCausalLM"],
@@ -263,7 +263,7 @@ def to_keras_hub(workdir: str, out: str, log=print) -> str:
     return out
 
 
-# tfllm's tokenizer: no BOS, EOS id 2, no dummy prefix (tfllm.data.tokenizer).
+# tfllm's tokenizer: no BOS, EOS id 2, no dummy prefix (tfllm.tokenizers.tokenizer).
 _SCRATCH_TOKENIZER = {
     "tokenizer_class": "LlamaTokenizer",
     "add_bos_token": False,

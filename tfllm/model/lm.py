@@ -6,7 +6,7 @@
 The open-weight families (Llama, Mistral, Qwen2/3, Gemma 1/2, GPT-2) are this same model with
 the knobs of `ARCHITECTURE` set (ModelConfig documents each); their defaults are tfllm's own.
 
-Shape letters as in `tfllm.layers`; L is num_layers, V vocabulary_size.
+Shape letters as in `tfllm.model.layers`; L is num_layers, V vocabulary_size.
 """
 
 from __future__ import annotations

@@ -24,8 +24,8 @@ import tensorflow as tf
 
 from tfllm import resources
 from tfllm.config import ModelConfig
-from tfllm.data.records import write_atomically
 from tfllm.errors import TfllmError
+from tfllm.files import write_atomically
 from tfllm.runs import checkpoint_files as disk
 
 _MODEL_DEFAULTS = dataclasses.asdict(ModelConfig())

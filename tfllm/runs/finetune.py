@@ -17,7 +17,7 @@ import posixpath
 import tensorflow as tf
 
 from tfllm.config import Config, load_config
-from tfllm.data import prepare
+from tfllm.data import layout
 from tfllm.errors import TfllmError
 
 
@@ -38,7 +38,7 @@ def resolve(cfg: Config, log=print) -> Config:
         log(f"fine-tuning: the model section is the base's ({cfg.train.init_from})")
     data = cfg.data
     if not data.tokenizer:
-        data = dataclasses.replace(data, tokenizer=prepare.tokenizer_path(base))
+        data = dataclasses.replace(data, tokenizer=layout.tokenizer_path(base))
     return dataclasses.replace(cfg, model=base.model, data=data)
 
 

@@ -16,7 +16,7 @@ import posixpath
 import tensorflow as tf
 
 from tfllm.config import Config, load_config
-from tfllm.data import prepare
+from tfllm.data import layout
 from tfllm.errors import TfllmError
 from tfllm.model import lora
 from tfllm.model.lm import TransformerLM, build_model
@@ -68,7 +68,7 @@ def load_trained(
         adapters.merge()
         model.trainable = True
         adapters = None
-    tokenizer_path = prepare.tokenizer_path(cfg)
+    tokenizer_path = layout.tokenizer_path(cfg)
     restored_step = int(posixpath.basename(path).split("-")[1])
     return TrainedModel(cfg, model, tokenizer_path, path, restored_step, adapters)
 

@@ -20,11 +20,11 @@ import tensorflow as tf
 from tensorflow.core.protobuf import saved_model_pb2
 
 from tfllm import resources
-from tfllm.data.tokenizer import EOS_ID
 from tfllm.errors import TfllmError
 from tfllm.runs.trained import load_trained
 from tfllm.serve import batching, quantize
 from tfllm.serve.module import GENERATE_DEFAULTS
+from tfllm.tokenizers.tokenizer import EOS_ID
 
 QUANTIZE_CHOICES = ("none", "int8")
 

@@ -22,11 +22,11 @@ import tempfile
 
 import tensorflow as tf
 
-from tfllm.data.tokenizer import is_hf_tokenizer, load_tokenizer, specials
 from tfllm.errors import TfllmError
 from tfllm.runs.trained import load_trained
 from tfllm.serve import steps
 from tfllm.serve.export import new_version_dir
+from tfllm.tokenizers.tokenizer import is_hf_tokenizer, load_tokenizer, specials
 
 MODEL_FILE = "model.tflite"
 TOKENS_FILE = "tokens.json"

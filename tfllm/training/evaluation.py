@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 
 from tfllm.config import Config
-from tfllm.data import prepare
+from tfllm.data import layout
 from tfllm.observe.metrics import Reporter
 from tfllm.serve import generate
 from tfllm.training.steps import Steps, evaluate
@@ -19,7 +19,7 @@ class Evaluation:
     def __init__(self, cfg: Config, model, steps: Steps, eval_ds, reporter: Reporter):
         self.cfg, self.model, self.steps, self.eval_ds = cfg, model, steps, eval_ds
         self.reporter = reporter
-        self.generator = generate.Generator(model, prepare.tokenizer_path(cfg))
+        self.generator = generate.Generator(model, layout.tokenizer_path(cfg))
         self.engine = None
         self.tasks = []
         if cfg.train.eval_tasks:  # a bad name or task file fails now, not at the first eval
@@ -50,7 +50,7 @@ class Evaluation:
         from tfllm.eval import engine, run
 
         if self.engine is None:
-            self.engine = engine.model_engine(self.model, prepare.tokenizer_path(self.cfg))
+            self.engine = engine.model_engine(self.model, layout.tokenizer_path(self.cfg))
         rows = run.evaluate(self.engine, self.tasks)
         values = {f"{r['task']}/{r['metric']}": r["value"] for r in rows}
         self.reporter.scalars("val", step, values)

@@ -79,8 +79,11 @@ class FineTuneRun:
         return stage.export(self.workdir, export_dir, version)
 
 
-def finetune(model, data: str, format: str = "messages", workdir: str = "", **options):
-    """Fine-tunes `model` (a `TrainedModel` or a workdir) on `data`; see `tfllm.finetune`."""
+def finetune(
+    model, data: str, format: str = "messages", workdir: str = "", *, build_data=None, **options
+):
+    """Fine-tunes `model` (a `TrainedModel` or a workdir) on `data`; see `tfllm.finetune`.
+    `build_data` prepares the run's dataset (`loop.train`)."""
     from tfllm.training import loop
 
     base = (
@@ -90,5 +93,5 @@ def finetune(model, data: str, format: str = "messages", workdir: str = "", **op
         raise ConfigError("tfllm.finetune needs workdir= (where the run is written)")
     log = options.pop("log", print)
     cfg = config(base, data, format, workdir, **options)
-    result = loop.train(cfg, log=log)
+    result = loop.train(cfg, log=log, build_data=build_data)
     return FineTuneRun(workdir, cfg, result)

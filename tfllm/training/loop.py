@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import math
 import time
+from collections.abc import Callable
 
 import tensorflow as tf
 
@@ -59,8 +60,12 @@ def train(
     strategy: tf.distribute.Strategy | None = None,
     log=print,
     stop_after: int | None = None,
+    build_data: Callable | None = None,
 ) -> dict:
     """Runs (or resumes) training to `cfg.train.steps`; returns the final metrics.
+
+    `build_data(cfg, log)` makes the dataset when it is missing (the prepare stage, which the
+    `train` command and `tfllm.train` pass in); without it a missing dataset is an error.
 
     `stop_after` ends this call early at that step (checkpointed), with the schedule still
     planned for `cfg.train.steps`: a job that runs in chunks resumes exactly where it stopped.
@@ -80,11 +85,11 @@ def train(
     chief = strategy.extended.should_checkpoint
     lock = WorkdirLock(cfg.runtime.workdir, log) if chief else contextlib.nullcontext()
     with lock, PreemptionWatcher() as watcher:
-        return _train(cfg, strategy, log, stop_after, watcher)
+        return _train(cfg, strategy, log, stop_after, watcher, build_data)
 
 
-def _train(cfg: Config, strategy, log, stop_after, watcher: PreemptionWatcher) -> dict:
-    started = session.start(cfg, strategy, log)
+def _train(cfg: Config, strategy, log, stop_after, watcher: PreemptionWatcher, build_data) -> dict:
+    started = session.start(cfg, strategy, log, build_data)
     run, step = _Run(started, strategy, log), started.step
     preemption = Preemption(strategy, watcher, run.checkpointer.save, cfg.runtime.workdir, log)
     run.compile(step)

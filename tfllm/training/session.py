@@ -1,4 +1,5 @@
-"""How a training session starts: the data prepared, the model built (a LoRA run's base loaded
+"""How a training session starts: the prepared data checked against the config (made first
+when the caller passes the prepare stage), the model built (a LoRA run's base loaded
 and its adapters attached), the optimizer, the checkpointer, the memory estimate checked, and
 the newest usable checkpoint restored."""
 
@@ -11,7 +12,7 @@ import keras
 import tensorflow as tf
 
 from tfllm.config import Config, save_config
-from tfllm.data import prepare
+from tfllm.data import layout
 from tfllm.errors import ConfigError
 from tfllm.model import lora
 from tfllm.model.lm import build_model
@@ -62,10 +63,11 @@ def make_checkpointer(
     )
 
 
-def start(cfg: Config, strategy, log) -> Session:
+def start(cfg: Config, strategy, log, build_data=None) -> Session:
+    """The session of `cfg`; `build_data(cfg, log)` makes a missing dataset (`loop.train`)."""
     cfg = finetune.resolve(cfg, log)
     t = cfg.train
-    manifest = prepare.ensure_prepared(cfg, log)
+    manifest = layout.ensure_prepared(cfg, log, build_data)
     tf.keras.utils.set_random_seed(t.seed)
     # A frozen bfloat16 base is held (and computes) in bfloat16; the adapters stay float32.
     precision = "bfloat16" if t.base_precision == "bfloat16" else t.precision
@@ -91,7 +93,7 @@ def start(cfg: Config, strategy, log) -> Session:
     )
     if restored is None and t.on_nonfinite == "rollback":
         checkpointer.save(step)  # something to roll back to before the first one
-    directory = prepare.data_dir(cfg)
+    directory = layout.data_dir(cfg)
     return Session(cfg, manifest, directory, model, optimizer, counters, checkpointer, step)
 
 

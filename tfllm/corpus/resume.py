@@ -25,9 +25,11 @@ import numpy as np
 import tensorflow as tf
 
 from tfllm.config import Config
-from tfllm.data import records, snapshot
+from tfllm.corpus import snapshot
+from tfllm.data import records
 from tfllm.data.packing import ConcatPacker, DocumentPacker
 from tfllm.errors import DataError
+from tfllm.files import write_atomically
 
 STATE_DIR = ".prepare"
 _STATE = "state.npz"
@@ -102,10 +104,8 @@ class Checkpoint:
             f.write(buffer.getvalue())
         self.deltas += 1
         path = posixpath.join(self.directory, _STATE)
-        with tf.io.gfile.GFile(path + ".tmp", "wb") as f:
-            saved = {**state, "fingerprint": self.fingerprint, "deltas": self.deltas}
-            f.write(snapshot.dumps(saved))
-        tf.io.gfile.rename(path + ".tmp", path, overwrite=True)
+        saved = {**state, "fingerprint": self.fingerprint, "deltas": self.deltas}
+        write_atomically(path, snapshot.dumps(saved))
 
     def clear(self) -> None:
         if tf.io.gfile.exists(self.directory):

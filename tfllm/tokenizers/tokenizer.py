@@ -3,6 +3,10 @@
 The in-graph op is the tokenizer of record: the exported SavedModel carries it. `prepare`'s
 worker processes run the same model with the `sentencepiece` library (no TensorFlow in them);
 tests/test_data_scale.py checks that both give the same ids, so data and serving agree.
+
+`load_tokenizer(path)` is the one way to open any tokenizer tfllm uses (this SentencePiece
+model or a Hugging Face one, `hf_tokenizer.py`), and `specials` gives the ids a model puts
+around its text (start, stop, pad).
 """
 
 from __future__ import annotations
@@ -17,8 +21,8 @@ import sentencepiece as spm
 import tensorflow as tf
 import tensorflow_text as tf_text
 
-from tfllm.data.hf_tokenizer import load_hf_tokenizer
 from tfllm.errors import DataError
+from tfllm.tokenizers.hf_tokenizer import load_hf_tokenizer
 
 PAD_ID, UNK_ID, EOS_ID = 0, 1, 2
 # SentencePiece caps one training sentence; longer paragraphs are cut into pieces this long.

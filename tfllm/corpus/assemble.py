@@ -16,24 +16,17 @@ import posixpath
 import numpy as np
 
 from tfllm.config import Config, DataConfig
-from tfllm.data import fingerprint, records, tokenizer
-from tfllm.data.clean import CleaningStats
-from tfllm.data.corpus import sources, split_of
+from tfllm.corpus.clean import CleaningStats
+from tfllm.corpus.sources import sources
+from tfllm.data import fingerprint, records
+from tfllm.data.layout import data_dir, split_of, stored_tokenizer
 from tfllm.data.packing import ConcatPacker, DocumentPacker
 from tfllm.errors import DataError
+from tfllm.files import write_atomically
+from tfllm.tokenizers import tokenizer
 
 SPLITS = ("train", "val")
 DROPPED_SAMPLE = "dropped-sample.jsonl"
-
-
-def data_dir(cfg: Config) -> str:
-    return posixpath.join(cfg.data.root, cfg.data.name)
-
-
-def stored_tokenizer(data: DataConfig) -> str:
-    """The name of the dataset's copy of its tokenizer: `tokenizer.json` when data.tokenizer is
-    a tokenizer.json, else `tokenizer.model` (given or trained)."""
-    return "tokenizer.json" if data.tokenizer.endswith(".json") else records.TOKENIZER
 
 
 def no_usable(data: DataConfig, split: str, stats: CleaningStats, bads) -> None:
@@ -145,7 +138,7 @@ def finish(cfg, settings, state, bads, sources_stats) -> dict:
             "shards": shards,
         }
     dropped = [entry for reason in sorted(state["dropped"]) for entry in state["dropped"][reason]]
-    records.write_atomically(
+    write_atomically(
         posixpath.join(out, DROPPED_SAMPLE), "".join(json.dumps(e) + "\n" for e in dropped)
     )
     names = [entry for entry, _ in sources(d.source)]

@@ -5,8 +5,8 @@ from __future__ import annotations
 import time
 
 from tfllm.config import DataConfig
-from tfllm.data.clean import CleaningStats
-from tfllm.data.corpus import list_files, sources
+from tfllm.corpus.clean import CleaningStats
+from tfllm.corpus.sources import list_files, sources
 from tfllm.errors import DataError
 
 _PROGRESS_SECONDS = 10.0

@@ -20,8 +20,8 @@ import re
 import tensorflow as tf
 import tensorflow_text as tf_text
 
-from tfllm.data import bpe
 from tfllm.errors import DataError
+from tfllm.tokenizers import bpe
 
 
 def _read_json(path: str, required: bool = True) -> dict:

@@ -33,22 +33,16 @@ import tensorflow as tf
 
 from tfllm import resources
 from tfllm.config import Config, DataConfig
-from tfllm.data import (
-    assemble,
-    fingerprint,
-    formats,
-    records,
-    resume,
-    sft_prepare,
-    stream,
-    tokenizer,
-)
-from tfllm.data.assemble import DROPPED_SAMPLE, data_dir  # noqa: F401 - the stage's names
-from tfllm.data.clean import CleaningStats, clean_text
-from tfllm.data.corpus import read_raw, sources, split_of
-from tfllm.data.progress import Progress
+from tfllm.corpus import assemble, formats, resume, sft_prepare, stream
+from tfllm.corpus.assemble import DROPPED_SAMPLE  # noqa: F401 - the stage's names
+from tfllm.corpus.clean import CleaningStats, clean_text
+from tfllm.corpus.progress import Progress
+from tfllm.corpus.sources import read_raw, sources
+from tfllm.data import layout
+from tfllm.data.layout import data_dir, split_of
 from tfllm.errors import DataError
 from tfllm.locks import DirectoryLock
+from tfllm.tokenizers import tokenizer
 
 MAX_BATCH_DOCS = 256
 LOCK_NAME = "prepare.lock"
@@ -155,15 +149,9 @@ def train_tokenizer(cfg: Config, out: str, log) -> tuple[bytes, str]:
         log(
             f"tokenizer: {d.tokenizer_type}, {cfg.model.vocabulary_size} pieces, {len(sample)} docs"
         )
-    with tf.io.gfile.GFile(posixpath.join(out, assemble.stored_tokenizer(d)), "wb") as f:
+    with tf.io.gfile.GFile(posixpath.join(out, layout.stored_tokenizer(d)), "wb") as f:
         f.write(proto)
     return proto, moved
-
-
-def tokenizer_path(cfg: Config) -> str:
-    """The model's tokenizer: `data.tokenizer` when given (an imported model's), else the one
-    prepare trained and stored with the dataset."""
-    return cfg.data.tokenizer or posixpath.join(data_dir(cfg), records.TOKENIZER)
 
 
 def settings(cfg: Config, proto: bytes) -> stream.Settings:
@@ -233,7 +221,7 @@ def _prepare(cfg: Config, log, timings: dict) -> dict:
         return sft_prepare.prepare_sft(cfg, out, log)
     checkpoint = resume.Checkpoint(out, resume.fingerprint(cfg))
     state = checkpoint.load()
-    tokenizer_path = posixpath.join(out, assemble.stored_tokenizer(d))
+    tokenizer_path = posixpath.join(out, layout.stored_tokenizer(d))
     with stream.Workers(workers(d)) as pool:  # they start while the first pass runs
         if state is None:
             checkpoint.clear()
@@ -265,7 +253,7 @@ def _prepare(cfg: Config, log, timings: dict) -> dict:
 
 def _stream(cfg, pool, state, checkpoint, dedup_state, log, start):
     """The second pass: documents -> workers -> dedup -> packers -> shards, in order."""
-    from tfllm.data.dedup import Deduplicator
+    from tfllm.corpus.dedup import Deduplicator
 
     d = cfg.data
     deduplicator = Deduplicator(d.near_dedup, d.minhash_bands, d.minhash_threshold)
@@ -287,10 +275,4 @@ def _stream(cfg, pool, state, checkpoint, dedup_state, log, start):
 def ensure_prepared(cfg: Config, log=print, build=None) -> dict:
     """Returns the manifest of `cfg.data`, preparing the dataset first when it is missing
     (with `build`, `prepare` when None)."""
-    directory = data_dir(cfg)
-    if not tf.io.gfile.exists(posixpath.join(directory, records.MANIFEST)):
-        log(f"{directory}/{records.MANIFEST} not found: preparing the data first")
-        return (build or prepare)(cfg, log)
-    manifest = records.read_manifest(directory)
-    fingerprint.check(cfg, manifest, posixpath.join(directory, records.MANIFEST))
-    return manifest
+    return layout.ensure_prepared(cfg, log, build or prepare)

@@ -22,7 +22,8 @@ import shlex
 import tensorflow as tf
 
 from tfllm.config import Config
-from tfllm.data import assemble, formats, prepare, records, resume, snapshot, stream
+from tfllm.corpus import assemble, formats, prepare, resume, snapshot, stream
+from tfllm.data import layout, records
 from tfllm.errors import ConfigError
 
 WORK_DIR = ".beam"
@@ -74,7 +75,7 @@ def assemble_all(
     indices: list[int], cfg: Config, settings: stream.Settings, moved: str, work: str
 ) -> None:
     """The batch files in order -> dedup, pack, write shards and the manifest."""
-    from tfllm.data.dedup import Deduplicator
+    from tfllm.corpus.dedup import Deduplicator
 
     d = cfg.data
     state = assemble.fresh_state(cfg, moved)
@@ -93,7 +94,7 @@ def prepare_beam(cfg: Config, log=print, options: str = "") -> dict:
         from apache_beam.options.pipeline_options import PipelineOptions
     except ImportError:
         raise ConfigError("--runner beam needs apache-beam: pip install 'tfllm[beam]'") from None
-    out = assemble.data_dir(cfg)
+    out = layout.data_dir(cfg)
     work = posixpath.join(out, WORK_DIR)
     tf.io.gfile.makedirs(out)
     resume.Checkpoint(out, "").clear()  # a local run's state would not match these shards

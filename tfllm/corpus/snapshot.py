@@ -65,7 +65,7 @@ def _encode(value, arrays: list):
 
 
 def _new_dict(kind: str, where: str) -> dict:
-    from tfllm.data.clean import CleaningStats
+    from tfllm.corpus.clean import CleaningStats
 
     plain = {"dict": dict, "Counter": collections.Counter, "CleaningStats": CleaningStats}
     if kind in plain:

@@ -2,7 +2,7 @@
 template -> token ids with a loss mask -> packed windows -> the same shards and manifest.
 
 Each example is tokenized with the model's own tokenizer (`data.tokenizer`: a tfllm
-`tokenizer.model` or a Hugging Face directory) segment by segment (`tfllm.data.sft`), so the mask
+`tokenizer.model` or a Hugging Face directory) segment by segment (`tfllm.corpus.sft`), so the mask
 follows the segments exactly; the ids around it follow the model's convention: a Hugging Face
 tokenizer's post-processor prefix (its BOS) in front of plain formats (a chat template writes
 its own BOS) and its first EOS id after them; a tfllm tokenizer's EOS in front and behind (the
@@ -12,8 +12,8 @@ learns to stop.
 Examples are packed whole into windows of `seq_len + 1` tokens (document packing: each keeps its
 own segment id, so no token attends across examples and positions restart per example). The
 mask rides in the sign of the segment id: `-k` marks tokens of example `k` that are context, not
-targets (records.py). An example longer than a window is cut (`data.truncate: cut`, counted) or
-dropped (`drop`, counted and named).
+targets (`data/records.py`). An example longer than a window is cut (`data.truncate: cut`,
+counted) or dropped (`drop`, counted and named).
 """
 
 from __future__ import annotations
@@ -25,10 +25,13 @@ import numpy as np
 import tensorflow as tf
 
 from tfllm.config import Config
-from tfllm.data import chat, fingerprint, records, sft
-from tfllm.data.corpus import list_files, split_of
-from tfllm.data.tokenizer import EOS_ID, load_tokenizer
+from tfllm.corpus import sft
+from tfllm.corpus.sources import list_files
+from tfllm.data import fingerprint, records
+from tfllm.data.layout import split_of
 from tfllm.errors import DataError
+from tfllm.tokenizers import chat
+from tfllm.tokenizers.tokenizer import EOS_ID, load_tokenizer
 
 SPLITS = ("train", "val")
 _BATCH = 512  # examples tokenized per call of the in-graph tokenizer

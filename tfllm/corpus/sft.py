@@ -23,8 +23,8 @@ import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-from tfllm.data.chat import ROLES, Template
 from tfllm.errors import DataError
+from tfllm.tokenizers.chat import ROLES, Template
 
 FORMATS = ("text", "prompt_completion", "messages", "alpaca")
 TRAIN_ON = ("completion", "assistant", "all")

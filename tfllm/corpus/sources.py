@@ -18,19 +18,15 @@ what they become. Nothing holds more than one file's row group or line at a time
 
 from __future__ import annotations
 
-import glob
-import hashlib
-import os
 import pathlib
 import random
-import sysconfig
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from tfllm.data import formats
+from tfllm.corpus import formats
+from tfllm.data.inputs import TFDS_PREFIX, list_files, sources  # noqa: F401 - read here too
 from tfllm.errors import DataError
 
-TFDS_PREFIX = "tfds:"
 _MIXTURE_SEED = 4321
 
 
@@ -39,78 +35,6 @@ class RawDocument:
     name: str  # stable name: decides the split, and names the document in messages
     data: bytes
     source: int = 0  # index of its source in sources(data.source)
-
-
-def sources(source: str) -> list[tuple[str, float]]:
-    """(entry, weight) per source: one source (weight 1) unless the entries carry weights."""
-    entries = [s.strip() for s in source.split(",") if s.strip()]
-    weighted = []
-    for entry in entries:
-        head, _, tail = entry.rpartition(":")
-        try:
-            weighted.append((head, float(tail)))
-        except ValueError:
-            weighted.append((entry, None))
-    if all(w is None for _, w in weighted):
-        return [(source, 1.0)]
-    if any(w is None or w <= 0 or not head for head, w in weighted):
-        raise DataError(
-            f"data.source {source!r}: in a mixture every entry needs a positive weight "
-            "(path:weight, e.g. a.parquet:0.7,b/*.jsonl.zst:0.3)"
-        )
-    return weighted
-
-
-def stdlib_files() -> tuple[pathlib.Path, list[pathlib.Path]]:
-    root = pathlib.Path(sysconfig.get_paths()["stdlib"]).resolve()
-    files = [
-        p
-        for p in root.rglob("*.py")
-        if "site-packages" not in p.parts and "dist-packages" not in p.parts
-    ]
-    return root, sorted(files)
-
-
-def _expand(entry: str) -> list[tuple[str, pathlib.Path]]:
-    """(name, path) of each file of one entry; a directory's files are named relative to its
-    parent, so the names (and the train/val split) do not depend on where the corpus lives."""
-    path = pathlib.Path(entry)
-    if path.is_dir():
-        base = path.resolve()
-        # Python's bytecode caches are not text, and appear whenever a module of a source
-        # tree is imported: left in, they would change the inputs of a prepared dataset.
-        return [
-            (str(p.relative_to(base.parent)), p)
-            for p in base.rglob("*")
-            if p.is_file() and "__pycache__" not in p.relative_to(base).parts
-        ]
-    if path.is_file():
-        return [(entry, path)]
-    return [(p, pathlib.Path(p)) for p in glob.glob(entry, recursive=True) if os.path.isfile(p)]
-
-
-def list_files(source: str) -> list[tuple[str, pathlib.Path]]:
-    """Resolves a file source to its files as (stable name, path), sorted by name."""
-    if source == "stdlib":
-        root, files = stdlib_files()
-        return [(str(p.relative_to(root)), p) for p in files]
-    files: dict[str, pathlib.Path] = {}
-    for entry in filter(None, (s.strip() for s in source.split(","))):
-        found = _expand(entry)
-        if not found:
-            raise DataError(f"data.source: {entry!r} matches no file")
-        files.update(found)
-    return sorted(files.items())
-
-
-def name_hash(name: str) -> float:
-    """A document's place in [0, 1), from a hash of its name: stable across machines."""
-    return int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "big") / 2**64
-
-
-def split_of(name: str, val_fraction: float) -> str:
-    """Assigns a document to train or val by a hash of its name."""
-    return "val" if name_hash(name) < val_fraction else "train"
 
 
 def _file_documents(

@@ -25,8 +25,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from tfllm.data import dedup, filters
-from tfllm.data.clean import CleaningStats, clean_text, digest, split_long
+from tfllm.corpus import dedup, filters
+from tfllm.corpus.clean import CleaningStats, clean_text, digest, split_long
 from tfllm.errors import ConfigError
 
 SNIPPET_CHARS = 300  # of a dropped document, kept for dropped-sample.jsonl
