@@ -124,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
         + args.overrides,
     )
     timings: dict[str, float] = {}
-    manifest = prepare.prepare(cfg, log=lambda _: None, timings=timings)
+    manifest = prepare.prepare(cfg, timings=timings)
     megabytes = manifest["cleaning"]["bytes_read"] / 1e6
     total = sum(timings.values())
     print(

@@ -124,9 +124,8 @@ def trained_bits_per_byte(root: str, steps: int, docs: int) -> dict:
     cfg = load_config(overrides=[f"data.root={root}/data", f"runtime.workdir={workdir}",
                                  f"train.steps={steps}", f"train.checkpoint_every={steps}",
                                  f"train.eval_every={steps}"])  # fmt: skip
-    prepare.prepare(cfg, log=lambda _: None)
-    loop.train(cfg, log=lambda _: None)
-    quiet = dict(log=lambda _: None)
+    prepare.prepare(cfg)
+    loop.train(cfg)
     length = cfg.model.max_sequence_length
     lite = {
         q: litert.export_litert(
@@ -134,11 +133,10 @@ def trained_bits_per_byte(root: str, steps: int, docs: int) -> dict:
             f"{root}/export/tiny-litert-{q}",
             prefill_length=length,
             quantize_weights=q,
-            **quiet,
         )  # fmt: skip
         for q in ("none", "int8")
     }
-    onnx_dir = onnx.export_onnx(workdir, f"{root}/export/tiny-onnx", **quiet)
+    onnx_dir = onnx.export_onnx(workdir, f"{root}/export/tiny-onnx")
     task = run.load_tasks("stdlib_bpb")
 
     def score(engine) -> float:
@@ -147,7 +145,7 @@ def trained_bits_per_byte(root: str, steps: int, docs: int) -> dict:
 
     bpb = {}
     for name, q in (("saved_model float32", "none"), ("saved_model int8", "int8")):
-        version_dir = export.export(workdir, f"{root}/export/tiny-{q}", quantize_weights=q, **quiet)
+        version_dir = export.export(workdir, f"{root}/export/tiny-{q}", quantize_weights=q)
         bpb[name] = score(run.export_engine(version_dir, {"loglikelihood_rolling"})[0])
     tokenizer_path = f"{onnx_dir}/tokenizer.model"
     for name, logits in (
@@ -202,20 +200,19 @@ def main() -> None:
     n = args.new_tokens
     with tempfile.TemporaryDirectory() as root:
         model, tokenizer_path, float_dir = make_run(root)
-        quiet = dict(log=lambda _: None)
-        int8_dir = export.export(root, f"{root}/export/bench", quantize_weights="int8", **quiet)
+        int8_dir = export.export(root, f"{root}/export/bench", quantize_weights="int8")
         prompt = [tokenizer.EOS_ID, *tokenizer_ids(tokenizer_path, PROMPT)]
         head_dim = model.hidden_dim // model.num_heads
         shape = [1, model.num_heads, model.max_sequence_length, head_dim]
 
         def lite(q):
             path = litert.export_litert(
-                root, f"{root}/export/litert-{q}", prefill_length=16, quantize_weights=q, **quiet
+                root, f"{root}/export/litert-{q}", prefill_length=16, quantize_weights=q
             )
             return (path, *litert_format(path, n, prompt))
 
         def onnx_float32():
-            path = onnx.export_onnx(root, f"{root}/export/onnx", **quiet)
+            path = onnx.export_onnx(root, f"{root}/export/onnx")
             return (path, *onnx_format(path, n, prompt, shape))
 
         builders = {

@@ -168,8 +168,8 @@ def make_run(root: str):
     model = build_model(cfg.model)
     never_end(model, tokenizer.EOS_ID)
     optimizer = make_optimizer(cfg.train, model.trainable_variables)
-    make_checkpointer(cfg, model, optimizer, new_counters(), log=lambda _: None).save(0)
-    version_dir = export.export(root, f"{root}/export/bench", log=lambda _: None)
+    make_checkpointer(cfg, model, optimizer, new_counters()).save(0)
+    version_dir = export.export(root, f"{root}/export/bench")
     return model, tokenizer_path, version_dir
 
 

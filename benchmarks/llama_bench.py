@@ -69,7 +69,7 @@ def write_checkpoint(root: str) -> str:
     with open(os.path.join(source, "config.json"), "w") as f:
         json.dump(hf_config.from_model_config("llama", vars(cfg), base), f)
     weights.write_weights(source, "llama", model, "float32", 1 << 30)
-    convert.from_hf(source, os.path.join(root, "run"), log=lambda _: None)
+    convert.from_hf(source, os.path.join(root, "run"))
     return source
 
 
@@ -96,7 +96,7 @@ def run_tfllm(root: str, steps: int):
         "train.jit_compile=true",
     ]
     cfg = load_config([os.path.join(workdir, "config.yaml")], overrides)
-    model = load_trained(workdir, log=lambda _: None).model
+    model = load_trained(workdir).model
     optimizer = make_optimizer(cfg.train, model.trainable_variables)
     strategy = tf.distribute.get_strategy()
     steps_fn = Steps(cfg, strategy, model, optimizer)
@@ -228,7 +228,7 @@ def generate(args) -> dict:
     n = args.new_tokens
     with tempfile.TemporaryDirectory() as root:
         write_checkpoint(root)
-        model = load_trained(os.path.join(root, "run"), log=lambda _: None).model
+        model = load_trained(os.path.join(root, "run")).model
         backbone = keras_hub.models.Llama3Backbone.from_preset(os.path.join(root, "hf"))
     head = model.embedding.head_kernel  # untied: the EOS column never wins
     eos_column = [[i, 2] for i in range(SHAPE["hidden_dim"])]

@@ -92,7 +92,7 @@ def tfllm_prepare(corpus: pathlib.Path, root: pathlib.Path, name: str, workers: 
         ],
     )
     timings: dict = {}
-    prepare.prepare(cfg, log=lambda _: None, timings=timings)
+    prepare.prepare(cfg, timings=timings)
     return timings
 
 

@@ -47,7 +47,7 @@ def pipeline(quick: bool) -> dict:
         [*data_bench.SMALL, "data.source=stdlib", "data.tokenizer_sample_mb=2"]
         + [f"data.root={DATA_ROOT}"],
     )
-    manifest = prepare.ensure_prepared(cfg, lambda _: None)
+    manifest = prepare.ensure_prepared(cfg)
     shards = verify.check_split(prepare.data_dir(cfg), manifest, "train", "size", "error")
     reader = [data_bench.bench_reader(shards, cfg, batches) for _ in range(rounds)]
     rates = data_bench.bench_training(cfg, shards, rounds, steps)

@@ -1,4 +1,5 @@
-"""Running tfllm's commands from tests: in-process (as `python -m` runs them) or as a subprocess.
+"""Running tfllm's commands from tests: in-process (as `python -m` runs them) or as a subprocess;
+collecting what tfllm logs while a block runs.
 
 In-process runs go through `runpy`, like `python -m tfllm.X`: the command module is executed
 as `__main__` and never imported, so `tfllm.train` and friends stay the public API's functions.
@@ -6,6 +7,8 @@ as `__main__` and never imported, so `tfllm.train` and friends stay the public A
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 import runpy
 import subprocess
@@ -43,6 +46,30 @@ def run_subprocess(command: str, *argv: str, cwd=None, env=None, timeout=900):
         env={**os.environ, **(env or {})},
         timeout=timeout,
     )
+
+
+class _Lines(logging.Handler):
+    def __init__(self, lines: list[str]):
+        super().__init__(logging.INFO)
+        self.lines = lines
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(record.getMessage())
+
+
+@contextlib.contextmanager
+def logged():
+    """Yields a list that receives the messages (INFO and above) tfllm logs inside the block."""
+    lines: list[str] = []
+    root = logging.getLogger("tfllm")
+    handler, level = _Lines(lines), root.level
+    root.addHandler(handler)
+    root.setLevel(logging.INFO)
+    try:
+        yield lines
+    finally:
+        root.removeHandler(handler)
+        root.setLevel(level)
 
 
 def one_error(result: subprocess.CompletedProcess, *fragments: str) -> str:

@@ -58,7 +58,7 @@ def train_tiny(
     """Trains `loops` host loops of `loop_steps` steps; returns (variables, summary, steps).
     `lora_rank` > 0 trains LoRA adapters on every projection of the (random, frozen) model."""
     cfg = load_config([], [*TINY, *overrides])
-    strategy = distribute.make_strategy(cfg.runtime, log=lambda line: None)
+    strategy = distribute.make_strategy(cfg.runtime)
     tf.keras.utils.set_random_seed(cfg.train.seed)
     with strategy.scope():
         model = build_model(cfg.model, cfg.train.precision, cfg.train.remat)

@@ -84,7 +84,7 @@ def test_results_json_has_every_section_and_the_ratios(tmp_path, monkeypatch):
 def test_without_torch_the_torch_rows_say_not_installed(tmp_path, monkeypatch):
     monkeypatch.setattr(run, "run_worker", fake_worker)
     monkeypatch.setattr(run, "has_torch", lambda: False)
-    results = run.training(quick=True, repetitions=1, log=lambda _: None)
+    results = run.training(quick=True, repetitions=1)
     assert results["tiny"]["contenders"]["torch-eager"] == {"errors": ["not installed"]}
     # One round: the spread comes from the chunks inside the process.
     assert results["tiny"]["contenders"]["tfllm"]["tokens_per_second"]["min"] == 1500.0

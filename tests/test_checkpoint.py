@@ -12,6 +12,7 @@ import sys
 
 import numpy as np
 import pytest
+from commands import logged
 from conftest import TINY_MODEL
 
 from tfllm.config import load_config, save_config
@@ -44,13 +45,11 @@ for step in (1, 2):
 
 def restore(cfg):
     """Restores into a fresh model; returns (step or None, first weight, log lines)."""
-    lines = []
     model = build_model(cfg.model)
     optimizer = make_optimizer(cfg.train, model.trainable_variables)
-    checkpointer = Checkpointer(
-        cfg.runtime.workdir, model, optimizer, 3, cfg.to_dict()["model"], log=lines.append
-    )
-    path = checkpointer.restore_latest()
+    checkpointer = Checkpointer(cfg.runtime.workdir, model, optimizer, 3, cfg.to_dict()["model"])
+    with logged() as lines:
+        path = checkpointer.restore_latest()
     step = int(optimizer.iterations.numpy()) if path else None
     return step, model.trainable_variables[0].numpy(), lines
 
@@ -168,7 +167,6 @@ def test_kill_during_save_keeps_previous_checkpoint(point, make_config, tmp_path
 
 
 def test_second_writer_is_refused_and_dead_lock_taken_over(tmp_path):
-    lines = []
     with WorkdirLock(str(tmp_path)):
         with pytest.raises(TfllmError, match=f"in use by process {os.getpid()}"):
             WorkdirLock(str(tmp_path)).__enter__()
@@ -177,7 +175,7 @@ def test_second_writer_is_refused_and_dead_lock_taken_over(tmp_path):
     (tmp_path / LOCK_NAME).write_text(
         f'{{"pid": {dead.pid}, "host": "{socket.gethostname()}", "since": 0}}'
     )
-    with WorkdirLock(str(tmp_path), log=lines.append):
+    with logged() as lines, WorkdirLock(str(tmp_path)):
         assert f'"pid": {os.getpid()}' in (tmp_path / LOCK_NAME).read_text()
     assert any(f"from dead process {dead.pid}" in line for line in lines)
     assert not (tmp_path / LOCK_NAME).exists()

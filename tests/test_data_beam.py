@@ -42,7 +42,7 @@ def test_beam_pipeline_and_local_runner_write_identical_datasets(tmp_path):
     corpus.write_text("".join(json.dumps({"text": d}) + "\n" for d in docs))
     settings = ["data.near_dedup=true", "data.records_per_shard=40", "data.min_doc_chars=20"]
     local = small_config(tmp_path, str(corpus), "local", *settings, "data.workers=2")
-    prepare.prepare(local, log=lambda _: None)
+    prepare.prepare(local)
 
     beam = small_config(tmp_path, str(corpus), "beam", *settings)
     overrides = [f"data.source={corpus}", f"data.root={tmp_path}", "data.name=beam", *settings]

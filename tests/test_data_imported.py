@@ -109,7 +109,7 @@ def test_shards_hold_the_models_own_tokens_and_train(imported):
         assert written.tolist() == stream[: written.size]
 
     assert run_main("train", ["--config", config, *_sets(*TRAIN, *data)]) == 0
-    trained = load_trained(str(pathlib.Path(config).parent), log=lambda _: None)
+    trained = load_trained(str(pathlib.Path(config).parent))
     assert trained.step == 4
 
 
@@ -125,7 +125,7 @@ def test_a_tokenizer_json_tfllm_cannot_run_stops_before_reading(tmp_path):
         ],
     )
     with pytest.raises(DataError, match="model.type 'WordPiece'; supported: BPE"):
-        prepare.prepare(cfg, log=lambda _: None)
+        prepare.prepare(cfg)
 
 
 def test_an_imported_sentencepiece_model_frames_documents_with_its_bos_and_eos(tmp_path):
@@ -147,7 +147,7 @@ def test_an_imported_sentencepiece_model_frames_documents_with_its_bos_and_eos(t
             *SETTINGS,
         ],
     )
-    manifest = prepare.prepare(cfg, log=lambda _: None)
+    manifest = prepare.prepare(cfg)
     directory = pathlib.Path(prepare.data_dir(cfg))
     assert (directory / "tokenizer.model").read_bytes() == (hf / "tokenizer.model").read_bytes()
     assert manifest["tokenizer"]["given"] == cfg.data.tokenizer and manifest["eos_id"] == 2

@@ -22,7 +22,7 @@ def prepared(request, tmp_path_factory):
     root = tmp_path_factory.mktemp(request.param)
     write_corpus(root / "text")
     cfg = small_config(root, str(root / "text"), "ds", f"data.packing={request.param}")
-    return cfg, prepare.prepare(cfg, log=lambda _: None)
+    return cfg, prepare.prepare(cfg)
 
 
 def _shard_windows(directory, manifest, split):
@@ -127,7 +127,7 @@ def test_only_empty_files_is_one_clear_error(tmp_path):
     cfg = small_config(tmp_path, str(tmp_path / "*.txt"))
     message = "gave 0 usable document.*dropped_empty 3.*at least 2 are needed"
     with pytest.raises(DataError, match=message):
-        prepare.prepare(cfg, log=lambda _: None)
+        prepare.prepare(cfg)
 
 
 def test_hostile_corpus_prepares_with_counts(tmp_path):
@@ -149,7 +149,7 @@ def test_hostile_corpus_prepares_with_counts(tmp_path):
         "data.records_per_shard=4096",
         "model.max_sequence_length=512",
     )
-    manifest = prepare.prepare(cfg, log=lambda _: None)
+    manifest = prepare.prepare(cfg)
     cleaning = manifest["cleaning"]
     assert cleaning["replaced_invalid_utf8"] == 1
     assert cleaning["removed_control_chars"] >= 100
@@ -168,13 +168,13 @@ def test_jsonl_source_with_gzip_and_bad_lines(tmp_path):
     with gzip.open(tmp_path / "b.jsonl.gz", "wt") as f:
         f.write("\n".join(lines[40:]) + "\n")
     cfg = small_config(tmp_path, f"{tmp_path}/*.jsonl*", "js", "data.text_field=body")
-    manifest = prepare.prepare(cfg, log=lambda _: None)
+    manifest = prepare.prepare(cfg)
     cleaning = manifest["cleaning"]
     assert cleaning["documents"] == 80
     assert cleaning["dropped_bad_json"] == 1 and cleaning["dropped_missing_field"] == 1
     wrong = small_config(tmp_path, f"{tmp_path}/a.jsonl", "js2", "data.text_field=text")
     with pytest.raises(DataError, match="a.jsonl: no line has a string field 'text'.*body, id"):
-        prepare.prepare(wrong, log=lambda _: None)
+        prepare.prepare(wrong)
 
 
 def test_bpe_without_byte_fallback(tmp_path):
@@ -187,6 +187,6 @@ def test_bpe_without_byte_fallback(tmp_path):
         "data.tokenizer_byte_fallback=false",
         "data.tokenizer_character_coverage=1.0",
     )
-    manifest = prepare.prepare(cfg, log=lambda _: None)
+    manifest = prepare.prepare(cfg)
     assert manifest["tokenizer"]["type"] == "bpe"
     assert manifest["tokenizer"]["byte_fallback"] is False

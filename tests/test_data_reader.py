@@ -22,7 +22,7 @@ def _shards(tmp_path_factory, packing: str, *overrides: str, files: int = 24, wo
     root = tmp_path_factory.mktemp(packing)
     write_corpus(root / "text", files, words)
     cfg = small_config(root, str(root / "text"), "ds", f"data.packing={packing}", *overrides)
-    manifest = prepare.prepare(cfg, log=lambda _: None)
+    manifest = prepare.prepare(cfg)
     return verify.check_split(prepare.data_dir(cfg), manifest, "train", "sha256", "error")
 
 

@@ -27,8 +27,6 @@ from tfllm.data import records
 from tfllm.errors import DataError
 from tfllm.tokenizers import tokenizer
 
-QUIET = {"log": lambda _: None}
-
 
 def _docs(count: int, seed: int = 0, words: int = 80) -> list[str]:
     rng = random.Random(seed)
@@ -54,7 +52,7 @@ def test_one_and_two_workers_write_identical_shards(tmp_path):
         cfg = small_config(
             tmp_path, str(tmp_path / "text"), f"w{workers}", f"data.workers={workers}"
         )
-        manifest = prepare.prepare(cfg, **QUIET)
+        manifest = prepare.prepare(cfg)
         built.append((_shard_bytes(cfg, manifest), manifest))
     assert built[0][0] == built[1][0] and len(built[0][0]) > 2
     assert built[0][1]["splits"] == built[1][1]["splits"]
@@ -65,7 +63,7 @@ def test_sentencepiece_library_matches_the_in_graph_op(tmp_path):
     tensorflow-text op: the same model must give the same ids."""
     write_corpus(tmp_path / "text", files=10)
     cfg = small_config(tmp_path, str(tmp_path / "text"))
-    prepare.prepare(cfg, **QUIET)
+    prepare.prepare(cfg)
     path = f"{prepare.data_dir(cfg)}/{records.TOKENIZER}"
     import sentencepiece as spm
 
@@ -109,7 +107,7 @@ def test_mixture_follows_its_weights_and_counts_per_source(tmp_path):
         lines = "".join(json.dumps({"text": t}) + "\n" for t in _docs(1500, seed, words=20))
         (tmp_path / f"{name}.jsonl").write_text(lines)
     source = f"{tmp_path}/a.jsonl:0.7,{tmp_path}/b.jsonl:0.3"
-    manifest = prepare.prepare(small_config(tmp_path, source, "mix"), **QUIET)
+    manifest = prepare.prepare(small_config(tmp_path, source, "mix"))
     counts = [entry["documents"] for entry in manifest["sources"].values()]
     # a (weight 0.7) runs out first, after its 1500 documents: about 2140 drawn, 70% from a.
     share = counts[0] / sum(counts)
@@ -147,7 +145,7 @@ def test_minhash_removes_planted_near_duplicates_and_filters_drop_planted(tmp_pa
         "data.filter_max_line_chars=5000",
         "data.filter_max_repeated_lines=0.5",
     )
-    manifest = prepare.prepare(cfg, **QUIET)
+    manifest = prepare.prepare(cfg)
     cleaning = manifest["cleaning"]
     assert cleaning["dropped_near_duplicate"] == 30
     assert cleaning["documents"] == 120
@@ -167,7 +165,7 @@ def test_bad_input_is_named_and_counted_or_stops(tmp_path):
     (tmp_path / "cut.jsonl.zst").write_bytes(whole[: len(whole) // 2])
     pq.write_table(pa.table({"body": texts}), tmp_path / "nocol.parquet")
     source = ",".join(str(tmp_path / n) for n in ("ok.jsonl", "cut.jsonl.zst", "nocol.parquet"))
-    manifest = prepare.prepare(small_config(tmp_path, source, "bad"), **QUIET)
+    manifest = prepare.prepare(small_config(tmp_path, source, "bad"))
     assert manifest["cleaning"]["dropped_bad_json"] == 1
     assert manifest["cleaning"]["bad_files"] == 2
     for name, match in (
@@ -177,7 +175,7 @@ def test_bad_input_is_named_and_counted_or_stops(tmp_path):
     ):
         strict = small_config(tmp_path, str(tmp_path / name), "s", "data.on_bad_input=error")
         with pytest.raises(DataError, match=match):
-            prepare.prepare(strict, **QUIET)
+            prepare.prepare(strict)
 
 
 def test_restart_after_sigkill_keeps_finished_shards(tmp_path):
@@ -224,7 +222,7 @@ _PEAK_RSS = """
 import re, sys
 from tfllm.config import load_config
 from tfllm.corpus import prepare
-prepare.prepare(load_config([], sys.argv[1:]), log=lambda _: None)
+prepare.prepare(load_config([], sys.argv[1:]))
 print(re.search(r"VmHWM:\\s+(\\d+) kB", open("/proc/self/status").read()).group(1))
 """
 

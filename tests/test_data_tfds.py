@@ -52,7 +52,7 @@ def test_tfds_source_prepares_from_a_local_dataset(tfds_dir, tmp_path):
         f"data.tfds_data_dir={tfds_dir}",
         "data.text_field=content",
     )
-    manifest = prepare.prepare(cfg, log=lambda _: None)
+    manifest = prepare.prepare(cfg)
     assert manifest["cleaning"]["documents"] == 120
     assert sum(s["documents"] for s in manifest["splits"].values()) == 120
     for info in manifest["splits"].values():
@@ -64,7 +64,7 @@ def test_tfds_mistakes_are_one_line_errors(tfds_dir, tmp_path):
         cfg = small_config(
             tmp_path, source, "bad", f"data.tfds_data_dir={tfds_dir}", f"data.text_field={field}"
         )
-        prepare.prepare(cfg, log=lambda _: None)
+        prepare.prepare(cfg)
 
     with pytest.raises(DataError, match="no feature 'text' .*features: id, content"):
         prepare_source("tfds:tfllm_tiny_text/small:train", field="text")

@@ -187,7 +187,6 @@ def test_litert_prefill_and_16_decode_steps_match_the_model(run, tmp_path, quant
         prefill_length=8,
         cache_length=tiny_run.SEQ,
         quantize_weights=quantize_weights,
-        log=lambda _: None,
     )
     tokens = json.loads(open(f"{version_dir}/{litert.TOKENS_FILE}").read())
     assert tokens["kv_cache"][:2] == ["kv_cache_k_0", "kv_cache_v_0"]
@@ -227,7 +226,7 @@ def test_onnx_logits_and_decode_match_tensorflow(run, tmp_path):
     onnxruntime = pytest.importorskip("onnxruntime")
     from tfllm.serve import onnx
 
-    version_dir = onnx.export_onnx(run.workdir, str(tmp_path / "onnx"), log=lambda _: None)
+    version_dir = onnx.export_onnx(run.workdir, str(tmp_path / "onnx"))
     ids = np.array(TOKEN_IDS, np.int32)
     session = onnxruntime.InferenceSession(f"{version_dir}/logits.onnx")
     (logits,) = session.run(["logits"], {"token_ids": ids})

@@ -31,7 +31,7 @@ def test_int8_keeps_a_trained_models_bits_per_byte_and_greedy_completions(make_c
         "train.checkpoint_every=300",
         workdir=tmp_path / "run",
     )
-    loop.train(cfg, log=lambda _: None, build_data=prepare)
+    loop.train(cfg, build_data=prepare)
     metrics, completions = {}, {}
     requests = [(prompt, {"until": [], "max_gen_toks": 16}) for prompt in prompts()]
     for weights in ("none", "int8"):
@@ -39,7 +39,6 @@ def test_int8_keeps_a_trained_models_bits_per_byte_and_greedy_completions(make_c
             cfg.runtime.workdir,
             str(tmp_path / weights),
             quantize_weights=weights,
-            log=lambda _: None,
         )
         kinds = {"loglikelihood_rolling", "generate_until"}
         engine, _ = run.export_engine(version_dir, kinds, batch_size=8)

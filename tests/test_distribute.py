@@ -17,6 +17,7 @@ import numpy as np
 import portpicker
 import pytest
 import tensorflow as tf
+from commands import logged
 
 from tfllm.config import RuntimeConfig, load_config
 from tfllm.errors import ConfigError, StrategyError
@@ -218,8 +219,8 @@ def test_auto_says_what_it_chose(monkeypatch):
     assert distribute.choose(RuntimeConfig())[0] == "multiworker"
     monkeypatch.delenv("SLURM_JOB_ID")
     if not tf.config.list_physical_devices("GPU") and not distribute._on_tpu_vm():
-        lines = []
-        strategy = distribute.make_strategy(RuntimeConfig(), log=lines.append)
+        with logged() as lines:
+            strategy = distribute.make_strategy(RuntimeConfig())
         assert lines[0] == "strategy: auto chose cpu (no TPU, no cluster, no GPU)"
         assert strategy.num_replicas_in_sync == 1
 

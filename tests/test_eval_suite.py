@@ -32,7 +32,7 @@ def test_trained_tiny_model_beats_a_random_one_on_the_builtin_suite(make_config,
         "train.eval_tasks=stdlib",
         workdir=tmp_path / "run",
     )
-    loop.train(cfg, log=lambda _: None, build_data=prepare)
+    loop.train(cfg, build_data=prepare)
     trained = val_scalars(tmp_path / "run")
     assert "loss/cross_entropy" in trained and "next_line/acc" in trained
 

@@ -13,6 +13,7 @@ import sys
 import numpy as np
 import pytest
 import tensorflow as tf
+from commands import logged
 from test_train import final_weights, read_scalars, weight_difference
 
 from tfllm.config import save_config
@@ -32,13 +33,23 @@ RUN += ("train.eval_every=40",)
 
 
 class TrainProcess:
-    """`python -m tfllm.train --config FILE [ARGS]` in a subprocess, its stdout read line by
-    line; `env` adds environment variables (e.g. TF_CONFIG)."""
+    """`python -m tfllm.train --config FILE [ARGS]` in a subprocess, its output (stdout and
+    stderr) read line by line, with every host loop's progress line (--progress_seconds 0);
+    `env` adds environment variables (e.g. TF_CONFIG)."""
 
     def __init__(self, config_path, *args: str, env: dict | None = None):
         env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(ROOT), **(env or {})}
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "tfllm.train", "--config", str(config_path), *args],
+            [
+                sys.executable,
+                "-m",
+                "tfllm.train",
+                "--config",
+                str(config_path),
+                "--progress_seconds",
+                "0",
+                *args,
+            ],  # fmt: skip
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
@@ -69,7 +80,7 @@ class TrainProcess:
 
 def test_sigterm_kill9_restart_equals_uninterrupted(make_config, tmp_path):
     straight = make_config(*RUN, workdir=tmp_path / "straight")
-    train(straight, log=lambda *_: None)
+    train(straight)
     cfg = make_config(*RUN, workdir=tmp_path / "faulty")
     path = tmp_path / "faulty.yaml"
     save_config(cfg, str(path))
@@ -81,7 +92,7 @@ def test_sigterm_kill9_restart_equals_uninterrupted(make_config, tmp_path):
     first.proc.send_signal(signal.SIGSTOP)
     try:
         with pytest.raises(TfllmError, match="in use by process"):  # a second writer
-            train(cfg, log=lambda *_: None)
+            train(cfg)
     finally:
         first.proc.send_signal(signal.SIGTERM)
         first.proc.send_signal(signal.SIGCONT)
@@ -121,7 +132,7 @@ DIVERGE += ("train.steps_per_loop=5", "train.eval_every=10")
 def test_nonfinite_stop_writes_diagnostics(make_config, tmp_path):
     cfg = make_config(*DIVERGE)
     with pytest.raises(NonFiniteError, match="non-finite loss") as err:
-        train(cfg, log=lambda *_: None)
+        train(cfg)
     print(err.value)
     assert err.value.exit_code == EXIT_NONFINITE
     (report_path,) = (tmp_path / "run").glob("nonfinite-step-*.json")
@@ -133,8 +144,8 @@ def test_nonfinite_stop_writes_diagnostics(make_config, tmp_path):
 
 def test_nonfinite_skip_leaves_weights_unchanged(make_config):
     cfg = make_config(*DIVERGE, "train.on_nonfinite=skip")
-    lines = []
-    result = train(cfg, log=lines.append)
+    with logged() as lines:
+        result = train(cfg)
     print(result, [line for line in lines if "skipped" in line])
     assert result["step"] == 10 and result["skipped_steps"] > 0
     weights, step = final_weights(cfg)
@@ -144,9 +155,8 @@ def test_nonfinite_skip_leaves_weights_unchanged(make_config):
 
 def test_nonfinite_rollback_is_bounded(make_config):
     cfg = make_config(*DIVERGE, "train.on_nonfinite=rollback", "train.max_rollbacks=2")
-    lines = []
-    with pytest.raises(NonFiniteError, match="rollbacks used up"):
-        train(cfg, log=lines.append)
+    with logged() as lines, pytest.raises(NonFiniteError, match="rollbacks used up"):
+        train(cfg)
     rollbacks = [line for line in lines if "rolled back to" in line]
     print("\n".join(rollbacks))
     assert len(rollbacks) == 2
@@ -191,10 +201,10 @@ def test_nonfinite_rollback_recovers_from_a_poisoned_batch(make_config, tmp_path
         "train.eval_every=30",
         "train.on_nonfinite=rollback",
     )
-    prepare.prepare(cfg, log=lambda *_: None)
+    prepare.prepare(cfg)
     poison_step(cfg, 17)
-    lines = []
-    result = train(cfg, log=lines.append)
+    with logged() as lines:
+        result = train(cfg)
     rollbacks = [line for line in lines if "rolled back to" in line]
     print("\n".join(rollbacks))
     assert len(rollbacks) == 1 and result["rollbacks"] == 1

@@ -24,7 +24,6 @@ from tfllm.errors import ConfigError, TfllmError
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 LETTERS = "abcdefghij"
-QUIET = {"log": lambda _: None}
 SMALL = {"strategy": "cpu", "eval_batches": 1, "sample_tokens": 4, "val_fraction": 0.05}
 
 
@@ -69,7 +68,7 @@ def base(tmp_path_factory) -> str:
     from tfllm.corpus.prepare import prepare
     from tfllm.training import loop
 
-    loop.train(cfg, log=lambda _: None, build_data=prepare)
+    loop.train(cfg, build_data=prepare)
     return str(root / "base")
 
 
@@ -119,7 +118,6 @@ def lora_run(base, tmp_path_factory):
         weight_decay=0.0,
         global_batch_size=16,
         **SMALL,
-        **QUIET,
     )
     return run, held_out, untuned
 
@@ -165,9 +163,9 @@ def test_adapters_export_in_peft_layout_and_merge_as_peft(lora_run, base, tmp_pa
     from tfllm.hub import convert
 
     run, _, _ = lora_run
-    convert.to_hf(run.workdir, str(tmp_path / "adapter"), adapter=True, **QUIET)
-    convert.to_hf(run.workdir, str(tmp_path / "merged"), **QUIET)
-    convert.to_hf(base, str(tmp_path / "base"), **QUIET)
+    convert.to_hf(run.workdir, str(tmp_path / "adapter"), adapter=True)
+    convert.to_hf(run.workdir, str(tmp_path / "merged"))
+    convert.to_hf(base, str(tmp_path / "base"))
     config = json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())
     assert config["r"] == 16 and config["lora_alpha"] == 16.0 and config["peft_type"] == "LORA"
     modules = ["down_proj", "gate_proj", "k_proj", "o_proj", "q_proj", "up_proj", "v_proj"]
@@ -230,5 +228,4 @@ def test_a_run_too_large_for_the_device_is_refused(base, tmp_path):
             steps=1,
             device_memory_gb=1e-4,
             **SMALL,
-            **QUIET,
         )

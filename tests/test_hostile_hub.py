@@ -124,7 +124,7 @@ def test_a_gemma2_directory_with_transformers_5_null_keys_imports(tmp_path):
     edit_config(directory, set_key("use_bidirectional_attention", None))
     result = convert(directory, tmp_path)
     assert result.returncode == 0, result.stderr[-2000:]
-    assert "set to null or false: use_bidirectional_attention" in result.stdout
+    assert "set to null or false: use_bidirectional_attention" in result.stderr
     assert (tmp_path / "w" / "config.yaml").exists()
 
 

@@ -31,8 +31,8 @@ def test_convert_bench_checkpoint_is_sharded_bfloat16_and_imports(tmp_path, monk
     )
     tensors = {k: v for p in shards for k, v in load_file(p).items()}
     assert {str(t.dtype) for t in tensors.values()} == {"bfloat16"}
-    convert.from_hf(str(source), str(tmp_path / "run"), log=lambda _: None)
-    model = load_trained(str(tmp_path / "run"), log=lambda _: None).model
+    convert.from_hf(str(source), str(tmp_path / "run"))
+    model = load_trained(str(tmp_path / "run")).model
     embedding = tensors["model.embed_tokens.weight"].astype(np.float32)
     np.testing.assert_array_equal(model.embedding.kernel.numpy(), embedding.T)  # (hidden, vocab)
     assert model.count_params() == sum(

@@ -1,16 +1,15 @@
-"""FLOPs per token by hand, MFU from a known step time, the peak, the window plan, the console."""
+"""FLOPs per token by hand, MFU from a known step time, the peak, the window plan, the line."""
 
-import io
 import json
 
 import pytest
 import tensorflow as tf
+from commands import logged
 
 from tfllm.config import ModelConfig, load_config
 from tfllm.errors import ConfigError
 from tfllm.model.lm import build_model
 from tfllm.observe import flops, profiling
-from tfllm.observe.console import Console, progress_line
 from tfllm.observe.metrics import Reporter
 from tfllm.observe.profiling import ProfileWindow
 
@@ -85,7 +84,7 @@ def test_peak_from_config_table_or_probe(tmp_path, monkeypatch):
 
 
 def test_profile_window_shortens_the_host_loops_around_it():
-    window = ProfileWindow("12,14", "/unused", log=lambda *_: None)
+    window = ProfileWindow("12,14", "/unused")
     plan, step = [], 0
     while step < 30:
         length = window.loop_length(step, min(10, 30 - step))
@@ -118,36 +117,29 @@ def test_profile_steps_are_checked():
         load_config([], ["train.profile_steps=14,12"])
 
 
-class Terminal(io.StringIO):
-    def isatty(self):
-        return True
-
-
-def test_console_rewrites_in_place_on_a_terminal_only():
-    line = progress_line(120, 2000, 3.21, 14300.0, 0.412, 130.0)
-    assert line == "step 120/2000 | loss 3.2100 | 14.3k tok/s | MFU 41.2% | eta 2m10s"
-    assert "compiling" in progress_line(10, 2000, 3.2, None, None, float("inf"))
-
-    terminal = Terminal()
-    console = Console(terminal)
-    console.progress("step 1")
-    console.progress("step 2")
-    console.print("validation loss 3.0")
-    assert terminal.getvalue() == "\rstep 1\x1b[K\rstep 2\x1b[K\nvalidation loss 3.0\n"
-
-    log = io.StringIO()
-    console = Console(log)
-    console.progress("step 1")
-    console.progress("step 2")
-    console.print("validation loss 3.0")
-    assert log.getvalue() == "step 1\nstep 2\nvalidation loss 3.0\n"
+def test_the_training_line_shows_compiling_then_speed_and_mfu(tmp_path):
+    """The first host loop compiles (no speed yet); the line that reaches the last step is
+    written even inside the interval."""
+    peak = flops.Peak(1e9, 1, "test")
+    reporter = Reporter(str(tmp_path), 30, 256, {"palm": 1e5, "causal": 1e5}, peak)
+    values = {"loss": 5.0, "learning_rate": 0.01, "grad_norm": 1.0, "param_norm": 10.0}
+    with logged() as lines:
+        reporter.train_progress(10, 10, 5.0, values)
+        reporter.train_progress(20, 10, 1.0, values)  # inside the interval: not written
+        reporter.train_progress(30, 10, 1.0, values)
+    reporter.close()
+    progress = [line for line in lines if line.startswith("step ")]
+    assert progress[0] == "step 10/30 | loss 5.0000 | compiling | eta ?"
+    # 256 tokens in 0.1 s, 1e5 FLOPs each: 2.56e8 FLOP/s of a 1e9 peak
+    assert progress[1] == "step 30/30 | loss 5.0000 | MFU 25.6% | 2.6k tok/s | eta 0m00s"
+    assert len(progress) == 2
 
 
 def test_a_call_that_traced_is_no_measure_of_speed(tmp_path):
     """The single-step function's first call (the warm-up before a profile window) is kept out
     of the speed and of the compile-time estimate, like the first call."""
     peak = flops.Peak(1e12, 1, "test")
-    reporter = Reporter(str(tmp_path), 30, 256, {"palm": 1.0, "causal": 1.0}, peak, io.StringIO())
+    reporter = Reporter(str(tmp_path), 30, 256, {"palm": 1.0, "causal": 1.0}, peak)
     values = {"loss": 5.0, "learning_rate": 0.01, "grad_norm": 1.0, "param_norm": 10.0}
     reporter.train_progress(10, 10, 5.0, values)  # compiles
     reporter.train_progress(11, 1, 3.0, values, traced=True)

@@ -18,6 +18,7 @@ import urllib.request
 import numpy as np
 import pytest
 import tensorflow as tf
+from commands import logged
 from conftest import TINY_MODEL
 from tensorflow.tsl.profiler.protobuf import xplane_pb2
 from xprof.convert import raw_to_tool_data
@@ -90,8 +91,8 @@ def run(tmp_path_factory, corpus_dir, data_root):
             f"runtime.profiler_port={port}",
         ],
     )
-    lines = []
-    result = train(cfg, log=lines.append)
+    with logged() as lines:
+        result = train(cfg)
     # With the profiler port open every step runs marked, outside the graph host loop.
     assert result["traces"]["train_loop"] == 0 and result["traces"]["train_step"] == 1
     return workdir, port, lines

@@ -72,7 +72,7 @@ def run_cluster(config_path) -> tuple[list[int], Cluster]:
 
 def test_sigterm_one_worker_all_save_at_one_step_and_resume(make_config, tmp_path):
     straight = make_config(*RUN, workdir=tmp_path / "straight")
-    prepare.ensure_prepared(straight, log=lambda *_: None)  # once, not by two racing workers
+    prepare.ensure_prepared(straight)  # once, not by two racing workers
     save_config(straight, str(tmp_path / "straight.yaml"))
     started = time.time()
     codes, cluster = run_cluster(tmp_path / "straight.yaml")
@@ -91,7 +91,7 @@ def test_sigterm_one_worker_all_save_at_one_step_and_resume(make_config, tmp_pat
         holder = json.loads((tmp_path / "preempted" / "train.lock").read_text())
         assert holder["pid"] == chief.proc.pid
         with pytest.raises(TfllmError, match=f"in use by process {chief.proc.pid}"):
-            train(cfg, log=lambda *_: None)
+            train(cfg)
         other.proc.send_signal(signal.SIGTERM)  # the non-chief: the chief must save anyway
         codes = cluster.finish()
     finally:
@@ -125,7 +125,7 @@ def test_sigint_to_the_chief_stops_both_at_one_step(make_config, tmp_path):
     """The chief is the signalled one (it writes the checkpoint as well as deciding), and the
     signal is SIGINT: the chief exits 130, its peer 143, after one save at one step."""
     cfg = make_config(*RUN, workdir=tmp_path / "interrupted")
-    prepare.ensure_prepared(cfg, log=lambda *_: None)
+    prepare.ensure_prepared(cfg)
     path = tmp_path / "interrupted.yaml"
     save_config(cfg, str(path))
     cluster = Cluster(path)

@@ -36,7 +36,7 @@ def test_shard_writer_round_trip(tmp_path):
 
 def test_prepare_conserves_tokens_and_reads_back(make_config):
     cfg = make_config("data.name=records-test")
-    manifest = prepare(cfg, log=lambda *_: None)
+    manifest = prepare(cfg)
     directory = data_dir(cfg)
     tmp = pathlib.Path(directory)
     assert manifest == json.loads((tmp / "manifest.json").read_text())
@@ -56,7 +56,7 @@ def test_prepare_conserves_tokens_and_reads_back(make_config):
     # The reader yields windows of the shards, shifted by one into inputs and targets.
     window_len = manifest["window_len"]
     shards = {
-        split: verify.check_split(directory, manifest, split, "sha256", "stop", log=print)
+        split: verify.check_split(directory, manifest, split, "sha256", "stop")
         for split in ("train", "val")
     }
     written = set()

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 import tiny_run
+from commands import logged
 
 from tfllm.config import load_config
 from tfllm.corpus import prepare
@@ -75,8 +76,8 @@ def test_the_mask_covers_exactly_the_assistant_replies(run, tmp_path):
         f"data.tokenizer={run.tokenizer_path}",
         f"data.chat_template={template}",
     )
-    lines = []
-    manifest = prepare.prepare(cfg, log=lines.append)
+    with logged() as lines:
+        manifest = prepare.prepare(cfg)
     directory = prepare.data_dir(cfg)
     train, val = manifest["splits"]["train"], manifest["splits"]["val"]
     assert train["documents"] + val["documents"] == 30 and val["documents"] >= 1
@@ -110,11 +111,10 @@ def test_prompt_completion_truncation_is_counted(run, tmp_path):
     source.write_text(json.dumps([long] + [{"prompt": f"p{i}", "completion": f" c{i}"}
                                            for i in range(5)]))  # fmt: skip
     common = ["data.format=prompt_completion", f"data.tokenizer={run.tokenizer_path}"]
-    cut = prepare.prepare(_config(tmp_path, source, *common), log=lambda _: None)
+    cut = prepare.prepare(_config(tmp_path, source, *common))
     assert sum(s["examples_cut"] for s in cut["splits"].values()) == 1
     dropped = prepare.prepare(
         _config(tmp_path, source, *common, "data.truncate=drop", "data.name=sft-drop"),
-        log=lambda _: None,
     )
     assert dropped["records"]["dropped_too_long"] == 1
     assert "pc.json:record 1" in dropped["records"]["dropped_named"][0]
@@ -126,4 +126,4 @@ def test_settings_and_missing_tokenizer_are_one_line_errors(tmp_path):
     source = tmp_path / "x.jsonl"
     source.write_text(json.dumps(CHATS[0]) + "\n")
     with pytest.raises(DataError, match="needs data.tokenizer"):
-        prepare.prepare(_config(tmp_path, source, "data.format=messages"), log=lambda _: None)
+        prepare.prepare(_config(tmp_path, source, "data.format=messages"))

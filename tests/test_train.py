@@ -6,6 +6,7 @@ import math
 import numpy as np
 import pytest
 import tensorflow as tf
+from commands import logged
 
 from tfllm.config import load_config
 from tfllm.corpus.prepare import prepare as build_data
@@ -46,8 +47,8 @@ def read_scalars(logdir, tag):
 
 def test_loss_falls_and_everything_is_written(make_config, tmp_path):
     cfg = make_config("train.steps=60", "train.eval_every=30", "train.checkpoint_every=30")
-    lines = []
-    result = train(cfg, log=lines.append)
+    with logged() as lines:
+        result = train(cfg)
     workdir = tmp_path / "run"
     losses = read_scalars(workdir / "train", "loss/cross_entropy")
     assert sorted(losses) == [10, 20, 30, 40, 50, 60]
@@ -69,12 +70,12 @@ def test_loss_falls_and_everything_is_written(make_config, tmp_path):
 def test_resume_carries_on_exactly(make_config, tmp_path):
     common = ("train.eval_every=20", "train.checkpoint_every=20")
     straight = make_config("train.steps=40", *common, workdir=tmp_path / "straight")
-    train(straight, log=lambda *_: None)
+    train(straight)
 
     again = make_config("train.steps=40", *common, workdir=tmp_path / "resumed")
-    train(again, log=lambda *_: None, stop_after=20)
-    lines = []
-    train(again, log=lines.append)
+    train(again, stop_after=20)
+    with logged() as lines:
+        train(again)
     assert any("resumed from" in line and "at step 20" in line for line in lines)
 
     diff, expected_step, got_step = weight_difference(straight, again)
@@ -87,9 +88,9 @@ def test_resume_carries_on_exactly(make_config, tmp_path):
 
 def test_lost_checkpoint_state_file_is_rebuilt(make_config, tmp_path):
     cfg = make_config("train.steps=10", "train.checkpoint_every=10")
-    train(cfg, log=lambda *_: None)
+    train(cfg)
     (tmp_path / "run" / "checkpoints" / "checkpoint").unlink()
-    lines = []
-    train(make_config("train.steps=20"), log=lines.append)
+    with logged() as lines:
+        train(make_config("train.steps=20"))
     assert any("rebuilt the 'checkpoint' state file" in line for line in lines), lines
     assert any("at step 10" in line for line in lines), lines

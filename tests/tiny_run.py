@@ -62,7 +62,7 @@ def build(root: str) -> TinyRun:
             "train.sample_tokens=8",
         ]
     )
-    prepare.prepare(cfg, log=lambda _: None)
+    prepare.prepare(cfg)
     workdir.mkdir()
     save_config(cfg, str(workdir / "config.yaml"))
     model = build_model(cfg.model)
@@ -70,9 +70,9 @@ def build(root: str) -> TinyRun:
     for variable in model.weights:
         variable.assign(rng.normal(0.0, 0.5, variable.shape).astype("float32"))
     optimizer = make_optimizer(cfg.train, model.trainable_variables)
-    make_checkpointer(cfg, model, optimizer, new_counters(), log=lambda _: None).save(0)
+    make_checkpointer(cfg, model, optimizer, new_counters()).save(0)
     export_dir = str(root_path / "export" / "tiny")
-    export.export(str(workdir), export_dir, log=lambda _: None)
+    export.export(str(workdir), export_dir)
     tokenizer_path = str(pathlib.Path(prepare.data_dir(cfg)) / "tokenizer.model")
     generator = generate.Generator(model, tokenizer_path)
     return TinyRun(cfg, str(workdir), tokenizer_path, export_dir, model, generator)

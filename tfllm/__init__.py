@@ -12,6 +12,8 @@ from a shell)::
     tfllm.export("runs/demo", "export/demo")
 
 Importing tfllm does not import TensorFlow; each function imports its stage when called.
+Progress and notes are logged as the commands show them (stderr), unless the program has set up
+`logging` itself: then they go to its handlers (`tfllm.logs`).
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ def prepare(cfg, force: bool = False) -> dict:
     returns its manifest. As `python -m tfllm.prepare [--force]`."""
     from tfllm.corpus import prepare as stage
 
+    _show_logs()
     return stage.prepare(cfg) if force else stage.ensure_prepared(cfg)
 
 
@@ -44,6 +47,7 @@ def train(cfg, strategy=None) -> dict:
     from tfllm.corpus.prepare import prepare as build_data
     from tfllm.training import loop
 
+    _show_logs()
     return loop.train(cfg, strategy, build_data=build_data)
 
 
@@ -69,6 +73,7 @@ def export(workdir: str, export_dir: str, version: int | None = None) -> str:
     `export_dir`; returns its directory. As `python -m tfllm.export`."""
     from tfllm.serve import export as stage
 
+    _show_logs()
     return stage.export(workdir, export_dir, version)
 
 
@@ -82,4 +87,11 @@ def finetune(model, data: str, format: str = "messages", workdir: str = "", **op
     from tfllm.corpus.prepare import prepare as build_data
     from tfllm.training.finetune import finetune as run
 
+    _show_logs()
     return run(model, data, format, workdir, build_data=build_data, **options)
+
+
+def _show_logs() -> None:
+    from tfllm import logs
+
+    logs.show_by_default()

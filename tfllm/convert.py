@@ -33,7 +33,7 @@ def main(argv: list[str] | None = None) -> int:
         "--adapter", action="store_true", help="--to_hf of a LoRA run: the adapters alone (PEFT)"
     )
     args = parser.parse_args(argv)
-    cli.quiet_unless(args.verbose)
+    cli.start(args)
     from tfllm.hub import convert
 
     if args.from_hf:

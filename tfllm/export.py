@@ -36,7 +36,7 @@ def main(argv: list[str] | None = None) -> int:
         "--cache_length", type=int, default=None, help="litert/onnx: KV cache slots (default S)"
     )
     args = parser.parse_args(argv)
-    cli.quiet_unless(args.verbose)
+    cli.start(args)
     if args.format == "litert":
         from tfllm.serve import litert
 

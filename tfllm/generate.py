@@ -12,7 +12,7 @@ takes a JSON list of messages, renders it with the chat template the workdir's d
 
 from __future__ import annotations
 
-from tfllm import cli
+from tfllm import cli, logs
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -27,7 +27,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--top_p", type=float, default=1.0, help="1 = no nucleus filter")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
-    cli.quiet_unless(args.verbose)
+    cli.start(args)
     from tfllm.runs.trained import load_trained
     from tfllm.serve import chat
     from tfllm.serve.generate import Generator
@@ -41,12 +41,12 @@ def main(argv: list[str] | None = None) -> int:
         "seed": args.seed,
     }
     if args.chat is not None:
-        print(chat.chat_completion(trained, chat.parse_messages(args.chat), **options))
+        logs.output(chat.chat_completion(trained, chat.parse_messages(args.chat), **options))
         return 0
     generator = Generator(trained.model, trained.tokenizer_path)
     completions = generator.generate(args.prompt, **options)
     for prompt, completion in zip(args.prompt, completions, strict=True):
-        print(prompt + completion)
+        logs.output(prompt + completion)
     return 0
 
 

@@ -10,11 +10,14 @@ is refused with a message naming it.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import socket
 import time
 
 from tfllm.errors import TfllmError
+
+logger = logging.getLogger(__name__)
 
 
 class DirectoryLock:
@@ -26,19 +29,19 @@ class DirectoryLock:
         name: the lock file's name.
         kind: what the directory is, for messages ("workdir", "dataset").
         work: what the process does there, for messages ("training", "prepare").
-        log: where a taken-over stale lock is reported.
     """
 
-    def __init__(self, directory: str, name: str, kind: str, work: str, log=print):
+    def __init__(self, directory: str, name: str, kind: str, work: str):
         self.path = os.path.join(directory, name)
         self.remote = "://" in directory
         self.kind, self.work = kind, work
-        self.log = log
         self.held = False
 
     def __enter__(self) -> DirectoryLock:
         if self.remote:
-            self.log(f"{self.kind} lock: not supported on {self.path}; let one job write there")
+            logger.warning(
+                f"{self.kind} lock: not supported on {self.path}; let one job write there"
+            )
             return self
         os.makedirs(os.path.dirname(self.path), exist_ok=True)
         for _ in range(2):  # at most one stale-lock takeover, then one more try
@@ -70,11 +73,13 @@ class DirectoryLock:
             return  # released between our create and our read: just try again
         except (ValueError, KeyError, TypeError):
             # A kill between create and write leaves an empty lock; nobody can own it.
-            self.log(f"{self.kind} lock: {self.path} is unreadable; taking it over")
+            logger.warning(f"{self.kind} lock: {self.path} is unreadable; taking it over")
             os.remove(self.path)
             return
         if host == socket.gethostname() and not _alive(pid):
-            self.log(f"{self.kind} lock: taking over {self.path} from dead process {pid} on {host}")
+            logger.warning(
+                f"{self.kind} lock: taking over {self.path} from dead process {pid} on {host}"
+            )
             os.remove(self.path)
             return
         since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(holder.get("since", 0)))

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import functools
 
-from tfllm import cli
+from tfllm import cli, logs
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -43,7 +43,8 @@ def main(argv: list[str] | None = None) -> int:
 
         build = functools.partial(beam.prepare_beam, options=args.beam_options)
     if args.verify:
-        verify.verify_dataset(prepare.data_dir(cfg), log=print)
+        for line in verify.verify_dataset(prepare.data_dir(cfg)):
+            logs.output(line)
     elif args.force:
         build(cfg)
     else:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 import time
 
-from tfllm import cli
+from tfllm import cli, logs
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -30,9 +30,11 @@ def main(argv: list[str] | None = None) -> int:
     result = loop.train(cfg, build_data=prepare)
     if result.get("preempted"):
         code = faults.exit_code_for(result["preempted"])
-        print(f"stopped by signal {result['preempted']} at step {result['step']}: exit {code}")
+        logs.output(
+            f"stopped by signal {result['preempted']} at step {result['step']}: exit {code}"
+        )
         return code
-    print(
+    logs.output(
         f"done: step {result['step']}, validation loss {result['val_loss']:.4f} "
         f"(ln V = {math.log(result['vocabulary_size']):.2f}) in {time.time() - started:.0f}s"
     )

@@ -16,6 +16,7 @@ and output work on Dataflow. Needs the `tfllm[beam]` extra (apache-beam 2.69 or 
 
 from __future__ import annotations
 
+import logging
 import posixpath
 import shlex
 
@@ -25,6 +26,8 @@ from tfllm.config import Config
 from tfllm.corpus import assemble, formats, prepare, resume, snapshot, stream
 from tfllm.data import layout, records
 from tfllm.errors import ConfigError
+
+logger = logging.getLogger(__name__)
 
 WORK_DIR = ".beam"
 _READ_STATS = "read.npz"
@@ -86,7 +89,7 @@ def assemble_all(
     assemble.finish(cfg, settings, state, bads, state["sources"])
 
 
-def prepare_beam(cfg: Config, log=print, options: str = "") -> dict:
+def prepare_beam(cfg: Config, options: str = "") -> dict:
     """Builds the dataset of `cfg.data` with a Beam pipeline run with `options` (Beam's
     command-line flags, e.g. "--runner=DataflowRunner --project=P ..."); returns the manifest."""
     try:
@@ -102,7 +105,7 @@ def prepare_beam(cfg: Config, log=print, options: str = "") -> dict:
         if tf.io.gfile.exists(stale):
             (tf.io.gfile.rmtree if stale == work else tf.io.gfile.remove)(stale)
     tf.io.gfile.makedirs(work)
-    proto, moved = prepare.train_tokenizer(cfg, out, log)
+    proto, moved = prepare.train_tokenizer(cfg, out)
     settings = prepare.settings(cfg, proto)
     with beam.Pipeline(options=PipelineOptions(shlex.split(options))) as pipeline:
         _ = (
@@ -116,5 +119,5 @@ def prepare_beam(cfg: Config, log=print, options: str = "") -> dict:
         )
     tf.io.gfile.rmtree(work)
     manifest = records.read_manifest(out)
-    log(f"prepared {out} with Beam ({options or 'default runner'})")
+    logger.info(f"prepared {out} with Beam ({options or 'default runner'})")
     return manifest

@@ -25,6 +25,7 @@ import collections
 import functools
 import hashlib
 import heapq
+import logging
 import os
 import posixpath
 import time
@@ -36,7 +37,7 @@ from tfllm.config import Config, DataConfig
 from tfllm.corpus import assemble, formats, resume, sft_prepare, stream
 from tfllm.corpus.assemble import DROPPED_SAMPLE  # noqa: F401 - the stage's names
 from tfllm.corpus.clean import CleaningStats, clean_text
-from tfllm.corpus.progress import Progress
+from tfllm.corpus.progress import PrepareProgress
 from tfllm.corpus.sources import read_raw, sources
 from tfllm.data import layout
 from tfllm.data.layout import data_dir, split_of
@@ -44,6 +45,7 @@ from tfllm.errors import DataError
 from tfllm.locks import DirectoryLock
 from tfllm.tokenizers import tokenizer
 
+logger = logging.getLogger(__name__)
 MAX_BATCH_DOCS = 256
 LOCK_NAME = "prepare.lock"
 
@@ -68,7 +70,7 @@ def _sample_key(name: str) -> bytes:
     return hashlib.sha256(b"tokenizer-sample:" + name.encode()).digest()
 
 
-def sample_pass(data: DataConfig, log=print) -> tuple[list[str], str]:
+def sample_pass(data: DataConfig) -> tuple[list[str], str]:
     """(the tokenizer's sample, the name of a train document moved to val or "").
 
     The sample is the bottom-k by `_sample_key` of the usable train documents up to
@@ -112,14 +114,14 @@ def sample_pass(data: DataConfig, log=print) -> tuple[list[str], str]:
         assemble.no_usable(data, "train", sum((b.stats for b in bads), stats), bads)
     moved = nearest[1] if not counts["val"] else ""
     if moved:
-        log(
+        logger.info(
             f"data.val_fraction {data.val_fraction} gave no val document among {usable}: "
             f"{moved} moved to val"
         )
     return [text for _, text in sorted(heap, reverse=True) if text], moved
 
 
-def train_tokenizer(cfg: Config, out: str, log) -> tuple[bytes, str]:
+def train_tokenizer(cfg: Config, out: str) -> tuple[bytes, str]:
     """(the tokenizer file's bytes, the train document moved to val or "") after the first
     pass; stores a copy of the tokenizer in the dataset. With data.tokenizer set (an imported
     model's `tokenizer.model` or byte-level BPE `tokenizer.json`) that file is used as it is:
@@ -132,11 +134,11 @@ def train_tokenizer(cfg: Config, out: str, log) -> tuple[bytes, str]:
                 "or a byte-level BPE tokenizer.json file that exists"
             )
         _document_ends(d.tokenizer)  # a tokenizer.json tfllm cannot run stops here, not later
-    sample, moved = sample_pass(d, log)
+    sample, moved = sample_pass(d)
     if d.tokenizer:
         with tf.io.gfile.GFile(d.tokenizer, "rb") as f:
             proto = f.read()
-        log(f"tokenizer: {d.tokenizer} (given, not trained)")
+        logger.info(f"tokenizer: {d.tokenizer} (given, not trained)")
     else:
         proto = tokenizer.train_tokenizer(
             sample,
@@ -146,7 +148,7 @@ def train_tokenizer(cfg: Config, out: str, log) -> tuple[bytes, str]:
             d.tokenizer_byte_fallback,
             d.tokenizer_character_coverage,
         )
-        log(
+        logger.info(
             f"tokenizer: {d.tokenizer_type}, {cfg.model.vocabulary_size} pieces, {len(sample)} docs"
         )
     with tf.io.gfile.GFile(posixpath.join(out, layout.stored_tokenizer(d)), "wb") as f:
@@ -189,7 +191,7 @@ def _given_ends(path: str, modified: int) -> tuple[tuple[int, ...], tuple[int, .
     return ids.start, ids.stop[:1]
 
 
-def prepare(cfg: Config, log=print, timings: dict | None = None) -> dict:
+def prepare(cfg: Config, timings: dict | None = None) -> dict:
     """Builds (or finishes building) the dataset of `cfg.data`; returns its manifest.
 
     One process at a time per dataset (`<dataset>/prepare.lock`). A full disk is one error
@@ -203,10 +205,10 @@ def prepare(cfg: Config, log=print, timings: dict | None = None) -> dict:
         "prepare again to continue)"
     )
     with (
-        DirectoryLock(out, LOCK_NAME, "dataset", "prepare", log),
+        DirectoryLock(out, LOCK_NAME, "dataset", "prepare"),
         resources.guarded("the dataset", out, kept, lambda: _remove_temporaries(out)),
     ):
-        return _prepare(cfg, log, {} if timings is None else timings)
+        return _prepare(cfg, {} if timings is None else timings)
 
 
 def _remove_temporaries(out: str) -> None:
@@ -214,44 +216,44 @@ def _remove_temporaries(out: str) -> None:
     resources.remove_temporaries(posixpath.join(out, resume.STATE_DIR), ["*.tmp"])
 
 
-def _prepare(cfg: Config, log, timings: dict) -> dict:
+def _prepare(cfg: Config, timings: dict) -> dict:
     d, out, start = cfg.data, data_dir(cfg), time.time()
     tf.io.gfile.makedirs(out)
     if d.format != "text":  # instruction and chat data: examples, a loss mask, no dedup
-        return sft_prepare.prepare_sft(cfg, out, log)
+        return sft_prepare.prepare_sft(cfg, out)
     checkpoint = resume.Checkpoint(out, resume.fingerprint(cfg))
     state = checkpoint.load()
     tokenizer_path = posixpath.join(out, layout.stored_tokenizer(d))
     with stream.Workers(workers(d)) as pool:  # they start while the first pass runs
         if state is None:
             checkpoint.clear()
-            proto, moved = train_tokenizer(cfg, out, log)
+            proto, moved = train_tokenizer(cfg, out)
             state = assemble.fresh_state(cfg, moved)
             timings["read"], timings["tokenizer"] = time.time() - start, 0.0
         else:
             with tf.io.gfile.GFile(tokenizer_path, "rb") as f:
                 proto = f.read()
-            log(f"resuming {out} after {state['position']} documents")
+            logger.info(f"resuming {out} after {state['position']} documents")
             timings["read"] = timings["tokenizer"] = 0.0
         dedup_state = (state.pop("dedup_keys", []), state.pop("dedup_signatures", None))
         stream_settings = settings(cfg, proto)
         pool.start(stream_settings)
         cpu = time.process_time()
-        sources_stats, bads = _stream(cfg, pool, state, checkpoint, dedup_state, log, start)
+        sources_stats, bads = _stream(cfg, pool, state, checkpoint, dedup_state)
     timings["pack"] = time.time() - start - timings["read"] - timings["tokenizer"]
     timings["pack_cpu"] = time.process_time() - cpu
     manifest = assemble.finish(cfg, stream_settings, state, bads, sources_stats)
     checkpoint.clear()
     megabytes = manifest["cleaning"].get("bytes_read", 0) / 1e6
     seconds = time.time() - start
-    log(
+    logger.info(
         f"prepared {out} in {seconds:.1f}s ({megabytes:.1f} MB of text, "
         f"{megabytes / max(seconds, 1e-9):.2f} MB/s, {workers(d)} workers)"
     )
     return manifest
 
 
-def _stream(cfg, pool, state, checkpoint, dedup_state, log, start):
+def _stream(cfg, pool, state, checkpoint, dedup_state):
     """The second pass: documents -> workers -> dedup -> packers -> shards, in order."""
     from tfllm.corpus.dedup import Deduplicator
 
@@ -262,17 +264,17 @@ def _stream(cfg, pool, state, checkpoint, dedup_state, log, start):
     for _ in range(state["position"]):  # read again, not processed again
         next(docs)
     batches = stream.batches(docs, batch_bytes(d, pool.count), MAX_BATCH_DOCS)
-    progress = Progress(log, d, start)
+    progress = PrepareProgress(d)
     for batch in pool.run(batches):
         finished = assemble.take(cfg, state, deduplicator, batch)
         state["position"] += len(batch.docs)
         if finished:
             checkpoint.save(state, *deduplicator.take_added())
-        progress.update(state, bads)
+        progress.update(state)
     return state["sources"], bads
 
 
-def ensure_prepared(cfg: Config, log=print, build=None) -> dict:
+def ensure_prepared(cfg: Config, build=None) -> dict:
     """Returns the manifest of `cfg.data`, preparing the dataset first when it is missing
     (with `build`, `prepare` when None)."""
-    return layout.ensure_prepared(cfg, log, build or prepare)
+    return layout.ensure_prepared(cfg, build or prepare)

@@ -1,41 +1,40 @@
-"""The progress line of prepare: documents, MB read, MB/s, tokens written, shards, ETA."""
+"""The progress line of prepare: MB read (of the input's size when known), documents, tokens
+written and shards, MB/s and ETA, on the shared line of `tfllm.progress`."""
 
 from __future__ import annotations
 
-import time
+import logging
 
 from tfllm.config import DataConfig
 from tfllm.corpus.clean import CleaningStats
 from tfllm.corpus.sources import list_files, sources
 from tfllm.errors import DataError
+from tfllm.progress import Progress, format_count
 
-_PROGRESS_SECONDS = 10.0
+logger = logging.getLogger(__name__)
 
 
-class Progress:
-    """One line every few seconds: documents, MB read, MB/s, tokens, shards, ETA."""
+class PrepareProgress:
+    """Reads prepare's state after each batch and updates the line (written when it is due)."""
 
-    def __init__(self, log, data: DataConfig, start: float):
-        self.log, self.start, self.last = log, start, time.time()
-        self.total = input_bytes(data.source)
+    def __init__(self, data: DataConfig):
+        total = input_bytes(data.source)
+        self.line = Progress(
+            "prepare", total / 1e6 if total else None, unit="MB", count_unit="MB", logger=logger
+        )
 
-    def update(self, state: dict, bads) -> None:
-        now = time.time()
-        if now - self.last < _PROGRESS_SECONDS:
-            return
-        self.last = now
+    def update(self, state: dict) -> None:
         totals = sum(state["sources"].values(), CleaningStats())
-        megabytes = totals["bytes_read"] / 1e6
-        rate = megabytes / (now - self.start)
         writers = [info["writer"] for info in state["splits"].values()]
         tokens = sum(s["tokens"] for w in writers for s in w.shards)
-        line = (
-            f"prepare: {totals['documents_read']} documents, {megabytes:.1f} MB read, "
-            f"{rate:.2f} MB/s, {tokens} tokens in {sum(len(w.shards) for w in writers)} shards"
+        shards = sum(len(w.shards) for w in writers)
+        self.line.update(
+            totals["bytes_read"] / 1e6,
+            fields=(
+                f"{totals['documents_read']} documents",
+                f"{format_count(tokens)} tokens in {shards} shards",
+            ),
         )
-        if self.total:
-            line += f", ETA {max(0.0, (self.total / 1e6 - megabytes) / max(rate, 1e-9)):.0f}s"
-        self.log(line)
 
 
 def input_bytes(source: str) -> int:

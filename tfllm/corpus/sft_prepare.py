@@ -18,6 +18,7 @@ counted) or dropped (`drop`, counted and named).
 
 from __future__ import annotations
 
+import logging
 import posixpath
 import time
 
@@ -32,6 +33,8 @@ from tfllm.data.layout import split_of
 from tfllm.errors import DataError
 from tfllm.tokenizers import chat
 from tfllm.tokenizers.tokenizer import EOS_ID, load_tokenizer
+
+logger = logging.getLogger(__name__)
 
 SPLITS = ("train", "val")
 _BATCH = 512  # examples tokenized per call of the in-graph tokenizer
@@ -100,7 +103,7 @@ def _tokenizer_dir(path: str) -> str:
     return path if tf.io.gfile.isdir(path) else posixpath.dirname(path)
 
 
-def prepare_sft(cfg: Config, out: str, log=print) -> dict:
+def prepare_sft(cfg: Config, out: str) -> dict:
     """Builds the dataset of `cfg.data` (an SFT format) in `out`; returns its manifest."""
     d, start = cfg.data, time.time()
     if not d.tokenizer:
@@ -154,7 +157,7 @@ def prepare_sft(cfg: Config, out: str, log=print) -> dict:
         packed[split] = {**c, "shards": writer.close()}
     manifest = _manifest(cfg, tokenizer, stats, dropped, packed)
     records.write_manifest(out, manifest)
-    _report(manifest, time.time() - start, log)
+    _report(manifest, time.time() - start)
     return manifest
 
 
@@ -205,9 +208,9 @@ def _tokenizer_entry(path: str) -> dict:
     return {"file": path, "sha256": records.file_sha256(path)}
 
 
-def _report(manifest: dict, seconds: float, log) -> None:
+def _report(manifest: dict, seconds: float) -> None:
     r = manifest["records"]
-    log(
+    logger.info(
         f"records: {r['read']} read, {r['used']} used"
         + "".join(f", {k} {v}" for k, v in sorted(r["skipped"].items()))
         + (
@@ -217,11 +220,11 @@ def _report(manifest: dict, seconds: float, log) -> None:
         )
     )
     for line in r["named"] + r["dropped_named"]:
-        log(f"  skipped {line}")
+        logger.info(f"  skipped {line}")
     for split, info in manifest["splits"].items():
-        log(
+        logger.info(
             f"{split}: {info['documents']} examples in {info['records']} windows; "
             f"{info['tokens_trained']} tokens trained on, {info['tokens_masked']} masked, "
             f"{info['examples_cut']} examples cut to the window"
         )
-    log(f"prepared {manifest['name']} ({manifest['format']}) in {seconds:.1f}s")
+    logger.info(f"prepared {manifest['name']} ({manifest['format']}) in {seconds:.1f}s")

@@ -8,6 +8,7 @@ live here so that none of them imports the pipeline to learn a path.
 from __future__ import annotations
 
 import hashlib
+import logging
 import posixpath
 from collections.abc import Callable
 
@@ -16,6 +17,8 @@ import tensorflow as tf
 from tfllm.config import Config, DataConfig
 from tfllm.data import fingerprint, records
 from tfllm.errors import DataError
+
+logger = logging.getLogger(__name__)
 
 
 def data_dir(cfg: Config) -> str:
@@ -45,10 +48,10 @@ def split_of(name: str, val_fraction: float) -> str:
     return "val" if name_hash(name) < val_fraction else "train"
 
 
-def ensure_prepared(cfg: Config, log=print, build: Callable | None = None) -> dict:
+def ensure_prepared(cfg: Config, build: Callable | None = None) -> dict:
     """The manifest of `cfg.data`'s dataset, checked against the config.
 
-    A missing dataset is made by `build(cfg, log)` when given (the prepare stage, passed in by
+    A missing dataset is made by `build(cfg)` when given (the prepare stage, passed in by
     the commands and the Python API), else it is an error that says how to make it.
     """
     directory = data_dir(cfg)
@@ -58,8 +61,8 @@ def ensure_prepared(cfg: Config, log=print, build: Callable | None = None) -> di
                 f"no prepared data: {directory}/{records.MANIFEST} is missing "
                 "(run python -m tfllm.prepare)"
             )
-        log(f"{directory}/{records.MANIFEST} not found: preparing the data first")
-        return build(cfg, log)
+        logger.info(f"{directory}/{records.MANIFEST} not found: preparing the data first")
+        return build(cfg)
     manifest = records.read_manifest(directory)
     fingerprint.check(cfg, manifest, posixpath.join(directory, records.MANIFEST))
     return manifest

@@ -28,7 +28,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--limit", type=int, default=None, help="first N documents per task")
     parser.add_argument("--output_dir", default=None, help="default: <workdir>/eval")
     args = parser.parse_args(argv)
-    cli.quiet_unless(args.verbose)
+    cli.start(args)
     from tfllm.eval import run
 
     target, tasks = run.resolve(args.workdir, args.export, args.tasks, args.config, args.overrides)

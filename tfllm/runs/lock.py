@@ -16,5 +16,5 @@ LOCK_NAME = "train.lock"
 class WorkdirLock(DirectoryLock):
     """Holds `<workdir>/train.lock` for the life of a training run."""
 
-    def __init__(self, workdir: str, log=print):
-        super().__init__(workdir, LOCK_NAME, "workdir", "training", log)
+    def __init__(self, workdir: str):
+        super().__init__(workdir, LOCK_NAME, "workdir", "training")

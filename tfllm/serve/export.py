@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import logging
 import os
 import posixpath
 
@@ -25,6 +26,8 @@ from tfllm.runs.trained import load_trained
 from tfllm.serve import batching, quantize
 from tfllm.serve.module import GENERATE_DEFAULTS
 from tfllm.tokenizers.tokenizer import EOS_ID
+
+logger = logging.getLogger(__name__)
 
 QUANTIZE_CHOICES = ("none", "int8")
 
@@ -153,7 +156,6 @@ def export(
     export_dir: str,
     version: int | None = None,
     quantize_weights: str = "none",
-    log=print,
 ) -> str:
     """Exports the latest checkpoint of `workdir`; returns the version directory.
 
@@ -163,7 +165,7 @@ def export(
         raise TfllmError(f"--quantize must be one of {QUANTIZE_CHOICES}, got {quantize_weights}")
     final = new_version_dir(export_dir, version)
     with unique_variable_names():
-        trained = load_trained(workdir, log=log)
+        trained = load_trained(workdir)
     cfg, model, tokenizer_path = trained.cfg, trained.model, trained.tokenizer_path
     # Not a number, so TF Serving ignores it until the rename.
     temporary = posixpath.join(
@@ -195,7 +197,7 @@ def export(
     except BaseException:
         resources.remove_tree(temporary)  # nothing half-written where TF Serving looks
         raise
-    log(
+    logger.info(
         f"exported {trained.checkpoint} to {final} (weights {quantize_weights}, "
         f"default max_new_tokens {max_new_tokens})"
     )

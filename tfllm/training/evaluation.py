@@ -3,6 +3,7 @@ sample, written to TensorBoard next to each other (`val/...`)."""
 
 from __future__ import annotations
 
+import logging
 import math
 
 from tfllm.config import Config
@@ -10,6 +11,8 @@ from tfllm.data import layout
 from tfllm.observe.metrics import Reporter
 from tfllm.serve import generate
 from tfllm.training.steps import Steps, evaluate
+
+logger = logging.getLogger(__name__)
 
 
 class Evaluation:
@@ -33,7 +36,7 @@ class Evaluation:
         self.reporter.scalars(
             "val", step, {"loss": self.val_loss, "perplexity": math.exp(self.val_loss)}
         )
-        self.reporter.print(f"step {step}: validation loss {self.val_loss:.4f}")
+        logger.info(f"step {step}: validation loss {self.val_loss:.4f}", extra={"step": step})
         if self.tasks:
             self.run_tasks(step)
         self.sample = self.write_sample(step)
@@ -54,8 +57,9 @@ class Evaluation:
         rows = run.evaluate(self.engine, self.tasks)
         values = {f"{r['task']}/{r['metric']}": r["value"] for r in rows}
         self.reporter.scalars("val", step, values)
-        self.reporter.print(
-            f"step {step}: " + ", ".join(f"{name} {value:.4f}" for name, value in values.items())
+        logger.info(
+            f"step {step}: " + ", ".join(f"{name} {value:.4f}" for name, value in values.items()),
+            extra={"step": step},
         )
 
     def write_sample(self, step: int) -> str:
