@@ -42,7 +42,8 @@ class TinyRun:
 
 
 @functools.cache
-def build(root: str) -> TinyRun:
+def build(root: str, seq: int = SEQ) -> TinyRun:
+    """`seq`: max_sequence_length (the server's chat tests need room for a chat template)."""
     root_path = pathlib.Path(root)
     workdir = root_path / "run"
     cfg = load_config(
@@ -52,8 +53,8 @@ def build(root: str) -> TinyRun:
             "model.num_heads=2",
             "model.intermediate_dim=64",
             f"model.vocabulary_size={VOCAB}",
-            f"model.max_sequence_length={SEQ}",
-            f"data.seq_len={SEQ}",
+            f"model.max_sequence_length={seq}",
+            f"data.seq_len={seq}",
             f"data.root={root_path / 'data'}",
             f"data.source={pathlib.Path(tfllm.__file__).parent}",
             "data.name=tiny",
