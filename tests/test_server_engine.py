@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 
+import numpy as np
 import pytest
 import tiny_run
 
@@ -73,3 +74,18 @@ def test_text_held_back_and_stops():
     assert held_back("plain", ["END"]) == 0
     assert find_stop("one two three", ["two", "three"], 0) == 4
     assert find_stop("one two", ["one"], 5) == -1  # ended before the unsent text
+
+
+def test_prompts_of_one_bucket_prefill_together_as_alone(run):
+    """Several prompts in one prefill call write the same cache rows and first tokens as each
+    prompt prefilled alone, and share the bucket's one trace."""
+    codec = Codec(run.tokenizer_path)
+    prompts = [codec.encode(p) for p in ("def", "for i in", "x = 1", "import")]
+    together, alone = Engine(run.model, 4, SEQ), Engine(run.model, 4, SEQ)
+    outs = together.prefill([3, 0, 2, 1], [(ids, GREEDY) for ids in prompts], 8, echo=False)
+    for slot, ids, out in zip([3, 0, 2, 1], prompts, outs, strict=True):
+        [own] = alone.prefill([slot], [(ids, GREEDY)], 8, echo=False)
+        assert int(own["token"]) == int(out["token"])
+    assert together.traces["prefill"] == 1
+    for (keys, _), (alone_keys, _) in zip(together.cache, alone.cache, strict=True):
+        np.testing.assert_allclose(keys.numpy(), alone_keys.numpy(), atol=1e-5)
