@@ -1,6 +1,6 @@
 """The scheduler and engine in-process, without HTTP: sequences of mixed lengths through fewer
 slots than sequences give `tfllm generate`'s tokens; the decode step is traced once per number
-of busy slots and prefill once per length bucket, all at warm-up."""
+of busy slots and cache window and prefill once per length bucket, all at warm-up."""
 
 from __future__ import annotations
 
@@ -52,7 +52,8 @@ def test_continuous_batching_traces_once_and_matches_generate(run):
     widths, sizes = engine.warm_up(codec.specials.start)
     assert sizes == [1, 2, 3] and widths == [8, 16, 32, 64, 128]
     warm = dict(engine.traces)
-    assert warm == {"step": len(sizes), "prefill": len(widths)}
+    assert engine.lengths == [32, 64, 96, 128]  # the decode step's cache windows
+    assert warm == {"step": len(sizes) * 4, "prefill": len(widths)}
     scheduler = Scheduler(engine, codec, max_queue=16, metrics=Metrics())
     scheduler.start()
     try:

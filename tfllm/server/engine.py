@@ -13,7 +13,9 @@ sampling rules are `tfllm.serve.sampling`'s, keyed per row by (seed, step).
 The cache is a set of variables written in place (`CausalSelfAttention` writes into variables
 when given them): passed in and out of each call as tensors, the whole cache was copied at
 every step. The decode step runs over the first R slots, R a power of two covering the busy
-ones (the scheduler fills the lowest free slots), and is traced once per R. Prefill takes all
+ones (the scheduler fills the lowest free slots), and reads only the first L columns of the
+cache, L the smallest of four windows (quarters of C) holding every busy row's columns: it is
+traced once per (R, L). Prefill takes all
 the admitted prompts of one length bucket (powers of two from 8, `tfllm.serve.generate.bucket`)
 in one call, whatever their number, and is traced once per bucket and per whether the
 prompt's log-probs are wanted. `traces` counts both, for the tests.
@@ -56,6 +58,7 @@ class Engine:
             for k, v in model.empty_cache(slots, cache_len)
         )
         self._prefills = {}  # (width, echo) -> the traced prefill of that bucket
+        self.lengths = sorted({-(-cache_len * quarter // 4) for quarter in range(1, 5)})
         self._step = tf.function(self._step_fn, jit_compile=jit_compile)
 
     def busy_rows(self, highest_slot: int) -> int:
@@ -67,9 +70,21 @@ class Engine:
             rows *= 2
         return min(rows, self.slots)
 
+    def window(self, columns: int) -> int:
+        """How many leading cache columns a step reads when the busy rows use `columns`: a
+        quarter, half, three quarters or all of the cache length, so the step compiles for
+        four lengths only and short sequences do not pay for attention over the whole cache."""
+        return next(length for length in self.lengths if length >= columns)
+
+    def _window_arg(self, columns: int) -> int | None:
+        """The step's `cache_length`: None for the whole cache, which is read as whole rows
+        (one copy each; gathering every column one by one measured slower)."""
+        length = self.window(columns)
+        return None if length == self.cache_len else length
+
     def warm_up(self, ids: tuple[int, ...]) -> tuple[list[int], list[int]]:
         """Traces prefill for every power-of-two width and the decode step for every number of
-        busy rows; returns both lists."""
+        busy rows and every cache window (`lengths`); returns the widths and row counts."""
         knobs = {"temperature": 0.0, "top_k": 0, "top_p": 1.0, "seed": 0}
         widths = sorted({bucket(n, self.cache_len) for n in range(1, self.cache_len + 1)})
         for width in widths:
@@ -79,7 +94,9 @@ class Engine:
             rows = {name: np.zeros(size, np.int32) for name in ("token", "index", "start")}
             rows.update({"temperature": np.zeros(size), "top_k": np.zeros(size)})
             rows.update({"top_p": np.ones(size), "seed": np.zeros(size), "step": np.zeros(size)})
-            self.step(rows, want_top=False)
+            for length in self.lengths:
+                rows["index"][0] = length - 1
+                self.step(rows, want_top=False)
         return widths, sizes
 
     def width(self, length: int, max_tokens: int) -> int:
@@ -179,10 +196,11 @@ class Engine:
             tf.constant(rows["seed"], tf.int64),
             tf.constant(rows["step"], tf.int32),
             tf.constant(want_top),
+            self._window_arg(int(rows["index"].max()) + 1),
         )
         return {key: tf.nest.map_structure(lambda t: t.numpy(), v) for key, v in outputs.items()}
 
-    def _step_fn(self, token, index, start, temperature, top_k, top_p, seed, step, top):
+    def _step_fn(self, token, index, start, temperature, top_k, top_p, seed, step, top, length):
         self.traces["step"] += 1
         logits, _ = self.model(
             token[:, None],
@@ -190,6 +208,7 @@ class Engine:
             cache=self.cache,
             cache_index=index,
             cache_start=start,
+            cache_length=length,
         )
         logits = logits[:, -1, :]  # (S, V)
         chosen = sampling.next_token(
