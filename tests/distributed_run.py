@@ -2,7 +2,7 @@
 process, and writes the trainable variables, losses and trace counts to `--out`.
 
 Its own process because logical CPU devices (mirrored) and TF_CONFIG (multiworker) must be set
-before TensorFlow starts its runtime. Used by tests/test_distribute.py:
+before TensorFlow starts its runtime. Used by tests/test_training_distribute.py:
 
     python tests/distributed_run.py --out run.npz --set runtime.strategy=mirrored [--set ...]
 """

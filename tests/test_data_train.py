@@ -14,6 +14,7 @@ from tfllm.errors import DataError
 from tfllm.training import loop as train
 
 
+@pytest.mark.slow  # trains
 def test_train_on_document_packing_with_a_skipped_shard(tmp_path):
     write_corpus(tmp_path / "text", files=60, words=40)
     overrides = [

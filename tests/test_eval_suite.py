@@ -6,12 +6,15 @@ from __future__ import annotations
 
 import math
 
+import pytest
 import tensorflow as tf
 
 from tfllm.corpus.prepare import prepare
 from tfllm.eval import engine, run
 from tfllm.model.lm import build_model
 from tfllm.training import loop
+
+pytestmark = pytest.mark.slow  # trains 300 steps
 
 
 def val_scalars(workdir) -> dict[str, float]:

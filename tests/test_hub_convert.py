@@ -60,6 +60,7 @@ def test_hf_to_tfllm_to_hf_is_byte_identical(variant, tmp_path):
     assert json.loads((out / "generation_config.json").read_text())["eos_token_id"] == [2, 3]
 
 
+@pytest.mark.slow  # an export and an import of a whole workdir
 def test_scratch_workdir_exports_as_llama_and_comes_back(tmp_path):
     run = tiny_run.build(str(tmp_path / "tiny"))
     out, back = tmp_path / "hf", tmp_path / "back"
@@ -153,6 +154,7 @@ def test_bad_input_gives_one_line_and_writes_nothing(case, tmp_path, capsys):
     assert not (tmp_path / "runs").exists() or not os.listdir(tmp_path / "runs")
 
 
+@pytest.mark.slow  # trains
 def test_converted_workdir_trains_from_step_0(tmp_path, corpus_dir, capsys):
     source = tmp_path / "hf"
     write_hf_dir(str(source), "qwen2", vocabulary_size=512)

@@ -19,6 +19,8 @@ import time
 
 import pytest
 
+pytestmark = pytest.mark.slow  # each command a fresh process
+
 PROMPT = "def main("
 # Small enough for CI, still the built-in corpus and the Quickstart's default config (no
 # --config: `python -m tfllm.train` trains configs/tiny.yaml).

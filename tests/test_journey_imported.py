@@ -25,6 +25,8 @@ from tokenizers import Tokenizer
 from tfllm.runs.trained import load_trained
 from tfllm.serve.generate import Generator
 
+pytestmark = pytest.mark.slow  # each command a fresh process
+
 PROMPT = "Hello world, it's"
 TRAIN = [
     "--set", "data.format=prompt_completion", "--set", "data.packing=document",

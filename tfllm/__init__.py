@@ -1,6 +1,6 @@
 """tfllm: decoder-only Transformer LMs with TensorFlow, Keras 3, XLA and tf.distribute.
 
-The Python API, for scripts and notebooks (the commands `python -m tfllm.<command>` do the same
+The Python API, for scripts and notebooks (the commands `tfllm <command>` do the same
 from a shell)::
 
     import tfllm
@@ -33,7 +33,7 @@ def load_config(*files: str, overrides: list[str] | tuple[str, ...] = ()):
 
 def prepare(cfg, force: bool = False) -> dict:
     """Builds the dataset of `cfg.data` (unless it is already there and `force` is False);
-    returns its manifest. As `python -m tfllm.prepare [--force]`."""
+    returns its manifest. As `tfllm prepare [--force]`."""
     from tfllm.corpus import prepare as stage
 
     _show_logs()
@@ -42,7 +42,7 @@ def prepare(cfg, force: bool = False) -> dict:
 
 def train(cfg, strategy=None) -> dict:
     """Trains (or resumes) to `cfg.train.steps` in `cfg.runtime.workdir`; returns the final
-    step, validation loss and counters. As `python -m tfllm.train`; `strategy` defaults to
+    step, validation loss and counters. As `tfllm train`; `strategy` defaults to
     the one `cfg.runtime.strategy` names."""
     from tfllm.corpus.prepare import prepare as build_data
     from tfllm.training import loop
@@ -70,7 +70,7 @@ def generate(model, prompts: list[str], **options) -> list[str]:
 
 def export(workdir: str, export_dir: str, version: int | None = None) -> str:
     """Writes a TF Serving version of the workdir's newest usable checkpoint under
-    `export_dir`; returns its directory. As `python -m tfllm.export`."""
+    `export_dir`; returns its directory. As `tfllm export`."""
     from tfllm.serve import export as stage
 
     _show_logs()
@@ -83,7 +83,7 @@ def finetune(model, data: str, format: str = "messages", workdir: str = "", **op
     `lora_rank` > 0 only LoRA adapters train. Every other keyword is a train, data or runtime
     config key (`steps`, `learning_rate`, `lora_targets`, `seq_len`, ...). Returns a run with
     `.chat(messages)`, `.export(dir)`, `.trained`, `.cfg` and `.result`; its config.yaml
-    reproduces it: `python -m tfllm.train --config <workdir>/config.yaml`."""
+    reproduces it: `tfllm train --config <workdir>/config.yaml`."""
     from tfllm.corpus.prepare import prepare as build_data
     from tfllm.training.finetune import finetune as run
 

@@ -5,7 +5,7 @@ Everything here runs in a graph (tf.data, a SavedModel) with core TF ops plus te
 
 Hugging Face `tokenizers` compiles pre-tokenizer patterns with Oniguruma; TF has RE2, which
 differs in two ways that matter here, both translated (and proved equal by
-tests/test_hf_tokenizer.py on fuzzed text):
+tests/test_tokenizers_hf.py on fuzzed text):
 
 - `\\s` is ASCII-only in RE2 but Unicode `White_Space` in Oniguruma (NBSP, U+3000, ...): it is
   rewritten to the explicit class `[\\x{9}-\\x{d}\\x{85}\\p{Z}]`.

@@ -2,7 +2,7 @@
 
 The in-graph op is the tokenizer of record: the exported SavedModel carries it. `prepare`'s
 worker processes run the same model with the `sentencepiece` library (no TensorFlow in them);
-tests/test_data_scale.py checks that both give the same ids, so data and serving agree.
+tests/test_corpus_scale.py checks that both give the same ids, so data and serving agree.
 
 `load_tokenizer(path)` is the one way to open any tokenizer tfllm uses (this SentencePiece
 model or a Hugging Face one, `hf_tokenizer.py`), and `specials` gives the ids a model puts
