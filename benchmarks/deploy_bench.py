@@ -1,34 +1,30 @@
 """Deployment formats on the small config: file size, load time, ms/token at batch 1 (CPU),
 and the bits-per-byte cost of int8 weights against float32.
 
-    PYTHONPATH=. python benchmarks/deploy_bench.py [--new_tokens 32] [--repeats 3]
-    PYTHONPATH=. python benchmarks/deploy_bench.py --only saved_model --train_steps 0 --repeats 9
+    python -m benchmarks deploy [--rounds 3] [--quick]
 
 Speed and size: configs/small.yaml shapes with random weights (benchmarks/generate_bench.py's
-`make_run`; the EOS embedding zeroed so every run decodes `new_tokens`), greedy. Each format's
-load and decode are timed alternately with the others, `repeats` rounds; medians with
-[min, max] are printed. `--only` keeps the formats whose name contains it; `--train_steps 0`
-skips the bits per byte.
+`make_run`; the EOS embedding zeroed so every run decodes 32 new tokens), greedy. Each format's
+load and decode are timed alternately with the others, `rounds` rounds; medians with
+(min-max). `--quick`: the SavedModels only, 8 new tokens, no bits per byte.
 
 Bits per byte: a model that has learned something, the default config's shape (configs/tiny.yaml)
-trained `--train_steps` steps on the stdlib by tfllm's trainer, exported in every format and
-scored by `tfllm.eval`'s engine on the first `--bpb_docs` documents of its stdlib_bpb task
+trained 300 steps on the stdlib by tfllm's trainer, exported in every format and
+scored by `tfllm.eval`'s engine on the first 4 documents of its stdlib_bpb task
 (held-out files): the SavedModels through their `logits` signature, LiteRT and ONNX through
 their logits (the LiteRT prefill signature, one window at a time).
 """
 
 from __future__ import annotations
 
-import argparse
-import os
 import pathlib
-import statistics
 import tempfile
 import time
 
 import numpy as np
 import tensorflow as tf
 
+from benchmarks.common import summarize
 from benchmarks.generate_bench import PROMPT, make_run
 from tfllm.config import load_config
 from tfllm.corpus import prepare
@@ -189,15 +185,13 @@ def onnx_logits(version_dir):
     return lambda ids: session.run(["logits"], {"token_ids": ids})[0]
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--new_tokens", type=int, default=32)
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--train_steps", type=int, default=300)
-    parser.add_argument("--bpb_docs", type=int, default=4)
-    parser.add_argument("--only", default="", help="time the formats whose name has this")
-    args = parser.parse_args()
-    n = args.new_tokens
+TRAIN_STEPS, BPB_DOCS = 300, 4
+
+
+def case(rounds: int, quick: bool) -> dict:
+    n = 8 if quick else 32
+    only = "saved_model" if quick else ""
+    train_steps = 0 if quick else TRAIN_STEPS
     with tempfile.TemporaryDirectory() as root:
         model, tokenizer_path, float_dir = make_run(root)
         int8_dir = export.export(root, f"{root}/export/bench", quantize_weights="int8")
@@ -221,13 +215,13 @@ def main() -> None:
             "litert int8": lambda: lite("int8"),
             "onnx float32": onnx_float32,
         }
-        formats = {name: build() for name, build in builders.items() if args.only in name}
+        formats = {name: build() for name, build in builders.items() if only in name}
         loads = {name: [] for name in formats}
         tokens = {name: [] for name in formats}
         loaded = {name: load() for name, (_, load, _) in formats.items()}
         for name, (_, _, run) in formats.items():
             run(loaded[name])  # compile / warm up
-        for _ in range(args.repeats):
+        for _ in range(rounds):
             for name, (_, load, run) in formats.items():
                 started = time.perf_counter()
                 load()
@@ -235,37 +229,30 @@ def main() -> None:
                 started = time.perf_counter()
                 run(loaded[name])
                 tokens[name].append(1000 * (time.perf_counter() - started) / n)
-        print(
-            f"{model.count_params():,} parameters; batch 1, {n} new tokens, {args.repeats} rounds"
-        )
-        print(f"{'format':22s} {'size MB':>9s} {'load s':>16s} {'ms/token':>18s}")
-        for name, (path, _, _) in formats.items():
-            print(
-                f"{name:22s} {size(path) / 1e6:9.2f} {spread(loads[name], 2):>16s} "
-                f"{spread(tokens[name], 2):>18s}"
-            )
+        figures = {
+            name: {
+                "size MB": size(path) / 1e6,
+                "load s": summarize(loads[name]),
+                "ms/token": summarize(tokens[name]),
+            }
+            for name, (path, _, _) in formats.items()
+        }
         weights = {d: size(f"{d}/variables") for d in (float_dir, int8_dir)}
-        print(f"variables/ int8 / float32: {weights[int8_dir] / weights[float_dir]:.3f}")
-        if not args.train_steps:
-            return
-        bpb = trained_bits_per_byte(root, args.train_steps, args.bpb_docs)
-    print(f"bits/byte, tiny default model after {args.train_steps} steps ({args.bpb_docs} docs):")
-    for name, value in bpb.items():
-        cost = 100 * (value / bpb["saved_model float32"] - 1)
-        print(f"{name:22s} {value:.4f} ({cost:+.2f}%)")
+        notes = [
+            f"{model.count_params():,} parameters; batch 1, {n} new tokens, {rounds} rounds",
+            f"variables/ int8 / float32: {weights[int8_dir] / weights[float_dir]:.3f}",
+        ]
+        if train_steps:
+            bpb = trained_bits_per_byte(root, train_steps, BPB_DOCS)
+            for name, value in bpb.items():
+                cost = 100 * (value / bpb["saved_model float32"] - 1)
+                figures[f"{name}, tiny model after {train_steps} steps"] = {
+                    "bits/byte": f"{value:.4f} ({cost:+.2f}%)"
+                }
+    return {"figures": figures, "notes": notes}
 
 
 def tokenizer_ids(path, text):
     import sentencepiece
 
     return sentencepiece.SentencePieceProcessor(model_file=path).encode(text)
-
-
-def spread(values, digits) -> str:
-    low, high = min(values), max(values)
-    return f"{statistics.median(values):.{digits}f} [{low:.{digits}f}-{high:.{digits}f}]"
-
-
-if __name__ == "__main__":
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    main()

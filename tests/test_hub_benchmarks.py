@@ -1,11 +1,12 @@
-"""The open-weights benchmarks' inputs in their smallest form (not timed)."""
+"""The open-weights benchmarks' inputs and contenders in their smallest form (not timed)."""
 
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from safetensors.numpy import load_file
 
-from benchmarks import convert_bench
+from benchmarks import convert_bench, lora_bench, shapes
 from tfllm.hub import convert
 from tfllm.runs.trained import load_trained
 
@@ -38,3 +39,12 @@ def test_convert_bench_checkpoint_is_sharded_bfloat16_and_imports(tmp_path, monk
     assert model.count_params() == sum(
         int(np.prod(s)) for s in convert_bench.hf_shapes(TINY).values()
     )
+
+
+@pytest.mark.slow  # two models compiled and trained a step
+def test_lora_contenders_train_the_llama_shape_one_step():
+    """tfllm LoRA and keras-hub `enable_lora` on `shapes.LLAMA`, the smallest measurement."""
+    for contender in ("tfllm-lora", "keras-hub-lora"):
+        result = lora_bench.worker(contender, steps=1, chunks=1)
+        assert result["tokens_per_second"] > 0, contender
+    assert shapes.LLAMA["num_key_value_heads"] < shapes.LLAMA["num_heads"]
