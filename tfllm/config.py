@@ -32,7 +32,7 @@ def ranged(default: int | float, interval: str):
     return field(default=default, metadata={"range": interval})
 
 
-@dataclass
+@dataclass(frozen=True)  # the model reads its settings from it: none may change under it
 class ModelConfig:
     # tokenizer pieces (the tokenizer is trained to this size)
     vocabulary_size: int = ranged(2048, "[1, inf)")
