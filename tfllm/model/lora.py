@@ -30,11 +30,11 @@ def layer_slices(layer) -> dict[str, list[tuple[str, int]]]:
     """The PEFT modules inside each 2-D kernel of an attention or MLP layer, with their output
     widths, in column order: {kernel attribute: [(target, width), ...]}."""
     if hasattr(layer, "qkv_kernel"):
-        q, kv = layer.num_heads * layer.head_dim, layer.kv_heads * layer.head_dim
+        q, kv = layer.config.num_heads * layer.head_dim, layer.kv_heads * layer.head_dim
         return {"qkv_kernel": [("q", q), ("k", kv), ("v", kv)], "output_kernel": [("o", None)]}
-    f = layer.intermediate_dim
+    f = layer.config.intermediate_dim
     inputs = [("gate", f), ("up", f)] if layer.gates == 2 else [("up", f)]
-    return {"input_kernel": inputs, "output_kernel": [("down", layer.hidden_dim)]}
+    return {"input_kernel": inputs, "output_kernel": [("down", layer.config.hidden_dim)]}
 
 
 class _Hook:
