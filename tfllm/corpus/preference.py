@@ -37,7 +37,7 @@ from tfllm.config import Config
 from tfllm.corpus import sft
 from tfllm.corpus.sft_prepare import _ends, _tokenizer_dir, _tokenizer_entry
 from tfllm.corpus.sources import list_files
-from tfllm.data import records
+from tfllm.data import fingerprint, records
 from tfllm.data.layout import split_of
 from tfllm.errors import DataError
 from tfllm.tokenizers import chat
@@ -189,6 +189,7 @@ def _manifest(cfg: Config, tokenizer, stats, dropped, packed, pairs: int) -> dic
         "version": records.MANIFEST_VERSION,
         "name": d.name,
         "source": d.source,
+        "built_from": fingerprint.describe(cfg),
         "format": d.format,
         "train_on": "completion",
         "tokenizer": _tokenizer_entry(d.tokenizer),
