@@ -177,6 +177,13 @@ CASES = {
         6,
         "The three LoRA contenders in one process, timed alternately chunk by chunk.",
     ),
+    "dpo": Case(
+        "dpo_bench",
+        "case",
+        2,
+        "DPO step tokens/s, LoRA and full, tfllm's compiled step against TRL's `DPOTrainer` on "
+        "the same tiny Llama, pairs and batch; one fresh process per contender and round.",
+    ),
     "lora": Case(
         "lora_bench",
         "case",
