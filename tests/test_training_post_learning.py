@@ -11,31 +11,26 @@ the rejected answer faster than it raises the chosen one and the freed probabili
 third token, so greedy decoding leaves the format (measured 0.55 -> 0.0 at learning rate 1e-2,
 0.55 -> 0.45 at 3e-3 with beta 0.5).
 
-Distillation: a 1-layer student trained 60 steps on the base's corpus with the base as its
-teacher (alpha 0.5, T 2) should reach lower held-out bits per byte than the same student
-trained 60 steps on the data alone (by at least 0.01 bits per byte). Not reached yet (marked
-xfail): the teacher here is too weak to teach (measured: distilled 1.068, alone 0.855,
-teacher 0.903 bits per byte).
+Distillation has no learning test yet: on this task (answers drawn at random) the 300-step
+base is no better a teacher than a 60-step student is alone (measured: distilled 1.068, alone
+0.855, teacher 0.903 held-out bits per byte), so a fair test needs a task where the teacher
+knows more than the data shows. Its loss is checked against NumPy in test_training_dpo_golden.
 """
 
 from __future__ import annotations
 
 import itertools
 import json
-import math
 import random
 
 import numpy as np
 import pytest
 import tensorflow as tf
-from preference_task import LETTERS, base_config, pair_of, prompt, rule, trained_base
+from preference_task import LETTERS, pair_of, prompt, rule, trained_base
 
 import tfllm
-from tfllm.config import load_config
-from tfllm.corpus import prepare
 from tfllm.runs.trained import load_trained
 from tfllm.tokenizers.tokenizer import load_tokenizer
-from tfllm.training import loop
 
 pytestmark = pytest.mark.slow
 COMBOS = list(itertools.permutations(LETTERS, 2))
@@ -116,59 +111,3 @@ def test_dpo_learns_the_preference(base):
     )
     assert accuracy_before <= 0.65
     assert accuracy_after >= 0.8
-
-
-def bits_per_byte(trained, texts: list[str]) -> float:
-    """Total NLL of each text's tokens (after tfllm's EOS) / UTF-8 bytes / ln 2."""
-    tokenizer = load_tokenizer(trained.tokenizer_path)
-    nll = 0.0
-    for text in texts:
-        ids = [2, *tokenizer.tokenize(text).numpy().tolist()]
-        logits = trained.model(tf.constant([ids[:-1]]))[0]
-        logp = tf.nn.log_softmax(logits, -1).numpy()
-        nll -= sum(logp[i, ids[i + 1]] for i in range(len(ids) - 1))
-    return nll / sum(len(t.encode()) for t in texts) / math.log(2)
-
-
-@pytest.mark.xfail(
-    reason="not reached yet: measured distilled 1.068, alone 0.855, teacher 0.903 bits per byte; "
-    "the 300-step teacher is no better than a 60-step student on this task",
-    strict=False,
-)
-def test_distilled_student_beats_the_same_student_on_data_alone(base):
-    root, teacher = base
-    rng = random.Random(11)
-    held_out = []  # documents as the corpus has them: one line each
-    for _ in range(60):
-        x, y = rng.sample(LETTERS, 2)
-        held_out.append(f"{prompt(x, y)}{rng.choice(['y', 'n'])}")
-    student = base_config(root, "student", "model.num_layers=1")
-    common = {
-        "steps": 60,
-        "learning_rate": 0.01,
-        "warmup_steps": 5,
-        "steps_per_loop": 30,
-        "eval_every": 60,
-        "eval_batches": 1,
-        "sample_tokens": 2,
-        "strategy": "cpu",
-        "seq_len": 32,
-    }
-    source = student.data.source
-    distilled = tfllm.distill(
-        teacher, student, data=source, workdir=str(root / "distilled"), alpha=0.5,
-        temperature=2.0, **common,
-    )  # fmt: skip
-    # The same config without the teacher: the student on the data alone.
-    alone_cfg = load_config(
-        [f"{distilled.workdir}/config.yaml"],
-        ["train.distill_from=", f"runtime.workdir={root / 'alone'}"],
-    )
-    loop.train(alone_cfg, build_data=prepare.prepare)
-    bpb = {
-        "distilled": bits_per_byte(distilled.trained, held_out),
-        "alone": bits_per_byte(load_trained(str(root / "alone")), held_out),
-        "teacher": bits_per_byte(load_trained(teacher), held_out),
-    }
-    print("held-out bits per byte: " + ", ".join(f"{k} {v:.4f}" for k, v in bpb.items()))
-    assert bpb["distilled"] <= bpb["alone"] - 0.01
