@@ -35,7 +35,7 @@ import tensorflow as tf
 
 from tfllm.config import Config
 from tfllm.corpus import sft
-from tfllm.corpus.sft_prepare import _ends, _tokenizer_dir, _tokenizer_entry
+from tfllm.corpus.sft_prepare import _ends, _tokenizer_dir, _tokenizer_entry, records_section
 from tfllm.corpus.sources import list_files
 from tfllm.data import fingerprint, records
 from tfllm.data.layout import split_of
@@ -201,14 +201,7 @@ def _manifest(cfg: Config, tokenizer, stats, dropped, packed, pairs: int) -> dic
         "loss_mask": True,
         "compression": d.compression,
         "vocabulary_size": int(getattr(tokenizer, "vocabulary_size", 0) or tokenizer.vocab_size()),
-        "records": {
-            "read": stats.read,
-            "used": stats.used,
-            "skipped": dict(stats.skipped),
-            "named": stats.named,
-            "dropped_too_long": len(dropped),
-            "dropped_named": dropped[:5],
-        },
+        "records": records_section(stats, dropped),
         "splits": {
             split: {
                 "documents": info["pairs"],

@@ -177,14 +177,7 @@ def _manifest(cfg: Config, tokenizer, stats, dropped, packed) -> dict:
         "compression": d.compression,
         "built_from": fingerprint.describe(cfg),
         "vocabulary_size": int(getattr(tokenizer, "vocabulary_size", 0) or tokenizer.vocab_size()),
-        "records": {
-            "read": stats.read,
-            "used": stats.used,
-            "skipped": dict(stats.skipped),
-            "named": stats.named,
-            "dropped_too_long": len(dropped),
-            "dropped_named": dropped[:5],
-        },  # fmt: skip
+        "records": records_section(stats, dropped),
         "splits": {
             split: {
                 "documents": info["examples"],
@@ -196,6 +189,19 @@ def _manifest(cfg: Config, tokenizer, stats, dropped, packed) -> dict:
             }
             for split, info in packed.items()
         },
+    }
+
+
+def records_section(stats, dropped: list) -> dict:
+    """The manifest's account of the examples: read, used, skipped by reason (a few named),
+    dropped as longer than a window."""
+    return {
+        "read": stats.read,
+        "used": stats.used,
+        "skipped": dict(stats.skipped),
+        "named": stats.named,
+        "dropped_too_long": len(dropped),
+        "dropped_named": dropped[:5],
     }
 
 

@@ -107,11 +107,7 @@ def export_litert(
     final = new_version_dir(export_dir, version)
     trained = load_trained(workdir)
     model = trained.model
-    cache_length = model.config.max_sequence_length if cache_length is None else cache_length
-    if not 1 <= cache_length <= model.config.max_sequence_length:
-        raise LiteRTError(
-            f"--cache_length must be in [1, {model.config.max_sequence_length}], got {cache_length}"
-        )
+    cache_length = steps.checked_cache_length(model, cache_length, LiteRTError)
     if not 1 <= prefill_length <= cache_length:
         raise LiteRTError(f"--prefill_length must be in [1, {cache_length}], got {prefill_length}")
     if batch < 1:

@@ -22,7 +22,17 @@ from __future__ import annotations
 
 import tensorflow as tf
 
+from tfllm.errors import TfllmError
 from tfllm.model.lm import TransformerLM
+
+
+def checked_cache_length(model: TransformerLM, cache_length: int | None, error=TfllmError) -> int:
+    """`--cache_length` (default: the model's context), refused outside [1, context]."""
+    context = model.config.max_sequence_length
+    cache_length = context if cache_length is None else cache_length
+    if not 1 <= cache_length <= context:
+        raise error(f"--cache_length must be in [1, {context}], got {cache_length}")
+    return cache_length
 
 
 def cache_names(num_layers: int) -> list[str]:
