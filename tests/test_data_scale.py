@@ -207,8 +207,9 @@ def test_restart_after_sigkill_keeps_finished_shards(tmp_path):
     resumed = [*command[:-1], *sets, "--set=data.name=killed"]  # no --force: continue
     subprocess.run(resumed, env=env, check=True, timeout=600)
     manifest = records.read_manifest(str(directory))
-    for index, shard in enumerate(manifest["splits"]["train"]["shards"][: len(before)]):
-        assert (directory / shard["file"]).stat().st_mtime_ns == before[f".train-{index:05d}.shard"]
+    # Renamed, not rewritten: every shard finished before the kill keeps its modification time.
+    after = [(directory / s["file"]).stat().st_mtime_ns for s in manifest["splits"]["train"]["shards"]]
+    assert set(before.values()) <= set(after)
     subprocess.run([*command, *sets, "--set=data.name=whole"], env=env, check=True, timeout=600)
     whole = records.read_manifest(str(tmp_path / "whole"))
     assert whole["splits"] == manifest["splits"] and whole["cleaning"] == manifest["cleaning"]

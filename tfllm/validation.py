@@ -21,6 +21,7 @@ def validate(cfg) -> None:
         "model.intermediate_dim": m.intermediate_dim,
         "data.seq_len": d.seq_len,
         "data.records_per_shard": d.records_per_shard,
+        "data.scatter_shards": d.scatter_shards,
         "train.steps": t.steps,
         "train.global_batch_size": t.global_batch_size,
         "train.steps_per_loop": t.steps_per_loop,

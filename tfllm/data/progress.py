@@ -27,7 +27,7 @@ class Progress:
         totals = sum(state["sources"].values(), CleaningStats())
         megabytes = totals["bytes_read"] / 1e6
         rate = megabytes / (now - self.start)
-        writers = [info["writer"] for info in state["splits"].values()]
+        writers = [w for info in state["splits"].values() for w in info["writers"]]
         tokens = sum(s["tokens"] for w in writers for s in w.shards)
         line = (
             f"prepare: {totals['documents_read']} documents, {megabytes:.1f} MB read, "

@@ -117,9 +117,10 @@ def file_sha256(path: str) -> str:
 class ShardWriter:
     """Collects windows and writes each full shard of `records_per_shard` records at once.
 
-    A shard is written as `.{split}-{i}.tmp` and renamed to `.{split}-{i}.shard` when complete;
-    `close()` writes the last one and renames all to their `-of-N` names (the count is only
-    known then; a rename keeps the modification time). Holds plain data only, so a restartable
+    A shard is written as `.{split}-{i}.tmp` and renamed to `.{split}-{i}.shard` when complete
+    (`.{split}-l{lane}-{i}` for one of several writers of a split); `close()` writes the last
+    one and renames all to their `-of-N` names (the count is only known then; a rename keeps
+    the modification time); `finish` and `publish` do the same for several writers. Holds plain data only, so a restartable
     prepare saves it (resume.py) with the windows not yet in a shard. A shard that already
     exists with the same sha256 (a restart redoing work) is left untouched.
     """
@@ -131,8 +132,11 @@ class ShardWriter:
         window_len: int,
         records_per_shard: int,
         compression: str = "none",
+        lane: int | None = None,
     ):
         self.directory, self.split = directory, split
+        # Hidden names carry the lane: prepare fills several shards of a split at once.
+        self.prefix = f".{split}" if lane is None else f".{split}-l{lane:03d}"
         self.window_len, self.records_per_shard = window_len, records_per_shard
         self.compression = compression
         self._pending: list[tuple[np.ndarray, np.ndarray | None]] = []
@@ -155,7 +159,7 @@ class ShardWriter:
         return finished
 
     def _flush(self) -> None:
-        name = f".{self.split}-{len(self.shards):05d}"
+        name = f"{self.prefix}-{len(self.shards):05d}"
         temp = posixpath.join(self.directory, name + ".tmp")
         final = posixpath.join(self.directory, name + ".shard")
         options = tf.io.TFRecordOptions(compression_type=COMPRESSION[self.compression])
@@ -175,18 +179,28 @@ class ShardWriter:
         self.shards.append(entry)  # tokens: real tokens, padding is not counted
         self._pending, self._pending_records = [], 0
 
-    def close(self) -> list[dict]:
-        """Writes the last partial shard, renames all into place; returns their entries."""
+    def finish(self) -> list[dict]:
+        """Writes the last partial shard; returns the entries of all (under hidden names)."""
         if self._pending_records:
             self._flush()
-        shards = []
-        for index, entry in enumerate(self.shards):
-            name = shard_name(self.split, index, len(self.shards))
-            hidden = posixpath.join(self.directory, entry["file"])
-            if tf.io.gfile.exists(hidden):  # else renamed by a run killed before its manifest
-                tf.io.gfile.rename(hidden, posixpath.join(self.directory, name), overwrite=True)
-            shards.append({**entry, "file": name})
-        return shards
+        return self.shards
+
+    def close(self) -> list[dict]:
+        """Writes the last partial shard, renames all into place; returns their entries."""
+        return publish(self.directory, self.split, self.finish())
+
+
+def publish(directory: str, split: str, entries: list[dict]) -> list[dict]:
+    """Renames finished shards (hidden names) to `{split}-i-of-N` in the order given; returns
+    their entries under the new names."""
+    shards = []
+    for index, entry in enumerate(entries):
+        name = shard_name(split, index, len(entries))
+        hidden = posixpath.join(directory, entry["file"])
+        if tf.io.gfile.exists(hidden):  # else renamed by a run killed before its manifest
+            tf.io.gfile.rename(hidden, posixpath.join(directory, name), overwrite=True)
+        shards.append({**entry, "file": name})
+    return shards
 
 
 def write_atomically(path: str, text: str) -> None:

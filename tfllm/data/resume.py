@@ -1,6 +1,6 @@
 """Restartable prepare: the state after the last finished shard, in `<dataset>/.prepare/`.
 
-After each batch that finished a shard, prepare saves what it needs to go on from there: how
+After every `data.scatter_shards` finished shards, prepare saves what it needs to go on from there: how
 many input documents it has consumed, the packers' carried tokens, the windows not yet in a
 shard, the counters and the dropped-document sample (`state.npz`, JSON and arrays in one `.npz`,
 snapshot.py; written atomically), and the
