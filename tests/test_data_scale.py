@@ -208,7 +208,8 @@ def test_restart_after_sigkill_keeps_finished_shards(tmp_path):
     subprocess.run(resumed, env=env, check=True, timeout=600)
     manifest = records.read_manifest(str(directory))
     # Renamed, not rewritten: every shard finished before the kill keeps its modification time.
-    after = [(directory / s["file"]).stat().st_mtime_ns for s in manifest["splits"]["train"]["shards"]]
+    shards = manifest["splits"]["train"]["shards"]
+    after = [(directory / shard["file"]).stat().st_mtime_ns for shard in shards]
     assert set(before.values()) <= set(after)
     subprocess.run([*command, *sets, "--set=data.name=whole"], env=env, check=True, timeout=600)
     whole = records.read_manifest(str(tmp_path / "whole"))

@@ -23,7 +23,6 @@ import posixpath
 
 import pytest
 import sentencepiece as spm
-import tensorflow as tf
 
 from tests.commands import run_subprocess
 from tfllm.data import reader, records, verify

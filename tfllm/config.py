@@ -96,6 +96,8 @@ class DataConfig:
     tokenizer_byte_fallback: bool = True  # unknown characters become byte pieces, never <unk>
     tokenizer_character_coverage: float = 0.9995
     shuffle_buffer: int = 4096  # records permuted together (a block of the global order)
+    # Shards the reader reads at once, one record of each in turn (then the next group)
+    interleave_shards: int = field(default=16, metadata={"range": "[1, inf)"})
     on_corrupt: str = "error"  # error | skip: a damaged shard stops the run, or is counted
     verify: str = "sha256"  # sha256 | size: the check of every shard before training
     workers: int = 0  # processes that clean and tokenize in prepare; 0: one per core

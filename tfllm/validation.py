@@ -22,6 +22,7 @@ def validate(cfg) -> None:
         "data.seq_len": d.seq_len,
         "data.records_per_shard": d.records_per_shard,
         "data.scatter_shards": d.scatter_shards,
+        "data.interleave_shards": d.interleave_shards,
         "train.steps": t.steps,
         "train.global_batch_size": t.global_batch_size,
         "train.steps_per_loop": t.steps_per_loop,

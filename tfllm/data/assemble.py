@@ -69,7 +69,13 @@ def fresh_state(cfg: Config, moved: str) -> dict:
                 "packers": [packer(d.seq_len + 1) for _ in range(d.scatter_shards)],
                 "writers": [
                     records.ShardWriter(
-                        out, split, d.seq_len + 1, d.records_per_shard, d.compression, lane
+                        out,
+                        split,
+                        d.seq_len + 1,
+                        d.records_per_shard,
+                        d.compression,
+                        lane,
+                        order_seed=d.scatter_seed,
                     )
                     for lane in range(d.scatter_shards)
                 ],
