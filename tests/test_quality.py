@@ -23,8 +23,8 @@ import posixpath
 
 import pytest
 import sentencepiece as spm
+from commands import run_subprocess
 
-from tests.commands import run_subprocess
 from tfllm.data import reader, records, verify
 from tfllm.data.corpus import list_files, split_of
 
