@@ -13,8 +13,10 @@ a shard would hold one slice of that order and a training run that reads a few s
 see a few topics. Scattered, every shard holds a sample of the documents from the whole
 stretch of input it was filled from (the whole corpus while a lane has not filled a shard),
 the same whatever the runner or worker count, with memory bounded by the lanes' unfinished
-shards, not by the corpus. The manifest lists the shards round by round (the first shard of
-each lane, then the second...).
+shards, not by the corpus. Each shard's windows are written in an order drawn from
+(scatter_seed, lane, shard), so the reader, which takes several shards a record at a time
+(reader.py), meets windows of all of a shard's documents from its first records on. The
+manifest lists the shards round by round (the first shard of each lane, then the second...).
 """
 
 from __future__ import annotations
