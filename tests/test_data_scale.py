@@ -246,6 +246,9 @@ def test_memory_is_flat_in_corpus_size(tmp_path):
             f"data.name=m{megabytes}",
             "data.workers=1",
             "data.max_memory_mb=1536",
+            # Prepare holds up to data.scatter_shards unfinished shards per split: small shards
+            # reach that bound on both corpora, the larger one must not need more.
+            "data.records_per_shard=256",
             "data.tokenizer_sample_mb=1",
             "model.vocabulary_size=320",
         ]

@@ -84,7 +84,7 @@ class DataConfig:
     records_per_shard: int = 8192
     # Shards of a split prepare fills at once, each document sent to one by a hash of its name
     # (and scatter_seed): every shard is a sample of the corpus, not a slice of its file order.
-    # Prepare holds up to this many unfinished shards per split in memory.
+    # Prepare holds up to this many unfinished shards per split in memory. 1: the input order.
     scatter_shards: int = field(default=16, metadata={"range": "[1, inf)"})
     scatter_seed: int = 0  # the seed of that hash: another value, another set of shards
     compression: str = "none"  # none | gzip: how shards are written (and read, per manifest)

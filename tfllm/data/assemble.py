@@ -77,7 +77,8 @@ def fresh_state(cfg: Config, moved: str) -> dict:
                         d.records_per_shard,
                         d.compression,
                         lane,
-                        order_seed=d.scatter_seed,
+                        # One lane keeps the input order, windows included.
+                        order_seed=d.scatter_seed if d.scatter_shards > 1 else None,
                     )
                     for lane in range(d.scatter_shards)
                 ],
