@@ -1,7 +1,7 @@
 """tfllm's hand-written backward passes against TensorFlow's own differentiation of the same
 forward pass, side by side in one process.
 
-    PYTHONPATH=. python -m benchmarks.backward_bench [--sizes tiny,small] [--rounds 16]
+    python -m benchmarks backward [--rounds 16] [--quick]
 
 On CPU, training uses a hand-written backward pass for the attention core
 (`tfllm.model.attention.attend_for_training`) and for the projections' weight gradients
@@ -9,16 +9,16 @@ On CPU, training uses a hand-written backward pass for the attention core
 traced in one process, from the same initial weights, then timed alternately (A B B A ...), so
 that the machine's slow spells fall on both. Prints each variant's median tokens/s and the
 median of the per-round ratios with its spread; the losses of the third step must agree (the
-same gradients), and are printed too.
+same gradients), and are recorded too. `--quick`: the tiny shape only.
 """
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 
+from benchmarks import shapes
 from benchmarks.common import alternate, paired
-from benchmarks.train_bench import run_tfllm, shape_of
+from benchmarks.train_bench import run_tfllm
 
 STEPS = {"tiny": 20, "small": 4}  # about 0.7 and 1.5 s a round here
 
@@ -46,7 +46,7 @@ def build(size: str, steps: int, hand_written: bool):
     """-> (the loss of the third step, which two updates shaped; a function running `steps`
     steps)."""
     with contextlib.nullcontext() if hand_written else autodiff_only():
-        first, many = run_tfllm(shape_of(size), steps)
+        first, many = run_tfllm(shapes.gpt(size), steps)
         first()  # traces (and compiles) with the variant in place
     first()
     return first(), many
@@ -54,8 +54,7 @@ def build(size: str, steps: int, hand_written: bool):
 
 def compare(size: str, rounds: int) -> dict:
     steps = STEPS[size]
-    shape = shape_of(size)
-    tokens = steps * shape["batch"] * shape["seq_len"]
+    tokens = steps * shapes.tokens_per_step(shapes.gpt(size))
     variants = {"hand-written": build(size, steps, True), "autodiff": build(size, steps, False)}
     rates = alternate({name: run for name, (_, run) in variants.items()}, rounds, tokens)
     return {
@@ -65,22 +64,21 @@ def compare(size: str, rounds: int) -> dict:
     }
 
 
-def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--sizes", default="tiny,small")
-    parser.add_argument("--rounds", type=int, default=16)
-    args = parser.parse_args(argv)
-    print("| size | hand-written tok/s | autodiff tok/s | paired ratio (min-max) | step-3 losses |")
-    print("|---|---|---|---|---|")
-    for size in args.sizes.split(","):
-        result = compare(size, args.rounds)
+def case(rounds: int, quick: bool) -> dict:
+    figures, notes = {}, []
+    for size in ["tiny"] if quick else ["tiny", "small"]:
+        result = compare(size, rounds)
         rates, losses = result["tokens_per_second"], result["third_step_losses"]
-        print(
-            f"| {size} | {rates['hand-written']:,.0f} | {rates['autodiff']:,.0f} | "
-            f"{result['ratio']:.3f} ({result['ratio_min']:.3f}-{result['ratio_max']:.3f}) | "
-            f"{losses['hand-written']:.6f} / {losses['autodiff']:.6f} |"
-        )
-
-
-if __name__ == "__main__":
-    main()
+        figures[size] = {
+            "hand-written tok/s": rates["hand-written"],
+            "autodiff tok/s": rates["autodiff"],
+            "paired ratio": {
+                "median": result["ratio"],
+                "min": result["ratio_min"],
+                "max": result["ratio_max"],
+            },
+            "step-3 loss, hand-written": f"{losses['hand-written']:.6f}",
+            "step-3 loss, autodiff": f"{losses['autodiff']:.6f}",
+        }
+    notes.append("paired ratio: hand-written / autodiff per round, median (min-max).")
+    return {"figures": figures, "notes": notes}

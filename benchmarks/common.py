@@ -133,10 +133,24 @@ def never_end(model, eos_id: int) -> None:
     model.embedding.kernel.assign(np.asarray(kernel))
 
 
+class Seconds(float):
+    """What a contender that times its own steps returns: the seconds those steps took.
+    `alternate` (and `train_bench.measure`) use it instead of the wall time of the call."""
+
+
 def keras_hub_fit(backbone, windows):
     """keras-hub's own training path for `backbone`: its reversed token embedding as the head,
     `compile(jit_compile=True)` with the AdamW every contender uses, and a dataset of the
-    (batch, seq + 1) `windows`. Returns `fit_steps(n)`, which trains n steps."""
+    (batch, seq + 1) `windows`. Returns `fit_steps(n)`, which trains n steps and returns their
+    `Seconds`, timed per step by a callback that reads the loss at the end of every step.
+
+    Why per step: without a sync, `fit`'s wall time on this CPU came in multiples of about
+    10.24 s (20 steps 10.23 s, 40 steps 20.48 s, 90 steps 40.97 s), so short `fit` calls read
+    far below the speed of their steps (benchmarks/README.md). Reading the
+    loss each step is what `fit`'s progress bar does for a user (`verbose=1`), and the clock
+    runs from the first step's start to the last step's end, outside `fit`'s set-up."""
+    import time
+
     import keras
     import tensorflow as tf
 
@@ -152,20 +166,49 @@ def keras_hub_fit(backbone, windows):
     ds = ds.map(
         lambda w: ({"token_ids": w[:, :-1], "padding_mask": tf.ones_like(w[:, :-1])}, w[:, 1:])
     ).prefetch(2)
-    return lambda n: model.fit(ds, steps_per_epoch=n, epochs=1, verbose=0)
+
+    class SyncEachStep(keras.callbacks.Callback):
+        def on_train_batch_begin(self, batch, logs=None):
+            if batch == 0:
+                self.started = time.perf_counter()
+
+        def on_train_batch_end(self, batch, logs=None):
+            float(logs["loss"])  # waits for the step, as the progress bar's loss read does
+            self.ended = time.perf_counter()
+
+    sync = SyncEachStep()
+
+    def fit_steps(n: int) -> Seconds:
+        model.fit(ds, steps_per_epoch=n, epochs=1, verbose=0, callbacks=[sync])
+        return Seconds(sync.ended - sync.started)
+
+    fit_steps.model, fit_steps.dataset = model, ds  # for the unsynced wall-time cross-check
+    return fit_steps
+
+
+def fit_wall_seconds(fit_steps, n: int) -> float:
+    """The cross-check: wall seconds of one `fit` of n steps with no callback (`verbose=0`),
+    as a script that only calls `fit` sees them; quantized to about 10.24 s here."""
+    import time
+
+    started = time.perf_counter()
+    fit_steps.model.fit(fit_steps.dataset, steps_per_epoch=n, epochs=1, verbose=0)
+    return time.perf_counter() - started
 
 
 def alternate(variants: dict, rounds: int, work: float) -> dict[str, list[float]]:
     """Runs each of `variants` ({name: callable}) once per round, in order on even rounds and
-    reversed on odd ones (neither always runs first); returns {name: [work / seconds]}."""
+    reversed on odd ones (neither always runs first); returns {name: [work / seconds]}. The
+    seconds are the call's wall time, or the `Seconds` it returns (a contender timed per step)."""
     import time
 
     rates = {name: [] for name in variants}
     for r in range(rounds):
         for name in list(variants) if r % 2 == 0 else list(reversed(variants)):
             started = time.perf_counter()
-            variants[name]()
-            rates[name].append(work / (time.perf_counter() - started))
+            result = variants[name]()
+            seconds = result if isinstance(result, Seconds) else time.perf_counter() - started
+            rates[name].append(work / seconds)
     return rates
 
 
@@ -179,3 +222,21 @@ def paired(rates: dict[str, list[float]], numerator: str, denominator: str) -> d
         "ratio_min": min(ratios),
         "ratio_max": max(ratios),
     }
+
+
+def paired_training(builders: dict, ours: str, rounds: int, steps: int, tokens: int) -> dict:
+    """Training contenders in one process, timed alternately chunk by chunk (`alternate`).
+
+    `builders` maps a name to a zero-argument function returning (first, many): one step, and
+    `steps` steps. Each is built and warmed up (two single steps) before any is timed. Returns
+    the harness's figures: every contender's tokens/s, and `ours` over the fastest other
+    contender, round by round (each pair of chunks ran within seconds of each other)."""
+    runs = {name: build() for name, build in builders.items()}
+    for first, _ in runs.values():
+        first(), first()
+    rates = alternate({name: many for name, (_, many) in runs.items()}, rounds, steps * tokens)
+    peers = [name for name in runs if name != ours]
+    per_round = [rates[ours][i] / max(rates[p][i] for p in peers) for i in range(rounds)]
+    figures = {name: {"tokens/s": summarize(values)} for name, values in rates.items()}
+    figures[f"{ours} / fastest other, per round"] = {"tokens/s": summarize(per_round)}
+    return figures

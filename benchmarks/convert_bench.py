@@ -1,6 +1,6 @@
 """Importing a ~500M-parameter bfloat16 Llama-shaped checkpoint: seconds and peak memory.
 
-    PYTHONPATH=. python -m benchmarks.convert_bench [--rounds 3] [--root DIR] [--layers 16]
+    python -m benchmarks convert [--rounds 3] [--quick]
 
 Writes a synthetic Hugging Face directory once (config.json through tfllm's own exporter of the
 config, random bfloat16 tensors in ~500 MB `model-*.safetensors` shards with the index), then
@@ -9,16 +9,15 @@ round after round, each time into a fresh workdir. Per round: wall seconds and t
 resident set (`wait4`'s ru_maxrss, the kernel's VmHWM of that process), reported relative to
 the checkpoint's bytes and to the float32 model tfllm holds (4 bytes per parameter). The idle
 footprint of the same interpreter with TensorFlow and tfllm imported is measured in the same
-way and reported alongside, so the import's own share can be read off.
+way and reported alongside, so the import's own share can be read off. `--quick` imports the
+5M-parameter Llama shape of the training comparison instead.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import shutil
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -27,19 +26,10 @@ import time
 import ml_dtypes
 import numpy as np
 
-from benchmarks.common import machine, versions
+from benchmarks import shapes
+from benchmarks.common import summarize
 
-# Llama 3.2-style GQA shape with ~0.5B parameters (untied head).
-SHAPE = {
-    "vocabulary_size": 32000,
-    "num_layers": 16,
-    "num_heads": 12,
-    "num_key_value_heads": 4,
-    "hidden_dim": 1536,
-    "intermediate_dim": 4096,
-    "max_sequence_length": 2048,
-    "tie_embeddings": False,
-}
+SHAPE = shapes.CONVERT
 SHARD_BYTES = 500 << 20
 
 
@@ -116,59 +106,43 @@ def run(argv: list[str]) -> tuple[float, float, str]:
     return seconds, usage.ru_maxrss * 1024, stderr
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--root", default=None, help="where the checkpoint is written (kept)")
-    parser.add_argument("--layers", type=int, default=SHAPE["num_layers"])
-    args = parser.parse_args()
-    shape = {**SHAPE, "num_layers": args.layers}
-    root = args.root or tempfile.mkdtemp(prefix="convert-bench-")
-    source = os.path.join(root, "hf")
-    load_before = os.getloadavg()
-    if not os.path.exists(os.path.join(source, "config.json")):
+def case(rounds: int, quick: bool) -> dict:
+    shape = shapes.model_keys(shapes.LLAMA) if quick else SHAPE
+    root = tempfile.mkdtemp(prefix="convert-bench-")
+    try:
+        source = os.path.join(root, "hf")
         started = time.perf_counter()
         write_checkpoint(source, shape)
-        print(f"wrote {source} in {time.perf_counter() - started:.1f}s", flush=True)
-    checkpoint = sum(
-        os.path.getsize(os.path.join(source, f))
-        for f in os.listdir(source)
-        if f.endswith(".safetensors")
-    )
-    params = sum(int(np.prod(s)) for s in hf_shapes(shape).values())
-    idle = "import tensorflow, tfllm.hub.convert, tfllm.model.lm"
-    rows = {"convert": [], "idle": []}
-    for i in range(args.rounds):
-        workdir = os.path.join(root, f"run-{i}")
-        shutil.rmtree(workdir, ignore_errors=True)
-        command = ["-m", "tfllm.convert", "--from_hf", source, "--workdir", workdir]
-        rows["convert"].append(run(command)[:2])
-        rows["idle"].append(run(["-c", idle])[:2])
-        shutil.rmtree(workdir)
-        print(f"round {i + 1}: convert {rows['convert'][-1]}, idle {rows['idle'][-1]}", flush=True)
-    seconds = [s for s, _ in rows["convert"]]
-    peaks = [p for _, p in rows["convert"]]
-    idles = [p for _, p in rows["idle"]]
-    result = {
-        "parameters": params,
-        "checkpoint_bytes": checkpoint,
-        "float32_model_bytes": 4 * params,
-        "seconds": {"median": statistics.median(seconds), "min": min(seconds), "max": max(seconds)},
-        "peak_rss_bytes": {
-            "median": statistics.median(peaks),
-            "min": min(peaks),
-            "max": max(peaks),
+        print(f"wrote {source} in {time.perf_counter() - started:.1f}s", file=sys.stderr)
+        checkpoint = sum(
+            os.path.getsize(os.path.join(source, f))
+            for f in os.listdir(source)
+            if f.endswith(".safetensors")
+        )
+        params = sum(int(np.prod(s)) for s in hf_shapes(shape).values())
+        idle = "import tensorflow, tfllm.hub.convert, tfllm.model.lm"
+        rows = {"convert": [], "idle": []}
+        for i in range(rounds):
+            workdir = os.path.join(root, f"run-{i}")
+            command = ["-m", "tfllm.convert", "--from_hf", source, "--workdir", workdir]
+            rows["convert"].append(run(command)[:2])
+            rows["idle"].append(run(["-c", idle])[:2])
+            shutil.rmtree(workdir)
+            print(f"round {i + 1}: {rows['convert'][-1]}, idle {rows['idle'][-1]}", file=sys.stderr)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+    peaks = summarize([p / 1e9 for _, p in rows["convert"]])
+    idle_gb = summarize([p / 1e9 for _, p in rows["idle"]])["median"]
+    model_gb = 4 * params / 1e9
+    figures = {
+        "tfllm.convert --from_hf": {
+            "seconds": summarize([s for s, _ in rows["convert"]]),
+            "peak RSS GB": peaks,
+            "/ checkpoint": peaks["median"] * 1e9 / checkpoint,
+            "/ float32 model": peaks["median"] / model_gb,
+            "(peak - idle) / float32 model": (peaks["median"] - idle_gb) / model_gb,
         },
-        "idle_rss_bytes": statistics.median(idles),
-        "peak_over_checkpoint": statistics.median(peaks) / checkpoint,
-        "peak_over_float32_model": statistics.median(peaks) / (4 * params),
-        "peak_minus_idle_over_float32_model": (statistics.median(peaks) - statistics.median(idles))
-        / (4 * params),
-        "machine": {**machine(), "load_average_before": list(load_before)},
-        "versions": versions(),
+        "idle interpreter (TensorFlow and tfllm imported)": {"peak RSS GB": idle_gb},
     }
-    print(json.dumps(result, indent=2))
-
-
-if __name__ == "__main__":
-    main()
+    notes = [f"{params:,} parameters, {checkpoint / 1e9:.2f} GB of bfloat16 safetensors"]
+    return {"figures": figures, "notes": notes}

@@ -1,6 +1,6 @@
 """Data pipeline benchmark: can the data keep up with training?
 
-    python -m benchmarks.data_bench [--rounds 3] [--steps 20] [--set section.key=value ...]
+    python -m benchmarks data [--rounds 3] [--quick]
 
 Measures, on one config (default: the built-in stdlib corpus at the small shapes: 4 layers,
 hidden 256, 4 heads, intermediate 1024, vocabulary 4096, seq_len 128, batch 16):
@@ -8,36 +8,31 @@ hidden 256, 4 heads, intermediate 1024, vocabulary 4096, seq_len 128, batch 16):
     reader    tokens per second of the tf.data reader alone (decoded batches, nothing else)
     training  tokens per second of the training step fed from memory (one batch, repeated)
     shards    tokens per second of the same training step fed by the reader
-and prints reader / training (the headroom; the target is >= 10) and shards / memory (the
+and records reader / training (the headroom; the target is >= 10) and shards / memory (the
 reader's cost to training; the target is >= 0.97). Contenders alternate, medians are reported:
-this machine is shared and noisy.
+this machine is shared and noisy. `--quick` reuses a prepared corpus under
+~/.cache/tfllm/bench-data and skips the prepare and resume timings.
 """
 
 from __future__ import annotations
 
-import argparse
-import statistics
-import sys
+import pathlib
 import tempfile
 import time
 
 import tensorflow as tf
 
+from benchmarks import shapes
+from benchmarks.common import ratio, summarize
 from tfllm.config import load_config
-from tfllm.data import prepare, reader, verify
+from tfllm.corpus import prepare
+from tfllm.data import reader, verify
 from tfllm.model.lm import build_model
 from tfllm.training.optim import make_optimizer
 from tfllm.training.steps import Steps
 
-SMALL = [
-    "model.num_layers=4",
-    "model.hidden_dim=256",
-    "model.num_heads=4",
-    "model.intermediate_dim=1024",
-    "model.vocabulary_size=4096",
-    "data.seq_len=128",
-    "train.global_batch_size=16",
-]
+SMALL = shapes.overrides(shapes.gpt("small"))
+CACHE = pathlib.Path.home() / ".cache" / "tfllm" / "bench-data"
 
 
 def bench_reader(shards, cfg, batches: int) -> float:
@@ -62,20 +57,21 @@ def _skip_through_shuffle(shards, cfg, start_step: int) -> tf.data.Dataset:
     return ds.skip(start_step)
 
 
-def bench_resume(shards, cfg) -> None:
+def bench_resume(shards, cfg) -> dict:
     """Seconds to the first batch after a restart at step k: arithmetic skip vs ds.skip(k)."""
     batch, block = cfg.train.global_batch_size, cfg.data.shuffle_buffer
+    rows = {}
     for step in (0, 10**3, 10**6, 10**9):
         started = time.perf_counter()
         next(iter(reader.train_dataset(shards, batch, 0, block, step)))
-        print(f"resume at step {step:>13,}: first batch after {time.perf_counter() - started:.2f}s")
+        rows[f"resume at step {step:,}"] = {"seconds": time.perf_counter() - started}
     for step in (0, 2000):
         started = time.perf_counter()
         next(iter(_skip_through_shuffle(shards, cfg, step)))
+        # a week-long run at this config's shapes is about 1e6 steps
         seconds = time.perf_counter() - started
-        print(f"old ds.skip({step}) through the shuffle: first batch after {seconds:.2f}s")
-        if step:  # a week-long run at this config's shapes is about 1e6 steps
-            print(f"  -> about {seconds / step * 1e6 / 60:.0f} minutes at step 1,000,000")
+        rows[f"old ds.skip({step}) through the shuffle"] = {"seconds": seconds}
+    return rows
 
 
 def bench_training(cfg, shards, rounds: int, steps: int) -> dict[str, list[float]]:
@@ -85,7 +81,7 @@ def bench_training(cfg, shards, rounds: int, steps: int) -> dict[str, list[float
     train_steps = Steps(cfg, strategy, model, optimizer)
     batch = cfg.train.global_batch_size
 
-    def reader(ctx):
+    def from_shards(ctx):
         return reader.train_dataset(shards, batch, 0, cfg.data.shuffle_buffer, 0, ctx)
 
     first = next(iter(reader.train_dataset(shards, batch, 0, cfg.data.shuffle_buffer)))
@@ -95,7 +91,7 @@ def bench_training(cfg, shards, rounds: int, steps: int) -> dict[str, list[float
                 lambda ctx: tf.data.Dataset.from_tensors(first).repeat()
             )
         ),
-        "shards": iter(strategy.distribute_datasets_from_function(reader)),
+        "shards": iter(strategy.distribute_datasets_from_function(from_shards)),
     }
     for iterator in feeds.values():  # compile, warm the reader
         float(train_steps.train_loop(iterator, tf.constant(2))["loss"])
@@ -109,45 +105,35 @@ def bench_training(cfg, shards, rounds: int, steps: int) -> dict[str, list[float
     return rates
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--steps", type=int, default=20, help="training steps per round")
-    parser.add_argument("--batches", type=int, default=300, help="reader batches per round")
-    parser.add_argument("--set", action="append", default=[], dest="overrides")
-    args = parser.parse_args(argv)
-    root = tempfile.mkdtemp(prefix="data_bench_")
-    cfg = load_config(
-        [],
-        [*SMALL, "data.source=stdlib", "data.tokenizer_sample_mb=2", f"data.root={root}"]
-        + args.overrides,
-    )
-    timings: dict[str, float] = {}
-    manifest = prepare.prepare(cfg, log=lambda _: None, timings=timings)
-    megabytes = manifest["cleaning"]["bytes_read"] / 1e6
-    total = sum(timings.values())
-    print(
-        f"prepare: {megabytes:.1f} MB of text in {total:.1f}s = {megabytes / total:.2f} MB/s; "
-        f"read+clean {megabytes / timings['read']:.1f} MB/s, tokenizer training "
-        f"{timings['tokenizer']:.1f}s (on data.tokenizer_sample_mb), tokenize+pack+write "
-        f"{megabytes / timings['pack']:.2f} MB/s"
-    )
-    shards = verify.check_split(prepare.data_dir(cfg), manifest, "train", "sha256", "error")
-    bench_resume(shards, cfg)
-    readers = [bench_reader(shards, cfg, args.batches) for _ in range(args.rounds)]
-    rates = bench_training(cfg, shards, args.rounds, args.steps)
-    reader, memory, fed = (
-        statistics.median(v) for v in (readers, rates["memory"], rates["shards"])
-    )
-    print(
-        f"reader:   {reader:12,.0f} tokens/s  (rounds: {', '.join(f'{r:,.0f}' for r in readers)})"
-    )
-    print(f"training: {memory:12,.0f} tokens/s from memory  (rounds: {rates['memory']})")
-    print(f"training: {fed:12,.0f} tokens/s from shards  (rounds: {rates['shards']})")
-    print(f"reader / training consumption = {reader / memory:.1f}x (target >= 10)")
-    print(f"training from shards / from memory = {fed / memory:.3f} (target >= 0.97)")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+def case(rounds: int, quick: bool) -> dict:
+    steps, batches = (5, 50) if quick else (20, 300)
+    figures = {}
+    with tempfile.TemporaryDirectory(prefix="data_bench_") as root:
+        base = [*SMALL, "data.source=stdlib", "data.tokenizer_sample_mb=2"]
+        cfg = load_config([], [*base, f"data.root={CACHE if quick else root}"])
+        if quick:
+            manifest = prepare.ensure_prepared(cfg)
+        else:
+            timings: dict[str, float] = {}
+            manifest = prepare.prepare(cfg, timings=timings)
+            megabytes = manifest["cleaning"]["bytes_read"] / 1e6
+            figures["prepare, whole"] = {"MB/s": megabytes / sum(timings.values()),
+                                         "seconds": sum(timings.values())}  # fmt: skip
+            figures["prepare, read + clean"] = {"MB/s": megabytes / timings["read"]}
+            figures["prepare, tokenizer training"] = {"seconds": timings["tokenizer"]}
+            figures["prepare, tokenize + pack + write"] = {"MB/s": megabytes / timings["pack"]}
+        shards = verify.check_split(prepare.data_dir(cfg), manifest, "train", "size", "error")
+        if not quick:
+            figures.update(bench_resume(shards, cfg))
+        readers = summarize([bench_reader(shards, cfg, batches) for _ in range(rounds)])
+        rates = bench_training(cfg, shards, rounds, steps)
+    memory, fed = summarize(rates["memory"]), summarize(rates["shards"])
+    figures["reader alone"] = {"tokens/s": readers}
+    figures["training step fed from memory"] = {"tokens/s": memory}
+    figures["training step fed from shards"] = {"tokens/s": fed}
+    headroom, fed_ratio = ratio(readers, memory), ratio(fed, memory)
+    notes = [
+        f"reader / training consumption = {headroom:.1f}x (target >= 10)",
+        f"training from shards / from memory = {fed_ratio:.3f} (target >= 0.97)",
+    ]
+    return {"figures": figures, "notes": notes}

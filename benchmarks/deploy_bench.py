@@ -1,40 +1,37 @@
 """Deployment formats on the small config: file size, load time, ms/token at batch 1 (CPU),
 and the bits-per-byte cost of int8 weights against float32.
 
-    PYTHONPATH=. python benchmarks/deploy_bench.py [--new_tokens 32] [--repeats 3]
-    PYTHONPATH=. python benchmarks/deploy_bench.py --only saved_model --train_steps 0 --repeats 9
+    python -m benchmarks deploy [--rounds 3] [--quick]
 
 Speed and size: configs/small.yaml shapes with random weights (benchmarks/generate_bench.py's
-`make_run`; the EOS embedding zeroed so every run decodes `new_tokens`), greedy. Each format's
-load and decode are timed alternately with the others, `repeats` rounds; medians with
-[min, max] are printed. `--only` keeps the formats whose name contains it; `--train_steps 0`
-skips the bits per byte.
+`make_run`; the EOS embedding zeroed so every run decodes 32 new tokens), greedy. Each format's
+load and decode are timed alternately with the others, `rounds` rounds; medians with
+(min-max). `--quick`: the SavedModels only, 8 new tokens, no bits per byte.
 
 Bits per byte: a model that has learned something, the default config's shape (configs/tiny.yaml)
-trained `--train_steps` steps on the stdlib by tfllm's trainer, exported in every format and
-scored by `tfllm.eval`'s engine on the first `--bpb_docs` documents of its stdlib_bpb task
+trained 300 steps on the stdlib by tfllm's trainer, exported in every format and
+scored by `tfllm.eval`'s engine on the first 4 documents of its stdlib_bpb task
 (held-out files): the SavedModels through their `logits` signature, LiteRT and ONNX through
 their logits (the LiteRT prefill signature, one window at a time).
 """
 
 from __future__ import annotations
 
-import argparse
-import os
 import pathlib
-import statistics
 import tempfile
 import time
 
 import numpy as np
 import tensorflow as tf
 
+from benchmarks.common import summarize
 from benchmarks.generate_bench import PROMPT, make_run
 from tfllm.config import load_config
-from tfllm.data import prepare, tokenizer
+from tfllm.corpus import prepare
 from tfllm.eval import run
 from tfllm.eval.engine import Engine
 from tfllm.serve import export, litert, onnx
+from tfllm.tokenizers import tokenizer
 from tfllm.training import loop
 
 
@@ -123,9 +120,8 @@ def trained_bits_per_byte(root: str, steps: int, docs: int) -> dict:
     cfg = load_config(overrides=[f"data.root={root}/data", f"runtime.workdir={workdir}",
                                  f"train.steps={steps}", f"train.checkpoint_every={steps}",
                                  f"train.eval_every={steps}"])  # fmt: skip
-    prepare.prepare(cfg, log=lambda _: None)
-    loop.train(cfg, log=lambda _: None)
-    quiet = dict(log=lambda _: None)
+    prepare.prepare(cfg)
+    loop.train(cfg)
     length = cfg.model.max_sequence_length
     lite = {
         q: litert.export_litert(
@@ -133,11 +129,10 @@ def trained_bits_per_byte(root: str, steps: int, docs: int) -> dict:
             f"{root}/export/tiny-litert-{q}",
             prefill_length=length,
             quantize_weights=q,
-            **quiet,
         )  # fmt: skip
         for q in ("none", "int8")
     }
-    onnx_dir = onnx.export_onnx(workdir, f"{root}/export/tiny-onnx", **quiet)
+    onnx_dir = onnx.export_onnx(workdir, f"{root}/export/tiny-onnx")
     task = run.load_tasks("stdlib_bpb")
 
     def score(engine) -> float:
@@ -146,7 +141,7 @@ def trained_bits_per_byte(root: str, steps: int, docs: int) -> dict:
 
     bpb = {}
     for name, q in (("saved_model float32", "none"), ("saved_model int8", "int8")):
-        version_dir = export.export(workdir, f"{root}/export/tiny-{q}", quantize_weights=q, **quiet)
+        version_dir = export.export(workdir, f"{root}/export/tiny-{q}", quantize_weights=q)
         bpb[name] = score(run.export_engine(version_dir, {"loglikelihood_rolling"})[0])
     tokenizer_path = f"{onnx_dir}/tokenizer.model"
     for name, logits in (
@@ -190,31 +185,28 @@ def onnx_logits(version_dir):
     return lambda ids: session.run(["logits"], {"token_ids": ids})[0]
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--new_tokens", type=int, default=32)
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--train_steps", type=int, default=300)
-    parser.add_argument("--bpb_docs", type=int, default=4)
-    parser.add_argument("--only", default="", help="time the formats whose name has this")
-    args = parser.parse_args()
-    n = args.new_tokens
+TRAIN_STEPS, BPB_DOCS = 300, 4
+
+
+def case(rounds: int, quick: bool) -> dict:
+    n = 8 if quick else 32
+    only = "saved_model" if quick else ""
+    train_steps = 0 if quick else TRAIN_STEPS
     with tempfile.TemporaryDirectory() as root:
         model, tokenizer_path, float_dir = make_run(root)
-        quiet = dict(log=lambda _: None)
-        int8_dir = export.export(root, f"{root}/export/bench", quantize_weights="int8", **quiet)
+        int8_dir = export.export(root, f"{root}/export/bench", quantize_weights="int8")
         prompt = [tokenizer.EOS_ID, *tokenizer_ids(tokenizer_path, PROMPT)]
         head_dim = model.hidden_dim // model.num_heads
         shape = [1, model.num_heads, model.max_sequence_length, head_dim]
 
         def lite(q):
             path = litert.export_litert(
-                root, f"{root}/export/litert-{q}", prefill_length=16, quantize_weights=q, **quiet
+                root, f"{root}/export/litert-{q}", prefill_length=16, quantize_weights=q
             )
             return (path, *litert_format(path, n, prompt))
 
         def onnx_float32():
-            path = onnx.export_onnx(root, f"{root}/export/onnx", **quiet)
+            path = onnx.export_onnx(root, f"{root}/export/onnx")
             return (path, *onnx_format(path, n, prompt, shape))
 
         builders = {
@@ -224,13 +216,13 @@ def main() -> None:
             "litert int8": lambda: lite("int8"),
             "onnx float32": onnx_float32,
         }
-        formats = {name: build() for name, build in builders.items() if args.only in name}
+        formats = {name: build() for name, build in builders.items() if only in name}
         loads = {name: [] for name in formats}
         tokens = {name: [] for name in formats}
         loaded = {name: load() for name, (_, load, _) in formats.items()}
         for name, (_, _, run) in formats.items():
             run(loaded[name])  # compile / warm up
-        for _ in range(args.repeats):
+        for _ in range(rounds):
             for name, (_, load, run) in formats.items():
                 started = time.perf_counter()
                 load()
@@ -238,37 +230,30 @@ def main() -> None:
                 started = time.perf_counter()
                 run(loaded[name])
                 tokens[name].append(1000 * (time.perf_counter() - started) / n)
-        print(
-            f"{model.count_params():,} parameters; batch 1, {n} new tokens, {args.repeats} rounds"
-        )
-        print(f"{'format':22s} {'size MB':>9s} {'load s':>16s} {'ms/token':>18s}")
-        for name, (path, _, _) in formats.items():
-            print(
-                f"{name:22s} {size(path) / 1e6:9.2f} {spread(loads[name], 2):>16s} "
-                f"{spread(tokens[name], 2):>18s}"
-            )
+        figures = {
+            name: {
+                "size MB": size(path) / 1e6,
+                "load s": summarize(loads[name]),
+                "ms/token": summarize(tokens[name]),
+            }
+            for name, (path, _, _) in formats.items()
+        }
         weights = {d: size(f"{d}/variables") for d in (float_dir, int8_dir)}
-        print(f"variables/ int8 / float32: {weights[int8_dir] / weights[float_dir]:.3f}")
-        if not args.train_steps:
-            return
-        bpb = trained_bits_per_byte(root, args.train_steps, args.bpb_docs)
-    print(f"bits/byte, tiny default model after {args.train_steps} steps ({args.bpb_docs} docs):")
-    for name, value in bpb.items():
-        cost = 100 * (value / bpb["saved_model float32"] - 1)
-        print(f"{name:22s} {value:.4f} ({cost:+.2f}%)")
+        notes = [
+            f"{model.count_params():,} parameters; batch 1, {n} new tokens, {rounds} rounds",
+            f"variables/ int8 / float32: {weights[int8_dir] / weights[float_dir]:.3f}",
+        ]
+        if train_steps:
+            bpb = trained_bits_per_byte(root, train_steps, BPB_DOCS)
+            for name, value in bpb.items():
+                cost = 100 * (value / bpb["saved_model float32"] - 1)
+                figures[f"{name}, tiny model after {train_steps} steps"] = {
+                    "bits/byte": f"{value:.4f} ({cost:+.2f}%)"
+                }
+    return {"figures": figures, "notes": notes}
 
 
 def tokenizer_ids(path, text):
     import sentencepiece
 
     return sentencepiece.SentencePieceProcessor(model_file=path).encode(text)
-
-
-def spread(values, digits) -> str:
-    low, high = min(values), max(values)
-    return f"{statistics.median(values):.{digits}f} [{low:.{digits}f}-{high:.{digits}f}]"
-
-
-if __name__ == "__main__":
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    main()

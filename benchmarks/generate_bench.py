@@ -1,55 +1,43 @@
-"""Decoding speed: cached vs uncached, and the exported SavedModel vs in-process generate.
+"""Decoding speed, two cases.
 
-    PYTHONPATH=. python benchmarks/generate_bench.py [--new_tokens 128] [--repeats 5]
-    PYTHONPATH=. python benchmarks/generate_bench.py --baseline REV [--new_tokens 64]
+    python -m benchmarks serving [--rounds 5] [--quick]     # configs/small.yaml shapes
+    python -m benchmarks generate [--rounds 5] [--quick]    # the GPT small shape vs keras-hub
 
-On configs/small.yaml shapes (6 layers, hidden 512, 8 heads, intermediate 1536, vocabulary
-8192, 256 positions; about 25M parameters) with random weights, batch 1, greedy. Contenders are
-run alternately, `repeats` times each, and the medians are compared, because this machine is
-shared and single runs are noisy. The EOS embedding is zeroed so no run stops early.
+`serving`: on configs/small.yaml shapes (`shapes.DECODE`: 6 layers, hidden 512, 8 heads,
+intermediate 1536, vocabulary 8192, 256 positions; about 25M parameters) with random weights,
+batch 1, greedy, 128 new tokens (32 with --quick). Contenders run alternately, `rounds` times
+each; medians and spread. The EOS embedding is zeroed so no run stops early.
 
     cached      `tfllm.serve.generate.decode`: prefill, then one token per step through the KV cache
     uncached    the same loop without a cache: every step runs the whole prefix again
     exported    the SavedModel's serving_default (plain graph, no XLA), text in and out
     in-process  `Generator.generate` (a tf.function graph, its default), text in and out
 
-With `--baseline REV` it compares instead this tree's `Generator.generate_ids` with the one of
-git revision REV (its tfllm/serve/generate.py and sampling.py, on this tree's model), greedy
-and sampled (temperature 0.8, top_k 40, top_p 0.95), at batch 1 and 8: medians [min-max].
+`generate`: ms/token at 128 new tokens, batch 1, greedy, on the GPT small shape of the training
+comparison: tfllm cached (graph and XLA), uncached, and keras-hub `GPT2CausalLM.generate`;
+first call and steady state.
 """
 
 from __future__ import annotations
 
-import argparse
-import linecache
 import pathlib
-import statistics
-import subprocess
-import sys
 import sysconfig
 import tempfile
 import time
-import types
 
 import numpy as np
 import tensorflow as tf
 
-from benchmarks.common import never_end
+from benchmarks import shapes
+from benchmarks.common import gpt2_backbone, never_end, summarize
 from tfllm.config import load_config, save_config
-from tfllm.data import tokenizer
 from tfllm.model.lm import build_model
 from tfllm.serve import export, generate
+from tfllm.tokenizers import tokenizer
 from tfllm.training.optim import make_optimizer
 from tfllm.training.session import make_checkpointer, new_counters
 
-SMALL = [
-    "model.num_layers=6",
-    "model.hidden_dim=512",
-    "model.num_heads=8",
-    "model.intermediate_dim=1536",
-    "model.vocabulary_size=8192",
-    "model.max_sequence_length=256",
-]
+SMALL = [f"model.{key}={value}" for key, value in shapes.DECODE.items()]
 PROMPT = "def main(argv):\n    "
 
 
@@ -89,65 +77,10 @@ def rounds(contenders: dict, repeats: int) -> dict:
     return times
 
 
-def medians(contenders: dict, repeats: int) -> dict:
-    times = rounds(contenders, repeats)
-    return {name: statistics.median(values) for name, values in times.items()}
-
-
-def revision_module(rev: str, name: str, namespace: dict) -> types.ModuleType:
-    """tfllm/serve/<name>.py as of git revision `rev`, run with `namespace` predefined (its
-    own import lines of those names dropped, so it uses the revision's modules)."""
-    root = pathlib.Path(__file__).resolve().parent.parent
-    source = subprocess.run(
-        ["git", "show", f"{rev}:tfllm/serve/{name}.py"],
-        cwd=root, capture_output=True, text=True, check=True,
-    ).stdout  # fmt: skip
-    for imported in namespace:
-        source = source.replace(f"from tfllm.serve import {imported}\n", "")
-    filename = f"{rev}:tfllm/serve/{name}.py"
-    # AutoGraph reads a function's source through linecache.
-    linecache.cache[filename] = (len(source), None, source.splitlines(True), filename)
-    module = types.ModuleType(f"{name}_at_{rev}")
-    module.__dict__.update(namespace)
-    sys.modules[module.__name__] = module  # AutoGraph looks functions' modules up there
-    exec(compile(source, filename, "exec"), module.__dict__)
-    return module
-
-
-def compare_baseline(model, tokenizer_path: str, rev: str, n: int, repeats: int) -> None:
-    """This tree's decode loop against revision `rev`'s, alternating, on the same model."""
-    sampling = revision_module(rev, "sampling", {})
-    baseline = revision_module(rev, "generate", {"sampling": sampling})
-    generators = {
-        "this tree": generate.Generator(model, tokenizer_path),
-        rev: baseline.Generator(model, tokenizer_path),
-    }
-    settings = {"greedy": {}, "sampled": dict(temperature=0.8, top_k=40, top_p=0.95, seed=1)}
-    contenders = {}
-    for batch in (1, 8):
-        for setting, options in settings.items():
-            for name, generator in generators.items():
-                contenders[(batch, setting, name)] = lambda g=generator, b=batch, o=options: (
-                    g.generate_ids([PROMPT] * b, max_new_tokens=n, **o)[0].numpy()
-                )
-    for batch, setting, _ in contenders:  # the same tokens, or the comparison means nothing
-        outputs = [contenders[(batch, setting, name)]() for name in generators]
-        np.testing.assert_array_equal(*outputs)
-    times = rounds(contenders, repeats)
-    print(f"model: {model.count_params():,} parameters; {n} new tokens, {repeats} rounds")
-    for (batch, setting, name), values in times.items():
-        per_token = [1000 * value / n for value in values]
-        print(
-            f"batch {batch} {setting:8s} {name:12s} {statistics.median(per_token):8.2f} ms/token "
-            f"[{min(per_token):.2f}-{max(per_token):.2f}]"
-        )
-        if name == rev:  # the two ran next to each other: their ratio shares the round's load
-            ours = times[(batch, setting, "this tree")]
-            ratios = [a / b for a, b in zip(ours, values, strict=True)]
-            print(
-                f"batch {batch} {setting:8s} this tree / {rev}: median of rounds "
-                f"{statistics.median(ratios):.3f} [{min(ratios):.3f}-{max(ratios):.3f}]"
-            )
+def summaries(contenders: dict, repeats: int, per: float = 1.0) -> dict:
+    """{name: summary of seconds / per} over alternating rounds (after one compiling run)."""
+    return {name: summarize([v / per for v in values])
+            for name, values in rounds(contenders, repeats).items()}  # fmt: skip
 
 
 def make_run(root: str):
@@ -168,24 +101,15 @@ def make_run(root: str):
     model = build_model(cfg.model)
     never_end(model, tokenizer.EOS_ID)
     optimizer = make_optimizer(cfg.train, model.trainable_variables)
-    make_checkpointer(cfg, model, optimizer, new_counters(), log=lambda _: None).save(0)
-    version_dir = export.export(root, f"{root}/export/bench", log=lambda _: None)
+    make_checkpointer(cfg, model, optimizer, new_counters()).save(0)
+    version_dir = export.export(root, f"{root}/export/bench")
     return model, tokenizer_path, version_dir
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--new_tokens", type=int, default=128)
-    parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--baseline", help="a git revision to compare the decode loop with")
-    args = parser.parse_args()
-    n = args.new_tokens
+def case(repeats: int, quick: bool) -> dict:
+    n = 32 if quick else 128
     with tempfile.TemporaryDirectory() as root:
         model, tokenizer_path, version_dir = make_run(root)
-        if args.baseline:
-            compare_baseline(model, tokenizer_path, args.baseline, n, args.repeats)
-            return
-        print(f"model: {model.count_params():,} parameters; {n} new tokens, batch 1, greedy")
         generator = generate.Generator(model, tokenizer_path)
         xla_generator = generate.Generator(model, tokenizer_path, jit_compile=True)
         ids = generator._prompt_ids(tf.constant([PROMPT])).to_tensor()  # (1, P)
@@ -204,8 +128,7 @@ def main() -> None:
         reference = uncached(model, ids, tf.constant(n))[0, -n:].numpy()
         np.testing.assert_array_equal(tokens[0].numpy(), reference)
         np.testing.assert_array_equal(served(**request)["tokens"][0].numpy(), reference)
-
-        seconds = medians(
+        per_token = summaries(
             {
                 "cached (graph)": lambda: generator.generate_ids([PROMPT], max_new_tokens=n),
                 "cached (XLA)": lambda: xla_generator.generate_ids([PROMPT], max_new_tokens=n),
@@ -213,18 +136,62 @@ def main() -> None:
                 "exported generate": lambda: served(**request)["completions"].numpy(),
                 "in-process generate": lambda: generator.generate([PROMPT], max_new_tokens=n),
             },
-            args.repeats,
+            repeats,
+            n / 1000,
         )
-    for name, value in seconds.items():
-        print(f"{name:28s} {1000 * value / n:8.2f} ms/token")
-    speedup = seconds["uncached (graph)"] / seconds["cached (graph)"]
-    speedup_xla = seconds["uncached (graph)"] / seconds["cached (XLA)"]
-    print(
-        f"cached speed-up at {n} tokens: {speedup:.1f}x (graph), {speedup_xla:.1f}x (XLA) [>= 4x]"
-    )
-    ratio = seconds["exported generate"] / seconds["in-process generate"]
-    print(f"exported / in-process generate per token: {ratio:.2f}x [<= 1.5x]")
+    median = {name: s["median"] for name, s in per_token.items()}
+    notes = [
+        f"{model.count_params():,} parameters; {n} new tokens, batch 1, greedy.",
+        f"cached speed-up: {median['uncached (graph)'] / median['cached (graph)']:.1f}x (graph), "
+        f"{median['uncached (graph)'] / median['cached (XLA)']:.1f}x (XLA) [target >= 4x]",
+        f"exported / in-process generate per token: "
+        f"{median['exported generate'] / median['in-process generate']:.2f}x [target <= 1.5x]",
+    ]
+    return {"figures": {k: {"ms/token": v} for k, v in per_token.items()}, "notes": notes}
 
 
-if __name__ == "__main__":
-    main()
+def keras_hub_generate(shape: dict, prompt: np.ndarray, new_tokens: int):
+    """keras-hub GPT2CausalLM.generate (greedy) on the same shapes, as a zero-arg callable."""
+    import keras_hub
+
+    backbone = gpt2_backbone(shape, 2 * shape["seq_len"])
+    lm = keras_hub.models.GPT2CausalLM(backbone=backbone, preprocessor=None)
+    lm.compile(sampler="greedy")
+    width = prompt.shape[1] + new_tokens  # generation fills the padding after the prompt
+    inputs = {
+        "token_ids": np.pad(prompt, ((0, 0), (0, new_tokens))),
+        "padding_mask": np.arange(width)[None, :] < prompt.shape[1],
+    }
+    return lambda: lm.generate(inputs, stop_token_ids=None)
+
+
+def peer_case(repeats: int, quick: bool) -> dict:
+    """ms/token at 128 new tokens, batch 1, greedy: first call and steady state."""
+    new_tokens = 128
+    shape = shapes.gpt("small")
+    keys = {**shapes.model_keys(shape), "max_sequence_length": 2 * shape["seq_len"]}
+    cfg = load_config([], [f"model.{key}={value}" for key, value in keys.items()])
+    tf.keras.utils.set_random_seed(0)
+    model = build_model(cfg.model)
+    never_end(model, generate.EOS_ID)
+    prompt = np.random.default_rng(0).integers(3, shape["vocabulary_size"], (1, 16), np.int32)
+    ids, start, n = tf.constant(prompt), tf.zeros([1], tf.int32), tf.constant(new_tokens)
+    greedy = (tf.constant(0.0), tf.constant(0), tf.constant(1.0), tf.constant(0, tf.int64))
+    cached = tf.function(generate.decode)
+    cached_xla = tf.function(generate.decode, jit_compile=True)
+    uncached = tf.function(uncached_decode)
+    contenders = {
+        "tfllm cached (graph)": lambda: cached(model, ids, start, n, *greedy)[0].numpy(),
+        "tfllm cached (XLA)": lambda: cached_xla(model, ids, start, n, *greedy)[0].numpy(),
+        "tfllm uncached (graph)": lambda: uncached(model, ids, n).numpy(),
+        "keras-hub GPT2CausalLM.generate": keras_hub_generate(shape, prompt, new_tokens),
+    }
+    first = {name: 1000 * timed(fn) / new_tokens for name, fn in contenders.items()}
+    steady = summaries(contenders, repeats, new_tokens / 1000)
+    figures = {
+        name: {"first call ms/token": first[name], "steady ms/token": steady[name]}
+        for name in contenders
+    }
+    speedup = steady["tfllm uncached (graph)"]["median"] / steady["tfllm cached (graph)"]["median"]
+    return {"figures": figures, "notes": [f"cached vs uncached (graph): {speedup:.2f}x "
+                                          "[target >= 4x]"]}  # fmt: skip

@@ -1,16 +1,17 @@
 """An imported Llama-shaped model (GQA, RMSNorm, SwiGLU, rotary, untied head): training
 tokens/s against keras-hub and PyTorch, cached decoding ms/token against keras-hub.
 
-    PYTHONPATH=. python -m benchmarks.llama_bench train [--rounds 3] [--steps 20] [--chunks 3]
-    PYTHONPATH=. python -m benchmarks.llama_bench paired [--rounds 8] [--steps 10]
-    PYTHONPATH=. python -m benchmarks.llama_bench generate [--new_tokens 64] [--repeats 5]
+    python -m benchmarks llama-train [--rounds 3] [--quick]
+    python -m benchmarks llama-paired [--rounds 6] [--quick]
+    python -m benchmarks llama-generate [--rounds 5] [--quick]
 
 One random Llama checkpoint is written as a Hugging Face directory (tfllm's exporter), and every
 contender starts from it through its own importer: tfllm `tfllm.convert --from_hf` then
 `Steps.train_loop`; keras-hub `Llama3Backbone.from_preset(dir)` (its HF converter) + reverse
 embedding head + `fit(jit_compile=True)`; PyTorch `transformers.LlamaForCausalLM.from_pretrained`
 (sdpa attention) with a plain loop. Same AdamW (lr 1e-3, betas 0.9/0.95, decay 0.1), clip 1.0,
-float32, the same 8 random token batches (benchmarks.train_bench). Training: every repetition
+float32, the same 8 random token batches (`shapes.token_batches`); keras-hub's `fit` timed per
+step (`common.keras_hub_fit`). Training: every repetition
 is a fresh process per contender, contenders alternate A B C A B C (`paired`: all three in one
 process, timed alternately chunk by chunk, per-round ratios); generation: batch 1, greedy,
 the EOS row of the head zeroed off, all contenders in one process timed alternately.
@@ -18,38 +19,21 @@ the EOS row of the head zeroed off, all contenders in one process timed alternat
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
-import resource
 import sys
 import tempfile
 import time
 
 import numpy as np
 
-from benchmarks.common import (
-    emit,
-    has_torch,
-    keras_hub_fit,
-    machine,
-    run_worker,
-    summarize,
-    versions,
-)
-from benchmarks.train_bench import BATCHES
+from benchmarks import shapes
+from benchmarks.common import emit, has_torch, keras_hub_fit, paired_training, run_worker, summarize
+from benchmarks.train_bench import measure
 
-SHAPE = {
-    "vocabulary_size": 4096,
-    "num_layers": 4,
-    "hidden_dim": 256,
-    "num_heads": 4,
-    "num_key_value_heads": 2,
-    "intermediate_dim": 688,
-    "max_sequence_length": 128,  # the KV cache of tfllm.serve.generate has this many slots
-    "tie_embeddings": False,
-}
-SEQ_LEN, BATCH = 128, 16
+SHAPE = shapes.model_keys(shapes.LLAMA)
+SEQ_LEN, BATCH = shapes.LLAMA["seq_len"], shapes.LLAMA["batch"]
+STEPS, QUICK_STEPS, CHUNKS = 10, 2, 3
 
 
 def write_checkpoint(root: str) -> str:
@@ -69,14 +53,12 @@ def write_checkpoint(root: str) -> str:
     with open(os.path.join(source, "config.json"), "w") as f:
         json.dump(hf_config.from_model_config("llama", vars(cfg), base), f)
     weights.write_weights(source, "llama", model, "float32", 1 << 30)
-    convert.from_hf(source, os.path.join(root, "run"), log=lambda _: None)
+    convert.from_hf(source, os.path.join(root, "run"))
     return source
 
 
 def batches() -> np.ndarray:
-    rng = np.random.default_rng(0)
-    size = (BATCHES, BATCH, SEQ_LEN + 1)
-    return rng.integers(0, SHAPE["vocabulary_size"], size=size, dtype=np.int32)
+    return shapes.token_batches(shapes.LLAMA)
 
 
 def run_tfllm(root: str, steps: int):
@@ -96,7 +78,7 @@ def run_tfllm(root: str, steps: int):
         "train.jit_compile=true",
     ]
     cfg = load_config([os.path.join(workdir, "config.yaml")], overrides)
-    model = load_trained(workdir, log=lambda _: None).model
+    model = load_trained(workdir).model
     optimizer = make_optimizer(cfg.train, model.trainable_variables)
     strategy = tf.distribute.get_strategy()
     steps_fn = Steps(cfg, strategy, model, optimizer)
@@ -131,7 +113,7 @@ def run_torch(root: str, steps: int):
 
     def steps_from(count: int):
         for i in range(count):
-            w = windows[i % BATCHES]
+            w = windows[i % shapes.BATCHES]
             logits = model(input_ids=w[:, :-1]).logits
             loss = torch.nn.functional.cross_entropy(
                 logits.reshape(-1, logits.shape[-1]), w[:, 1:].reshape(-1)
@@ -148,87 +130,70 @@ def run_torch(root: str, steps: int):
 TRAINERS = {"tfllm": run_tfllm, "keras-hub-fit": run_keras_hub, "torch-eager": run_torch}
 
 
-def measure(contender: str, root: str, steps: int, chunks: int) -> dict:
+def worker(contender: str, root: str, steps: int, chunks: int) -> dict:
     started = time.perf_counter()
     first, many = TRAINERS[contender](root, steps)
-    first()
-    first_step = time.perf_counter() - started
-    first()
-    rates = []
-    for _ in range(chunks):
-        started = time.perf_counter()
-        many()
-        rates.append(steps * BATCH * SEQ_LEN / (time.perf_counter() - started))
-    return {
-        "contender": contender,
-        "tokens_per_second": sorted(rates)[len(rates) // 2],
-        "chunks_tokens_per_second": rates,
-        "first_step_seconds": first_step,
-        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-    }
+    return {"contender": contender, **measure(first, many, BATCH * SEQ_LEN, steps, chunks, started)}
 
 
-def train(args) -> dict:
-    contenders = [c for c in TRAINERS if c != "torch-eager" or has_torch()]
-    runs = {c: [] for c in contenders}
+def contenders() -> list[str]:
+    return [c for c in TRAINERS if c != "torch-eager" or has_torch()]
+
+
+def train_case(rounds: int, quick: bool) -> dict:
+    names = contenders()
+    steps = QUICK_STEPS if quick else STEPS
+    runs = {c: [] for c in names}
     with tempfile.TemporaryDirectory() as root:
         write_checkpoint(root)
-        for i in range(args.rounds):
-            for contender in contenders:
-                argv = ["worker", contender, root, str(args.steps), str(args.chunks)]
+        for i in range(rounds):
+            for contender in names if i % 2 == 0 else reversed(names):
+                argv = [contender, root, str(steps), str(CHUNKS)]
                 result = run_worker("benchmarks.llama_bench", argv, timeout=1200)
                 runs[contender].append(result)
-                print(f"round {i + 1} {contender}: {result}", flush=True)
-    out = {}
+                print(f"round {i + 1} {contender}: {result}", file=sys.stderr, flush=True)
+    figures = {}
     for contender, results in runs.items():
         ok = [r for r in results if "error" not in r]
-        out[contender] = {
-            "tokens_per_second": summarize([r["tokens_per_second"] for r in ok]),
-            "first_step_seconds": summarize([r["first_step_seconds"] for r in ok]),
-            "peak_rss_mb": summarize([r["peak_rss_mb"] for r in ok]),
-            "errors": [r["error"] for r in results if "error" in r],
+        figures[contender] = {
+            "tokens/s": summarize([r["tokens_per_second"] for r in ok]),
+            "first step s": summarize([r["first_step_seconds"] for r in ok])["median"],
+            "peak RSS MB": summarize([r["peak_rss_mb"] for r in ok])["median"],
+            "errors": "; ".join(r["error"] for r in results if "error" in r)[:120] or None,
         }
-    return out
+    per_round = []
+    for i, ours in enumerate(runs["tfllm"]):
+        theirs = [runs[c][i].get("tokens_per_second") for c in names if c != "tfllm"]
+        if ours.get("tokens_per_second") and any(theirs):
+            per_round.append(ours["tokens_per_second"] / max(t for t in theirs if t))
+    notes = [f"tfllm / fastest peer per round: {', '.join(f'{x:.2f}' for x in per_round)}"]
+    return {"figures": figures, "notes": notes, "runs": runs}
 
 
-def paired(args) -> dict:
+def paired_case(rounds: int, quick: bool) -> dict:
     """Every contender in one process, timed alternately chunk by chunk: each round's ratios
     compare runs a few seconds apart, so they survive the load of a shared machine better than
     medians of separate processes do."""
-    contenders = [c for c in TRAINERS if c != "torch-eager" or has_torch()]
+    steps = QUICK_STEPS if quick else STEPS
     with tempfile.TemporaryDirectory() as root:
         write_checkpoint(root)
-        runs = {c: TRAINERS[c](root, args.steps) for c in contenders}
-        for first, _ in runs.values():
-            first(), first()
-        rates = {c: [] for c in contenders}
-        for _ in range(args.rounds):
-            for contender, (_, many) in runs.items():
-                started = time.perf_counter()
-                many()
-                rates[contender].append(
-                    args.steps * BATCH * SEQ_LEN / (time.perf_counter() - started)
-                )
-    peers = [c for c in contenders if c != "tfllm"]
-    per_round = [rates["tfllm"][i] / max(rates[c][i] for c in peers) for i in range(args.rounds)]
-    return {
-        "tokens_per_second": {c: summarize(v) for c, v in rates.items()},
-        "tfllm_over_fastest_peer_per_round": summarize(per_round),
-    }
+        builders = {c: lambda c=c: TRAINERS[c](root, steps) for c in contenders()}
+        figures = paired_training(builders, "tfllm", rounds, steps, BATCH * SEQ_LEN)
+    return {"figures": figures}
 
 
-def generate(args) -> dict:
+def generate_case(repeats: int, quick: bool) -> dict:
     import keras_hub
     import tensorflow as tf
 
-    from benchmarks.generate_bench import medians
+    from benchmarks.generate_bench import summaries
     from tfllm.runs.trained import load_trained
     from tfllm.serve import generate as tfllm_generate
 
-    n = args.new_tokens
+    n = 16 if quick else 64
     with tempfile.TemporaryDirectory() as root:
         write_checkpoint(root)
-        model = load_trained(os.path.join(root, "run"), log=lambda _: None).model
+        model = load_trained(os.path.join(root, "run")).model
         backbone = keras_hub.models.Llama3Backbone.from_preset(os.path.join(root, "hf"))
     head = model.embedding.head_kernel  # untied: the EOS column never wins
     eos_column = [[i, 2] for i in range(SHAPE["hidden_dim"])]
@@ -251,7 +216,7 @@ def generate(args) -> dict:
     request = {"token_ids": padded, "padding_mask": mask}
     ours = np.asarray(decode[False](prompt)[0])[0, -n:]
     theirs = np.asarray(causal_lm.generate(request, stop_token_ids=None)["token_ids"])[0, 16:]
-    seconds = medians(
+    per_token = summaries(
         {
             "tfllm cached (graph)": lambda: np.asarray(decode[False](prompt)[0]),
             "tfllm cached (XLA)": lambda: np.asarray(decode[True](prompt)[0]),
@@ -259,34 +224,18 @@ def generate(args) -> dict:
                 request, stop_token_ids=None
             ),
         },
-        args.repeats,
+        repeats,
+        n / 1000,
     )
+    same = bool(np.array_equal(ours, theirs))
     return {
-        "new_tokens": n,
-        "same_tokens": bool(np.array_equal(ours, theirs)),
-        "ms_per_token": {k: 1000 * v / n for k, v in seconds.items()},
+        "figures": {name: {"ms/token": value} for name, value in per_token.items()},
+        "notes": [
+            f"{n} new tokens, batch 1, greedy; tfllm and keras-hub emit the same tokens: "
+            f"{'yes' if same else 'no'}"
+        ],
     }
 
 
-def main() -> None:
-    if sys.argv[1] == "worker":
-        contender, root, steps, chunks = sys.argv[2:6]
-        emit(measure(contender, root, int(steps), int(chunks)))
-        return
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("section", choices=["train", "paired", "generate"])
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--steps", type=int, default=20)
-    parser.add_argument("--chunks", type=int, default=3)
-    parser.add_argument("--new_tokens", type=int, default=64)
-    parser.add_argument("--repeats", type=int, default=5)
-    args = parser.parse_args()
-    before = os.getloadavg()
-    result = {"train": train, "paired": paired, "generate": generate}[args.section](args)
-    result["machine"] = {**machine(), "load_average_before": list(before)}
-    result["versions"] = versions()
-    print(json.dumps(result, indent=2))
-
-
-if __name__ == "__main__":
-    main()
+if __name__ == "__main__":  # a worker: python -m benchmarks.llama_bench CONTENDER ROOT STEPS CHUNKS
+    emit(worker(sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])))

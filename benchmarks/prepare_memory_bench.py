@@ -1,18 +1,18 @@
 """Prepare's peak memory against corpus size, through the user's command.
 
-    PYTHONPATH=. python -m benchmarks.prepare_memory_bench [--sizes_mb 100,1000] [--workers 2]
+    python -m benchmarks prepare-memory [--quick]
 
-Writes synthetic JSON Lines corpora of the given sizes (~4 KB documents of words drawn from a
-fixed vocabulary, so nothing is deduplicated away), then runs
-`python -m tfllm.prepare --set data.source=... --set data.workers=N` on each and samples the
+Writes synthetic JSON Lines corpora of 100 and 1000 MB (2 and 20 with --quick; ~4 KB
+documents of words drawn from a fixed vocabulary, so nothing is deduplicated away), then runs
+`python -m tfllm.prepare --set data.source=... --set data.workers=2` on each and samples the
 resident memory of its whole process tree (the command and its worker processes, from
 /proc/<pid>/status every 0.1 s). Reports the peak of the tree's sum, the command's own VmHWM,
-seconds and MB/s per size: streaming means the peak does not grow with the corpus.
+seconds and MB/s per size: streaming means the peak does not grow with the corpus. One round
+(`--rounds N` repeats each size N times).
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import pathlib
@@ -22,7 +22,7 @@ import sys
 import tempfile
 import time
 
-from benchmarks.common import machine
+from benchmarks.common import summarize
 
 WORDS = "def class return import self value items while yield lambda data file path".split()
 
@@ -91,22 +91,23 @@ def measure(corpus: pathlib.Path, root: pathlib.Path, workers: int) -> dict:
     }
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sizes_mb", default="100,1000")
-    parser.add_argument("--workers", type=int, default=2)
-    args = parser.parse_args()
-    env_root = os.environ.get("TMPDIR")
-    with tempfile.TemporaryDirectory(dir=env_root) as tmp:
-        rows = []
-        for size in (int(s) for s in args.sizes_mb.split(",")):
+WORKERS = 2
+
+
+def case(rounds: int, quick: bool) -> dict:
+    figures = {}
+    with tempfile.TemporaryDirectory(dir=os.environ.get("TMPDIR")) as tmp:
+        for size in (2, 20) if quick else (100, 1000):
             corpus = pathlib.Path(tmp, f"corpus{size}.jsonl")
             write_corpus(corpus, size)
-            rows.append(measure(corpus, pathlib.Path(tmp, "data"), args.workers))
+            rows = [measure(corpus, pathlib.Path(tmp, "data", str(r)), WORKERS)
+                    for r in range(rounds)]  # fmt: skip
             corpus.unlink()
-            print(json.dumps(rows[-1]), flush=True)
-    print(json.dumps({"machine": machine(), "workers": args.workers, "rows": rows}, indent=1))
-
-
-if __name__ == "__main__":
-    main()
+            print(json.dumps(rows), file=sys.stderr, flush=True)
+            figures[f"{rows[0]['corpus_mb']:,} MB"] = {
+                "tree peak MB": summarize([r["tree_peak_mb"] for r in rows]),
+                "command's VmHWM MB": summarize([r["command_peak_mb"] for r in rows]),
+                "seconds": summarize([r["seconds"] for r in rows]),
+                "MB/s": summarize([r["mb_per_s"] for r in rows]),
+            }
+    return {"figures": figures, "notes": [f"{WORKERS} workers"]}

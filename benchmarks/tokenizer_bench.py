@@ -1,10 +1,10 @@
 """Byte-level BPE in the graph against the `tokenizers` library, on the same text.
 
-    python -m benchmarks.tokenizer_bench [--rounds 5] [--vocab 4096] [--kb 256] [--batch 64]
+    python -m benchmarks tokenizer [--rounds 5] [--quick]
 
-Trains a Llama-3-style byte-level BPE (its Split pattern, ByteLevel, ignore_merges) with
-`tokenizers` on the stdlib's `json` and `email` sources, then tokenizes the first `--kb` KB of
-them, in lines batched by `--batch`, with:
+Trains a Llama-3-style byte-level BPE (its Split pattern, ByteLevel, ignore_merges; 4096
+pieces) with `tokenizers` on the stdlib's `json` and `email` sources, then tokenizes the first
+256 KB of them (32 KB with --quick), in lines batched by 64, with:
     tfllm-graph   tfllm's tokenizer in a tf.function (what tf.data and the SavedModel run)
     tfllm-tfdata  the same inside tf.data (map with 2 parallel calls, prefetch)
     hf-batch      `Tokenizer.encode_batch` (Rust, its own thread pool)
@@ -15,8 +15,6 @@ contender are checked equal before timing.
 
 from __future__ import annotations
 
-import argparse
-import json
 import pathlib
 import sysconfig
 import tempfile
@@ -26,8 +24,8 @@ import tensorflow as tf
 from tokenizers import Regex, Tokenizer, decoders, models, trainers
 from tokenizers import pre_tokenizers as pre
 
-from benchmarks.common import machine, summarize
-from tfllm.data.hf_tokenizer import load_hf_tokenizer
+from benchmarks.common import summarize
+from tfllm.tokenizers.hf_tokenizer import load_hf_tokenizer
 
 LLAMA3_PATTERN = (
     r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*"
@@ -64,23 +62,19 @@ def train(lines: list[str], vocab: int, path: pathlib.Path) -> Tokenizer:
     return tok
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--vocab", type=int, default=4096)
-    parser.add_argument("--kb", type=int, default=256)
-    parser.add_argument("--batch", type=int, default=64)
-    args = parser.parse_args(argv)
+VOCAB, BATCH = 4096, 64
 
-    lines = corpus(args.kb)
-    batches = [lines[i : i + args.batch] for i in range(0, len(lines), args.batch)]
+
+def case(rounds: int, quick: bool) -> dict:
+    lines = corpus(32 if quick else 256)
+    batches = [lines[i : i + BATCH] for i in range(0, len(lines), BATCH)]
     with tempfile.TemporaryDirectory() as tmp:
-        hf = train(lines, args.vocab, pathlib.Path(tmp) / "tokenizer.json")
+        hf = train(lines, VOCAB, pathlib.Path(tmp) / "tokenizer.json")
         ours = load_hf_tokenizer(str(pathlib.Path(tmp) / "tokenizer.json"))
     graph = tf.function(ours.tokenize, input_signature=[tf.TensorSpec([None], tf.string)])
     dataset = (
         tf.data.Dataset.from_tensor_slices(lines)
-        .batch(args.batch)
+        .batch(BATCH)
         .map(lambda b: ours.tokenize(b).flat_values, num_parallel_calls=2)
         .prefetch(2)
     )
@@ -97,26 +91,15 @@ def main(argv: list[str] | None = None) -> int:
         "hf-single": lambda: [hf.encode(line, add_special_tokens=False) for line in lines],
     }
     rates = {name: [] for name in contenders}
-    for _ in range(args.rounds):
+    for _ in range(rounds):
         for name, run in contenders.items():
             started = time.perf_counter()
             run()
             rates[name].append(tokens / (time.perf_counter() - started))
-    result = {
-        "text_bytes": sum(len(line.encode()) for line in lines),
-        "lines": len(lines),
-        "tokens": tokens,
-        "vocab": hf.get_vocab_size(),
-        "batch": args.batch,
-        "tokens_per_second": {name: summarize(values) for name, values in rates.items()},
-        "machine": machine(),
-    }
-    print(json.dumps(result, indent=2))
-    for name, summary in result["tokens_per_second"].items():
-        low, high = summary["min"], summary["max"]
-        print(f"{name:14s} {summary['median']:12,.0f} tok/s  ({low:,.0f}-{high:,.0f})")
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
+    figures = {name: {"tokens/s": summarize(values)} for name, values in rates.items()}
+    notes = [
+        f"{sum(len(line.encode()) for line in lines):,} bytes of text, {len(lines):,} lines, "
+        f"{tokens:,} tokens, vocabulary {hf.get_vocab_size()}, batches of {BATCH}; every "
+        "contender's ids checked equal to `tokenizers`' before timing."
+    ]
+    return {"figures": figures, "notes": notes}

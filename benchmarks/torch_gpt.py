@@ -1,6 +1,6 @@
 """The PyTorch peer: a nanoGPT-style GPT (pre-LayerNorm, fused QKV, GELU MLP, tied head).
 
-Shape letters as in `tfllm.layers`. Imported only when torch is installed.
+Shape letters as in `tfllm.model.layers`. Imported only when torch is installed.
 """
 
 from __future__ import annotations

@@ -1,29 +1,29 @@
-"""Running tfllm's commands from tests: in-process (as `python -m` runs them) or as a subprocess.
-
-In-process runs go through `runpy`, like `python -m tfllm.X`: the command module is executed
-as `__main__` and never imported, so `tfllm.train` and friends stay the public API's functions.
-"""
+"""Running tfllm's commands from tests: in-process (through the `tfllm` dispatcher) or as a
+subprocess, as a user types `python -m tfllm.<command>`; collecting what tfllm logs while a
+block runs."""
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
-import runpy
 import subprocess
 import sys
 
 import pytest
 
+from tfllm import commands
+
 
 def run_main(command: str, argv: list[str]) -> int:
-    """Runs `python -m tfllm.<command> argv...` in this process; returns its exit code."""
-    saved = sys.argv, os.environ.get("TFLLM_VERBOSE")
-    sys.argv = [f"tfllm.{command}", *argv]
+    """Runs `tfllm <command> argv...` in this process; returns its exit code."""
+    saved = list(sys.argv), os.environ.get("TFLLM_VERBOSE")
     # Quiet mode reroutes this process's stderr, which pytest is capturing: keep it off here
     # (the journey test checks quiet mode in real subprocesses).
     os.environ["TFLLM_VERBOSE"] = "1"
     try:
         with pytest.raises(SystemExit) as exit_info:
-            runpy.run_module(f"tfllm.{command}", run_name="__main__", alter_sys=False)
+            commands.main([command, *argv])
     finally:
         sys.argv = saved[0]
         if saved[1] is None:
@@ -43,3 +43,27 @@ def run_subprocess(command: str, *argv: str, cwd=None, env=None, timeout=900):
         env={**os.environ, **(env or {})},
         timeout=timeout,
     )
+
+
+class _Lines(logging.Handler):
+    def __init__(self, lines: list[str]):
+        super().__init__(logging.INFO)
+        self.lines = lines
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(record.getMessage())
+
+
+@contextlib.contextmanager
+def logged():
+    """Yields a list that receives the messages (INFO and above) tfllm logs inside the block."""
+    lines: list[str] = []
+    root = logging.getLogger("tfllm")
+    handler, level = _Lines(lines), root.level
+    root.addHandler(handler)
+    root.setLevel(logging.INFO)
+    try:
+        yield lines
+    finally:
+        root.removeHandler(handler)
+        root.setLevel(level)

@@ -2,7 +2,7 @@
 process, and writes the trainable variables, losses and trace counts to `--out`.
 
 Its own process because logical CPU devices (mirrored) and TF_CONFIG (multiworker) must be set
-before TensorFlow starts its runtime. Used by tests/test_distribute.py:
+before TensorFlow starts its runtime. Used by tests/test_training_distribute.py:
 
     python tests/distributed_run.py --out run.npz --set runtime.strategy=mirrored [--set ...]
 """
@@ -58,7 +58,7 @@ def train_tiny(
     """Trains `loops` host loops of `loop_steps` steps; returns (variables, summary, steps).
     `lora_rank` > 0 trains LoRA adapters on every projection of the (random, frozen) model."""
     cfg = load_config([], [*TINY, *overrides])
-    strategy = distribute.make_strategy(cfg.runtime, log=lambda line: None)
+    strategy = distribute.make_strategy(cfg.runtime)
     tf.keras.utils.set_random_seed(cfg.train.seed)
     with strategy.scope():
         model = build_model(cfg.model, cfg.train.precision, cfg.train.remat)

@@ -1,52 +1,29 @@
-"""The benchmark harness in its smallest form: sections present, ratios right. Not timed."""
+"""The benchmark harness: cases run as the user types them, records written and rendered, the
+contenders' smallest measurements (not timed against anything)."""
 
 from __future__ import annotations
 
+import importlib
 import json
+import os
+import subprocess
+import sys
 
 import pytest
 
-from benchmarks import backward_bench, report, run
-from benchmarks.common import ratio, summarize
-from benchmarks.train_bench import measure, shape_of, token_batches
+from benchmarks import __main__ as harness
+from benchmarks import backward_bench, records, shapes, train_bench
+from benchmarks.common import Seconds, alternate, keras_hub_fit, ratio, summarize
 
-# tokens/s each fake contender reports; the tfllm rows decide every training ratio below.
-RATES = {
-    "tfllm": 3000.0,
-    "tfllm-no-xla": 2500.0,
-    "tfllm-mirrored-2": 2700.0,
-    "keras-hub-fit": 2000.0,
-    "torch-eager": 2400.0,
-    "torch-compile": 1500.0,
-}
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def fake_worker(module: str, args: list[str], timeout: float = 600) -> dict:
-    if module == "benchmarks.train_bench":
-        rate = RATES[args[0]]
-        return {
-            "tokens_per_second": rate,
-            "chunks_tokens_per_second": [rate, rate * 0.5, rate],
-            "first_step_seconds": 5.0,
-            "peak_rss_mb": 1000.0,
-        }
-    section = args[0]
-    if section == "peak":
-        return {"xla_gflops": summarize([100.0]), "no_xla_gflops": summarize([90.0])}
-    if section == "pipeline":
-        return {
-            "reader_tokens_per_second": summarize([50000.0]),
-            "memory_tokens_per_second": summarize([3000.0]),
-            "shards_tokens_per_second": summarize([2940.0]),
-        }
-    return {
-        "new_tokens": 128,
-        "first_call_ms_per_token": {"tfllm cached (graph)": 9.0, "tfllm uncached (graph)": 20.0},
-        "ms_per_token": {
-            "tfllm cached (graph)": summarize([2.0]),
-            "tfllm uncached (graph)": summarize([10.0]),
-        },
-    }
+def benchmarks(*args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": ROOT, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    return subprocess.run(
+        [sys.executable, "-m", "benchmarks", *args],
+        capture_output=True, text=True, env=env, cwd=ROOT, timeout=600,
+    )  # fmt: skip
 
 
 def test_summarize_flags_outliers_and_ratio_uses_medians():
@@ -57,49 +34,90 @@ def test_summarize_flags_outliers_and_ratio_uses_medians():
     assert ratio(None, summarize([3.0])) is None
 
 
-def test_results_json_has_every_section_and_the_ratios(tmp_path, monkeypatch):
-    monkeypatch.setattr(run, "run_worker", fake_worker)
-    monkeypatch.setattr(run, "has_torch", lambda: True)
-    out = tmp_path / "results.json"
-    assert run.main(["--out", str(out), "--repetitions", "2"]) == 0
-    results = json.loads(out.read_text())
-    for key in ("machine", "versions", "peak", "training", "pipeline", "generation", "summary"):
-        assert key in results
-    assert "load_average_after" in results["machine"]
-    summary = results["summary"]
-    for size in ("tiny", "small"):
-        # Fastest peer is torch-eager (2400): 3000 / 2400.
-        assert summary[size]["fastest_peer"] == "torch-eager"
-        assert summary[size]["vs_fastest_peer"] == pytest.approx(1.25)
-        assert summary[size]["xla_vs_no_xla"] == pytest.approx(1.2)
-        assert summary[size]["mirrored_2_vs_single"] == pytest.approx(0.9)
-        mfu = 3000.0 * report.flops_per_token(shape_of(size)) / 100e9
-        assert summary[size]["mfu_of_xla_peak"]["tfllm"] == pytest.approx(mfu)
-    assert summary["pipeline"]["input_stall"] == pytest.approx(0.02)
-    assert summary["generation"]["cached_speedup"] == pytest.approx(5.0)
-    assert summary["targets"]["input stall (< 0.03)"]["met"] is True
-    assert "| small | tfllm |" in report.markdown(results)
+def test_every_case_names_a_function_of_its_module():
+    for name, case in harness.CASES.items():
+        module = importlib.import_module(f"benchmarks.{case.module}")
+        assert callable(getattr(module, case.function)), name
 
 
-def test_without_torch_the_torch_rows_say_not_installed(tmp_path, monkeypatch):
-    monkeypatch.setattr(run, "run_worker", fake_worker)
-    monkeypatch.setattr(run, "has_torch", lambda: False)
-    results = run.training(quick=True, repetitions=1, log=lambda _: None)
-    assert results["tiny"]["contenders"]["torch-eager"] == {"errors": ["not installed"]}
-    # One round: the spread comes from the chunks inside the process.
-    assert results["tiny"]["contenders"]["tfllm"]["tokens_per_second"]["min"] == 1500.0
+@pytest.mark.slow  # the case's command as a subprocess
+def test_a_case_writes_its_record_and_render_makes_the_page(tmp_path):
+    done = benchmarks("peak", "--quick", "--results", str(tmp_path))
+    assert done.returncode == 0, done.stderr[-2000:]
+    (path,) = tmp_path.glob("*-peak-quick.json")
+    record = json.loads(path.read_text())
+    assert record["command"] == f"python -m benchmarks peak --quick --results {tmp_path}"
+    assert record["case"] == "peak" and record["parameters"] == {"rounds": 1, "quick": True}
+    assert len(record["commit"]) >= 40 and "load_average_after" in record["machine"]
+    assert set(record["versions"]) >= {"tensorflow", "keras", "keras-hub"}
+    xla = record["figures"]["XLA"]["GFLOP/s"]
+    assert xla["median"] > 0 and xla["runs"] == [xla["median"]]
+    assert "| XLA |" in done.stdout
+    page = tmp_path / "page.md"
+    done = benchmarks("render", "--results", str(tmp_path), "--page", str(page))
+    assert done.returncode == 0, done.stderr[-2000:]
+    text = page.read_text()
+    assert "## peak" in text and f"`results/{path.name}`" in text and "| XLA |" in text
+
+
+def test_rounds_below_one_is_refused_and_nothing_written(tmp_path):
+    done = benchmarks("peak", "--rounds", "0", "--results", str(tmp_path))
+    assert done.returncode == 2 and done.stderr.startswith("error: --rounds")
+    assert not list(tmp_path.iterdir())
+
+
+def test_render_takes_the_newest_full_run_over_quick_ones(tmp_path):
+    def record(date: str, quick: bool, value: float) -> None:
+        r = records.start("peak", "python -m benchmarks peak", {"rounds": 1, "quick": quick})
+        r["date"] = date
+        records.finish(r, {"figures": {"XLA": {"GFLOP/s": summarize([value])}}}, tmp_path)
+
+    record("2026-01-01T00:00:00+00:00", False, 111.0)
+    record("2026-01-02T00:00:00+00:00", True, 222.0)
+    page = records.render(records.load(tmp_path), {"peak": "the peak"})
+    assert "111 (111-111)" in page and "222" not in page
+    record("2026-01-03T00:00:00+00:00", False, 333.0)
+    assert "333 (333-333)" in records.render(records.load(tmp_path), {"peak": "the peak"})
+
+
+def test_alternate_reverses_every_other_round_and_takes_a_contenders_own_seconds():
+    order = []
+    variants = {
+        "a": lambda: order.append("a"),
+        "b": lambda: (order.append("b"), Seconds(0.5))[1],
+    }
+    rates = alternate(variants, 2, work=100.0)
+    assert order == ["a", "b", "b", "a"] and rates["b"] == [200.0, 200.0]
 
 
 def test_every_contender_sees_the_same_batches():
-    a, b = token_batches(shape_of("tiny")), token_batches(shape_of("tiny"))
+    a, b = (shapes.token_batches(shapes.gpt("tiny")) for _ in range(2))
     assert a.shape == (8, 8, 129) and (a == b).all() and a.max() < 2048
 
 
+@pytest.mark.slow  # a training step of a benchmark model
 def test_tfllm_contender_runs_one_step():
-    result = measure("tfllm", "tiny", steps=1, chunks=1)
+    result = train_bench.worker("tfllm", "tiny", steps=1, chunks=1)
     assert result["tokens_per_second"] > 0 and result["peak_rss_mb"] > 0
 
 
+@pytest.mark.slow  # keras-hub compiles and trains a model
+def test_keras_hub_fit_is_timed_per_step_by_its_own_callback():
+    """`fit_steps` returns the seconds its steps took (the callback synced every step), less
+    than the wall time of the call, which includes `fit`'s set-up."""
+    import time
+
+    from benchmarks.common import gpt2_backbone
+
+    shape = shapes.gpt("tiny")
+    fit_steps = keras_hub_fit(gpt2_backbone(shape, shape["seq_len"]), shapes.token_batches(shape))
+    fit_steps(1)
+    started = time.perf_counter()
+    seconds = fit_steps(3)
+    assert isinstance(seconds, Seconds) and 0 < seconds < time.perf_counter() - started
+
+
+@pytest.mark.slow  # training steps
 def test_backward_bench_variants_train_alike_and_the_patch_is_undone():
     """The hand-written backward passes and TensorFlow's own differentiation, in the whole
     model: the same loss after two updates. And the comparison leaves tfllm as it was."""
@@ -110,3 +128,31 @@ def test_backward_bench_variants_train_alike_and_the_patch_is_undone():
     autodiff, _ = backward_bench.build("tiny", 1, hand_written=False)
     assert (attention.attend_for_training, layers.dense, projections.dense) == before
     assert autodiff == pytest.approx(hand_written, abs=1e-5)
+
+
+def test_hlo_counts_read_xlas_own_optimized_module():
+    """`step-hlo` counts kernels in XLA's text: here a module XLA optimized itself."""
+    import tensorflow as tf
+
+    from benchmarks import hlo_bench
+
+    def step(x, w):
+        return tf.nn.softmax(tf.transpose(x @ w) * 2.0)
+
+    x, w = tf.ones([64, 32]), tf.ones([32, 16])
+    text = tf.function(step, jit_compile=True).experimental_get_compiler_ir(x, w)(
+        stage="optimized_hlo"
+    )
+    row = hlo_bench.count(text)
+    assert row["unfused dots"] + row["custom fusions (library dots)"] == 1
+    assert row["fusions"] >= 1 and row["kernels (fusions + unfused ops)"] >= 2
+    assert row["instructions in fusions"] > row["fusions"]
+
+
+def test_profile_kinds_group_xla_dots_fusions_and_tf_ops():
+    from benchmarks.profile_bench import kind
+
+    assert kind("MatMul_1.18") == kind("ynn_fusion.3") == "dots (XLA)"
+    assert kind("transpose_copy_fusion.51") == "transpose_copy_fusion"
+    assert kind("while/body/_1/while/cond/then/_282/while/cond/adam") == "TF op adam"
+    assert kind("L2Loss_3:L2Loss") == "TF op L2Loss"

@@ -9,9 +9,10 @@ import shutil
 import pytest
 import tensorflow as tf
 from _data_helpers import small_config, write_corpus
-from commands import run_main
+from commands import logged, run_main
 
-from tfllm.data import prepare, reader, records, verify
+from tfllm.corpus import prepare
+from tfllm.data import reader, records, verify
 from tfllm.errors import DataError
 
 VICTIM = 1  # index of the damaged train shard
@@ -24,7 +25,7 @@ def datasets(tmp_path_factory):
     built = {}
     for compression in ("none", "gzip"):
         cfg = small_config(root, str(root / "text"), compression, f"data.compression={compression}")
-        built[compression] = (prepare.data_dir(cfg), prepare.prepare(cfg, log=lambda _: None))
+        built[compression] = (prepare.data_dir(cfg), prepare.prepare(cfg))
     return built
 
 
@@ -125,14 +126,14 @@ def _damaged_copy(datasets, tmp_path, kind):
 def test_default_stops_naming_the_shard(datasets, tmp_path, kind):
     directory, manifest, entry = _damaged_copy(datasets, tmp_path, kind)
     with pytest.raises(DataError, match=f"damaged shard .*{entry['file']}"):
-        verify.check_split(directory, manifest, "train", "sha256", "error", log=lambda _: None)
+        verify.check_split(directory, manifest, "train", "sha256", "error")
 
 
 @pytest.mark.parametrize("kind", sorted(DAMAGE))
 def test_skip_continues_and_counts_the_loss(datasets, tmp_path, kind):
     directory, manifest, entry = _damaged_copy(datasets, tmp_path, kind)
-    lines = []
-    shards = verify.check_split(directory, manifest, "train", "sha256", "skip", log=lines.append)
+    with logged() as lines:
+        shards = verify.check_split(directory, manifest, "train", "sha256", "skip")
     assert shards.lost == {entry["file"]: entry["records"]}
     assert any(
         entry["file"] in line and f"{entry['records']} records lost" in line for line in lines
@@ -146,7 +147,7 @@ def test_skip_continues_and_counts_the_loss(datasets, tmp_path, kind):
 @pytest.mark.parametrize("kind", sorted(k for k, v in DAMAGE.items() if v[2]))
 def test_damage_behind_a_size_check_is_caught_while_reading(datasets, tmp_path, kind):
     directory, manifest, entry = _damaged_copy(datasets, tmp_path, kind)
-    shards = verify.check_split(directory, manifest, "train", "size", "error", log=lambda _: None)
+    shards = verify.check_split(directory, manifest, "train", "size", "error")
     ds = reader.train_dataset(shards, 16, 0, 32)
     with pytest.raises(DataError, match=f"damaged shard .*{entry['file']}: it ended after"):
         try:

@@ -10,7 +10,8 @@ import tensorflow as tf
 from _data_helpers import batch_digest, small_config, write_corpus
 
 from tfllm.config import load_config
-from tfllm.data import prepare, reader, verify
+from tfllm.corpus import prepare
+from tfllm.data import reader, verify
 from tfllm.model.lm import build_model
 from tfllm.training.steps import token_loss_sum
 
@@ -21,7 +22,7 @@ def _shards(tmp_path_factory, packing: str, *overrides: str, files: int = 24, wo
     root = tmp_path_factory.mktemp(packing)
     write_corpus(root / "text", files, words)
     cfg = small_config(root, str(root / "text"), "ds", f"data.packing={packing}", *overrides)
-    manifest = prepare.prepare(cfg, log=lambda _: None)
+    manifest = prepare.prepare(cfg)
     return verify.check_split(prepare.data_dir(cfg), manifest, "train", "sha256", "error")
 
 

@@ -13,12 +13,12 @@ import tiny_run
 import yaml
 from commands import run_main
 
-from tfllm.data.tokenizer import EOS_ID
 from tfllm.errors import TfllmError
 from tfllm.eval import run as eval_run
 from tfllm.eval.engine import Progress, model_engine
 from tfllm.eval.scoring import run_task
 from tfllm.eval.tasks import Task
+from tfllm.tokenizers.tokenizer import EOS_ID
 
 TEXTS = ["def f(x):\n    return x + 1\n", "import os\n", "Hello, world! ünïcödé", "a"]
 
@@ -65,6 +65,7 @@ def test_context_and_continuation_split_as_the_harness_does(run, engine):
     assert ll == pytest.approx(-expected, abs=1e-4)
 
 
+@pytest.mark.slow  # two full scoring passes
 def test_shared_prefixes_give_the_unshared_loglikelihoods(run):
     long = "".join(f"x{i} = {i}\n" for i in range(12))  # near the 33-token limit
     questions = [
@@ -159,6 +160,7 @@ def write_task(tmp_path, name: str, docs: list[dict], **spec) -> str:
     return str(path)
 
 
+@pytest.mark.slow  # eval commands
 def test_command_on_workdir_and_export_gives_the_same_table_json_and_scalars(run, tmp_path):
     prompts = ["def main(", "import", "class A:\n    def "]
     greedy = run.generator.generate(prompts, max_new_tokens=6)
@@ -215,6 +217,7 @@ def test_config_and_set_give_the_workdir_and_tasks_with_the_usual_precedence(run
     assert {r["task"] for r in rows} == {"english_bpb"} and rows[0]["n"] == 2
 
 
+@pytest.mark.slow  # eval commands
 def test_bad_input_is_one_line_naming_file_line_or_signature(run, tmp_path, capsys):
     def fails(*argv: str) -> str:
         assert run_main("eval", ["--workdir", run.workdir, *argv]) == 2

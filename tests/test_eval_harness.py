@@ -46,6 +46,7 @@ def run(tmp_path_factory):
     return tiny_run.build(str(tmp_path_factory.getbasetemp() / "tiny_run"))
 
 
+@pytest.mark.slow  # lm-evaluation-harness end to end
 def test_simple_evaluate_equals_tfllm_eval(run, tmp_path, monkeypatch):
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
     from lm_eval.tasks import TaskManager
@@ -71,6 +72,7 @@ def test_simple_evaluate_equals_tfllm_eval(run, tmp_path, monkeypatch):
     assert isinstance(model.engine, engine_module.Engine)
 
 
+@pytest.mark.slow  # a subprocess
 def test_harness_command_line_runs_the_registered_model(run, tmp_path):
     """`python -m tfllm.eval.harness` is lm-eval's own command line with "tfllm" registered
     (lm-eval 0.4 finds models only in its own table or by import: no plugin entry points)."""

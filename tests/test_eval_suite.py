@@ -6,11 +6,15 @@ from __future__ import annotations
 
 import math
 
+import pytest
 import tensorflow as tf
 
+from tfllm.corpus.prepare import prepare
 from tfllm.eval import engine, run
 from tfllm.model.lm import build_model
 from tfllm.training import loop
+
+pytestmark = pytest.mark.slow  # trains 300 steps
 
 
 def val_scalars(workdir) -> dict[str, float]:
@@ -31,7 +35,7 @@ def test_trained_tiny_model_beats_a_random_one_on_the_builtin_suite(make_config,
         "train.eval_tasks=stdlib",
         workdir=tmp_path / "run",
     )
-    loop.train(cfg, log=lambda _: None)
+    loop.train(cfg, build_data=prepare)
     trained = val_scalars(tmp_path / "run")
     assert "loss/cross_entropy" in trained and "next_line/acc" in trained
 

@@ -14,11 +14,9 @@ from commands import run_main
 from hub_fixtures import VARIANTS, write_hf_dir
 from safetensors.numpy import load_file, save_file
 
-from tfllm.data.tokenizer import train_tokenizer
 from tfllm.hub import convert, hf_config
 from tfllm.runs.trained import load_trained
-
-QUIET = {"log": lambda _: None}
+from tfllm.tokenizers.tokenizer import train_tokenizer
 
 
 def _tensors(directory) -> dict:
@@ -35,7 +33,7 @@ def test_hf_to_tfllm_to_hf_is_byte_identical(variant, tmp_path):
     # bfloat16, in shards of about 8 KB: the index and shard names are exercised too
     write_hf_dir(str(source), variant, "bfloat16", shard_bytes=8 << 10)
     assert (source / "model.safetensors.index.json").exists()
-    convert.from_hf(str(source), str(tmp_path / "run"), **QUIET)
+    convert.from_hf(str(source), str(tmp_path / "run"))
     assert (
         run_main(
             "convert",
@@ -62,15 +60,16 @@ def test_hf_to_tfllm_to_hf_is_byte_identical(variant, tmp_path):
     assert json.loads((out / "generation_config.json").read_text())["eos_token_id"] == [2, 3]
 
 
+@pytest.mark.slow  # an export and an import of a whole workdir
 def test_scratch_workdir_exports_as_llama_and_comes_back(tmp_path):
     run = tiny_run.build(str(tmp_path / "tiny"))
     out, back = tmp_path / "hf", tmp_path / "back"
-    convert.to_hf(run.workdir, str(out), **QUIET)
+    convert.to_hf(run.workdir, str(out))
     config = json.loads((out / "config.json").read_text())
     assert config["model_type"] == "llama" and config["tie_word_embeddings"] is True
     assert (out / "tokenizer.model").read_bytes() == open(run.tokenizer_path, "rb").read()
-    convert.from_hf(str(out), str(back), **QUIET)
-    imported = load_trained(str(back), **QUIET)
+    convert.from_hf(str(out), str(back))
+    imported = load_trained(str(back))
     ids = np.random.default_rng(0).integers(0, tiny_run.VOCAB, (2, 12)).astype("int32")
     np.testing.assert_array_equal(np.asarray(imported.model(ids)), np.asarray(run.model(ids)))
     assert imported.tokenizer_path == str(back / "hf" / "tokenizer.model")
@@ -155,6 +154,7 @@ def test_bad_input_gives_one_line_and_writes_nothing(case, tmp_path, capsys):
     assert not (tmp_path / "runs").exists() or not os.listdir(tmp_path / "runs")
 
 
+@pytest.mark.slow  # trains
 def test_converted_workdir_trains_from_step_0(tmp_path, corpus_dir, capsys):
     source = tmp_path / "hf"
     write_hf_dir(str(source), "qwen2", vocabulary_size=512)
@@ -162,7 +162,7 @@ def test_converted_workdir_trains_from_step_0(tmp_path, corpus_dir, capsys):
     (source / "tokenizer.model").write_bytes(train_tokenizer(texts, 512, sample_mb=1))
     workdir = tmp_path / "run"
     assert run_main("convert", ["--from_hf", str(source), "--workdir", str(workdir)]) == 0
-    before = load_trained(str(workdir), **QUIET)
+    before = load_trained(str(workdir))
     argv = [
         "--config",
         str(workdir / "config.yaml"),
@@ -192,8 +192,8 @@ def test_converted_workdir_trains_from_step_0(tmp_path, corpus_dir, capsys):
         "train.jit_compile=false",
     ]
     assert run_main("train", argv) == 0
-    assert f"resumed from {workdir}/checkpoints/ckpt-0 at step 0" in capsys.readouterr().out
-    after = load_trained(str(workdir), **QUIET)
+    assert f"resumed from {workdir}/checkpoints/ckpt-0 at step 0" in capsys.readouterr().err
+    after = load_trained(str(workdir))
     assert after.step == 2 and after.tokenizer_path == str(workdir / "hf" / "tokenizer.model")
     moved = [
         not np.array_equal(a.numpy(), b.numpy())

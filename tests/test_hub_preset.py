@@ -31,8 +31,8 @@ def _logits(backbone, ids):
 @pytest.mark.parametrize("variant", sorted(PRESETS))
 def test_preset_logits_equal_keras_hub(variant, tmp_path):
     backbone = write_preset(str(tmp_path / "preset"), variant)
-    convert.from_keras_hub(str(tmp_path / "preset"), str(tmp_path / "run"), log=lambda _: None)
-    model = load_trained(str(tmp_path / "run"), log=lambda _: None).model
+    convert.from_keras_hub(str(tmp_path / "preset"), str(tmp_path / "run"))
+    model = load_trained(str(tmp_path / "run")).model
     rng = np.random.default_rng(1)
     for length in (1, 6, 11):
         ids = rng.integers(0, 128, (2, length)).astype("int32")
@@ -61,7 +61,7 @@ def test_preset_tokenizers_equal_their_families(tmp_path):
     from keras_hub_presets import write_gemma_tokenizer, write_llama3_tokenizer
     from tokenizers import Tokenizer
 
-    from tfllm.data.hf_tokenizer import load_hf_tokenizer
+    from tfllm.tokenizers.hf_tokenizer import load_hf_tokenizer
 
     source = write_tokenizer(tmp_path / "tok", "llama3")
     llama3 = tmp_path / "llama3"
@@ -70,7 +70,7 @@ def test_preset_tokenizers_equal_their_families(tmp_path):
     workdir = tmp_path / "runs" / "llama3"
     argv = ["--from_keras_hub", str(llama3), "--workdir", str(workdir)]
     assert run_main("convert", argv) == 0
-    tok = load_hf_tokenizer(load_trained(str(workdir), log=lambda _: None).tokenizer_path)
+    tok = load_hf_tokenizer(load_trained(str(workdir)).tokenizer_path)
     reference = Tokenizer.from_file(str(source / "tokenizer.json"))
     ids = [reference.encode(t, add_special_tokens=False).ids for t in TEXTS]
     assert tok.tokenize(TEXTS).to_list() == ids and max(map(len, ids)) > 10
@@ -85,7 +85,7 @@ def test_preset_tokenizers_equal_their_families(tmp_path):
     gemma = tmp_path / "gemma"
     write_preset(str(gemma), "gemma", vocabulary_size=500)
     expected = write_gemma_tokenizer(str(gemma))
-    convert.from_keras_hub(str(gemma), str(tmp_path / "runs" / "gemma"), log=lambda _: None)
+    convert.from_keras_hub(str(gemma), str(tmp_path / "runs" / "gemma"))
     tok = load_hf_tokenizer(str(tmp_path / "runs" / "gemma" / "hf" / "tokenizer.model"))
     assert tok.tokenize(TEXTS).to_list() == [list(np.asarray(expected(t))) for t in TEXTS]
     assert (tok.bos_id, tok.eos_ids) == (2, (1,))
@@ -149,12 +149,12 @@ def test_preset_to_tfllm_to_preset_keeps_the_logits(variant, tmp_path, capsys):
     # keras-hub's GPT-2 converter reads no n_inner (4 x hidden)
     changes = {"intermediate_dim": 128} if variant == "gpt2" else {}
     backbone = write_preset(str(tmp_path / "preset"), variant, **changes)
-    convert.from_keras_hub(str(tmp_path / "preset"), str(tmp_path / "run"), log=lambda _: None)
+    convert.from_keras_hub(str(tmp_path / "preset"), str(tmp_path / "run"))
     out = tmp_path / "back"
     assert (
         run_main("convert", ["--to_keras_hub", str(out), "--workdir", str(tmp_path / "run")]) == 0
     )
-    assert f"-> keras-hub preset {out}" in capsys.readouterr().out
+    assert f"-> keras-hub preset {out}" in capsys.readouterr().err
     again = keras_hub.models.Backbone.from_preset(str(out))
     ids = np.random.default_rng(2).integers(0, 128, (2, 9)).astype("int32")
     np.testing.assert_allclose(_logits(again, ids), _logits(backbone, ids), atol=1e-5, rtol=0)

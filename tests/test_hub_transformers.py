@@ -41,8 +41,8 @@ def test_the_golden_file_covers_every_variant():
 def test_imported_model_equals_transformers(variant, tmp_path):
     expected = GOLDEN["variants"][variant]
     write_hf_dir(str(tmp_path / "hf"), variant, "float32")
-    convert.from_hf(str(tmp_path / "hf"), str(tmp_path / "run"), log=lambda _: None)
-    model = load_trained(str(tmp_path / "run"), log=lambda _: None).model
+    convert.from_hf(str(tmp_path / "hf"), str(tmp_path / "run"))
+    model = load_trained(str(tmp_path / "run")).model
     prompt = GOLDEN["prompt"]
     logits = np.asarray(model(np.array([prompt], "int32")))[0]
     np.testing.assert_allclose(logits, np.array(expected["logits"]), atol=1e-4, rtol=0)

@@ -19,6 +19,8 @@ import time
 
 import pytest
 
+pytestmark = pytest.mark.slow  # each command a fresh process
+
 PROMPT = "def main("
 # Small enough for CI, still the built-in corpus and the Quickstart's default config (no
 # --config: `python -m tfllm.train` trains configs/tiny.yaml).
@@ -131,8 +133,8 @@ def journey(tmp_path_factory):
     print("journey wall times: " + ", ".join(f"{k} {v:.1f}s" for k, v in times.items()))
     return {
         "cwd": cwd,
-        "first": first.stdout,
-        "again": again.stdout,
+        "first": first.stderr,
+        "again": again.stdout + again.stderr,
         "generated": generated.stdout,
         "served": json.loads(served.stdout.strip().splitlines()[-1]),
     }
@@ -200,7 +202,7 @@ def test_damaged_newest_checkpoint_falls_back_with_a_reason(journey, tmp_path):
         ("export", "tfllm.export", ["--export_dir", "export/fallback"]),
     ):
         done = _run(cwd, times, label, "-m", command, "--workdir", "runs/journey", *args)
-        assert "skipping ckpt-20" in done.stdout and "bytes, the marker says" in done.stdout
+        assert "skipping ckpt-20" in done.stderr and "bytes, the marker says" in done.stderr
     assert (cwd / "export/fallback/1/saved_model.pb").is_file()
     assert (cwd / "runs/journey/checkpoints/ckpt-20.index").is_file()  # a reader moves nothing
 
@@ -257,7 +259,7 @@ def test_a_17_document_corpus_prepares_and_trains(tmp_path):
     times: dict[str, float] = {}
     prepared = _run(tmp_path, times, "prepare", "-m", "tfllm.prepare", *args)
     assert re.search(
-        r"gave no val document among 17: \S*LICENSE-\d\d\.txt moved to val", prepared.stdout
+        r"gave no val document among 17: \S*LICENSE-\d\d\.txt moved to val", prepared.stderr
     )
     manifest = json.loads((tmp_path / "tfrecords/lic/manifest.json").read_text())
     assert manifest["splits"]["val"]["documents"] == 1

@@ -25,6 +25,8 @@ from tokenizers import Tokenizer
 from tfllm.runs.trained import load_trained
 from tfllm.serve.generate import Generator
 
+pytestmark = pytest.mark.slow  # each command a fresh process
+
 PROMPT = "Hello world, it's"
 TRAIN = [
     "--set", "data.format=prompt_completion", "--set", "data.packing=document",
@@ -48,10 +50,11 @@ print(json.dumps({"completion": out["completions"].numpy()[0].decode(),
 """
 
 
-def _ok(done: subprocess.CompletedProcess) -> str:
+def _ok(done: subprocess.CompletedProcess, stream: str = "stdout") -> str:
+    """The command's results (stdout), or its log lines with stream="stderr"."""
     assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
     assert "Traceback" not in done.stderr
-    return done.stdout
+    return getattr(done, stream)
 
 
 @pytest.fixture(scope="module")
@@ -72,7 +75,9 @@ def imported(tmp_path_factory):
     shutil.copytree(root / "runs/imp", root / "runs/one")
     common = [*TRAIN, "--set", f"data.source={data}"]
     config = ["--config", "runs/imp/config.yaml"]
-    mirrored = _ok(run_subprocess("train", *config, *common, "--strategy", "mirrored", cwd=root))
+    mirrored = _ok(
+        run_subprocess("train", *config, *common, "--strategy", "mirrored", cwd=root), "stderr"
+    )
     one = ["--set", "runtime.workdir=runs/one", "--strategy", "cpu"]
     _ok(run_subprocess("train", *config, *common, *one, cwd=root))
     return root, mirrored
@@ -81,8 +86,8 @@ def imported(tmp_path_factory):
 def test_mirrored_training_equals_one_device(imported):
     root, log = imported
     assert "2 replica(s)" in log and "resumed from runs/imp/checkpoints/ckpt-0 at step 0" in log
-    two = load_trained(str(root / "runs/imp"), log=lambda _: None)
-    one = load_trained(str(root / "runs/one"), log=lambda _: None)
+    two = load_trained(str(root / "runs/imp"))
+    one = load_trained(str(root / "runs/one"))
     assert two.step == one.step == 10
     difference = max(
         float(np.abs(a.numpy() - b.numpy()).max())
@@ -93,7 +98,7 @@ def test_mirrored_training_equals_one_device(imported):
 
 def test_prompt_tokens_are_the_tokenizers_own(imported):
     root, _ = imported
-    trained = load_trained(str(root / "runs/imp"), log=lambda _: None)
+    trained = load_trained(str(root / "runs/imp"))
     assert trained.tokenizer_path.endswith("tokenizer.json")
     generator = Generator(trained.model, trained.tokenizer_path)
     ids = generator._prompt_ids(tf.constant([PROMPT])).to_list()[0]

@@ -25,8 +25,9 @@ import pytest
 import sentencepiece as spm
 from commands import run_subprocess
 
+from tfllm.corpus.sources import list_files
 from tfllm.data import reader, records, verify
-from tfllm.data.corpus import list_files, split_of
+from tfllm.data.layout import split_of
 
 STEPS = 300
 BATCH = 16  # the tiny config's train.global_batch_size

@@ -17,7 +17,7 @@ import numpy as np
 
 import tfllm
 from tfllm.config import Config, load_config, save_config
-from tfllm.data import prepare
+from tfllm.corpus import prepare
 from tfllm.model.lm import build_model
 from tfllm.serve import export, generate
 from tfllm.training.optim import make_optimizer
@@ -42,7 +42,8 @@ class TinyRun:
 
 
 @functools.cache
-def build(root: str) -> TinyRun:
+def build(root: str, seq: int = SEQ) -> TinyRun:
+    """`seq`: max_sequence_length (the server's chat tests need room for a chat template)."""
     root_path = pathlib.Path(root)
     workdir = root_path / "run"
     cfg = load_config(
@@ -52,8 +53,8 @@ def build(root: str) -> TinyRun:
             "model.num_heads=2",
             "model.intermediate_dim=64",
             f"model.vocabulary_size={VOCAB}",
-            f"model.max_sequence_length={SEQ}",
-            f"data.seq_len={SEQ}",
+            f"model.max_sequence_length={seq}",
+            f"data.seq_len={seq}",
             f"data.root={root_path / 'data'}",
             f"data.source={pathlib.Path(tfllm.__file__).parent}",
             "data.name=tiny",
@@ -62,7 +63,7 @@ def build(root: str) -> TinyRun:
             "train.sample_tokens=8",
         ]
     )
-    prepare.prepare(cfg, log=lambda _: None)
+    prepare.prepare(cfg)
     workdir.mkdir()
     save_config(cfg, str(workdir / "config.yaml"))
     model = build_model(cfg.model)
@@ -70,9 +71,9 @@ def build(root: str) -> TinyRun:
     for variable in model.weights:
         variable.assign(rng.normal(0.0, 0.5, variable.shape).astype("float32"))
     optimizer = make_optimizer(cfg.train, model.trainable_variables)
-    make_checkpointer(cfg, model, optimizer, new_counters(), log=lambda _: None).save(0)
+    make_checkpointer(cfg, model, optimizer, new_counters()).save(0)
     export_dir = str(root_path / "export" / "tiny")
-    export.export(str(workdir), export_dir, log=lambda _: None)
+    export.export(str(workdir), export_dir)
     tokenizer_path = str(pathlib.Path(prepare.data_dir(cfg)) / "tokenizer.model")
     generator = generate.Generator(model, tokenizer_path)
     return TinyRun(cfg, str(workdir), tokenizer_path, export_dir, model, generator)

@@ -1,6 +1,6 @@
 """tfllm: decoder-only Transformer LMs with TensorFlow, Keras 3, XLA and tf.distribute.
 
-The Python API, for scripts and notebooks (the commands `python -m tfllm.<command>` do the same
+The Python API, for scripts and notebooks (the commands `tfllm <command>` do the same
 from a shell)::
 
     import tfllm
@@ -12,6 +12,8 @@ from a shell)::
     tfllm.export("runs/demo", "export/demo")
 
 Importing tfllm does not import TensorFlow; each function imports its stage when called.
+Progress and notes are logged as the commands show them (stderr), unless the program has set up
+`logging` itself: then they go to its handlers (`tfllm.logs`).
 """
 
 from __future__ import annotations
@@ -31,19 +33,22 @@ def load_config(*files: str, overrides: list[str] | tuple[str, ...] = ()):
 
 def prepare(cfg, force: bool = False) -> dict:
     """Builds the dataset of `cfg.data` (unless it is already there and `force` is False);
-    returns its manifest. As `python -m tfllm.prepare [--force]`."""
-    from tfllm.data import prepare as stage
+    returns its manifest. As `tfllm prepare [--force]`."""
+    from tfllm.corpus import prepare as stage
 
+    _show_logs()
     return stage.prepare(cfg) if force else stage.ensure_prepared(cfg)
 
 
 def train(cfg, strategy=None) -> dict:
     """Trains (or resumes) to `cfg.train.steps` in `cfg.runtime.workdir`; returns the final
-    step, validation loss and counters. As `python -m tfllm.train`; `strategy` defaults to
+    step, validation loss and counters. As `tfllm train`; `strategy` defaults to
     the one `cfg.runtime.strategy` names."""
+    from tfllm.corpus.prepare import prepare as build_data
     from tfllm.training import loop
 
-    return loop.train(cfg, strategy)
+    _show_logs()
+    return loop.train(cfg, strategy, build_data=build_data)
 
 
 def load(workdir: str, step: int | None = None):
@@ -65,9 +70,10 @@ def generate(model, prompts: list[str], **options) -> list[str]:
 
 def export(workdir: str, export_dir: str, version: int | None = None) -> str:
     """Writes a TF Serving version of the workdir's newest usable checkpoint under
-    `export_dir`; returns its directory. As `python -m tfllm.export`."""
+    `export_dir`; returns its directory. As `tfllm export`."""
     from tfllm.serve import export as stage
 
+    _show_logs()
     return stage.export(workdir, export_dir, version)
 
 
@@ -77,7 +83,15 @@ def finetune(model, data: str, format: str = "messages", workdir: str = "", **op
     `lora_rank` > 0 only LoRA adapters train. Every other keyword is a train, data or runtime
     config key (`steps`, `learning_rate`, `lora_targets`, `seq_len`, ...). Returns a run with
     `.chat(messages)`, `.export(dir)`, `.trained`, `.cfg` and `.result`; its config.yaml
-    reproduces it: `python -m tfllm.train --config <workdir>/config.yaml`."""
+    reproduces it: `tfllm train --config <workdir>/config.yaml`."""
+    from tfllm.corpus.prepare import prepare as build_data
     from tfllm.training.finetune import finetune as run
 
-    return run(model, data, format, workdir, **options)
+    _show_logs()
+    return run(model, data, format, workdir, build_data=build_data, **options)
+
+
+def _show_logs() -> None:
+    from tfllm import logs
+
+    logs.show_by_default()

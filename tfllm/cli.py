@@ -1,8 +1,10 @@
-"""What every command shares: --config/--set/--verbose parsing, quiet native logging, and
-one-line errors for user mistakes.
+"""What every command shares: --config/--set parsing, the logging flags (--verbose, --quiet,
+--log_format, --progress_seconds; `tfllm.logs`), quiet native logging, and one-line errors for
+user mistakes.
 
-Nothing here imports TensorFlow: a command parses its flags and calls `quiet_unless` before its
-stage (and TensorFlow) is imported, because TensorFlow reads its log level once, at import.
+Nothing here imports TensorFlow: a command parses its flags and calls `start` (or
+`config_from_args`, which calls it) before its stage (and TensorFlow) is imported, because
+TensorFlow reads its log level once, at import.
 """
 
 from __future__ import annotations
@@ -17,8 +19,9 @@ import threading
 import warnings
 from collections.abc import Callable
 
+from tfllm import logs
 from tfllm.config import Config, load_config
-from tfllm.errors import TfllmError
+from tfllm.errors import ConfigError, TfllmError
 
 DEFAULT_CONFIG = "tiny"
 # Native lines a healthy CPU run prints: absl-format logs of any level (`I0000 ...`, the
@@ -50,12 +53,51 @@ def make_parser(description: str, config: bool = True) -> argparse.ArgumentParse
             metavar="SECTION.KEY=VALUE",
             help="override one config value (repeatable, applied after the files)",
         )
-    parser.add_argument(
+    add_logging_flags(parser)
+    return parser
+
+
+def add_logging_flags(parser: argparse.ArgumentParser) -> None:
+    """--verbose, --quiet, --log_format, --progress_seconds: how every command logs
+    (`tfllm.logs`); `start` applies them."""
+    loudness = parser.add_mutually_exclusive_group()
+    loudness.add_argument(
         "--verbose",
         action="store_true",
-        help="show TensorFlow's own log lines too (also: TFLLM_VERBOSE=1)",
+        help="debug lines, and TensorFlow's own log lines too (also: TFLLM_VERBOSE=1)",
     )
-    return parser
+    loudness.add_argument(
+        "--quiet", action="store_true", help="warnings and errors only; results still print"
+    )
+    parser.add_argument(
+        "--log_format",
+        choices=logs.FORMATS,
+        default=os.environ.get("TFLLM_LOG_FORMAT") or "text",
+        help="text (default), or json: one object per line for a log agent "
+        "(also: TFLLM_LOG_FORMAT=json)",
+    )
+    parser.add_argument(
+        "--progress_seconds",
+        type=float,
+        default=logs.PROGRESS_SECONDS,
+        metavar="N",
+        help="when stderr is not a terminal, one progress line per N seconds "
+        f"(default {logs.PROGRESS_SECONDS:g})",
+    )
+
+
+def start(args: argparse.Namespace) -> None:
+    """Applies the logging flags: before the command's stage (and TensorFlow) is imported."""
+    verbose = getattr(args, "verbose", False)
+    level = "verbose" if verbose else "quiet" if getattr(args, "quiet", False) else "normal"
+    fmt = getattr(args, "log_format", "text")
+    seconds = getattr(args, "progress_seconds", logs.PROGRESS_SECONDS)
+    if fmt not in logs.FORMATS:  # from TFLLM_LOG_FORMAT: argparse checks only what is typed
+        raise ConfigError(f"log format {fmt!r}: expected one of {', '.join(logs.FORMATS)}")
+    if not seconds >= 0:
+        raise ConfigError(f"--progress_seconds {seconds}: must be 0 or more")
+    logs.configure(level, fmt, seconds)
+    quiet_unless(verbose)
 
 
 def add_strategy_flags(parser: argparse.ArgumentParser) -> None:
@@ -73,7 +115,7 @@ def add_strategy_flags(parser: argparse.ArgumentParser) -> None:
 
 
 def config_from_args(args: argparse.Namespace) -> Config:
-    quiet_unless(getattr(args, "verbose", False))
+    start(args)
     overrides = list(args.overrides)
     # The flags win over --set: they are the more specific spelling.
     for key in ("strategy", "tpu"):
@@ -136,9 +178,11 @@ def run_command(main: Callable[[list[str] | None], int], argv: list[str] | None 
     try:
         code = main(argv)
     except TfllmError as err:
+        logs.end_line()
         print(f"error: {err}", file=sys.stderr)
-        code = getattr(err, "exit_code", 2)  # e.g. 3 for a non-finite loss (tfllm.faults)
+        code = getattr(err, "exit_code", 2)  # e.g. 3 for a non-finite loss (tfllm.training.faults)
     except KeyboardInterrupt:
+        logs.end_line()
         print("interrupted", file=sys.stderr)
         code = 130
     sys.exit(code)

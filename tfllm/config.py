@@ -20,22 +20,24 @@ import yaml
 from tfllm.errors import ConfigError
 from tfllm.validation import validate
 
-CONFIG_DIR = pathlib.Path(__file__).resolve().parent.parent / "configs"
+# The named configs. In the repository `tfllm/configs` is a link to the top-level `configs/`
+# (their one source); a wheel holds a copy of those files (pyproject.toml's package data).
+CONFIG_DIR = pathlib.Path(__file__).resolve().parent / "configs"
 
 
 @dataclass
 class ModelConfig:
-    vocabulary_size: int = 2048
-    num_layers: int = 2
-    num_heads: int = 4
-    hidden_dim: int = 128
-    intermediate_dim: int = 512
-    max_sequence_length: int = 256
+    vocabulary_size: int = 2048  # tokenizer pieces (the tokenizer is trained to this size)
+    num_layers: int = 2  # Transformer blocks
+    num_heads: int = 4  # attention heads (hidden_dim / num_heads must be even: rotary embeddings)
+    hidden_dim: int = 128  # width of the residual stream
+    intermediate_dim: int = 512  # MLP width
+    max_sequence_length: int = 256  # longest context the model accepts
     activation: str = "swiglu"  # swiglu (SiLU-gated) | geglu (GELU-tanh-gated) | gelu (plain)
-    dropout: float = 0.0
+    dropout: float = 0.0  # dropout on attention probabilities and residual branches
     rope_max_wavelength: float = 10000.0  # HF rope_theta
-    layer_norm_epsilon: float = 1e-5
-    # Architecture knobs of open-weight families (README "Start from open weights"); the
+    layer_norm_epsilon: float = 1e-5  # epsilon of the RMSNorm (or LayerNorm)
+    # Architecture knobs of open-weight families (docs: Open weights); the
     # defaults are tfllm's own model.
     num_key_value_heads: int = 0  # grouped-query attention; 0 = num_heads
     head_dim: int = 0  # 0 = hidden_dim / num_heads
@@ -45,10 +47,10 @@ class ModelConfig:
     norm: str = "rms"  # rms | rms_plus_one (Gemma: x * (1 + w)) | layer (LayerNorm with bias)
     positions: str = "rotary"  # rotary | learned (absolute, GPT-2)
     rope_scaling: str = "none"  # none | llama3 (Llama 3.1 frequency scaling)
-    rope_scaling_factor: float = 8.0
-    rope_low_freq_factor: float = 1.0
-    rope_high_freq_factor: float = 4.0
-    rope_original_max_positions: int = 8192
+    rope_scaling_factor: float = 8.0  # llama3 rope scaling: the factor
+    rope_low_freq_factor: float = 1.0  # llama3 rope scaling: the low-frequency factor
+    rope_high_freq_factor: float = 4.0  # llama3 rope scaling: the high-frequency factor
+    rope_original_max_positions: int = 8192  # llama3 rope scaling: the context it was trained at
     embedding_scale: bool = False  # multiply embeddings by sqrt(hidden_dim) (Gemma)
     post_norms: bool = False  # norms on the attention and MLP outputs too (Gemma 2)
     attention_softcap: float = 0.0  # cap * tanh(scores / cap); 0 = off (Gemma 2)
@@ -61,27 +63,28 @@ class ModelConfig:
 
 @dataclass
 class DataConfig:
-    name: str = "stdlib"
+    name: str = "stdlib"  # dataset folder under data.root
     # "stdlib"; files, directories and globs separated by commas (by format: text, JSON Lines
     # .jsonl[.gz|.zst], .parquet, save_to_disk directories); "tfds:NAME[/CONFIG]:SPLIT"; or a
     # weighted mixture "a.parquet:0.7,b/*.jsonl.zst:0.3" (in YAML also a list of such entries)
     source: str = "stdlib"
     text_field: str = "text"  # the field holding the text in JSON Lines and TFDS examples
-    # Instruction and chat data (README "Fine-tuning"): text | prompt_completion | messages |
-    # alpaca; anything but text is packed by example with a loss mask (tfllm.data.sft_prepare).
+    # Instruction and chat data (docs: Fine-tuning): text | prompt_completion | messages |
+    # alpaca; anything but text is packed by example with a loss mask (tfllm.corpus.sft_prepare).
     format: str = "text"
     train_on: str = "completion"  # completion | assistant | all: which tokens are targets
     chat_template: str = ""  # a Jinja file overriding the tokenizer's own chat template
     truncate: str = "cut"  # cut | drop: an example longer than a window
     tfds_data_dir: str = ""  # TFDS data_dir; empty: the TFDS default (~/tensorflow_datasets)
-    seq_len: int = 128
+    seq_len: int = 128  # tokens per training window (records hold seq_len + 1)
     root: str = "tfrecords"  # shards go to <root>/<name>/
+    # share of documents (by a hash of their name) held out for validation
     val_fraction: float = 0.02
     utf8_policy: str = "skip"  # skip | replace: what a document with invalid UTF-8 becomes
     min_doc_chars: int = 1  # shorter documents are dropped (and counted)
     max_doc_chars: int = 1_000_000  # longer documents are split into pieces this long
     packing: str = "concat"  # concat | document (segment ids: no attention across documents)
-    records_per_shard: int = 8192
+    records_per_shard: int = 8192  # windows per TFRecord shard
     # Shards of a split prepare fills at once, each document sent to one by a hash of its name
     # (and scatter_seed): every shard is a sample of the corpus, not a slice of its file order.
     # Prepare holds up to this many unfinished shards per split in memory. 1: the input order.
@@ -94,7 +97,7 @@ class DataConfig:
     tokenizer_type: str = "unigram"  # unigram | bpe
     tokenizer_sample_mb: int = 8  # text sampled to train the tokenizer
     tokenizer_byte_fallback: bool = True  # unknown characters become byte pieces, never <unk>
-    tokenizer_character_coverage: float = 0.9995
+    tokenizer_character_coverage: float = 0.9995  # share of characters the vocabulary must cover
     shuffle_buffer: int = 4096  # records permuted together (a block of the global order)
     # Shards the reader reads at once, one record of each in turn (then the next group)
     interleave_shards: int = field(default=16, metadata={"range": "[1, inf)"})
@@ -110,41 +113,43 @@ class DataConfig:
     near_dedup: bool = False  # MinHash LSH near-duplicate removal (datatrove's defaults below)
     minhash_ngram: int = 5  # words per shingle
     minhash_perms: int = 112  # permutations = minhash_bands x rows per band
-    minhash_bands: int = 14
+    minhash_bands: int = 14  # LSH bands (rows per band = minhash_perms / minhash_bands)
     minhash_threshold: float = 0.7  # share of equal permutations that makes a duplicate
 
 
 @dataclass
 class TrainConfig:
-    steps: int = 2000
-    seed: int = 0
-    global_batch_size: int = 16
-    learning_rate: float = 3e-3
-    min_learning_rate_ratio: float = 0.1
-    warmup_steps: int = 100
-    weight_decay: float = 0.1
-    beta_1: float = 0.9
-    beta_2: float = 0.95
-    epsilon: float = 1e-8
-    grad_clip_norm: float = 1.0
-    steps_per_loop: int = 50
-    eval_every: int = 500
-    eval_batches: int = 20
+    steps: int = 2000  # optimizer steps in the whole run
+    seed: int = 0  # seeds initialisation and data order
+    global_batch_size: int = 16  # windows per optimizer step, over all replicas
+    learning_rate: float = 3e-3  # peak learning rate
+    min_learning_rate_ratio: float = 0.1  # cosine decay ends at this fraction of the peak
+    warmup_steps: int = 100  # linear warmup from 0
+    weight_decay: float = 0.1  # AdamW decoupled weight decay (not applied to norm scales)
+    beta_1: float = 0.9  # AdamW first-moment decay
+    beta_2: float = 0.95  # AdamW second-moment decay
+    epsilon: float = 1e-8  # AdamW epsilon
+    grad_clip_norm: float = 1.0  # clip the global gradient norm (0 disables)
+    steps_per_loop: int = 50  # steps per compiled host loop call; one console line each
+    eval_every: int = 500  # validation every N steps (and at the end)
+    eval_batches: int = 20  # validation batches (the same ones every time)
     # tfllm.eval tasks (built-in names or task YAML paths, comma-separated) run at every
     # evaluation, their metrics in TensorBoard next to the validation loss; empty: none
     eval_tasks: str = ""
-    checkpoint_every: int = 500
-    keep_checkpoints: int = 3
-    on_nonfinite: str = "stop"  # stop | skip | rollback
-    max_rollbacks: int = 3
-    jit_compile: bool = True
+    checkpoint_every: int = 500  # checkpoint every N steps (and at the end)
+    keep_checkpoints: int = 3  # newest checkpoints kept (at least 2)
+    on_nonfinite: str = "stop"  # on a non-finite loss or gradient: stop | skip | rollback
+    max_rollbacks: int = 3  # most rollbacks in one run before rollback stops as stop does
+    jit_compile: bool = True  # XLA-compile the per-replica step
     grad_accum_steps: int = 1  # global batch = per-replica batch x replicas x grad_accum_steps
     precision: str = "float32"  # float32 | mixed_bfloat16 | mixed_float16 (dynamic loss scaling)
     remat: bool = False  # recompute each Transformer block's activations in the backward pass
-    sample_tokens: int = 64
-    sample_prompt: str = "def "
+    sample_tokens: int = (
+        64  # tokens of the sample written at each evaluation and printed at the end
+    )
+    sample_prompt: str = "def "  # the prompt of that sample
     profile_steps: str = ""  # "START,STOP": capture a profiler trace of those steps
-    # Fine-tuning (README "Fine-tuning"): start from the weights of another workdir (fresh
+    # Fine-tuning (docs: Fine-tuning): start from the weights of another workdir (fresh
     # optimizer and schedule, steps from 0; its model section and tokenizer are used)
     init_from: str = ""
     lora_rank: int = 0  # > 0: train low-rank adapters only, base weights frozen (needs init_from)
@@ -156,8 +161,7 @@ class TrainConfig:
 
 @dataclass
 class RuntimeConfig:
-    workdir: str = "runs/tiny"
-    strategy: str = "auto"
+    workdir: str = "runs/tiny"  # the run's directory: checkpoints, config.yaml, TensorBoard logs
     peak_flops: float = 0.0  # peak FLOP/s of one device for MFU; 0 = detect (or measure on CPU)
     profiler_port: int = 0  # serve on-demand profiler captures on this port; 0 = off
     # Memory of one device in GiB for the pre-training estimate's check; 0 = what the GPU or
@@ -248,7 +252,8 @@ def resolve_config_path(name: str) -> pathlib.Path:
     for candidate in (CONFIG_DIR / name, CONFIG_DIR / f"{name}.yaml"):
         if candidate.is_file():
             return candidate
-    raise ConfigError(f"config file not found: {name}")
+    shipped = ", ".join(sorted(p.stem for p in CONFIG_DIR.glob("*.yaml")))
+    raise ConfigError(f"config file not found: {name} (named configs: {shipped})")
 
 
 def _parse_set(assignment: str) -> dict:

@@ -4,7 +4,8 @@
 
 No model is downloaded: each tokenizer is a one-word WordLevel `tokenizers` model carrying the
 template and the special tokens, which is all `apply_chat_template(tokenize=False)` reads.
-tests/test_chat.py checks that tfllm renders the same strings without transformers installed.
+tests/test_tokenizers_chat.py checks that tfllm renders the same strings without transformers
+installed.
 """
 
 from __future__ import annotations

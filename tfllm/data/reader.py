@@ -201,7 +201,7 @@ def decode(serialized: tf.Tensor, window_len: int, segments: bool) -> tuple[tf.T
     With segment ids, a target is IGNORE where it is padding or belongs to another document
     than its input position: the first token of a document is never predicted from the
     previous one, and padding is never trained on; nor is a token whose segment id is negative
-    (the prompt side of an instruction example, see `tfllm.data.sft_prepare`).
+    (the prompt side of an instruction example, see `tfllm.corpus.sft_prepare`).
     """
     parsed = records.parse_batch(serialized, window_len, segments)
     windows = parsed[records.TOKENS_KEY]

@@ -15,10 +15,11 @@ import numpy as np
 import tensorflow as tf
 
 from tfllm.errors import DataError
+from tfllm.files import write_atomically
 
 TOKENS_KEY = "tokens"
 # Document packing only: 1, 2, ... per document in a window, 0 = padding; -k: a token of
-# document k that is context but not a target (instruction data's prompts, sft_prepare.py).
+# document k that is context but not a target (instruction data's prompts, `corpus/sft_prepare.py`).
 SEGMENTS_KEY = "segments"
 MANIFEST = "manifest.json"
 TOKENIZER = "tokenizer.model"
@@ -140,8 +141,9 @@ class ShardWriter:
     the modification time); `finish` and `publish` do the same for several writers. With
     `order_seed`, each shard's records are written in an order drawn from (seed, lane, shard
     index), so any stretch of a shard holds windows from all its documents. Holds plain data
-    only, so a restartable prepare saves it (resume.py) with the windows not yet in a shard. A
-    shard that already exists with the same sha256 (a restart redoing work) is left untouched.
+    only, so a restartable prepare saves it (`corpus/resume.py`) with the windows not yet in a
+    shard. A shard that already exists with the same sha256 (a restart redoing work) is left
+    untouched.
     """
 
     def __init__(
@@ -234,14 +236,6 @@ def publish(directory: str, split: str, entries: list[dict]) -> list[dict]:
             tf.io.gfile.rename(hidden, posixpath.join(directory, name), overwrite=True)
         shards.append({**entry, "file": name})
     return shards
-
-
-def write_atomically(path: str, text: str) -> None:
-    """Writes `path` through `path.tmp` and a rename: a reader sees the old file or the whole
-    new one, never a torn write."""
-    with tf.io.gfile.GFile(path + ".tmp", "w") as f:
-        f.write(text)
-    tf.io.gfile.rename(path + ".tmp", path, overwrite=True)
 
 
 def write_manifest(directory: str, manifest: dict) -> None:

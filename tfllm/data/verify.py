@@ -16,9 +16,11 @@ global order arithmetic exact: a restart with the same damage sees the same stre
 from __future__ import annotations
 
 import gzip
+import logging
 import posixpath
 import re
 import struct
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import tensorflow as tf
@@ -26,6 +28,7 @@ import tensorflow as tf
 from tfllm.data import records
 from tfllm.errors import DataError
 
+logger = logging.getLogger(__name__)
 # The op names TF wraps around an iterator error: "{{function_node ...}} ... [Op:...] name: ".
 _TF_NOISE = re.compile(r"\{\{.*?\}\}\s*|\s*\[Op:.*$")
 
@@ -108,7 +111,7 @@ def first_bad_record(path: str, compression: str, window_len: int) -> str:
 
 
 def check_split(
-    directory: str, manifest: dict, split: str, level: str, on_corrupt: str, log=print
+    directory: str, manifest: dict, split: str, level: str, on_corrupt: str
 ) -> ShardSet:
     """Checks every shard of `split`; raises on damage, or leaves it out and counts the loss."""
     entries = manifest["splits"].get(split, {}).get("shards", [])
@@ -132,10 +135,12 @@ def check_split(
                 "counted; python -m tfllm.prepare --verify checks them all)"
             )
         shards.lost[entry["file"]] = entry["records"]
-        log(f"skipping damaged shard {entry['file']}: {problem}; {entry['records']} records lost")
+        logger.warning(
+            f"skipping damaged shard {entry['file']}: {problem}; {entry['records']} records lost"
+        )
     if shards.lost:
         lost = sum(shards.lost.values())
-        log(
+        logger.warning(
             f"{split}: {len(shards.lost)} damaged shards skipped, {lost} of "
             f"{lost + shards.total_records} records lost"
         )
@@ -144,19 +149,17 @@ def check_split(
     return shards
 
 
-def verify_dataset(directory: str, log=print) -> int:
-    """Checks the tokenizer and every shard against the manifest, one line per shard.
-
-    Returns the number of shards checked; raises DataError naming the damaged count.
-    """
+def verify_dataset(directory: str) -> Iterator[str]:
+    """Checks the tokenizer and every shard against the manifest: yields one report line per
+    shard (`ok  ...` or `BAD ...`), then raises DataError naming the damaged count, if any."""
     manifest = records.read_manifest(directory)
     bad = checked = 0
     tokenizer_path = posixpath.join(directory, manifest["tokenizer"]["file"])
     if not tf.io.gfile.exists(tokenizer_path):
-        log(f"BAD {tokenizer_path}: missing")
+        yield f"BAD {tokenizer_path}: missing"
         bad += 1
     elif records.file_sha256(tokenizer_path) != manifest["tokenizer"]["sha256"]:
-        log(f"BAD {tokenizer_path}: sha256 differs from the manifest")
+        yield f"BAD {tokenizer_path}: sha256 differs from the manifest"
         bad += 1
     compression = records.COMPRESSION[manifest["compression"]]
     for split, info in manifest["splits"].items():
@@ -165,13 +168,12 @@ def verify_dataset(directory: str, log=print) -> int:
             path = posixpath.join(directory, entry["file"])
             problem = shard_problem(path, entry, "sha256")
             if problem is None:
-                log(f"ok  {entry['file']}: {entry['records']} records, {entry['tokens']} tokens")
+                yield f"ok  {entry['file']}: {entry['records']} records, {entry['tokens']} tokens"
                 continue
             bad += 1
             if tf.io.gfile.exists(path) and not tf.io.gfile.isdir(path):
                 problem += first_bad_record(path, compression, manifest["window_len"])
-            log(f"BAD {entry['file']} ({split}): {problem}; {entry['records']} records")
+            yield f"BAD {entry['file']} ({split}): {problem}; {entry['records']} records"
     if bad:
         raise DataError(f"{directory}: {bad} damaged file(s) among {checked} shards and tokenizer")
-    log(f"{directory}: all {checked} shards and the tokenizer match the manifest")
-    return checked
+    yield f"{directory}: all {checked} shards and the tokenizer match the manifest"

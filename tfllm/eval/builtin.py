@@ -23,7 +23,7 @@ from __future__ import annotations
 import random
 import re
 
-from tfllm.data.corpus import list_files, split_of
+from tfllm.data.layout import split_of, stdlib_files
 from tfllm.eval.tasks import Task, TaskError
 
 TASKS = ("stdlib", "stdlib_bpb", "english_bpb", "next_line", "next_indent", "code_completion")
@@ -39,7 +39,7 @@ _CONTEXT_LINES = 6
 def held_out_files() -> list[tuple[str, str]]:
     """(name, text) of the held-out stdlib files, sorted by name."""
     files = []
-    for name, path in list_files("stdlib"):
+    for name, path in stdlib_files():
         if split_of(name, _VAL_FRACTION) == "val":
             try:
                 files.append((name, path.read_text(encoding="utf-8")))

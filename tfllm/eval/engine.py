@@ -22,40 +22,19 @@ requests with one context (a question's choices) run it once (`tfllm.eval.prefix
 
 from __future__ import annotations
 
-import time
+import logging
 from collections.abc import Callable, Sequence
 
 import numpy as np
 import sentencepiece as spm
 import tensorflow as tf
 
-from tfllm.data.tokenizer import PAD_ID, is_hf_tokenizer, load_tokenizer, specials
 from tfllm.eval.prefix import SharedScorer, is_greedy
-from tfllm.observe.console import Console, format_duration
+from tfllm.progress import Progress
+from tfllm.tokenizers.tokenizer import PAD_ID, is_hf_tokenizer, load_tokenizer, specials
 
+logger = logging.getLogger(__name__)
 _WIDTH_STEP = 32  # padded widths: multiples of this, capped at max_sequence_length
-
-
-class Progress:
-    """`eval NAME 120/400 | 35.2 ex/s | eta 0m08s`, at most twice a second."""
-
-    def __init__(self, name: str, total: int, console: Console | None):
-        self.name, self.total, self.console = name, total, console
-        self.started = self.shown = time.time()
-        self.done = 0
-
-    def advance(self, count: int) -> None:
-        self.done += count
-        now = time.time()
-        if self.console is None or (now - self.shown < 0.5 and self.done < self.total):
-            return
-        self.shown = now
-        rate = self.done / max(now - self.started, 1e-9)
-        eta = (self.total - self.done) / rate if rate else float("inf")
-        self.console.progress(
-            f"eval {self.name} {self.done}/{self.total} | {rate:.1f} ex/s | "
-            f"eta {format_duration(eta)}"
-        )
 
 
 class Engine:
@@ -70,11 +49,13 @@ class Engine:
         max_length: int,
         batch_size: int = 16,
         jit_compile: bool = True,
-        console: Console | None = None,
+        progress_level: int = logging.DEBUG,
         cache_model=None,
     ):
         """`cache_model`: the model behind `logits_fn`, whose KV cache lets requests with one
-        context run it once (`tfllm.eval.prefix`); None scores every sequence whole."""
+        context run it once (`tfllm.eval.prefix`); None scores every sequence whole.
+        `progress_level`: the level of the progress lines (`tfllm.eval` shows them at INFO;
+        the trainer's evaluations keep them to --verbose)."""
         if is_hf_tokenizer(tokenizer_path):  # an imported model's: its in-graph tokenizer
             hf = load_tokenizer(tokenizer_path)
             self._encode = lambda text: hf.tokenize(tf.constant([text])).to_list()[0]
@@ -86,13 +67,18 @@ class Engine:
         # One token in front of every sequence, as the harness's prefix_token_id: the model's
         # start id (tfllm: EOS; Llama: BOS), else its end-of-text id (GPT-2, Qwen2).
         self.prefix_id = (ids.start or ids.stop)[0]
-        self.max_length, self.batch_size, self.console = max_length, batch_size, console
+        self.max_length, self.batch_size = max_length, batch_size
+        self.progress_level = progress_level
         self._logits_fn, self._generate_fn = logits_fn, generate_fn
         self._score = tf.function(self._score_fn, jit_compile=jit_compile)
         self._shared = None
         if cache_model is not None:
             self._shared = SharedScorer(cache_model, batch_size, jit_compile)
         self.scored_tokens = 0
+
+    def progress(self, name: str, total: int) -> Progress:
+        """`eval NAME 120/400 | 35.2 ex/s | eta 0m08s`."""
+        return Progress(f"eval {name}", total, unit="ex", logger=logger, level=self.progress_level)
 
     def _score_fn(self, ids, targets, weights):
         """Per row: the sum of the weighted targets' log-probabilities, and whether each
@@ -127,7 +113,7 @@ class Engine:
         limit = self.max_length + 1
         order = sorted(range(len(sequences)), key=lambda i: -len(sequences[i][0]))
         results: list = [None] * len(sequences)
-        progress = progress or Progress(name, len(sequences), self.console)
+        progress = progress or self.progress(name, len(sequences))
         for start in range(0, len(order), self.batch_size):
             chunk = order[start : start + self.batch_size]
             rows = []
@@ -167,7 +153,7 @@ class Engine:
             and all(0 < len(pairs[i][1]) <= self.max_length + 1 - len(context_ids) for i in members)
         ]
         alone = sorted(set(range(len(pairs))) - {i for members in shared for i in members})
-        progress = Progress(name, len(pairs), self.console)
+        progress = self.progress(name, len(pairs))
         results: list = [None] * len(pairs)
         sequences = [(pairs[i][0] + pairs[i][1], len(pairs[i][0])) for i in alone]
         for i, result in zip(alone, self.score_sequences(sequences, name, progress), strict=True):
@@ -217,7 +203,7 @@ class Engine:
         for i, (_, options) in enumerate(requests):
             n = min(int(options.get("max_gen_toks", 64)), self.max_length - 1)
             groups.setdefault(n, []).append(i)
-        progress = Progress(name, len(requests), self.console)
+        progress = self.progress(name, len(requests))
         for max_new, members in groups.items():
             members.sort(key=lambda i: -len(requests[i][0]))
             for start in range(0, len(members), self.batch_size):

@@ -18,7 +18,7 @@ from collections.abc import Sequence
 import numpy as np
 import tensorflow as tf
 
-from tfllm.data.tokenizer import PAD_ID
+from tfllm.tokenizers.tokenizer import PAD_ID
 
 _CONTEXT_STEP = 32  # padded context widths: multiples of this (few compiled shapes)
 _CHOICE_STEP = 8  # padded choice widths

@@ -11,21 +11,23 @@ The default output_dir is `<workdir>/eval` (TensorBoard shows it next to train/ 
 from __future__ import annotations
 
 import json
+import logging
 import posixpath
-import sys
 import time
 
 import tensorflow as tf
 
 import tfllm
+from tfllm import logs
 from tfllm.cli import DEFAULT_CONFIG
 from tfllm.config import load_config
 from tfllm.errors import TfllmError
 from tfllm.eval import builtin, tasks
 from tfllm.eval.engine import Engine, model_engine
 from tfllm.eval.scoring import run_task
-from tfllm.observe.console import Console
 from tfllm.runs.trained import load_trained
+
+logger = logging.getLogger(__name__)
 
 # Which export signature each task kind needs.
 _SIGNATURES = {
@@ -142,8 +144,6 @@ def evaluate(engine: Engine, task_list: list[tasks.Task], limit: int | None = No
     rows = []
     for task in task_list:
         result = run_task(engine, task, limit)
-        if engine.console is not None:
-            engine.console.end_live_line()
         for metric, (value, stderr) in result["metrics"].items():
             rows.append({"task": task.name, "metric": metric, "value": value,
                          "stderr": stderr, "n": result["n"]})  # fmt: skip
@@ -181,29 +181,29 @@ def run(
     batch_size: int = 16,
     limit: int | None = None,
     output_dir: str | None = None,
-    log=print,
 ) -> dict:
     """`python -m tfllm.eval`: evaluates a workdir (or an export) on `tasks`; returns the
-    metadata, the rows and the JSON file's path."""
-    console = Console(sys.stderr)
+    metadata, the rows and the JSON file's path. The table goes to stdout."""
     if is_export(target):
         if step is not None:
             raise TfllmError("--step applies to a workdir, not an export")
         task_list = load_tasks(task_names)
         kinds = {task.output_type for task in task_list}
-        engine, meta = export_engine(target, kinds, batch_size=batch_size, console=console)
+        engine, meta = export_engine(
+            target, kinds, batch_size=batch_size, progress_level=logging.INFO
+        )
         name = f"results-v{meta['export_version']}.json"
         output_dir = output_dir or posixpath.join(posixpath.dirname(meta["model"]), "eval")
     else:
-        trained = load_trained(target, step, log)
+        trained = load_trained(target, step)
         task_list = load_tasks(task_names)
         engine = model_engine(trained.model, trained.tokenizer_path, batch_size=batch_size,
-                              console=console)  # fmt: skip
+                              progress_level=logging.INFO)  # fmt: skip
         meta = {"model": target, "checkpoint": trained.checkpoint, "step": trained.step}
         name = f"results-step-{trained.step}.json"
         output_dir = output_dir or posixpath.join(target, "eval")
     rows = evaluate(engine, task_list, limit)
-    log(table(rows))
+    logs.output(table(rows))
     path = write_results(rows, meta, output_dir, name)
-    log(f"results: {path}")
+    logger.info(f"results: {path}")
     return {**meta, "results": rows, "path": path}

@@ -10,6 +10,7 @@ every slice of tfllm's fused kernels): `base_model.model.<module>.lora_A.weight`
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import tempfile
@@ -20,6 +21,8 @@ from tfllm.hub import families
 from tfllm.hub.hf_config import HubError
 from tfllm.model import lora
 from tfllm.runs.trained import load_trained
+
+logger = logging.getLogger(__name__)
 
 PEFT_PREFIX = "base_model.model."
 
@@ -63,11 +66,11 @@ def adapter_config(cfg, modules: list[str], base: str) -> dict:
     }
 
 
-def write_adapter(workdir: str, out: str, family: str, base: str, log=print) -> str:
+def write_adapter(workdir: str, out: str, family: str, base: str) -> str:
     """Writes the adapters of LoRA workdir `workdir` into a new directory `out`."""
     from safetensors.numpy import save_file
 
-    trained = load_trained(workdir, log=log, merge=False)
+    trained = load_trained(workdir, merge=False)
     if trained.adapters is None:
         raise HubError(f"{workdir} is not a LoRA run (train.lora_rank is 0): drop --adapter")
     tensors = peft_tensors(family, trained)
@@ -83,5 +86,7 @@ def write_adapter(workdir: str, out: str, family: str, base: str, log=print) -> 
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    log(f"convert: adapters of {workdir} (step {trained.step}, {len(tensors)} tensors) -> {out}")
+    logger.info(
+        f"convert: adapters of {workdir} (step {trained.step}, {len(tensors)} tensors) -> {out}"
+    )
     return out

@@ -10,6 +10,7 @@ directions write into a temporary sibling and rename it at the end: nothing is l
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import tempfile
@@ -20,6 +21,8 @@ from tfllm.hub.hf_config import HubError, read_json
 from tfllm.model.lm import build_model
 from tfllm.runs.checkpoint import Checkpointer
 from tfllm.runs.trained import load_trained
+
+logger = logging.getLogger(__name__)
 
 SOURCE = "hf"  # the workdir's copy of the source's non-weight files
 TOKENIZER_FILES = (
@@ -46,7 +49,7 @@ def _publish(tmp: str, final: str) -> None:
     os.replace(tmp, final)
 
 
-def from_hf(source: str, workdir: str, log=print) -> Config:
+def from_hf(source: str, workdir: str) -> Config:
     """Imports the HF directory `source` into a new workdir; returns its config."""
     config_path = os.path.join(source, "config.json")
     if not os.path.isfile(config_path):
@@ -67,10 +70,10 @@ def from_hf(source: str, workdir: str, log=print) -> Config:
     def assign(model):
         weights.read_weights(source, family, model)
 
-    return _import(source, workdir, family, model_section, populate, assign, log)
+    return _import(source, workdir, family, model_section, populate, assign)
 
 
-def from_keras_hub(preset: str, workdir: str, log=print) -> Config:
+def from_keras_hub(preset: str, workdir: str) -> Config:
     """Imports the keras-hub preset directory `preset` into a new workdir (its `hf/` holds the
     family's config.json and tokenizer files made from the preset); returns its config."""
     from tfllm.hub import preset as presets
@@ -92,10 +95,10 @@ def from_keras_hub(preset: str, workdir: str, log=print) -> Config:
     def assign(model):
         weights.assign_weights(model, family, tensors, preset)
 
-    return _import(preset, workdir, family, model_section, populate, assign, log)
+    return _import(preset, workdir, family, model_section, populate, assign)
 
 
-def _import(source, workdir, family, model_section, populate, assign, log) -> Config:
+def _import(source, workdir, family, model_section, populate, assign) -> Config:
     """Writes the workdir: `populate(hf_dir)` fills hf/ and names the tokenizer file in it,
     `assign(model)` sets the weights."""
     _fresh(workdir, "workdir")
@@ -118,13 +121,13 @@ def _import(source, workdir, family, model_section, populate, assign, log) -> Co
         model = build_model(cfg.model, initialize=False)
         assign(model)
         save_config(cfg, os.path.join(tmp, "config.yaml"))
-        checkpointer = Checkpointer(tmp, model, model_config=cfg.to_dict()["model"], log=log)
+        checkpointer = Checkpointer(tmp, model, model_config=cfg.to_dict()["model"])
         checkpointer.save(0, weights_only=True)
         _publish(tmp, workdir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    log(
+    logger.info(
         f"convert: {family} ({model.count_params():,} parameters) from {source} -> {workdir} "
         f"(step 0{', tokenizer ' + tokenizer if tokenizer else ', no tokenizer file'})"
     )
@@ -143,7 +146,7 @@ def _source_files(cfg: Config, workdir: str) -> tuple[str, dict, dict | None]:
             base,
             read_json(generation) if os.path.isfile(generation) else None,
         )
-    from tfllm.data.tokenizer import EOS_ID, PAD_ID
+    from tfllm.tokenizers.tokenizer import EOS_ID, PAD_ID
 
     base = {
         "architectures": ["LlamaForCausalLM"],
@@ -164,9 +167,7 @@ def _source_workdir(workdir: str) -> str:
     return workdir
 
 
-def to_hf(
-    workdir: str, out: str, shard_bytes: int = SHARD_BYTES, log=print, adapter: bool = False
-) -> str:
+def to_hf(workdir: str, out: str, shard_bytes: int = SHARD_BYTES, adapter: bool = False) -> str:
     """Writes the newest usable checkpoint of `workdir` as an HF directory `out` (a LoRA run's
     adapters merged), or with `adapter` the LoRA adapters alone in PEFT's format."""
     _fresh(out, "output directory")
@@ -175,8 +176,8 @@ def to_hf(
         from tfllm.hub.adapter import write_adapter
 
         family = _source_files(load_config([os.path.join(source, "config.yaml")]), source)[0]
-        return write_adapter(workdir, out, family, os.path.abspath(source), log)
-    trained = load_trained(workdir, log=log)
+        return write_adapter(workdir, out, family, os.path.abspath(source))
+    trained = load_trained(workdir)
     family, base, generation = _source_files(trained.cfg, source)
     model_section = {**trained.cfg.to_dict()["model"], "dropout": 0.0}
     hf = hf_config.from_model_config(family, model_section, base)
@@ -205,11 +206,11 @@ def to_hf(
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    log(f"convert: {workdir} (step {trained.step}) -> {out} as {family}, {dtype}")
+    logger.info(f"convert: {workdir} (step {trained.step}) -> {out} as {family}, {dtype}")
     return out
 
 
-def to_keras_hub(workdir: str, out: str, log=print) -> str:
+def to_keras_hub(workdir: str, out: str) -> str:
     """Writes the workdir's model as a keras-hub preset directory `out`: the family's HF files
     (`to_hf`) read by keras-hub's own converter, saved with `save_to_preset` (and the
     tokenizer's, when keras-hub reads the family's tokenizer files)."""
@@ -218,7 +219,7 @@ def to_keras_hub(workdir: str, out: str, log=print) -> str:
     os.makedirs(parent, exist_ok=True)
     tmp = tempfile.mkdtemp(prefix=".preset-", dir=parent)
     try:
-        hf = to_hf(workdir, os.path.join(tmp, "hf"), log=lambda _: None)
+        hf = to_hf(workdir, os.path.join(tmp, "hf"))
         import keras_hub
 
         preset = os.path.join(tmp, "preset")
@@ -239,11 +240,11 @@ def to_keras_hub(workdir: str, out: str, log=print) -> str:
         os.replace(preset, out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    log(f"convert: {workdir} -> keras-hub preset {out} {tokenizer}")
+    logger.info(f"convert: {workdir} -> keras-hub preset {out} {tokenizer}")
     return out
 
 
-# tfllm's tokenizer: no BOS, EOS id 2, no dummy prefix (tfllm.data.tokenizer).
+# tfllm's tokenizer: no BOS, EOS id 2, no dummy prefix (tfllm.tokenizers.tokenizer).
 _SCRATCH_TOKENIZER = {
     "tokenizer_class": "LlamaTokenizer",
     "add_bos_token": False,

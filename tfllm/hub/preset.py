@@ -70,11 +70,6 @@ _GEMMA_KEYS = {
 }
 
 
-def is_preset(directory: str) -> bool:
-    path = os.path.join(directory, "config.json")
-    return os.path.isfile(path) and "registered_name" in read_json(path)
-
-
 def preset_family(directory: str) -> tuple[str, dict]:
     """(family, the backbone's config) of a preset directory, checked before any loading."""
     path = os.path.join(directory, "config.json")

@@ -1,4 +1,5 @@
-"""A keras-hub preset's tokenizer as the Hugging Face files tfllm reads (`tfllm.data.hf_tokenizer`).
+"""A keras-hub preset's tokenizer as the Hugging Face files tfllm reads
+(`tfllm.tokenizers.hf_tokenizer`).
 
 SentencePiece tokenizers (Gemma, Mistral, Llama 2) keep their model: assets/tokenizer/
 vocabulary.spm becomes tokenizer.model. Byte-level BPE tokenizers (Llama 3, Qwen, GPT-2) become a

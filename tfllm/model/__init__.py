@@ -1,5 +1,5 @@
 """The language model: attention core, projections, layers, and `lm.TransformerLM`, the one
 forward pass used by training, evaluation, decoding and export.
 
-Imports only the shared modules (config, errors).
+Imports only the shared modules.
 """

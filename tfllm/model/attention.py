@@ -9,8 +9,9 @@ Why a hand-written gradient: differentiating the forward ops gives the same numb
 dV = P^T dO and dK = dS^T Q. Eigen runs those (A^T B) at a third to a half of the speed of the
 same product with the operand laid out row by row, and XLA folds any transpose written in front
 of a dot into the dot. Here the transposes are real copies behind an optimization barrier, and
-the softmax backward is the compact dS = P * (dP - rowsum(dP * P)). The attention core of the
-tiny benchmark shape runs forward + backward in about 0.7x the time (benchmarks/README.md).
+the softmax backward is the compact dS = P * (dP - rowsum(dP * P)), which takes less time
+forward + backward than the differentiated ops (measured in benchmarks/README.md,
+"Performance changes").
 """
 
 from __future__ import annotations
@@ -100,7 +101,7 @@ def attend_one_query(query, key, value, mask, softcap: float = 0.0):
     """
     batch, heads, _, size = query.shape
     kv_heads = key.shape[1]
-    if kv_heads == heads:  # 4-D products: 5-D broadcasts outside XLA cost ~2x per token here
+    if kv_heads == heads:  # 4-D products: outside XLA, 5-D broadcasts are the slower kernels
         scores = _capped(tf.reduce_sum(query * key, axis=-1)[:, :, None, :], softcap)
         probs = tf.cast(_probabilities(scores, mask), query.dtype)  # (B, H, 1, S)
         return tf.reduce_sum(probs[:, :, 0, :, None] * value, axis=2)[:, :, None]

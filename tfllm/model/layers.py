@@ -8,9 +8,10 @@ Shape letters, used in every comment and einsum below:
 
 One attention layer serves training and cached decoding: with `cache` the new keys and values
 are written into a fixed-size pair of (B, KV, S, K) tensors at `cache_index`, so the decode loop
-keeps static shapes and compiles once. Keys and values stay separate tensors: stacking them
-(or the layers) into one tensor copied the whole cache at every token, which measured about
-0.3 ms of a 2.5 ms decode step.
+keeps static shapes and compiles once. The cache may also be a pair of variables (the server's,
+`tfllm.server.engine`), written in place; a call then uses their first B rows. Keys and values
+stay separate tensors: stacking them (or the layers) into one tensor copied the whole cache at
+every token (measured in benchmarks/README.md, "Performance changes").
 """
 
 from __future__ import annotations
@@ -28,7 +29,8 @@ HEADS_FIRST = (0, 2, 1, 3)  # (B, T, H, K) <-> (B, H, T, K)
 
 def _cache_slots(batch, heads, length, cache_index):
     """(B, H, T, 3) scatter indices of slots cache_index..cache_index+T-1 in a (B, H, S, K)
-    cache.
+    cache. `cache_index` is a scalar (every row writes the same slots) or (B,) (one per row:
+    the serving scheduler's slots each sit at their own position).
 
     A scatter rather than `ops.slice_update`: Keras lowers that to XlaDynamicUpdateSlice, an
     XLA-only op, and the exported serving graph must run without XLA (tensorflow/serving#2214).
@@ -36,7 +38,8 @@ def _cache_slots(batch, heads, length, cache_index):
     shape = (batch, heads, length)
     rows = ops.broadcast_to(ops.arange(batch, dtype="int32")[:, None, None], shape)
     head = ops.broadcast_to(ops.arange(heads, dtype="int32")[None, :, None], shape)
-    slots = ops.broadcast_to(cache_index + ops.arange(length, dtype="int32"), shape)
+    first = ops.reshape(cache_index, (-1, 1, 1))  # (1, 1, 1) or (B, 1, 1)
+    slots = ops.broadcast_to(first + ops.arange(length, dtype="int32"), shape)
     return ops.stack([rows, head, slots], axis=-1)
 
 
@@ -124,9 +127,18 @@ class CausalSelfAttention(keras.layers.Layer):
         query, key, value = (ops.transpose(t, HEADS_FIRST) for t in (query, key, value))
         if cache is not None:  # write this step's keys and values into their slots
             indices = _cache_slots(batch, kv, length, cache_index)
-            key = ops.scatter_update(cache[0], indices, ops.cast(key, cache[0].dtype))
-            value = ops.scatter_update(cache[1], indices, ops.cast(value, cache[1].dtype))
-            cache = (key, value)
+            key, value = ops.cast(key, cache[0].dtype), ops.cast(value, cache[1].dtype)
+            if hasattr(cache[0], "scatter_nd_update"):  # variables, written in place (server)
+                cache[0].scatter_nd_update(indices, key)
+                cache[1].scatter_nd_update(indices, value)
+                # The first B rows (the server steps over its busy slots only), gathered: after
+                # a scatter TF reads a variable by copying all of it.
+                rows = ops.arange(batch, dtype="int32")
+                key, value = cache[0].sparse_read(rows), cache[1].sparse_read(rows)
+            else:
+                key = ops.scatter_update(cache[0], indices, key)
+                value = ops.scatter_update(cache[1], indices, value)
+                cache = (key, value)
         query = query * ops.cast(self.query_scale, query.dtype)
         if x.shape[1] == 1:  # a decode step: (B, H, 1, K) reshapes to (B, 1, H, K) for free
             attended = attention.attend_one_query(query, key, value, mask, o["softcap"])

@@ -6,7 +6,7 @@
 The open-weight families (Llama, Mistral, Qwen2/3, Gemma 1/2, GPT-2) are this same model with
 the knobs of `ARCHITECTURE` set (ModelConfig documents each); their defaults are tfllm's own.
 
-Shape letters as in `tfllm.layers`; L is num_layers, V vocabulary_size.
+Shape letters as in `tfllm.model.layers`; L is num_layers, V vocabulary_size.
 """
 
 from __future__ import annotations
@@ -76,7 +76,8 @@ class TransformerLM(keras.Model):
     `call(token_ids)` returns logits; `call(token_ids, cache=..., cache_index=i)` also writes
     the keys and values of the T tokens into cache slots i..i+T-1 of the cache (one
     (keys, values) pair of (B, H, S, K) tensors per layer, from `empty_cache`) and returns
-    `(logits, cache)`, for prefill and one-token decode steps alike.
+    `(logits, cache)`, for prefill and one-token decode steps alike. `i` is a scalar or (B,),
+    one slot per row (continuous batching, `tfllm.server.engine`).
 
     A batch of prompts of different lengths is left-padded: `cache_start` (B,) says how many
     leading slots of each row are padding, so slot s of row b holds position s - cache_start[b]
@@ -165,7 +166,9 @@ class TransformerLM(keras.Model):
             cache_start = ops.zeros((batch,), dtype="int32")
         restart = positions is None and segment_ids is not None
         if positions is None:
-            positions = ops.arange(length, dtype="int32")[None, :] + cache_index
+            positions = ops.arange(length, dtype="int32")[None, :] + ops.reshape(
+                cache_index, (-1, 1)
+            )
             if cache_start is not None:
                 positions = positions - cache_start[:, None]
             positions = ops.broadcast_to(positions, ops.shape(token_ids))

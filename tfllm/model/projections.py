@@ -1,7 +1,7 @@
 """Matmul layouts chosen for XLA on CPU (measured in benchmarks/README.md): the 2-D projection
 every layer uses, and the tied embedding whose table is also the output projection.
 
-Shape letters as in `tfllm.layers`; V is vocabulary_size.
+Shape letters as in `tfllm.model.layers`; V is vocabulary_size.
 """
 
 from __future__ import annotations
@@ -56,8 +56,8 @@ def dense(x, kernel, training=False):
 def _trained_matmul(x, kernel):
     """x (N, D) @ kernel (D, F) whose kernel gradient is not XLA's own x^T dy, which Eigen runs
     slowly at these shapes: for a narrowing kernel (D > F, the MLP's output) it is (dy^T x)^T,
-    otherwise x^T dy from a real copy of x^T. In isolation 0.72x (narrowing) and 0.82-0.98x
-    (the others, the tied head the most) of the time; in the model +4-6% tokens/s."""
+    otherwise x^T dy from a real copy of x^T: for each kernel shape the order Eigen runs
+    fastest (measured in benchmarks/README.md, "Performance changes")."""
 
     def grad(d_y):
         d_x = tf.matmul(d_y, kernel, transpose_b=True)

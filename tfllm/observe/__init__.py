@@ -1,5 +1,5 @@
-"""Watching a run: TensorBoard scalars and text, FLOPs and MFU, profiler windows, the console
-progress line.
+"""Watching a run: TensorBoard scalars and text, FLOPs and MFU, profiler windows, the training
+progress line (drawn by `tfllm.progress`).
 
-Imports only the shared modules (config, errors).
+Imports only the shared modules.
 """

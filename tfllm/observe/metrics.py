@@ -1,4 +1,4 @@
-"""What a run reports: TensorBoard scalars, text and hyperparameters, and the console line.
+"""What a run reports: TensorBoard scalars, text and hyperparameters, and the progress line.
 
     <workdir>/         hyperparameters (HParams plugin): this workdir is one session
     <workdir>/train/   per host-loop call: loss, perf, optim and system scalars; run/ text
@@ -15,6 +15,7 @@ The first host-loop call of a process includes XLA compilation: its time is repo
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import posixpath
@@ -27,8 +28,10 @@ import yaml
 from tensorboard.plugins.hparams import api as hp
 
 from tfllm.config import Config
-from tfllm.observe.console import Console, progress_line
 from tfllm.observe.flops import Peak, mfu
+from tfllm.progress import Progress
+
+logger = logging.getLogger(__name__)
 
 GB = 1024.0**3
 
@@ -88,7 +91,7 @@ def flat_hparams(cfg: Config) -> dict[str, bool | int | float | str]:
 
 
 class Reporter:
-    """Writes TensorBoard summaries and drives the console for one training process."""
+    """Writes TensorBoard summaries and the progress line for one training process."""
 
     def __init__(
         self,
@@ -97,14 +100,13 @@ class Reporter:
         tokens_per_step: int,
         flops_per_token: dict[str, float],
         peak: Peak,
-        stream=None,
     ):
         self.workdir = workdir
         self.total_steps = total_steps
         self.tokens_per_step = tokens_per_step
         self.flops_per_token = flops_per_token
         self.peak = peak
-        self.console = Console(stream)
+        self.progress = Progress("step", total_steps, unit="tok", logger=logger)
         self.writers = {
             split: tf.summary.create_file_writer(posixpath.join(workdir, split))
             for split in ("train", "val")
@@ -199,16 +201,11 @@ class Reporter:
                     )
                 utilization = scalars["mfu_palm"]
         self.scalars("train", step, scalars)
-        self.console.progress(
-            progress_line(
-                step,
-                self.total_steps,
-                values["loss"],
-                tokens_per_second,
-                utilization,
-                self.eta(step, now),
-            )
-        )
+        fields = [f"loss {values['loss']:.4f}"]
+        if utilization is not None:
+            fields.append(f"MFU {100 * utilization:.1f}%")
+        rate = "compiling" if tokens_per_second is None else tokens_per_second
+        self.progress.update(step, fields, rate, self.eta(step, now), step=step)
 
     def report_compile_time(self, step: int, step_time: float) -> None:
         """Compilation = the first call's time less what its steps take once compiled."""
@@ -220,7 +217,7 @@ class Reporter:
             f"{self.compile_seconds:.1f}s XLA compilation"
         )
         self.text("train", step, "run/compile", line)
-        self.print(line)
+        logger.info(line, extra={"step": step})
 
     def eta(self, step: int, now: float) -> float:
         """Wall-clock rate since compilation, so evaluation and checkpoints are included."""
@@ -229,11 +226,7 @@ class Reporter:
             return math.inf
         return (self.total_steps - step) * (now - timed_at) / (step - timed_step)
 
-    def print(self, line: str) -> None:
-        self.console.print(line)
-
     def close(self) -> None:
-        self.console.end_live_line()
         for writer in self.writers.values():
             writer.flush()
             writer.close()

@@ -18,10 +18,14 @@ moment, and one that began inside a multi-step call would hold that call's loop.
 
 from __future__ import annotations
 
+import logging
+
 import tensorflow as tf
 from tensorflow.python.profiler import trace
 
 from tfllm.validation import parse_profile_steps
+
+logger = logging.getLogger(__name__)
 
 
 def step_trace(first_step: int):
@@ -53,10 +57,9 @@ class ProfileWindow:
     stays out of the first recorded step.
     """
 
-    def __init__(self, spec: str, logdir: str, log=print):
+    def __init__(self, spec: str, logdir: str):
         self.window = parse_profile_steps(spec)
         self.logdir = logdir
-        self.log = log
         self.active = False
         self.captured = False
 
@@ -87,18 +90,20 @@ class ProfileWindow:
             try:
                 tf.profiler.experimental.start(self.logdir)
             except tf.errors.AlreadyExistsError:  # one session per process
-                self.log(f"profiler: another capture is recording; steps {start}-{stop} skipped")
+                logger.warning(
+                    f"profiler: another capture is recording; steps {start}-{stop} skipped"
+                )
                 self.captured = True
                 return
             self.active = True
-            self.log(f"profiler: capturing steps {start}-{stop}")
+            logger.info(f"profiler: capturing steps {start}-{stop}")
         elif step >= start:  # resumed past the start: a partial window would mislead
             self.captured = True
 
     def after_loop(self, step: int) -> None:
         if self.active and step >= self.window[1]:
             self.stop()
-            self.log(f"profiler: trace written under {self.logdir}/plugins/profile")
+            logger.info(f"profiler: trace written under {self.logdir}/plugins/profile")
 
     def stop(self) -> None:
         """Ends an open capture (also when training stops inside the window)."""

@@ -17,15 +17,18 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import posixpath
 
 import keras
 import tensorflow as tf
 
 from tfllm.config import ModelConfig
-from tfllm.data.records import write_atomically
 from tfllm.errors import TfllmError
+from tfllm.files import write_atomically
 from tfllm.runs import checkpoint_files as disk
+
+logger = logging.getLogger(__name__)
 
 _MODEL_DEFAULTS = dataclasses.asdict(ModelConfig())
 REJECTED_DIR = "rejected"
@@ -44,7 +47,6 @@ class Checkpointer:
         model_config: the model section of the config (a dict); a checkpoint written for a
             different one is refused. None skips the check (read-only tools).
         extras: more trackables to save, e.g. counters or a loss scale.
-        log: where the reasons for skipped checkpoints and repairs go.
         base: a LoRA run's base identity (`tfllm.runs.finetune.identity`): written into each
             marker; a checkpoint marked with another base is refused.
 
@@ -61,7 +63,6 @@ class Checkpointer:
         keep: int = 1,
         model_config: dict | None = None,
         extras: dict | None = None,
-        log=print,
         chief: bool = True,
         worker_id: int = 0,
         base: dict | None = None,
@@ -74,7 +75,7 @@ class Checkpointer:
         # A checkpoint of the model's weights alone, e.g. one imported by `tfllm.convert`.
         self.weights = tf.train.Checkpoint(model=model)
         self.model_only = optimizer is None
-        self.keep, self.model_config, self.log = keep, model_config, log
+        self.keep, self.model_config = keep, model_config
         self.base = base  # a LoRA run's base checkpoint identity: marked, and checked on restore
         self._skipped: list[int] = []  # newer than the restored one; set aside at the next save
         self.scratch = None if chief else posixpath.join(self.directory, f"scratch-{worker_id}")
@@ -142,7 +143,7 @@ class Checkpointer:
             except disk.Unusable as why:
                 reasons.append(f"ckpt-{candidate}: {why}")
                 self._skipped.append(candidate)
-                self.log(f"checkpoint: skipping ckpt-{candidate}: {why}")
+                logger.warning(f"checkpoint: skipping ckpt-{candidate}: {why}")
                 continue
             path = self._prefix(candidate)
             try:
@@ -164,7 +165,7 @@ class Checkpointer:
                 f"no usable checkpoint in {self.directory}{refusal}: " + "; ".join(reasons)
             )
         if reasons and not self.model_only:
-            self.log("checkpoint: only unfinished saves on disk; starting from scratch")
+            logger.warning("checkpoint: only unfinished saves on disk; starting from scratch")
         return None
 
     def _published_steps(self) -> list[int]:
@@ -188,7 +189,9 @@ class Checkpointer:
             return
         was = "missing" if not tf.io.gfile.exists(path) else "unreadable or stale"
         disk.write_state_file(self.directory, [s for s in self._published_steps() if s <= restored])
-        self.log(f"checkpoint: rebuilt the '{disk.STATE_FILE}' state file from disk (it was {was})")
+        logger.warning(
+            f"checkpoint: rebuilt the '{disk.STATE_FILE}' state file from disk (it was {was})"
+        )
 
     def save(self, step: int, weights_only: bool = False) -> str:
         """Writes ckpt-`step`, publishes it with its marker, then drops the oldest ones.
@@ -249,5 +252,5 @@ class Checkpointer:
                     posixpath.join(target, name),
                     overwrite=True,
                 )
-            self.log(f"checkpoint: moved the skipped ckpt-{step} to {target}")
+            logger.info(f"checkpoint: moved the skipped ckpt-{step} to {target}")
         self._skipped = []

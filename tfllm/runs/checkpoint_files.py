@@ -15,7 +15,7 @@ import re
 
 import tensorflow as tf
 
-from tfllm.data.records import write_atomically
+from tfllm.files import write_atomically
 
 MARKER_SUFFIX = ".done.json"
 STATE_FILE = "checkpoint"

@@ -12,13 +12,16 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import logging
 import posixpath
 
 import tensorflow as tf
 
 from tfllm.config import Config, load_config
-from tfllm.data import prepare
+from tfllm.data import layout
 from tfllm.errors import TfllmError
+
+logger = logging.getLogger(__name__)
 
 
 def base_config(workdir: str) -> Config:
@@ -28,17 +31,15 @@ def base_config(workdir: str) -> Config:
     return load_config([path])
 
 
-def resolve(cfg: Config, log=print) -> Config:
+def resolve(cfg: Config) -> Config:
     """`cfg` with the base's model section and (unless set) its tokenizer; `cfg` itself
     without `train.init_from`. The result is what the run's config.yaml records."""
     if not cfg.train.init_from:
         return cfg
     base = base_config(cfg.train.init_from)
-    if cfg.model != base.model:
-        log(f"fine-tuning: the model section is the base's ({cfg.train.init_from})")
     data = cfg.data
     if not data.tokenizer:
-        data = dataclasses.replace(data, tokenizer=prepare.tokenizer_path(base))
+        data = dataclasses.replace(data, tokenizer=layout.tokenizer_path(base))
     return dataclasses.replace(cfg, model=base.model, data=data)
 
 

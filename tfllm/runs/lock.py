@@ -12,11 +12,14 @@ the chief take the lock, so it stands for the whole job and a second job stops a
 from __future__ import annotations
 
 import json
+import logging
 import os
 import socket
 import time
 
 from tfllm.errors import TfllmError
+
+logger = logging.getLogger(__name__)
 
 LOCK_NAME = "train.lock"
 
@@ -27,18 +30,18 @@ class WorkdirLock:
     Args:
         workdir: a local directory (created if missing); remote (`gs://`) workdirs are not
             locked, since object stores have no exclusive create: that is logged.
-        log: where a taken-over stale lock is reported.
     """
 
-    def __init__(self, workdir: str, log=print):
+    def __init__(self, workdir: str):
         self.path = os.path.join(workdir, LOCK_NAME)
         self.remote = "://" in workdir
-        self.log = log
         self.held = False
 
     def __enter__(self) -> WorkdirLock:
         if self.remote:
-            self.log(f"workdir lock: not supported on {self.path}; make sure one job writes here")
+            logger.warning(
+                f"workdir lock: not supported on {self.path}; make sure one job writes here"
+            )
             return self
         os.makedirs(os.path.dirname(self.path), exist_ok=True)
         for _ in range(2):  # at most one stale-lock takeover, then one more try
@@ -70,11 +73,13 @@ class WorkdirLock:
             return  # released between our create and our read: just try again
         except (ValueError, KeyError, TypeError):
             # A kill between create and write leaves an empty lock; nobody can own it.
-            self.log(f"workdir lock: {self.path} is unreadable; taking it over")
+            logger.warning(f"workdir lock: {self.path} is unreadable; taking it over")
             os.remove(self.path)
             return
         if host == socket.gethostname() and not _alive(pid):
-            self.log(f"workdir lock: taking over {self.path} from dead process {pid} on {host}")
+            logger.warning(
+                f"workdir lock: taking over {self.path} from dead process {pid} on {host}"
+            )
             os.remove(self.path)
             return
         since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(holder.get("since", 0)))

@@ -11,17 +11,20 @@ is loaded first and the adapters are merged into it, so every reader sees a plai
 from __future__ import annotations
 
 import dataclasses
+import logging
 import posixpath
 
 import tensorflow as tf
 
 from tfllm.config import Config, load_config
-from tfllm.data import prepare
+from tfllm.data import layout
 from tfllm.errors import TfllmError
 from tfllm.model import lora
 from tfllm.model.lm import TransformerLM, build_model
 from tfllm.runs import finetune
 from tfllm.runs.checkpoint import Checkpointer
+
+logger = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass
@@ -36,9 +39,7 @@ class TrainedModel:
     adapters: lora.Adapters | None = None  # a LoRA workdir read with merge=False
 
 
-def load_trained(
-    workdir: str, step: int | None = None, log=print, merge: bool = True
-) -> TrainedModel:
+def load_trained(workdir: str, step: int | None = None, merge: bool = True) -> TrainedModel:
     """The newest usable checkpoint of `workdir` (or ckpt-`step`), with its config and tokenizer.
     A LoRA workdir's adapters are merged into the base, unless `merge` is False: then the model
     is the base with the adapters attached (`.adapters`, e.g. to export them alone).
@@ -53,11 +54,9 @@ def load_trained(
     model = build_model(cfg.model, initialize=False)
     tracked, base, adapters = model, None, None
     if cfg.train.lora_rank:
-        base = load_base(cfg, model, log)
+        base = load_base(cfg, model)
         tracked = adapters = lora.attach(model, cfg.train)
-    checkpointer = Checkpointer(
-        workdir, tracked, model_config=cfg.to_dict()["model"], log=log, base=base
-    )
+    checkpointer = Checkpointer(workdir, tracked, model_config=cfg.to_dict()["model"], base=base)
     path = checkpointer.restore_latest(step)
     if path is None:
         raise TfllmError(
@@ -68,16 +67,16 @@ def load_trained(
         adapters.merge()
         model.trainable = True
         adapters = None
-    tokenizer_path = prepare.tokenizer_path(cfg)
+    tokenizer_path = layout.tokenizer_path(cfg)
     restored_step = int(posixpath.basename(path).split("-")[1])
     return TrainedModel(cfg, model, tokenizer_path, path, restored_step, adapters)
 
 
-def load_base(cfg: Config, model, log=print) -> dict:
+def load_base(cfg: Config, model) -> dict:
     """Copies the weights of `cfg.train.init_from`'s newest usable checkpoint into `model`
     (built from the same model section, in any dtype); returns the base's identity."""
-    base = load_trained(cfg.train.init_from, log=log)
+    base = load_trained(cfg.train.init_from)
     for target, source in zip(model.weights, base.model.weights, strict=True):
         target.assign(tf.cast(source, target.dtype))
-    log(f"fine-tuning from {base.checkpoint} (weights only; fresh optimizer, step 0)")
+    logger.debug(f"fine-tuning from {base.checkpoint} (weights only; fresh optimizer, step 0)")
     return finetune.identity(base)

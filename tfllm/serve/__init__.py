@@ -1,5 +1,5 @@
 """Using a trained model: cached decoding and sampling, the serving `tf.Module`, and the
 SavedModel export for TF Serving.
 
-Imports the shared modules, `data`, `model` and `runs`; never `training`.
+Imports the shared modules, `data`, `model`, `runs` and `tokenizers`; never `training`.
 """

@@ -1,5 +1,5 @@
 """Chatting with a trained model: messages rendered with the chat template training used
-(`tfllm.data.chat`), a completion generated, and the reply cut at the template's end-of-turn
+(`tfllm.tokenizers.chat`), a completion generated, and the reply cut at the template's end-of-turn
 marker (the generator itself stops at the model's stop ids)."""
 
 from __future__ import annotations
@@ -9,8 +9,8 @@ import posixpath
 
 import tensorflow as tf
 
-from tfllm.data import chat
 from tfllm.errors import TfllmError
+from tfllm.tokenizers import chat
 
 _PROBE = "\x00reply\x00"
 

@@ -13,17 +13,20 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import logging
 import os
 import posixpath
 
 import tensorflow as tf
 from tensorflow.core.protobuf import saved_model_pb2
 
-from tfllm.data.tokenizer import EOS_ID
 from tfllm.errors import TfllmError
 from tfllm.runs.trained import load_trained
 from tfllm.serve import batching, quantize
 from tfllm.serve.module import GENERATE_DEFAULTS
+from tfllm.tokenizers.tokenizer import EOS_ID
+
+logger = logging.getLogger(__name__)
 
 QUANTIZE_CHOICES = ("none", "int8")
 
@@ -152,7 +155,6 @@ def export(
     export_dir: str,
     version: int | None = None,
     quantize_weights: str = "none",
-    log=print,
 ) -> str:
     """Exports the latest checkpoint of `workdir`; returns the version directory.
 
@@ -162,7 +164,7 @@ def export(
         raise TfllmError(f"--quantize must be one of {QUANTIZE_CHOICES}, got {quantize_weights}")
     final = new_version_dir(export_dir, version)
     with unique_variable_names():
-        trained = load_trained(workdir, log=log)
+        trained = load_trained(workdir)
     cfg, model, tokenizer_path = trained.cfg, trained.model, trained.tokenizer_path
     # Not a number, so TF Serving ignores it until the rename.
     temporary = posixpath.join(
@@ -185,7 +187,7 @@ def export(
             writer.write(record.SerializeToString())
     batching.write_batching_parameters(temporary)
     tf.io.gfile.rename(temporary, final)
-    log(
+    logger.info(
         f"exported {trained.checkpoint} to {final} (weights {quantize_weights}, "
         f"default max_new_tokens {max_new_tokens})"
     )

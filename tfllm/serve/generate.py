@@ -18,11 +18,11 @@ from __future__ import annotations
 
 import tensorflow as tf
 
-from tfllm.data import tokenizer
-from tfllm.data.tokenizer import PAD_ID
 from tfllm.errors import TfllmError
 from tfllm.model.lm import TransformerLM
 from tfllm.serve import sampling
+from tfllm.tokenizers import tokenizer
+from tfllm.tokenizers.tokenizer import PAD_ID
 
 _MIN_BUCKET = 8  # prompt widths are rounded up to a power of two, at least this
 

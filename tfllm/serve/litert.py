@@ -16,17 +16,20 @@ stores the weights as int8 (dynamic-range quantization; activations stay float32
 from __future__ import annotations
 
 import json
+import logging
 import posixpath
 import re
 import tempfile
 
 import tensorflow as tf
 
-from tfllm.data.tokenizer import is_hf_tokenizer, load_tokenizer, specials
 from tfllm.errors import TfllmError
 from tfllm.runs.trained import load_trained
 from tfllm.serve import steps
 from tfllm.serve.export import new_version_dir
+from tfllm.tokenizers.tokenizer import is_hf_tokenizer, load_tokenizer, specials
+
+logger = logging.getLogger(__name__)
 
 MODEL_FILE = "model.tflite"
 TOKENS_FILE = "tokens.json"
@@ -99,11 +102,10 @@ def export_litert(
     prefill_length: int = 64,
     cache_length: int | None = None,
     quantize_weights: str = "none",
-    log=print,
 ) -> str:
     """Writes model.tflite, tokenizer.model and tokens.json; returns the version directory."""
     final = new_version_dir(export_dir, version)
-    trained = load_trained(workdir, log=log)
+    trained = load_trained(workdir)
     model = trained.model
     cache_length = model.max_sequence_length if cache_length is None else cache_length
     if not 1 <= cache_length <= model.max_sequence_length:
@@ -134,5 +136,7 @@ def export_litert(
     with tf.io.gfile.GFile(posixpath.join(temporary, TOKENS_FILE), "w") as f:
         f.write(json.dumps({**ids, "weights": quantize_weights}, indent=1) + "\n")
     tf.io.gfile.rename(temporary, final)
-    log(f"exported {trained.checkpoint} to {final}/{MODEL_FILE} ({len(flatbuffer):,} bytes)")
+    logger.info(
+        f"exported {trained.checkpoint} to {final}/{MODEL_FILE} ({len(flatbuffer):,} bytes)"
+    )
     return final

@@ -22,10 +22,10 @@ from __future__ import annotations
 
 import tensorflow as tf
 
-from tfllm.data import tokenizer
-from tfllm.data.tokenizer import PAD_ID
 from tfllm.model.lm import TransformerLM
 from tfllm.serve.generate import decode, left_pad, prompt_ids
+from tfllm.tokenizers import tokenizer
+from tfllm.tokenizers.tokenizer import PAD_ID
 
 # Optional inputs of serving_default and their defaults (max_new_tokens is set per export).
 GENERATE_DEFAULTS = {"temperature": 0.0, "top_k": 0, "top_p": 1.0, "seed": 0}

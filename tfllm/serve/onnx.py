@@ -17,6 +17,7 @@ onnxruntime-extensions' SentencepieceTokenizer) and runs the loop.
 from __future__ import annotations
 
 import json
+import logging
 import posixpath
 
 import tensorflow as tf
@@ -27,6 +28,8 @@ from tfllm.serve import steps
 from tfllm.serve.export import new_version_dir
 from tfllm.serve.litert import TOKENS_FILE, copy_tokenizer, token_ids
 
+logger = logging.getLogger(__name__)
+
 OPSET = 17
 PRESENT = "present_"  # the updated caches: present_kv_cache_k_0, ...
 
@@ -36,7 +39,6 @@ def export_onnx(
     export_dir: str,
     version: int | None = None,
     cache_length: int | None = None,
-    log=print,
 ) -> str:
     """Writes logits.onnx, decode.onnx, tokenizer.model, tokens.json; returns the directory."""
     try:
@@ -44,7 +46,7 @@ def export_onnx(
     except ImportError:
         raise TfllmError("--format onnx needs tf2onnx: pip install 'tfllm[onnx]'") from None
     final = new_version_dir(export_dir, version)
-    trained = load_trained(workdir, log=log)
+    trained = load_trained(workdir)
     model = trained.model
     cache_length = model.max_sequence_length if cache_length is None else cache_length
     if not 1 <= cache_length <= model.max_sequence_length:
@@ -74,5 +76,5 @@ def export_onnx(
     with tf.io.gfile.GFile(posixpath.join(temporary, TOKENS_FILE), "w") as f:
         f.write(json.dumps(ids, indent=1) + "\n")
     tf.io.gfile.rename(temporary, final)
-    log(f"exported {trained.checkpoint} to {final} (logits.onnx, decode.onnx)")
+    logger.info(f"exported {trained.checkpoint} to {final} (logits.onnx, decode.onnx)")
     return final

@@ -48,7 +48,8 @@ def next_token(logits, temperature, top_k, top_p, seed, step, any_sampled):
         seed: int64, with `step` the key of the stateless draw. A scalar keys one (B, V) draw
             for the whole batch; a (B,) seed keys one (V,) draw per row, the very numbers a
             batch of one with that seed draws, so a row does not depend on the rows beside it.
-        step: int32 scalar, the index of the token being generated.
+        step: int32, the index of the token being generated: a scalar, or (B,) with a (B,)
+            seed (rows at different steps, as the server's sequence slots are).
         any_sampled: bool scalar, any(temperature > 0): False skips the sort and the draw (an
             all-greedy batch, the common request). The caller computes it once per request, not
             once per token.
@@ -72,8 +73,8 @@ def next_token(logits, temperature, top_k, top_p, seed, step, any_sampled):
             uniform = _uniform(tf.shape(scaled), seed, step64)
         else:
             uniform = tf.map_fn(
-                lambda row_seed: _uniform(tf.shape(scaled)[1:], row_seed, step64),
-                seed,
+                lambda row: _uniform(tf.shape(scaled)[1:], row[0], row[1]),
+                (seed, tf.broadcast_to(step64, tf.shape(seed))),
                 fn_output_signature=tf.float32,
             )
         sampled = tf.argmax(scaled - tf.math.log(-tf.math.log(uniform)), -1, output_type=tf.int32)

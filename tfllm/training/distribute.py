@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import glob
 import json
+import logging
 import os
 from collections.abc import Callable
 
@@ -19,6 +20,8 @@ import tensorflow as tf
 
 from tfllm.config import RuntimeConfig
 from tfllm.errors import StrategyError
+
+logger = logging.getLogger(__name__)
 
 _COLLECTIVES = {
     "auto": tf.distribute.experimental.CommunicationImplementation.AUTO,
@@ -165,17 +168,19 @@ _BUILDERS: dict[str, Callable[[RuntimeConfig], tf.distribute.Strategy]] = {
 }
 
 
-def make_strategy(runtime: RuntimeConfig, log: Callable[[str], None] = print):
+def make_strategy(runtime: RuntimeConfig):
     """Starts the strategy named by `runtime.strategy` (resolving `auto` first)."""
     name = runtime.strategy
     if name == "auto":
         name, why = choose(runtime)
-        log(f"strategy: auto chose {name} ({why})")
+        logger.info(f"strategy: auto chose {name} ({why})")
     if name not in _BUILDERS:
         choices = ", ".join(["auto", *_BUILDERS])
         raise StrategyError(f"unknown strategy {name!r}; choose one of {choices}")
     strategy = _BUILDERS[name](runtime)
-    log(f"strategy: {type(strategy).__name__} with {strategy.num_replicas_in_sync} replica(s)")
+    logger.info(
+        f"strategy: {type(strategy).__name__} with {strategy.num_replicas_in_sync} replica(s)"
+    )
     return strategy
 
 

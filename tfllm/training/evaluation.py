@@ -3,13 +3,16 @@ sample, written to TensorBoard next to each other (`val/...`)."""
 
 from __future__ import annotations
 
+import logging
 import math
 
 from tfllm.config import Config
-from tfllm.data import prepare
+from tfllm.data import layout
 from tfllm.observe.metrics import Reporter
 from tfllm.serve import generate
 from tfllm.training.steps import Steps, evaluate
+
+logger = logging.getLogger(__name__)
 
 
 class Evaluation:
@@ -19,7 +22,7 @@ class Evaluation:
     def __init__(self, cfg: Config, model, steps: Steps, eval_ds, reporter: Reporter):
         self.cfg, self.model, self.steps, self.eval_ds = cfg, model, steps, eval_ds
         self.reporter = reporter
-        self.generator = generate.Generator(model, prepare.tokenizer_path(cfg))
+        self.generator = generate.Generator(model, layout.tokenizer_path(cfg))
         self.engine = None
         self.tasks = []
         if cfg.train.eval_tasks:  # a bad name or task file fails now, not at the first eval
@@ -33,7 +36,7 @@ class Evaluation:
         self.reporter.scalars(
             "val", step, {"loss": self.val_loss, "perplexity": math.exp(self.val_loss)}
         )
-        self.reporter.print(f"step {step}: validation loss {self.val_loss:.4f}")
+        logger.info(f"step {step}: validation loss {self.val_loss:.4f}", extra={"step": step})
         if self.tasks:
             self.run_tasks(step)
         self.sample = self.write_sample(step)
@@ -50,12 +53,13 @@ class Evaluation:
         from tfllm.eval import engine, run
 
         if self.engine is None:
-            self.engine = engine.model_engine(self.model, prepare.tokenizer_path(self.cfg))
+            self.engine = engine.model_engine(self.model, layout.tokenizer_path(self.cfg))
         rows = run.evaluate(self.engine, self.tasks)
         values = {f"{r['task']}/{r['metric']}": r["value"] for r in rows}
         self.reporter.scalars("val", step, values)
-        self.reporter.print(
-            f"step {step}: " + ", ".join(f"{name} {value:.4f}" for name, value in values.items())
+        logger.info(
+            f"step {step}: " + ", ".join(f"{name} {value:.4f}" for name, value in values.items()),
+            extra={"step": step},
         )
 
     def write_sample(self, step: int) -> str:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import posixpath
 
 import numpy as np
@@ -25,6 +26,8 @@ from tfllm.errors import TfllmError
 from tfllm.model import lora
 from tfllm.training.optim import set_completed_steps
 from tfllm.training.steps import Steps, token_loss_sum
+
+logger = logging.getLogger(__name__)
 
 EXIT_NONFINITE = 3
 
@@ -80,7 +83,7 @@ def gradient_report(model, loss_fn, batch: tuple, step: int) -> dict:
 
 
 def roll_back_or_stop(
-    cfg: Config, steps: Steps, train_shards, checkpointer, counters, bad_step, log
+    cfg: Config, steps: Steps, train_shards, checkpointer, counters, bad_step
 ) -> int:
     """Handles the first non-finite step of a host loop under `stop` or `rollback`.
 
@@ -121,8 +124,9 @@ def roll_back_or_stop(
     counters["rollbacks"].assign(rollbacks + 1)
     counters["skipped_steps"].assign(skipped)
     set_completed_steps(steps.optimizer, bad_step + 1)
-    log(
+    logger.warning(
         f"{message}: rolled back to {restored}, skipping data up to step {bad_step} "
-        f"(rollback {rollbacks + 1} of {cfg.train.max_rollbacks})"
+        f"(rollback {rollbacks + 1} of {cfg.train.max_rollbacks})",
+        extra={"step": bad_step},
     )
     return bad_step + 1

@@ -45,7 +45,7 @@ def config(base: str, data: str, format: str, workdir: str, **options) -> Config
     values["train.warmup_steps"] = max(1, steps // 10)
     values.update({_key(k): v for k, v in options.items()})
     cfg = load_config([], [f"{k}={v}" for k, v in values.items()])
-    return base_runs.resolve(cfg, log=lambda _: None)
+    return base_runs.resolve(cfg)
 
 
 @dataclasses.dataclass
@@ -63,7 +63,7 @@ class FineTuneRun:
         if self._trained is None:
             from tfllm.runs.trained import load_trained
 
-            self._trained = load_trained(self.workdir, log=lambda _: None)
+            self._trained = load_trained(self.workdir)
         return self._trained
 
     def chat(self, messages: list[dict], **options) -> str:
@@ -79,8 +79,11 @@ class FineTuneRun:
         return stage.export(self.workdir, export_dir, version)
 
 
-def finetune(model, data: str, format: str = "messages", workdir: str = "", **options):
-    """Fine-tunes `model` (a `TrainedModel` or a workdir) on `data`; see `tfllm.finetune`."""
+def finetune(
+    model, data: str, format: str = "messages", workdir: str = "", *, build_data=None, **options
+):
+    """Fine-tunes `model` (a `TrainedModel` or a workdir) on `data`; see `tfllm.finetune`.
+    `build_data` prepares the run's dataset (`loop.train`)."""
     from tfllm.training import loop
 
     base = (
@@ -88,7 +91,6 @@ def finetune(model, data: str, format: str = "messages", workdir: str = "", **op
     )
     if not workdir:
         raise ConfigError("tfllm.finetune needs workdir= (where the run is written)")
-    log = options.pop("log", print)
     cfg = config(base, data, format, workdir, **options)
-    result = loop.train(cfg, log=log)
+    result = loop.train(cfg, build_data=build_data)
     return FineTuneRun(workdir, cfg, result)

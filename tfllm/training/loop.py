@@ -10,8 +10,10 @@ Exit codes are listed in `tfllm/training/faults.py` and the README.
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 import time
+from collections.abc import Callable
 
 import tensorflow as tf
 
@@ -26,6 +28,8 @@ from tfllm.training import distribute, faults, session
 from tfllm.training.evaluation import Evaluation
 from tfllm.training.preemption import Preemption, PreemptionWatcher
 from tfllm.training.steps import Steps
+
+logger = logging.getLogger(__name__)
 
 
 def validate_run(cfg: Config, replicas: int) -> None:
@@ -57,10 +61,13 @@ def loop_values(loss: float, grad_norm, model, optimizer) -> dict[str, float]:
 def train(
     cfg: Config,
     strategy: tf.distribute.Strategy | None = None,
-    log=print,
     stop_after: int | None = None,
+    build_data: Callable | None = None,
 ) -> dict:
     """Runs (or resumes) training to `cfg.train.steps`; returns the final metrics.
+
+    `build_data(cfg)` makes the dataset when it is missing (the prepare stage, which the
+    `train` command and `tfllm.train` pass in); without it a missing dataset is an error.
 
     `stop_after` ends this call early at that step (checkpointed), with the schedule still
     planned for `cfg.train.steps`: a job that runs in chunks resumes exactly where it stopped.
@@ -71,22 +78,22 @@ def train(
         TfllmError: another process holds the workdir, or no checkpoint is usable.
         faults.NonFiniteError: a non-finite loss that the `train.on_nonfinite` policy stops on.
     """
-    strategy = strategy or distribute.make_strategy(cfg.runtime, log)
+    strategy = strategy or distribute.make_strategy(cfg.runtime)
     validate_run(cfg, strategy.num_replicas_in_sync)
     tf.io.gfile.makedirs(cfg.runtime.workdir)
     # Under MultiWorkerMirroredStrategy every worker of a job runs on the same workdir: the
     # chief, the one writer of checkpoints, holds the lock for the job, so a second job is
     # refused at its chief; the other workers write only scratch directories of their own.
     chief = strategy.extended.should_checkpoint
-    lock = WorkdirLock(cfg.runtime.workdir, log) if chief else contextlib.nullcontext()
+    lock = WorkdirLock(cfg.runtime.workdir) if chief else contextlib.nullcontext()
     with lock, PreemptionWatcher() as watcher:
-        return _train(cfg, strategy, log, stop_after, watcher)
+        return _train(cfg, strategy, stop_after, watcher, build_data)
 
 
-def _train(cfg: Config, strategy, log, stop_after, watcher: PreemptionWatcher) -> dict:
-    started = session.start(cfg, strategy, log)
-    run, step = _Run(started, strategy, log), started.step
-    preemption = Preemption(strategy, watcher, run.checkpointer.save, cfg.runtime.workdir, log)
+def _train(cfg: Config, strategy, stop_after, watcher: PreemptionWatcher, build_data) -> dict:
+    started = session.start(cfg, strategy, build_data)
+    run, step = _Run(started, strategy), started.step
+    preemption = Preemption(strategy, watcher, run.checkpointer.save, cfg.runtime.workdir)
     run.compile(step)
     last_step = min(cfg.train.steps, stop_after or cfg.train.steps)
     while step < last_step:
@@ -104,21 +111,21 @@ class _Run:
     of up to steps_per_loop compiled steps and the non-finite policy),
     `evaluate_and_checkpoint` (`Evaluation`), `finish`."""
 
-    def __init__(self, started: session.Session, strategy, log):
-        self.strategy, self.log = strategy, log
+    def __init__(self, started: session.Session, strategy):
+        self.strategy = strategy
         self.cfg, self.manifest, self.directory = started.cfg, started.manifest, started.directory
         self.model, self.optimizer = started.model, started.optimizer
         self.counters, self.checkpointer = started.counters, started.checkpointer
 
     def compile(self, step: int) -> None:
         """Inputs, the compiled steps, reporting and the profiler (compiled at the first call)."""
-        cfg, log, strategy = self.cfg, self.log, self.strategy
+        cfg, strategy = self.cfg, self.strategy
         replicas = strategy.num_replicas_in_sync
         batch = cfg.train.global_batch_size
         tokens_per_step = batch * cfg.data.seq_len
         self.train_shards, val_shards = (
             verify.check_split(
-                self.directory, self.manifest, split, cfg.data.verify, cfg.data.on_corrupt, log
+                self.directory, self.manifest, split, cfg.data.verify, cfg.data.on_corrupt
             )
             for split in ("train", "val")
         )
@@ -134,23 +141,21 @@ class _Run:
             cfg.runtime.workdir, cfg.train.steps, tokens_per_step, flops_per_token, peak
         )
         self.reporter.run_config(step, cfg, self.model.count_params())
-        log(
+        logger.info(
             f"training to step {cfg.train.steps}: {replicas} replica(s) x "
             f"{batch // replicas // cfg.train.grad_accum_steps} rows x "
             f"{cfg.train.grad_accum_steps} micro-batch(es) = {batch} rows, {tokens_per_step} "
             f"tokens per step, {cfg.train.precision}" + (", remat" if cfg.train.remat else "")
         )
-        log(
+        logger.info(
             f"MFU: {flops_per_token['palm']:.3g} FLOPs/token (PaLM), "
             f"{flops_per_token['causal']:.3g} (causal); peak {peak.describe()}"
         )
-        self.window = profiling.ProfileWindow(
-            cfg.train.profile_steps, cfg.runtime.workdir, self.reporter.print
-        )
+        self.window = profiling.ProfileWindow(cfg.train.profile_steps, cfg.runtime.workdir)
         if cfg.runtime.profiler_port:
             profiling.start_server(cfg.runtime.profiler_port)
             port = cfg.runtime.profiler_port
-            log(f"profiler server on port {port} (TensorBoard: Capture profile)")
+            logger.info(f"profiler server on port {port} (TensorBoard: Capture profile)")
         self.evaluation = Evaluation(cfg, self.model, self.steps, self.eval_ds, self.reporter)
         self.iterator = self.train_iterator(step)
 
@@ -204,7 +209,7 @@ class _Run:
             bad_step = step - done + int(out["first_bad"])
             counters["skipped_steps"].assign_add(int(out["skipped"]))
             if cfg.train.on_nonfinite == "skip":
-                self.log(
+                logger.warning(
                     f"non-finite loss or gradients: skipped {int(out['skipped'])} update(s) "
                     f"in steps {step - done}..{step - 1} "
                     f"({int(counters['skipped_steps'])} in all)"
@@ -217,7 +222,6 @@ class _Run:
                     self.checkpointer,
                     counters,
                     bad_step,
-                    self.log,
                 )
                 self.iterator = self.train_iterator(step)
                 return step, None
@@ -238,7 +242,9 @@ class _Run:
         self.window.stop()
         self.evaluation.ensure(step)
         self.reporter.close()
-        self.log(f"sample: {self.cfg.train.sample_prompt}{self.evaluation.sample}")
+        logger.info(
+            f"sample: {self.cfg.train.sample_prompt}{self.evaluation.sample}", extra={"step": step}
+        )
         return {
             "step": step,
             "val_loss": self.evaluation.val_loss,

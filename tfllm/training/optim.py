@@ -50,28 +50,67 @@ class AdamW(keras.optimizers.AdamW):
     def _all_reduce_sum_gradients(self, grads_and_vars):
         return grads_and_vars
 
+    def apply(self, grads, trainable_variables=None):
+        """Keras' `apply`, with the step's scalars computed once instead of once per variable.
+
+        Keras reads `learning_rate` (a call of the schedule: about ten scalar ops) for every
+        decayed variable and again for the update, and the update takes the bias-correction
+        powers per variable: hundreds of scalar TF ops per step, each a kernel launch outside
+        XLA. The values are the same for every variable of a step (the step counter moves at
+        the end of `apply`), so the same ops run once and the results are shared."""
+        self._step_scalars = {}
+        try:
+            return super().apply(grads, trainable_variables)
+        finally:
+            self._step_scalars = None
+
+    def _get_current_learning_rate(self):
+        scalars = getattr(self, "_step_scalars", None)
+        if scalars is None:
+            return super()._get_current_learning_rate()
+        if "learning_rate" not in scalars:
+            scalars["learning_rate"] = super()._get_current_learning_rate()
+        return scalars["learning_rate"]
+
+    def _adam_scalars(self, dtype) -> tuple:
+        """(beta_1, beta_2, beta_1^t, beta_2^t, epsilon) in `dtype`, once per step and dtype."""
+        scalars = getattr(self, "_step_scalars", None)
+        if scalars is not None and dtype in scalars:
+            return scalars[dtype]
+        step = tf.cast(self.iterations + 1, dtype)
+        beta_1, beta_2 = tf.cast(self.beta_1, dtype), tf.cast(self.beta_2, dtype)
+        found = (
+            beta_1,
+            beta_2,
+            tf.pow(beta_1, step),
+            tf.pow(beta_2, step),
+            tf.cast(self.epsilon, dtype),
+        )
+        if scalars is not None:
+            scalars[dtype] = found
+        return found
+
     def update_step(self, gradient, variable, learning_rate):
         """Keras' Adam arithmetic (bias correction folded into the step size, epsilon outside
         the square root) as TF's ResourceApplyAdam: one pass over the weights and both moments
-        instead of Keras' seven elementwise ops. With clipping, that cut the update from 11 to
-        7 ms per step on the 4.2M-parameter benchmark shape (benchmarks/README.md). Decoupled
-        weight decay stays Keras' own, applied before this."""
+        instead of Keras' seven elementwise ops, each a pass over memory (measured in
+        benchmarks/README.md, "Performance changes"). Decoupled weight decay stays Keras' own,
+        applied before this."""
         if self.amsgrad:
             return super().update_step(gradient, variable, learning_rate)
         dtype = variable.dtype
         index = self._get_variable_index(variable)
-        step = tf.cast(self.iterations + 1, dtype)
-        beta_1, beta_2 = tf.cast(self.beta_1, dtype), tf.cast(self.beta_2, dtype)
+        beta_1, beta_2, beta_1_power, beta_2_power, epsilon = self._adam_scalars(dtype)
         tf.raw_ops.ResourceApplyAdam(
             var=variable.handle,
             m=self._momentums[index].handle,
             v=self._velocities[index].handle,
-            beta1_power=tf.pow(beta_1, step),
-            beta2_power=tf.pow(beta_2, step),
+            beta1_power=beta_1_power,
+            beta2_power=beta_2_power,
             lr=tf.cast(learning_rate, dtype),
             beta1=beta_1,
             beta2=beta_2,
-            epsilon=tf.cast(self.epsilon, dtype),
+            epsilon=epsilon,
             grad=tf.cast(gradient, dtype),
         )
 

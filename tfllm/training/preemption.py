@@ -28,6 +28,7 @@ and the job resumes from its last periodic checkpoint.
 
 from __future__ import annotations
 
+import logging
 import os
 import posixpath
 import signal
@@ -38,6 +39,8 @@ from collections.abc import Callable
 import tensorflow as tf
 
 from tfllm.training.faults import exit_code_for
+
+logger = logging.getLogger(__name__)
 
 
 class PreemptionWatcher:
@@ -81,7 +84,6 @@ class Preemption:
         watcher: the installed signal watcher.
         save: saves a checkpoint for a step and returns its path (`Checkpointer.save`).
         workdir: the run's directory (PCH's unused checkpoint directory goes under it).
-        log: where the save is reported.
     """
 
     def __init__(
@@ -90,9 +92,8 @@ class Preemption:
         watcher: PreemptionWatcher,
         save: Callable[[int], str],
         workdir: str,
-        log=print,
     ):
-        self.watcher, self._save, self.log = watcher, save, log
+        self.watcher, self._save = watcher, save
         self.stopping = False
         self.handler = None
         resolver = getattr(strategy, "cluster_resolver", None)
@@ -124,7 +125,9 @@ class Preemption:
             if self.watcher.signum is not None
             else "a peer worker was preempted"
         )
-        self.log(f"{why}: saved {path} at step {step}; run again to resume")
+        logger.info(
+            f"{why}: saved {path} at step {step}; run again to resume", extra={"step": step}
+        )
 
     def check(self, step: int) -> int | None:
         """Call on every worker at every host-loop boundary, with the step just completed.

@@ -1,17 +1,19 @@
-"""How a training session starts: the data prepared, the model built (a LoRA run's base loaded
+"""How a training session starts: the prepared data checked against the config (made first
+when the caller passes the prepare stage), the model built (a LoRA run's base loaded
 and its adapters attached), the optimizer, the checkpointer, the memory estimate checked, and
 the newest usable checkpoint restored."""
 
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 
 import keras
 import tensorflow as tf
 
 from tfllm.config import Config, save_config
-from tfllm.data import prepare
+from tfllm.data import layout
 from tfllm.errors import ConfigError
 from tfllm.model import lora
 from tfllm.model.lm import build_model
@@ -19,6 +21,8 @@ from tfllm.observe import memory
 from tfllm.runs import finetune, trained
 from tfllm.runs.checkpoint import Checkpointer
 from tfllm.training.optim import completed_steps, make_optimizer
+
+logger = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass
@@ -41,9 +45,7 @@ def new_counters() -> dict[str, tf.Variable]:
     }
 
 
-def make_checkpointer(
-    cfg: Config, model, optimizer, counters: dict, strategy=None, log=print, base=None
-):
+def make_checkpointer(cfg: Config, model, optimizer, counters: dict, strategy=None, base=None):
     """The trainer's Checkpointer: what `tfllm.train` writes is exactly what this saves
     (`model` is a LoRA run's adapters, `base` its base's identity)."""
     strategy = strategy or tf.distribute.get_strategy()
@@ -55,49 +57,58 @@ def make_checkpointer(
         cfg.train.keep_checkpoints,
         model_config=cfg.to_dict()["model"],
         extras=counters,
-        log=log,
         chief=strategy.extended.should_checkpoint,
         worker_id=resolver.task_id if resolver is not None and resolver.task_id else 0,
         base=base,
     )
 
 
-def start(cfg: Config, strategy, log) -> Session:
-    cfg = finetune.resolve(cfg, log)
+def start(cfg: Config, strategy, build_data=None) -> Session:
+    """The session of `cfg`; `build_data(cfg)` makes a missing dataset (`loop.train`)."""
+    resolved = finetune.resolve(cfg)
+    if resolved.model != cfg.model:
+        logger.info(f"fine-tuning: the model section is the base's ({cfg.train.init_from})")
+    cfg = resolved
     t = cfg.train
-    manifest = prepare.ensure_prepared(cfg, log)
+    manifest = layout.ensure_prepared(cfg, build_data)
     save_config(cfg, f"{cfg.runtime.workdir}/config.yaml")
     tf.keras.utils.set_random_seed(t.seed)
     # A frozen bfloat16 base is held (and computes) in bfloat16; the adapters stay float32.
     precision = "bfloat16" if t.base_precision == "bfloat16" else t.precision
     with strategy.scope():
         model = build_model(cfg.model, precision, t.remat)
-    base = trained.load_base(cfg, model, log) if t.init_from else None
+    base = None
+    if t.init_from:
+        base = trained.load_base(cfg, model)
+        logger.info(
+            f"fine-tuning from {base['workdir']}/checkpoints/{base['checkpoint']} "
+            "(weights only; fresh optimizer, step 0)"
+        )
     with strategy.scope():
         adapters = lora.attach(model, t) if t.lora_rank else None
         optimizer = make_optimizer(t, lora.trainable_variables(model))
     counters = new_counters()
     checkpointer = make_checkpointer(
-        cfg, adapters or model, optimizer, counters, strategy, log, base=base if adapters else None
+        cfg, adapters or model, optimizer, counters, strategy, base=base if adapters else None
     )
-    check_memory(cfg, model, strategy.num_replicas_in_sync, log)
+    check_memory(cfg, model, strategy.num_replicas_in_sync)
     restored = checkpointer.restore_latest()
     step = completed_steps(optimizer)
-    log(
+    logger.info(
         f"model: {model.count_params():,} parameters; "
         + (f"resumed from {restored} at step {step}" if restored else "starting from scratch")
     )
     if restored is None and t.on_nonfinite == "rollback":
         checkpointer.save(step)  # something to roll back to before the first one
-    directory = prepare.data_dir(cfg)
+    directory = layout.data_dir(cfg)
     return Session(cfg, manifest, directory, model, optimizer, counters, checkpointer, step)
 
 
-def check_memory(cfg: Config, model, replicas: int, log) -> None:
-    """Prints the memory estimate; refuses a run whose estimate exceeds the device's."""
+def check_memory(cfg: Config, model, replicas: int) -> None:
+    """Logs the memory estimate; refuses a run whose estimate exceeds the device's."""
     trained_params = sum(math.prod(v.shape) for v in lora.trainable_variables(model))
     sizes = memory.estimate(cfg, model.count_params(), trained_params, replicas)
-    log(memory.describe(cfg, sizes, trained_params))
+    logger.info(memory.describe(cfg, sizes, trained_params))
     limit = memory.device_limit(cfg.runtime.device_memory_gb)
     if limit is not None and sizes["total"] > limit:
         raise ConfigError(

@@ -1,0 +1,75 @@
+"""The scheduler and engine in-process, without HTTP: sequences of mixed lengths through fewer
+slots than sequences give `tfllm generate`'s tokens; the decode step is traced once per number
+of busy slots and prefill once per length bucket, all at warm-up."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+import tiny_run
+
+from tfllm.server.engine import Engine
+from tfllm.server.metrics import Metrics
+from tfllm.server.scheduler import Scheduler, Sequence
+from tfllm.server.text import Codec, find_stop, held_back
+
+SEQ = 128
+GREEDY = {"temperature": 0.0, "top_k": 0, "top_p": 1.0, "seed": 0}
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    return tiny_run.build(str(tmp_path_factory.getbasetemp() / "tiny_run_128"), seq=SEQ)
+
+
+def _serve(scheduler: Scheduler, codec: Codec, jobs: list[tuple[str, int]], **options):
+    """Runs `jobs` (prompt, max_tokens) through the scheduler; (texts, finish reasons)."""
+
+    async def main():
+        loop, events = asyncio.get_running_loop(), asyncio.Queue()
+        sequences = [
+            Sequence("test", i, codec.encode(prompt), n, GREEDY, events, loop, **options)
+            for i, (prompt, n) in enumerate(jobs)
+        ]
+        scheduler.submit(sequences)
+        texts, reasons = [""] * len(jobs), [None] * len(jobs)
+        while None in reasons:
+            kind, index, *rest = await events.get()
+            if kind == "text":
+                texts[index] += rest[0]
+            elif kind == "done":
+                reasons[index] = rest[0]
+        return texts, reasons
+
+    return asyncio.run(main())
+
+
+def test_continuous_batching_traces_once_and_matches_generate(run):
+    engine = Engine(run.model, slots=3, cache_len=SEQ)
+    codec = Codec(run.tokenizer_path)
+    widths, sizes = engine.warm_up(codec.specials.start)
+    assert sizes == [1, 2, 3] and widths == [8, 16, 32, 64, 128]
+    warm = dict(engine.traces)
+    assert warm == {"step": len(sizes), "prefill": len(widths)}
+    scheduler = Scheduler(engine, codec, max_queue=16, metrics=Metrics())
+    scheduler.start()
+    try:
+        jobs = [("def", 20), ("import os\n" * 3, 5), ("", 12), ("class A:\n    x = 1\n", 30),
+                ("for", 1), ("x" * 40, 9), ("return", 17)]  # fmt: skip
+        texts, reasons = _serve(scheduler, codec, jobs)
+    finally:
+        assert scheduler.close(30)
+    for (prompt, n), text in zip(jobs, texts, strict=True):
+        assert text == run.generator.generate([prompt], max_new_tokens=n)[0], prompt
+    assert set(reasons) <= {"stop", "length"}
+    assert engine.traces == warm  # serving traced nothing new
+
+
+def test_text_held_back_and_stops():
+    assert held_back("abc\ufffd", []) == 1  # a character still missing bytes
+    assert held_back("say END", ["ENDING"]) == 3  # may still become the stop string
+    assert held_back("say EN", ["END", "N!"]) == 2
+    assert held_back("plain", ["END"]) == 0
+    assert find_stop("one two three", ["two", "three"], 0) == 4
+    assert find_stop("one two", ["one"], 5) == -1  # ended before the unsent text

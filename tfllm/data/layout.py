@@ -1,0 +1,102 @@
+"""Where a prepared dataset lives and what it holds: its directory, its tokenizer, which split
+a document belongs to, and whether the dataset on disk fits a config.
+
+Training, evaluation, serving and the prepare pipeline all ask these questions; the answers
+live here so that none of them imports the pipeline to learn a path.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import pathlib
+import posixpath
+import sysconfig
+from collections.abc import Callable
+
+import tensorflow as tf
+
+from tfllm.config import Config, DataConfig
+from tfllm.data import records
+from tfllm.errors import DataError
+
+logger = logging.getLogger(__name__)
+
+
+def data_dir(cfg: Config) -> str:
+    """The dataset's directory: `<data.root>/<data.name>`."""
+    return posixpath.join(cfg.data.root, cfg.data.name)
+
+
+def stored_tokenizer(data: DataConfig) -> str:
+    """The name of the dataset's copy of its tokenizer: `tokenizer.json` when data.tokenizer is
+    a tokenizer.json, else `tokenizer.model` (given or trained)."""
+    return "tokenizer.json" if data.tokenizer.endswith(".json") else records.TOKENIZER
+
+
+def tokenizer_path(cfg: Config) -> str:
+    """The model's tokenizer: `data.tokenizer` when given (an imported model's), else the one
+    prepare trained and stored with the dataset."""
+    return cfg.data.tokenizer or posixpath.join(data_dir(cfg), records.TOKENIZER)
+
+
+def name_hash(name: str) -> float:
+    """A document's place in [0, 1), from a hash of its name: stable across machines."""
+    return int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "big") / 2**64
+
+
+def split_of(name: str, val_fraction: float) -> str:
+    """Assigns a document to train or val by a hash of its name."""
+    return "val" if name_hash(name) < val_fraction else "train"
+
+
+def stdlib_files() -> list[tuple[str, pathlib.Path]]:
+    """The built-in corpus (`data.source: stdlib`): the running interpreter's standard-library
+    `.py` files as (name, path), sorted by name. The name (the path below the standard library)
+    decides the split, so the built-in evaluation knows which files training never saw."""
+    root = pathlib.Path(sysconfig.get_paths()["stdlib"]).resolve()
+    files = [
+        p
+        for p in root.rglob("*.py")
+        if "site-packages" not in p.parts and "dist-packages" not in p.parts
+    ]
+    return sorted((str(p.relative_to(root)), p) for p in files)
+
+
+def ensure_prepared(cfg: Config, build: Callable | None = None) -> dict:
+    """The manifest of `cfg.data`'s dataset, checked against the config.
+
+    A missing dataset is made by `build(cfg)` when given (the prepare stage, passed in by
+    the commands and the Python API), else it is an error that says how to make it.
+    """
+    directory = data_dir(cfg)
+    if not tf.io.gfile.exists(posixpath.join(directory, records.MANIFEST)):
+        if build is None:
+            raise DataError(
+                f"no prepared data: {directory}/{records.MANIFEST} is missing "
+                "(run python -m tfllm.prepare)"
+            )
+        logger.info(f"{directory}/{records.MANIFEST} not found: preparing the data first")
+        return build(cfg)
+    return check_compatible(cfg, records.read_manifest(directory))
+
+
+def check_compatible(cfg: Config, manifest: dict) -> dict:
+    """Refuses shards made for another sequence length or vocabulary."""
+    where = posixpath.join(data_dir(cfg), records.MANIFEST)
+    if manifest["packing"] != cfg.data.packing:
+        raise DataError(
+            f"{where} was prepared with data.packing {manifest['packing']}, the config asks for "
+            f"{cfg.data.packing}; use another data.name or run prepare --force"
+        )
+    if manifest["seq_len"] != cfg.data.seq_len:
+        raise DataError(
+            f"{where} was prepared with seq_len {manifest['seq_len']}, the config asks for "
+            f"{cfg.data.seq_len}; use another data.name or run prepare --force"
+        )
+    if manifest["vocabulary_size"] > cfg.model.vocabulary_size:
+        raise DataError(
+            f"{where} has a {manifest['vocabulary_size']}-piece tokenizer, larger than "
+            f"model.vocabulary_size {cfg.model.vocabulary_size}"
+        )
+    return manifest

@@ -1,0 +1,224 @@
+"""Continuous batching: one thread owns the model and runs the step loop; the HTTP side hands
+it sequences and reads their events.
+
+Between two decode steps the loop retires finished sequences and admits waiting ones into the
+free slots (a prefill each), so a short request never waits for a long one to finish. A
+sequence finishes on one of the model's stop ids, a stop string (found in the decoded text;
+the tail that may still become one is not sent yet), its `max_tokens`, or when it is cancelled
+(its client went away): then its slot is free at the next step.
+
+Events reach the HTTP side through the request's asyncio queue, posted thread-safely:
+("text", choice, text, [(token, logprob, top)]), ("done", choice, finish_reason, usage) and
+("error", choice, message).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import dataclasses
+import logging
+import threading
+import time
+
+import numpy as np
+
+from tfllm.server.engine import Engine
+from tfllm.server.metrics import Metrics
+from tfllm.server.text import Codec, find_stop, held_back
+
+logger = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(eq=False)
+class Sequence:
+    """One choice of one request: a prompt to continue and how."""
+
+    request_id: str
+    choice: int
+    ids: list[int]  # the prompt's ids, start ids included
+    max_tokens: int
+    knobs: dict  # temperature, top_k, top_p, seed
+    events: asyncio.Queue
+    loop: asyncio.AbstractEventLoop
+    stops: list[str] = dataclasses.field(default_factory=list)
+    logprobs: int | None = None  # top alternatives per token, None: no log-probs
+    echo: bool = False  # also the prompt's log-probs
+    cancelled: bool = False
+    # Set by the scheduler.
+    generated: list[int] = dataclasses.field(default_factory=list)
+    count: int = 0  # tokens generated, a final stop id included
+    sent: int = 0  # characters of the decoded completion already sent
+    pending: list = dataclasses.field(default_factory=list)  # token log-probs not sent yet
+    submitted: float = 0.0
+    last_token: float = 0.0
+
+    def post(self, *event) -> None:
+        try:
+            self.loop.call_soon_threadsafe(self.events.put_nowait, event)
+        except RuntimeError:  # the event loop is closed: nobody is listening any more
+            pass
+
+
+class QueueFull(Exception):
+    """More sequences are waiting than the queue holds."""
+
+
+class Closed(Exception):
+    """The server is shutting down and admits nothing new."""
+
+
+class Scheduler:
+    """The step loop over an `Engine`'s slots, in its own thread."""
+
+    def __init__(self, engine: Engine, codec: Codec, max_queue: int, metrics: Metrics):
+        self.engine, self.codec, self.max_queue, self.metrics = engine, codec, max_queue, metrics
+        self.stop_ids = set(codec.specials.stop)
+        self.waiting: collections.deque[Sequence] = collections.deque()
+        self.running: dict[int, Sequence] = {}
+        self.rows = {
+            "token": np.zeros(engine.slots, np.int32),
+            "index": np.zeros(engine.slots, np.int32),
+            "start": np.zeros(engine.slots, np.int32),
+            "temperature": np.zeros(engine.slots, np.float32),
+            "top_k": np.zeros(engine.slots, np.int32),
+            "top_p": np.ones(engine.slots, np.float32),
+            "seed": np.zeros(engine.slots, np.int64),
+            "step": np.zeros(engine.slots, np.int32),
+        }
+        self._condition = threading.Condition()
+        self._closing = False
+        self._thread = threading.Thread(target=self._loop, name="tfllm-scheduler", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def submit(self, sequences: list[Sequence]) -> None:
+        """Queues all of `sequences` or none (QueueFull, Closed)."""
+        with self._condition:
+            if self._closing:
+                raise Closed()
+            if len(self.waiting) + len(sequences) > self.max_queue:
+                raise QueueFull()
+            now = time.monotonic()
+            for sequence in sequences:
+                sequence.submitted = now
+            self.waiting.extend(sequences)
+            self._condition.notify()
+
+    def close(self, timeout: float) -> bool:
+        """Admits nothing new, lets the queued and running sequences finish (at most
+        `timeout` seconds); returns whether they did."""
+        with self._condition:
+            self._closing = True
+            self._condition.notify()
+        self._thread.join(timeout)
+        return not self._thread.is_alive()
+
+    def depth(self) -> tuple[int, int]:
+        """(waiting, running) sequences."""
+        return len(self.waiting), len(self.running)
+
+    def _loop(self) -> None:
+        while True:
+            with self._condition:
+                while not (self.waiting or self.running or self._closing):
+                    self._condition.wait()
+                if self._closing and not (self.waiting or self.running):
+                    return
+                free = [s for s in range(self.engine.slots) if s not in self.running]
+                admitted = [self.waiting.popleft() for _ in free[: len(self.waiting)]]
+            for slot, sequence in zip(free, admitted, strict=False):
+                self._admit(slot, sequence)
+            for slot, sequence in list(self.running.items()):
+                if sequence.cancelled:
+                    self._retire(slot, None)
+            if self.running:
+                self._step()
+
+    def _admit(self, slot: int, sequence: Sequence) -> None:
+        if sequence.cancelled:
+            return
+        width = self.engine.width(len(sequence.ids), sequence.max_tokens)
+        try:
+            out = self.engine.prefill(slot, sequence.ids, width, sequence.knobs, sequence.echo)
+        except Exception as err:  # a bad request must not stop the loop
+            logger.exception("request %s: prefill failed", sequence.request_id)
+            sequence.post("error", sequence.choice, f"prefill failed: {err}")
+            return
+        if sequence.echo:
+            sequence.post("prompt", sequence.choice, out["prompt_logprobs"], out["prompt_top"])
+        self.running[slot] = sequence
+        rows = self.rows
+        rows["index"][slot] = width  # the first generated token's column
+        rows["start"][slot] = width - len(sequence.ids)
+        rows["step"][slot] = 1
+        for knob in ("temperature", "top_k", "top_p", "seed"):
+            rows[knob][slot] = sequence.knobs[knob]
+        if sequence.max_tokens == 0:
+            self._retire(slot, "length")
+            return
+        self._advance(slot, int(out["token"]), float(out["logprob"]), out["top"])
+
+    def _step(self) -> None:
+        want_top = any(s.logprobs for s in self.running.values())
+        size = self.engine.busy_rows(max(self.running))
+        try:
+            out = self.engine.step({k: row[:size] for k, row in self.rows.items()}, want_top)
+        except Exception as err:
+            ids = ", ".join(s.request_id for s in self.running.values())
+            logger.exception("decode step failed (requests %s)", ids)
+            for slot, sequence in list(self.running.items()):
+                sequence.post("error", sequence.choice, f"decode step failed: {err}")
+                self._retire(slot, None)
+            return
+        rows = self.rows
+        for slot in list(self.running):
+            rows["index"][slot] += 1
+            rows["step"][slot] += 1
+            top = (out["top"][0][slot], out["top"][1][slot])
+            self._advance(slot, int(out["token"][slot]), float(out["logprob"][slot]), top)
+
+    def _advance(self, slot: int, token: int, logprob: float, top) -> None:
+        """Takes the sequence's next token: sends what text is safe, finishes when done."""
+        sequence = self.running[slot]
+        now = time.monotonic()
+        if sequence.count == 0:
+            self.metrics.observe("time_to_first_token_seconds", now - sequence.submitted)
+        else:
+            self.metrics.observe("inter_token_latency_seconds", now - sequence.last_token)
+        sequence.last_token = now
+        sequence.count += 1
+        self.rows["token"][slot] = token
+        if token in self.stop_ids:
+            self._send(sequence, self.codec.decode(sequence.generated))  # the held-back tail
+            self._retire(slot, "stop")
+            return
+        sequence.generated.append(token)
+        if sequence.logprobs is not None:
+            sequence.pending.append((token, logprob, top))
+        text = self.codec.decode(sequence.generated)
+        at = find_stop(text, sequence.stops, sequence.sent)
+        if at >= 0:
+            self._send(sequence, text[:at])
+            self._retire(slot, "stop")
+        elif sequence.count >= sequence.max_tokens:
+            self._send(sequence, text)
+            self._retire(slot, "length")
+        else:
+            self._send(sequence, text[: len(text) - held_back(text, sequence.stops)])
+
+    def _send(self, sequence: Sequence, text: str) -> None:
+        if len(text) > sequence.sent or sequence.pending:
+            sequence.post("text", sequence.choice, text[sequence.sent :], sequence.pending)
+            sequence.sent, sequence.pending = max(len(text), sequence.sent), []
+
+    def _retire(self, slot: int, reason: str | None) -> None:
+        """Frees `slot`; `reason` None: cancelled or failed, nothing more is sent."""
+        sequence = self.running.pop(slot)
+        for name, row in self.rows.items():
+            row[slot] = 1 if name == "top_p" else 0
+        self.metrics.add("generation_tokens_total", sequence.count)
+        if reason is not None:
+            usage = (len(sequence.ids), sequence.count)
+            sequence.post("done", sequence.choice, reason, usage)
