@@ -1,6 +1,7 @@
 """The main job's quality, recorded with the commit: validation loss and bits per byte.
 
-    PYTHONPATH=. python -m benchmarks.quality_bench [--steps N] [--root DIR] [--label NAME]
+    python -m benchmarks quality [--quick]           # the harness's case (--quick: 300 steps)
+    PYTHONPATH=. python -m benchmarks.quality_bench [--steps N] [--rounds R] [--root DIR]
 
 Runs the user's main job, `python -m tfllm.train` with no arguments (configs/tiny.yaml, the
 built-in stdlib corpus, 2,000 steps; the data is prepared first), in a fresh directory, then
@@ -15,7 +16,6 @@ load (the data order and the seeds are fixed); the seconds do.
 from __future__ import annotations
 
 import argparse
-import datetime
 import glob
 import json
 import os
@@ -25,22 +25,14 @@ import sys
 import tempfile
 import time
 
-from benchmarks.common import machine, versions
+from benchmarks import records
+from benchmarks.common import summarize
 
-RESULTS = pathlib.Path(__file__).resolve().parent / "results"
+RESULTS = records.RESULTS
 REPO = pathlib.Path(__file__).resolve().parent.parent
 TASKS = "stdlib_bpb,english_bpb"
 MAIN_JOB_STEPS = 2000  # configs/tiny.yaml with the defaults: train.steps
-
-
-def commit() -> dict:
-    """The checkout's commit, and whether tfllm/ has changes not committed."""
-
-    def git(*args: str) -> str:
-        done = subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True)
-        return done.stdout.strip()
-
-    return {"commit": git("rev-parse", "HEAD"), "dirty": bool(git("status", "--short", "tfllm"))}
+QUICK_STEPS = 300  # the quality test's length
 
 
 def train_command(steps: int) -> list[str]:
@@ -101,37 +93,58 @@ def measure(steps: int, root: pathlib.Path) -> dict:
     }
 
 
+def figures(steps: int, rounds: int, root: str | None = None) -> dict:
+    """The harness's figures: one row, the main job (or its shortened variant), with the
+    validation loss at each evaluation, bits per byte and seconds; `rounds` runs (quality is
+    deterministic, so more rounds only repeat the seconds)."""
+    runs = []
+    for index in range(rounds):
+        with tempfile.TemporaryDirectory() as scratch:
+            where = pathlib.Path(root, f"round-{index}") if root else pathlib.Path(scratch)
+            where.mkdir(parents=True, exist_ok=True)
+            runs.append(measure(steps, where))
+
+    def cell(values: list):
+        return values[0] if len(set(values)) == 1 else summarize(values)
+
+    first = runs[0]
+    row = {
+        f"val loss @{k}": cell([r["validation_loss"][k] for r in runs])
+        for k in first["validation_loss"]
+    }
+    for task in first["bits_per_byte"]:
+        row[f"{task} bits/byte"] = cell([r["bits_per_byte"][task] for r in runs])
+    row["train s"] = cell([r["train_seconds"] for r in runs])
+    return {
+        "figures": {f"main job, {steps} steps": row},
+        "notes": [f"commands: {'; '.join(first['commands'])}"],
+        "runs": runs,
+    }
+
+
+def case(rounds: int, quick: bool) -> dict:
+    """`python -m benchmarks quality [--quick]`: the main job (300 steps with --quick)."""
+    return figures(QUICK_STEPS if quick else MAIN_JOB_STEPS, rounds)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
         "--steps", type=int, default=MAIN_JOB_STEPS, help="train.steps (default: the main job)"
     )
+    parser.add_argument("--rounds", type=int, default=1, help="runs (default 1)")
     parser.add_argument("--root", default=None, help="work directory (default: a temporary one)")
-    parser.add_argument("--label", default="", help="appended to the result file's name")
-    parser.add_argument("--out", default=None, help="result JSON (default: results/DATE-quality)")
+    parser.add_argument("--results", type=pathlib.Path, default=RESULTS, help="record directory")
     args = parser.parse_args(argv)
-    if args.steps < 1:
-        raise SystemExit(f"error: --steps must be at least 1, got {args.steps}")
-    before = machine()
-    with tempfile.TemporaryDirectory() as scratch:
-        root = pathlib.Path(args.root or scratch)
-        root.mkdir(parents=True, exist_ok=True)
-        result = measure(args.steps, root)
-    record = {
-        "benchmark": "quality",
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        **commit(),
-        "label": args.label,
-        **result,
-        "machine": {**machine(), "load_average_before": before["load_average"]},
-        "versions": versions(),
-    }
-    name = f"{datetime.date.today().isoformat()}-quality{'-' + args.label if args.label else ''}"
-    out = pathlib.Path(args.out) if args.out else RESULTS / f"{name}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(record, indent=2) + "\n")
-    print(json.dumps({k: record[k] for k in ("validation_loss", "bits_per_byte")}))
-    print(f"results: {out}")
+    if args.steps < 1 or args.rounds < 1:
+        print(f"error: --steps and --rounds must be at least 1, got {args.steps}, {args.rounds}")
+        return 2
+    command = " ".join(["python -m benchmarks.quality_bench", *(argv or sys.argv[1:])])
+    parameters = {"rounds": args.rounds, "quick": args.steps != MAIN_JOB_STEPS}
+    record = records.start("quality", command, {**parameters, "steps": args.steps})
+    path = records.finish(record, figures(args.steps, args.rounds, args.root), args.results)
+    print(json.dumps(record["figures"], indent=1))
+    print(f"results: {path}")
     return 0
 
 
