@@ -34,7 +34,7 @@ from benchmarks.common import summarize
 
 def write_corpus(path: pathlib.Path, megabytes: float) -> None:
     """The interpreter's standard library (distinct real code, ~35 MB), one file per line."""
-    from tfllm.data.layout import stdlib_files
+    from tfllm.data.inputs import stdlib_files
 
     written = 0
     with open(path, "w") as f:

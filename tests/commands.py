@@ -67,3 +67,15 @@ def logged():
     finally:
         root.removeHandler(handler)
         root.setLevel(level)
+
+
+def one_error(result: subprocess.CompletedProcess, *fragments: str) -> str:
+    """The one `error:` line of a refused command (exit code 2, no traceback), which must
+    hold every one of `fragments`."""
+    assert result.returncode == 2, (result.returncode, result.stdout[-800:], result.stderr[-2000:])
+    assert "Traceback" not in result.stderr, result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1, result.stderr
+    for fragment in fragments:
+        assert fragment in errors[0], errors[0]
+    return errors[0]

@@ -130,7 +130,7 @@ def _break(directory, case):
 
 ERRORS = {
     "model_type": "model_type 'falcon' is not supported; supported: llama, mistral, qwen2",
-    "unknown_key": "key 'partial_rotary_factor' is not understood",
+    "unknown_key": "key 'partial_rotary_factor' (= 0.5) is not understood",
     "non_neutral": "attention_bias=True changes the architecture",
     "rope_type": "rope type 'yarn' is not supported",
     "bin_only": "only pytorch_model*.bin weights; tfllm reads safetensors",

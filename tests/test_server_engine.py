@@ -1,11 +1,12 @@
 """The scheduler and engine in-process, without HTTP: sequences of mixed lengths through fewer
 slots than sequences give `tfllm generate`'s tokens; the decode step is traced once per number
-of busy slots and prefill once per length bucket, all at warm-up."""
+of busy slots and cache window and prefill once per length bucket, all at warm-up."""
 
 from __future__ import annotations
 
 import asyncio
 
+import numpy as np
 import pytest
 import tiny_run
 
@@ -51,7 +52,8 @@ def test_continuous_batching_traces_once_and_matches_generate(run):
     widths, sizes = engine.warm_up(codec.specials.start)
     assert sizes == [1, 2, 3] and widths == [8, 16, 32, 64, 128]
     warm = dict(engine.traces)
-    assert warm == {"step": len(sizes), "prefill": len(widths)}
+    assert engine.lengths == [32, 64, 96, 128]  # the decode step's cache windows
+    assert warm == {"step": len(sizes) * 4, "prefill": len(widths)}
     scheduler = Scheduler(engine, codec, max_queue=16, metrics=Metrics())
     scheduler.start()
     try:
@@ -73,3 +75,18 @@ def test_text_held_back_and_stops():
     assert held_back("plain", ["END"]) == 0
     assert find_stop("one two three", ["two", "three"], 0) == 4
     assert find_stop("one two", ["one"], 5) == -1  # ended before the unsent text
+
+
+def test_prompts_of_one_bucket_prefill_together_as_alone(run):
+    """Several prompts in one prefill call write the same cache rows and first tokens as each
+    prompt prefilled alone, and share the bucket's one trace."""
+    codec = Codec(run.tokenizer_path)
+    prompts = [codec.encode(p) for p in ("def", "for i in", "x = 1", "import")]
+    together, alone = Engine(run.model, 4, SEQ), Engine(run.model, 4, SEQ)
+    outs = together.prefill([3, 0, 2, 1], [(ids, GREEDY) for ids in prompts], 8, echo=False)
+    for slot, ids, out in zip([3, 0, 2, 1], prompts, outs, strict=True):
+        [own] = alone.prefill([slot], [(ids, GREEDY)], 8, echo=False)
+        assert int(own["token"]) == int(out["token"])
+    assert together.traces["prefill"] == 1
+    for (keys, _), (alone_keys, _) in zip(together.cache, alone.cache, strict=True):
+        np.testing.assert_allclose(keys.numpy(), alone_keys.numpy(), atol=1e-5)

@@ -19,7 +19,7 @@ import threading
 import warnings
 from collections.abc import Callable
 
-from tfllm import logs
+from tfllm import logs, resources
 from tfllm.config import Config, load_config
 from tfllm.errors import ConfigError, TfllmError
 
@@ -173,14 +173,38 @@ def _filter_native_stderr() -> None:
     atexit.register(drain)
 
 
+def check_utf8(argv: list[str]) -> None:
+    """Refuses an argument that is not UTF-8 (Python keeps its bytes as surrogates, which fail
+    much later, wherever the text is first encoded)."""
+    for index, arg in enumerate(argv, start=1):
+        try:
+            arg.encode("utf-8")
+        except UnicodeEncodeError as err:
+            shown = os.fsencode(arg).decode("utf-8", "backslashreplace")  # the bytes as given
+            raise TfllmError(
+                f"argument {index} ({shown[:60]}) is not valid UTF-8 (byte {err.start}); "
+                "pass text in UTF-8"
+            ) from None
+
+
 def run_command(main: Callable[[list[str] | None], int], argv: list[str] | None = None) -> None:
-    """Runs a command's main; a TfllmError becomes one line on stderr and exit code 2."""
+    """Runs a command's main; a TfllmError becomes one line on stderr and exit code 2, and so
+    does a full disk or exhausted memory that no stage named more precisely."""
     try:
+        check_utf8(sys.argv[1:] if argv is None else argv)
         code = main(argv)
     except TfllmError as err:
         logs.end_line()
         print(f"error: {err}", file=sys.stderr)
         code = getattr(err, "exit_code", 2)  # e.g. 3 for a non-finite loss (tfllm.training.faults)
+    except Exception as err:
+        if not (resources.out_of_space(err) or resources.out_of_memory(err)):
+            raise
+        logs.end_line()
+        cause = "out of disk space" if resources.out_of_space(err) else "out of memory"
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        print(f"error: {cause}: {first}", file=sys.stderr)
+        code = 2
     except KeyboardInterrupt:
         logs.end_line()
         print("interrupted", file=sys.stderr)

@@ -25,39 +25,56 @@ from tfllm.validation import validate
 CONFIG_DIR = pathlib.Path(__file__).resolve().parent / "configs"
 
 
+def ranged(default: int | float, interval: str):
+    """A numeric field with its allowed range as metadata, in interval notation: `[0, 1)`,
+    `(0, inf)`, `[1, inf)`. `tfllm.validation` enforces it (finite values only) and the
+    configuration reference prints it."""
+    return field(default=default, metadata={"range": interval})
+
+
 @dataclass
 class ModelConfig:
-    vocabulary_size: int = 2048  # tokenizer pieces (the tokenizer is trained to this size)
-    num_layers: int = 2  # Transformer blocks
-    num_heads: int = 4  # attention heads (hidden_dim / num_heads must be even: rotary embeddings)
-    hidden_dim: int = 128  # width of the residual stream
-    intermediate_dim: int = 512  # MLP width
-    max_sequence_length: int = 256  # longest context the model accepts
+    # tokenizer pieces (the tokenizer is trained to this size)
+    vocabulary_size: int = ranged(2048, "[1, inf)")
+    num_layers: int = ranged(2, "[1, inf)")  # Transformer blocks
+    # attention heads (hidden_dim / num_heads must be even: rotary embeddings)
+    num_heads: int = ranged(4, "[1, inf)")
+    hidden_dim: int = ranged(128, "[1, inf)")  # width of the residual stream
+    intermediate_dim: int = ranged(512, "[1, inf)")  # MLP width
+    max_sequence_length: int = ranged(256, "[1, inf)")  # longest context the model accepts
     activation: str = "swiglu"  # swiglu (SiLU-gated) | geglu (GELU-tanh-gated) | gelu (plain)
-    dropout: float = 0.0  # dropout on attention probabilities and residual branches
-    rope_max_wavelength: float = 10000.0  # HF rope_theta
-    layer_norm_epsilon: float = 1e-5  # epsilon of the RMSNorm (or LayerNorm)
+    # dropout on attention probabilities and residual branches
+    dropout: float = ranged(0.0, "[0, 1)")
+    rope_max_wavelength: float = ranged(10000.0, "(0, inf)")  # HF rope_theta
+    layer_norm_epsilon: float = ranged(1e-5, "(0, inf)")  # epsilon of the RMSNorm (or LayerNorm)
     # Architecture knobs of open-weight families (docs: Open weights); the
     # defaults are tfllm's own model.
-    num_key_value_heads: int = 0  # grouped-query attention; 0 = num_heads
-    head_dim: int = 0  # 0 = hidden_dim / num_heads
+    num_key_value_heads: int = ranged(0, "[0, inf)")  # grouped-query attention; 0 = num_heads
+    head_dim: int = ranged(0, "[0, inf)")  # 0 = hidden_dim / num_heads
     tie_embeddings: bool = True  # False: a separate output head
     qkv_bias: bool = False  # biases on Q, K, V (Qwen2)
     bias: bool = False  # biases on every projection (GPT-2)
     norm: str = "rms"  # rms | rms_plus_one (Gemma: x * (1 + w)) | layer (LayerNorm with bias)
     positions: str = "rotary"  # rotary | learned (absolute, GPT-2)
     rope_scaling: str = "none"  # none | llama3 (Llama 3.1 frequency scaling)
-    rope_scaling_factor: float = 8.0  # llama3 rope scaling: the factor
-    rope_low_freq_factor: float = 1.0  # llama3 rope scaling: the low-frequency factor
-    rope_high_freq_factor: float = 4.0  # llama3 rope scaling: the high-frequency factor
-    rope_original_max_positions: int = 8192  # llama3 rope scaling: the context it was trained at
+    rope_scaling_factor: float = ranged(8.0, "(0, inf)")  # llama3 rope scaling: the factor
+    # llama3 rope scaling: the low-frequency factor
+    rope_low_freq_factor: float = ranged(1.0, "(0, inf)")
+    # llama3 rope scaling: the high-frequency factor
+    rope_high_freq_factor: float = ranged(4.0, "(0, inf)")
+    # llama3 rope scaling: the context it was trained at
+    rope_original_max_positions: int = ranged(8192, "[1, inf)")
     embedding_scale: bool = False  # multiply embeddings by sqrt(hidden_dim) (Gemma)
     post_norms: bool = False  # norms on the attention and MLP outputs too (Gemma 2)
-    attention_softcap: float = 0.0  # cap * tanh(scores / cap); 0 = off (Gemma 2)
-    final_softcap: float = 0.0  # the same on the logits; 0 = off (Gemma 2)
-    query_pre_attn_scalar: float = 0.0  # queries scaled by this ** -0.5; 0 = head dim (Gemma 2)
-    sliding_window: int = 0  # keys at most this many positions back (self included); 0 = off
-    sliding_window_period: int = 1  # layers i with i % period == 0 slide (Gemma 2: 2)
+    # cap * tanh(scores / cap); 0 = off (Gemma 2)
+    attention_softcap: float = ranged(0.0, "[0, inf)")
+    final_softcap: float = ranged(0.0, "[0, inf)")  # the same on the logits; 0 = off (Gemma 2)
+    # queries scaled by this ** -0.5; 0 = head dim (Gemma 2)
+    query_pre_attn_scalar: float = ranged(0.0, "[0, inf)")
+    # keys at most this many positions back (self included); 0 = off
+    sliding_window: int = ranged(0, "[0, inf)")
+    # layers i with i % period == 0 slide (Gemma 2: 2)
+    sliding_window_period: int = ranged(1, "[1, inf)")
     qk_norm: bool = False  # RMSNorm of each query and key head (Qwen3)
 
 
@@ -76,85 +93,102 @@ class DataConfig:
     chat_template: str = ""  # a Jinja file overriding the tokenizer's own chat template
     truncate: str = "cut"  # cut | drop: an example longer than a window
     tfds_data_dir: str = ""  # TFDS data_dir; empty: the TFDS default (~/tensorflow_datasets)
-    seq_len: int = 128  # tokens per training window (records hold seq_len + 1)
+    seq_len: int = ranged(128, "[1, inf)")  # tokens per training window (records hold seq_len + 1)
     root: str = "tfrecords"  # shards go to <root>/<name>/
     # share of documents (by a hash of their name) held out for validation
-    val_fraction: float = 0.02
+    val_fraction: float = ranged(0.02, "(0, 1)")
     utf8_policy: str = "skip"  # skip | replace: what a document with invalid UTF-8 becomes
-    min_doc_chars: int = 1  # shorter documents are dropped (and counted)
-    max_doc_chars: int = 1_000_000  # longer documents are split into pieces this long
+    min_doc_chars: int = ranged(1, "[0, inf)")  # shorter documents are dropped (and counted)
+    # longer documents are split into pieces this long
+    max_doc_chars: int = ranged(1_000_000, "[1, inf)")
     packing: str = "concat"  # concat | document (segment ids: no attention across documents)
-    records_per_shard: int = 8192  # windows per TFRecord shard
+    records_per_shard: int = ranged(8192, "[1, inf)")  # windows per TFRecord shard
     # Shards of a split prepare fills at once, each document sent to one by a hash of its name
     # (and scatter_seed): every shard is a sample of the corpus, not a slice of its file order.
     # Prepare holds up to this many unfinished shards per split in memory. 1: the input order.
-    scatter_shards: int = field(default=16, metadata={"range": "[1, inf)"})
-    scatter_seed: int = 0  # the seed of that hash: another value, another set of shards
+    scatter_shards: int = ranged(16, "[1, inf)")
+    # the seed of that hash: another value, another set of shards
+    scatter_seed: int = ranged(0, "[0, inf)")
     compression: str = "none"  # none | gzip: how shards are written (and read, per manifest)
     # A tokenizer file to use instead of training one (e.g. the one `tfllm.convert` imported);
     # empty: prepare trains a SentencePiece model on the corpus.
     tokenizer: str = ""
     tokenizer_type: str = "unigram"  # unigram | bpe
-    tokenizer_sample_mb: int = 8  # text sampled to train the tokenizer
+    tokenizer_sample_mb: int = ranged(8, "[1, inf)")  # text sampled to train the tokenizer
     tokenizer_byte_fallback: bool = True  # unknown characters become byte pieces, never <unk>
-    tokenizer_character_coverage: float = 0.9995  # share of characters the vocabulary must cover
-    shuffle_buffer: int = 4096  # records permuted together (a block of the global order)
+    # share of characters the vocabulary must cover
+    tokenizer_character_coverage: float = ranged(0.9995, "(0, 1]")
+    # records permuted together (a block of the global order)
+    shuffle_buffer: int = ranged(4096, "[1, inf)")
     # Shards the reader reads at once, one record of each in turn (then the next group)
-    interleave_shards: int = field(default=16, metadata={"range": "[1, inf)"})
+    interleave_shards: int = ranged(16, "[1, inf)")
     on_corrupt: str = "error"  # error | skip: a damaged shard stops the run, or is counted
     verify: str = "sha256"  # sha256 | size: the check of every shard before training
-    workers: int = 0  # processes that clean and tokenize in prepare; 0: one per core
-    max_memory_mb: int = 2048  # prepare's documents in flight are sized to stay under this
+    # processes that clean and tokenize in prepare; 0: one per core
+    workers: int = ranged(0, "[0, inf)")
+    # prepare's documents in flight are sized to stay under this
+    max_memory_mb: int = ranged(2048, "[256, inf)")
     on_bad_input: str = "skip"  # skip | error: a bad line, row or file is counted, or stops
-    dropped_sample: int = 20  # dropped documents kept per reason in dropped-sample.jsonl
-    filter_min_alnum: float = 0.0  # drop below this share of alphanumeric characters; 0: off
-    filter_max_line_chars: int = 0  # drop documents with a longer line; 0: off
-    filter_max_repeated_lines: float = 1.0  # drop above this share of repeated lines; 1: off
+    # dropped documents kept per reason in dropped-sample.jsonl
+    dropped_sample: int = ranged(20, "[0, inf)")
+    # drop below this share of alphanumeric characters; 0: off
+    filter_min_alnum: float = ranged(0.0, "[0, 1]")
+    filter_max_line_chars: int = ranged(0, "[0, inf)")  # drop documents with a longer line; 0: off
+    # drop above this share of repeated lines; 1: off
+    filter_max_repeated_lines: float = ranged(1.0, "[0, 1]")
     near_dedup: bool = False  # MinHash LSH near-duplicate removal (datatrove's defaults below)
-    minhash_ngram: int = 5  # words per shingle
-    minhash_perms: int = 112  # permutations = minhash_bands x rows per band
-    minhash_bands: int = 14  # LSH bands (rows per band = minhash_perms / minhash_bands)
-    minhash_threshold: float = 0.7  # share of equal permutations that makes a duplicate
+    minhash_ngram: int = ranged(5, "[1, inf)")  # words per shingle
+    minhash_perms: int = ranged(112, "[1, inf)")  # permutations = minhash_bands x rows per band
+    # LSH bands (rows per band = minhash_perms / minhash_bands)
+    minhash_bands: int = ranged(14, "[1, inf)")
+    # share of equal permutations that makes a duplicate
+    minhash_threshold: float = ranged(0.7, "[0, 1]")
 
 
 @dataclass
 class TrainConfig:
-    steps: int = 2000  # optimizer steps in the whole run
-    seed: int = 0  # seeds initialisation and data order
-    global_batch_size: int = 16  # windows per optimizer step, over all replicas
-    learning_rate: float = 3e-3  # peak learning rate
-    min_learning_rate_ratio: float = 0.1  # cosine decay ends at this fraction of the peak
-    warmup_steps: int = 100  # linear warmup from 0
-    weight_decay: float = 0.1  # AdamW decoupled weight decay (not applied to norm scales)
-    beta_1: float = 0.9  # AdamW first-moment decay
-    beta_2: float = 0.95  # AdamW second-moment decay
-    epsilon: float = 1e-8  # AdamW epsilon
-    grad_clip_norm: float = 1.0  # clip the global gradient norm (0 disables)
-    steps_per_loop: int = 50  # steps per compiled host loop call; one console line each
-    eval_every: int = 500  # validation every N steps (and at the end)
-    eval_batches: int = 20  # validation batches (the same ones every time)
+    steps: int = ranged(2000, "[1, inf)")  # optimizer steps in the whole run
+    seed: int = ranged(0, "[0, 4294967295]")  # seeds initialisation and data order
+    global_batch_size: int = ranged(16, "[1, inf)")  # windows per optimizer step, over all replicas
+    learning_rate: float = ranged(3e-3, "(0, inf)")  # peak learning rate
+    # cosine decay ends at this fraction of the peak
+    min_learning_rate_ratio: float = ranged(0.1, "[0, 1]")
+    warmup_steps: int = ranged(100, "[0, inf)")  # linear warmup from 0
+    # AdamW decoupled weight decay (not applied to norm scales)
+    weight_decay: float = ranged(0.1, "[0, inf)")
+    beta_1: float = ranged(0.9, "[0, 1)")  # AdamW first-moment decay
+    beta_2: float = ranged(0.95, "[0, 1)")  # AdamW second-moment decay
+    epsilon: float = ranged(1e-8, "(0, inf)")  # AdamW epsilon
+    grad_clip_norm: float = ranged(1.0, "[0, inf)")  # clip the global gradient norm (0 disables)
+    # steps per compiled host loop call; one console line each
+    steps_per_loop: int = ranged(50, "[1, inf)")
+    eval_every: int = ranged(500, "[1, inf)")  # validation every N steps (and at the end)
+    eval_batches: int = ranged(20, "[1, inf)")  # validation batches (the same ones every time)
     # tfllm.eval tasks (built-in names or task YAML paths, comma-separated) run at every
     # evaluation, their metrics in TensorBoard next to the validation loss; empty: none
     eval_tasks: str = ""
-    checkpoint_every: int = 500  # checkpoint every N steps (and at the end)
-    keep_checkpoints: int = 3  # newest checkpoints kept (at least 2)
+    checkpoint_every: int = ranged(500, "[1, inf)")  # checkpoint every N steps (and at the end)
+    keep_checkpoints: int = ranged(3, "[2, inf)")  # newest checkpoints kept (at least 2)
     on_nonfinite: str = "stop"  # on a non-finite loss or gradient: stop | skip | rollback
-    max_rollbacks: int = 3  # most rollbacks in one run before rollback stops as stop does
+    # most rollbacks in one run before rollback stops as stop does
+    max_rollbacks: int = ranged(3, "[0, inf)")
     jit_compile: bool = True  # XLA-compile the per-replica step
-    grad_accum_steps: int = 1  # global batch = per-replica batch x replicas x grad_accum_steps
+    # global batch = per-replica batch x replicas x grad_accum_steps
+    grad_accum_steps: int = ranged(1, "[1, inf)")
     precision: str = "float32"  # float32 | mixed_bfloat16 | mixed_float16 (dynamic loss scaling)
     remat: bool = False  # recompute each Transformer block's activations in the backward pass
-    sample_tokens: int = (
-        64  # tokens of the sample written at each evaluation and printed at the end
-    )
+    # tokens of the sample written at each evaluation and printed at the end
+    sample_tokens: int = ranged(64, "[1, inf)")
     sample_prompt: str = "def "  # the prompt of that sample
     profile_steps: str = ""  # "START,STOP": capture a profiler trace of those steps
     # Fine-tuning (docs: Fine-tuning): start from the weights of another workdir (fresh
     # optimizer and schedule, steps from 0; its model section and tokenizer are used)
     init_from: str = ""
-    lora_rank: int = 0  # > 0: train low-rank adapters only, base weights frozen (needs init_from)
-    lora_alpha: float = 16.0  # the adapters' output is scaled by lora_alpha / lora_rank
-    lora_dropout: float = 0.0  # dropout on the adapters' input, as PEFT
+    # > 0: train low-rank adapters only, base weights frozen (needs init_from)
+    lora_rank: int = ranged(0, "[0, inf)")
+    # the adapters' output is scaled by lora_alpha / lora_rank
+    lora_alpha: float = ranged(16.0, "(0, inf)")
+    lora_dropout: float = ranged(0.0, "[0, 1)")  # dropout on the adapters' input, as PEFT
     lora_targets: str = "q,v"  # comma-separated among q, k, v, o, gate, up, down
     base_precision: str = "float32"  # float32 | bfloat16: dtype of the frozen base (LoRA only)
 
@@ -162,15 +196,18 @@ class TrainConfig:
 @dataclass
 class RuntimeConfig:
     workdir: str = "runs/tiny"  # the run's directory: checkpoints, config.yaml, TensorBoard logs
-    peak_flops: float = 0.0  # peak FLOP/s of one device for MFU; 0 = detect (or measure on CPU)
-    profiler_port: int = 0  # serve on-demand profiler captures on this port; 0 = off
+    # peak FLOP/s of one device for MFU; 0 = detect (or measure on CPU)
+    peak_flops: float = ranged(0.0, "[0, inf)")
+    # serve on-demand profiler captures on this port; 0 = off
+    profiler_port: int = ranged(0, "[0, 65535]")
     # Memory of one device in GiB for the pre-training estimate's check; 0 = what the GPU or
     # TPU reports (no check on CPU)
-    device_memory_gb: float = 0.0
+    device_memory_gb: float = ranged(0.0, "[0, inf)")
 
     strategy: str = "auto"  # auto | cpu | gpu | mirrored | multiworker | tpu
     tpu: str = ""  # TPU name, grpc:// address or "local"; empty: $TPU_NAME
-    num_cpu_devices: int = 2  # logical CPU devices for `mirrored` on a host without a GPU
+    # logical CPU devices for `mirrored` on a host without a GPU
+    num_cpu_devices: int = ranged(2, "[1, inf)")
     collective: str = "auto"  # multiworker all-reduce: auto | ring | nccl
 
 
@@ -290,6 +327,12 @@ def load_config(
         path = resolve_config_path(name)
         try:
             overlay = yaml.safe_load(path.read_text(encoding="utf-8"))
+        except UnicodeDecodeError as err:
+            raise ConfigError(
+                f"{path}: not UTF-8 text (byte {err.start}); save the config file as UTF-8"
+            ) from None
+        except OSError as err:
+            raise ConfigError(f"{path}: cannot read: {err.strerror}") from None
         except yaml.YAMLError as err:
             raise ConfigError(f"{path}: YAML syntax error: {err}".replace("\n", " ")) from None
         _merge(values, overlay, str(path))
@@ -304,5 +347,6 @@ def save_config(cfg: Config, path: str) -> None:
     """Writes the resolved config (through tf.io.gfile, so gs:// works)."""
     import tensorflow as tf
 
-    with tf.io.gfile.GFile(path, "w") as f:
+    with tf.io.gfile.GFile(path + ".tmp", "w") as f:
         f.write(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    tf.io.gfile.rename(path + ".tmp", path, overwrite=True)

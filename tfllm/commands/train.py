@@ -38,6 +38,6 @@ def main(argv: list[str] | None = None) -> int:
         return code
     logs.output(
         f"done: step {result['step']}, validation loss {result['val_loss']:.4f} "
-        f"(ln V = {math.log(cfg.model.vocabulary_size):.2f}) in {time.time() - started:.0f}s"
+        f"(ln V = {math.log(result['vocabulary_size']):.2f}) in {time.time() - started:.0f}s"
     )
     return 0

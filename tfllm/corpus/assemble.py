@@ -31,7 +31,7 @@ import numpy as np
 from tfllm.config import Config, DataConfig
 from tfllm.corpus.clean import CleaningStats
 from tfllm.corpus.sources import sources
-from tfllm.data import records
+from tfllm.data import fingerprint, records
 from tfllm.data.layout import data_dir, split_of, stored_tokenizer
 from tfllm.data.packing import ConcatPacker, DocumentPacker
 from tfllm.errors import DataError
@@ -224,6 +224,7 @@ def finish(cfg, settings, state, bads, sources_stats) -> dict:
             for i, (_, w) in enumerate(sources(d.source))
         },
         "moved_to_val": state["moved_to_val"],
+        "built_from": fingerprint.describe(cfg),
         "splits": splits,
     }
     records.write_manifest(out, manifest)

@@ -15,9 +15,10 @@ name); a checkpoint after every `data.scatter_shards` finished shards makes it r
 `dropped-sample.jsonl` (the first `data.dropped_sample` documents dropped per reason) and, last
 and atomically, `manifest.json`:
 shards with record and token counts, sizes and sha256, the tokenizer and its checksum, counts
-per cleaning rule and per source. `--verify` checks every shard and the tokenizer against the
-manifest. `--runner beam` runs the second pass as an Apache Beam pipeline instead (beam.py),
-with the same output.
+per cleaning rule and per source, and what the dataset was made from (fingerprint.py), which
+a later run compares with its config before reading a shard. `--verify` checks every shard
+and the tokenizer against the manifest. `--runner beam` runs the second pass as an Apache Beam
+pipeline instead (beam.py), with the same output.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ import time
 
 import tensorflow as tf
 
+from tfllm import resources
 from tfllm.config import Config, DataConfig
 from tfllm.corpus import assemble, formats, resume, sft_prepare, stream
 from tfllm.corpus.assemble import DROPPED_SAMPLE  # noqa: F401 - the stage's names
@@ -42,10 +44,12 @@ from tfllm.corpus.sources import read_raw, sources
 from tfllm.data import layout
 from tfllm.data.layout import data_dir, split_of
 from tfllm.errors import DataError
+from tfllm.locks import DirectoryLock
 from tfllm.tokenizers import tokenizer
 
 logger = logging.getLogger(__name__)
 MAX_BATCH_DOCS = 256
+LOCK_NAME = "prepare.lock"
 
 
 def workers(data: DataConfig) -> int:
@@ -192,10 +196,29 @@ def _given_ends(path: str, modified: int) -> tuple[tuple[int, ...], tuple[int, .
 def prepare(cfg: Config, timings: dict | None = None) -> dict:
     """Builds (or finishes building) the dataset of `cfg.data`; returns its manifest.
 
+    One process at a time per dataset (`<dataset>/prepare.lock`). A full disk is one error
+    line, with the temporary files removed and the restart state kept.
     `timings`, when given, receives the seconds of each phase (read: the sampling pass,
     tokenizer, pack: the streaming pass; pack_cpu: this process's CPU seconds in it).
     """
-    timings = {} if timings is None else timings
+    out = data_dir(cfg)
+    kept = (
+        f"the shards finished so far and the restart state in {out}/{resume.STATE_DIR} (run "
+        "prepare again to continue)"
+    )
+    with (
+        DirectoryLock(out, LOCK_NAME, "dataset", "prepare"),
+        resources.guarded("the dataset", out, kept, lambda: _remove_temporaries(out)),
+    ):
+        return _prepare(cfg, {} if timings is None else timings)
+
+
+def _remove_temporaries(out: str) -> None:
+    resources.remove_temporaries(out, ["*.tmp"])
+    resources.remove_temporaries(posixpath.join(out, resume.STATE_DIR), ["*.tmp"])
+
+
+def _prepare(cfg: Config, timings: dict) -> dict:
     d, out, start = cfg.data, data_dir(cfg), time.time()
     tf.io.gfile.makedirs(out)
     if d.format != "text":  # instruction and chat data: examples, a loss mask, no dedup

@@ -18,6 +18,7 @@ import hashlib
 import io
 import json
 import posixpath
+import zipfile
 
 import numpy as np
 import tensorflow as tf
@@ -26,6 +27,7 @@ from tfllm.config import Config
 from tfllm.corpus import snapshot
 from tfllm.data import records
 from tfllm.data.packing import ConcatPacker, DocumentPacker
+from tfllm.errors import DataError
 from tfllm.files import write_atomically
 
 STATE_DIR = ".prepare"
@@ -61,11 +63,28 @@ class Checkpoint:
         path = posixpath.join(self.directory, _STATE)
         if not tf.io.gfile.exists(path):
             return None
-        with tf.io.gfile.GFile(path, "rb") as f:
-            state = snapshot.loads(f.read(), path)
-        if state["fingerprint"] != self.fingerprint:
-            return None
-        self.deltas = state["deltas"]
+        try:
+            with tf.io.gfile.GFile(path, "rb") as f:
+                state = snapshot.loads(f.read(), path)
+            if not isinstance(state, dict) or state.get("fingerprint") != self.fingerprint:
+                return None
+            return self._load_deltas(state)
+        except (DataError, ValueError, KeyError, TypeError, OSError, EOFError, zipfile.BadZipFile,
+                tf.errors.OpError) as err:  # fmt: skip
+            # Written by tfllm, then damaged (a disk error, a hand edit): refuse rather than
+            # guess, since the shards already written depend on it.
+            raise DataError(
+                f"the restart state in {self.directory} is damaged ({_first_line(err)}); delete "
+                f"{self.directory} to prepare this dataset from the start"
+            ) from None
+
+    def _load_deltas(self, state: dict) -> dict:
+        self.deltas = int(state["deltas"])
+        for key in ("position", "splits", "sources", "dropped", "moved_to_val"):
+            if key not in state:
+                raise KeyError(f"no {key!r} in the state")
+        if not isinstance(state["position"], int) or not isinstance(state["splits"], dict):
+            raise TypeError("position or splits of the wrong type")
         keys, signatures = [], []
         for index in range(self.deltas):
             with tf.io.gfile.GFile(self._delta_path(index), "rb") as f:
@@ -98,3 +117,8 @@ class Checkpoint:
     def clear(self) -> None:
         if tf.io.gfile.exists(self.directory):
             tf.io.gfile.rmtree(self.directory)
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip().splitlines()
+    return text[0] if text else type(err).__name__

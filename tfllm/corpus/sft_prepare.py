@@ -28,7 +28,7 @@ import tensorflow as tf
 from tfllm.config import Config
 from tfllm.corpus import sft
 from tfllm.corpus.sources import list_files
-from tfllm.data import records
+from tfllm.data import fingerprint, records
 from tfllm.data.layout import split_of
 from tfllm.errors import DataError
 from tfllm.tokenizers import chat
@@ -175,6 +175,7 @@ def _manifest(cfg: Config, tokenizer, stats, dropped, packed) -> dict:
         "packing": "document",
         "loss_mask": True,
         "compression": d.compression,
+        "built_from": fingerprint.describe(cfg),
         "vocabulary_size": int(getattr(tokenizer, "vocabulary_size", 0) or tokenizer.vocab_size()),
         "records": {
             "read": stats.read,

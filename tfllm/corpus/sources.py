@@ -18,18 +18,15 @@ what they become. Nothing holds more than one file's row group or line at a time
 
 from __future__ import annotations
 
-import glob
-import os
 import pathlib
 import random
 from collections.abc import Iterator
 from dataclasses import dataclass
 
 from tfllm.corpus import formats
-from tfllm.data.layout import stdlib_files
+from tfllm.data.inputs import TFDS_PREFIX, list_files, sources  # noqa: F401 - read here too
 from tfllm.errors import DataError
 
-TFDS_PREFIX = "tfds:"
 _MIXTURE_SEED = 4321
 
 
@@ -38,51 +35,6 @@ class RawDocument:
     name: str  # stable name: decides the split, and names the document in messages
     data: bytes
     source: int = 0  # index of its source in sources(data.source)
-
-
-def sources(source: str) -> list[tuple[str, float]]:
-    """(entry, weight) per source: one source (weight 1) unless the entries carry weights."""
-    entries = [s.strip() for s in source.split(",") if s.strip()]
-    weighted = []
-    for entry in entries:
-        head, _, tail = entry.rpartition(":")
-        try:
-            weighted.append((head, float(tail)))
-        except ValueError:
-            weighted.append((entry, None))
-    if all(w is None for _, w in weighted):
-        return [(source, 1.0)]
-    if any(w is None or w <= 0 or not head for head, w in weighted):
-        raise DataError(
-            f"data.source {source!r}: in a mixture every entry needs a positive weight "
-            "(path:weight, e.g. a.parquet:0.7,b/*.jsonl.zst:0.3)"
-        )
-    return weighted
-
-
-def _expand(entry: str) -> list[tuple[str, pathlib.Path]]:
-    """(name, path) of each file of one entry; a directory's files are named relative to its
-    parent, so the names (and the train/val split) do not depend on where the corpus lives."""
-    path = pathlib.Path(entry)
-    if path.is_dir():
-        base = path.resolve()
-        return [(str(p.relative_to(base.parent)), p) for p in base.rglob("*") if p.is_file()]
-    if path.is_file():
-        return [(entry, path)]
-    return [(p, pathlib.Path(p)) for p in glob.glob(entry, recursive=True) if os.path.isfile(p)]
-
-
-def list_files(source: str) -> list[tuple[str, pathlib.Path]]:
-    """Resolves a file source to its files as (stable name, path), sorted by name."""
-    if source == "stdlib":
-        return stdlib_files()
-    files: dict[str, pathlib.Path] = {}
-    for entry in filter(None, (s.strip() for s in source.split(","))):
-        found = _expand(entry)
-        if not found:
-            raise DataError(f"data.source: {entry!r} matches no file")
-        files.update(found)
-    return sorted(files.items())
 
 
 def _file_documents(

@@ -9,15 +9,13 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import pathlib
 import posixpath
-import sysconfig
 from collections.abc import Callable
 
 import tensorflow as tf
 
 from tfllm.config import Config, DataConfig
-from tfllm.data import records
+from tfllm.data import fingerprint, records
 from tfllm.errors import DataError
 
 logger = logging.getLogger(__name__)
@@ -50,19 +48,6 @@ def split_of(name: str, val_fraction: float) -> str:
     return "val" if name_hash(name) < val_fraction else "train"
 
 
-def stdlib_files() -> list[tuple[str, pathlib.Path]]:
-    """The built-in corpus (`data.source: stdlib`): the running interpreter's standard-library
-    `.py` files as (name, path), sorted by name. The name (the path below the standard library)
-    decides the split, so the built-in evaluation knows which files training never saw."""
-    root = pathlib.Path(sysconfig.get_paths()["stdlib"]).resolve()
-    files = [
-        p
-        for p in root.rglob("*.py")
-        if "site-packages" not in p.parts and "dist-packages" not in p.parts
-    ]
-    return sorted((str(p.relative_to(root)), p) for p in files)
-
-
 def ensure_prepared(cfg: Config, build: Callable | None = None) -> dict:
     """The manifest of `cfg.data`'s dataset, checked against the config.
 
@@ -78,25 +63,6 @@ def ensure_prepared(cfg: Config, build: Callable | None = None) -> dict:
             )
         logger.info(f"{directory}/{records.MANIFEST} not found: preparing the data first")
         return build(cfg)
-    return check_compatible(cfg, records.read_manifest(directory))
-
-
-def check_compatible(cfg: Config, manifest: dict) -> dict:
-    """Refuses shards made for another sequence length or vocabulary."""
-    where = posixpath.join(data_dir(cfg), records.MANIFEST)
-    if manifest["packing"] != cfg.data.packing:
-        raise DataError(
-            f"{where} was prepared with data.packing {manifest['packing']}, the config asks for "
-            f"{cfg.data.packing}; use another data.name or run prepare --force"
-        )
-    if manifest["seq_len"] != cfg.data.seq_len:
-        raise DataError(
-            f"{where} was prepared with seq_len {manifest['seq_len']}, the config asks for "
-            f"{cfg.data.seq_len}; use another data.name or run prepare --force"
-        )
-    if manifest["vocabulary_size"] > cfg.model.vocabulary_size:
-        raise DataError(
-            f"{where} has a {manifest['vocabulary_size']}-piece tokenizer, larger than "
-            f"model.vocabulary_size {cfg.model.vocabulary_size}"
-        )
+    manifest = records.read_manifest(directory)
+    fingerprint.check(cfg, manifest, posixpath.join(directory, records.MANIFEST))
     return manifest

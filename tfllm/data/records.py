@@ -23,7 +23,7 @@ TOKENS_KEY = "tokens"
 SEGMENTS_KEY = "segments"
 MANIFEST = "manifest.json"
 TOKENIZER = "tokenizer.model"
-MANIFEST_VERSION = 2
+MANIFEST_VERSION = 3  # 3: `built_from`, what the dataset was made from (fingerprint.py)
 COMPRESSION = {"none": "", "gzip": "GZIP"}  # data.compression -> TFRecord compression type
 
 

@@ -23,7 +23,8 @@ from __future__ import annotations
 import random
 import re
 
-from tfllm.data.layout import split_of, stdlib_files
+from tfllm.data.inputs import stdlib_files
+from tfllm.data.layout import split_of
 from tfllm.eval.tasks import Task, TaskError
 
 TASKS = ("stdlib", "stdlib_bpb", "english_bpb", "next_line", "next_indent", "code_completion")

@@ -1,7 +1,8 @@
 """The evaluation stage: a workdir's checkpoint or an exported SavedModel, the tasks, and the
 results as a console table, a JSON file and TensorBoard scalars.
 
-    <output_dir>/results-step-<N>.json    (an export: results-v<version>.json)
+    <output_dir>/results-step-<N>.json    (an export: results-v<version>.json; a later eval of
+                                          the same step: results-step-<N>-2.json, ...)
     <output_dir>/events.*                 scalars `<task>/<metric>` at the checkpoint's step
 
 The default output_dir is `<workdir>/eval` (TensorBoard shows it next to train/ and val/), or
@@ -160,12 +161,24 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def free_name(output_dir: str, name: str) -> str:
+    """`name`, or `stem-2.json`, `stem-3.json`, ...: an earlier result is never overwritten
+    (a second eval of one checkpoint, on other tasks or another --limit, is a new record)."""
+    stem, suffix = posixpath.splitext(name)
+    candidate, n = name, 1
+    while tf.io.gfile.exists(posixpath.join(output_dir, candidate)):
+        n += 1
+        candidate = f"{stem}-{n}{suffix}"
+    return candidate
+
+
 def write_results(rows: list[dict], meta: dict, output_dir: str, name: str) -> str:
     tf.io.gfile.makedirs(output_dir)
-    path = posixpath.join(output_dir, name)
+    path = posixpath.join(output_dir, free_name(output_dir, name))
     record = {**meta, "tfllm_version": tfllm.__version__, "time": time.time(), "results": rows}
-    with tf.io.gfile.GFile(path, "w") as f:
+    with tf.io.gfile.GFile(path + ".tmp", "w") as f:
         f.write(json.dumps(record, indent=2) + "\n")
+    tf.io.gfile.rename(path + ".tmp", path)  # overwrite=False: a racing eval's file stays
     writer = tf.summary.create_file_writer(output_dir)
     with writer.as_default():
         for row in rows:
@@ -184,6 +197,10 @@ def run(
 ) -> dict:
     """`python -m tfllm.eval`: evaluates a workdir (or an export) on `tasks`; returns the
     metadata, the rows and the JSON file's path. The table goes to stdout."""
+    if batch_size < 1:
+        raise TfllmError(f"--batch_size must be at least 1, got {batch_size}")
+    if limit is not None and limit < 1:
+        raise TfllmError(f"--limit must be at least 1 (documents per task), got {limit}")
     if is_export(target):
         if step is not None:
             raise TfllmError("--step applies to a workdir, not an export")
@@ -195,8 +212,8 @@ def run(
         name = f"results-v{meta['export_version']}.json"
         output_dir = output_dir or posixpath.join(posixpath.dirname(meta["model"]), "eval")
     else:
+        task_list = load_tasks(task_names)  # first: a bad task file stops before the model
         trained = load_trained(target, step)
-        task_list = load_tasks(task_names)
         engine = model_engine(trained.model, trained.tokenizer_path, batch_size=batch_size,
                               progress_level=logging.INFO)  # fmt: skip
         meta = {"model": target, "checkpoint": trained.checkpoint, "step": trained.step}

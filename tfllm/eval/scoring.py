@@ -54,8 +54,9 @@ def apply_filters(text: str, filters: list[dict]) -> str:
         function = step.get("function")
         if function == "regex":
             found = re.findall(step.get("regex_pattern", r"#### (\-?[0-9\.\,]+)"), text)
-            if found:
-                match = found[step.get("group_select", 0)]
+            index = step.get("group_select", 0)
+            if found and -len(found) <= index < len(found):
+                match = found[index]
                 if isinstance(match, tuple):
                     match = next((m for m in match if m), match[0])
                 text = match.strip()

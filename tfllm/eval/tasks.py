@@ -25,8 +25,10 @@ import json
 import pathlib
 import re
 
+import jinja2
 import yaml
 
+from tfllm import templates
 from tfllm.errors import TfllmError
 
 OUTPUT_TYPES = ("loglikelihood", "loglikelihood_rolling", "multiple_choice", "generate_until")
@@ -47,17 +49,11 @@ _KNOWN_KEYS = {
 
 @functools.cache
 def _jinja():
-    """The harness's template environment; jinja2 comes with tfllm[eval] (the built-in suite
-    and field-name tasks do without it)."""
-    try:
-        import jinja2
-    except ImportError:
-        raise TaskError(
-            "Jinja templates in task files need jinja2: pip install tfllm[eval]"
-        ) from None
-    env = jinja2.Environment(undefined=jinja2.StrictUndefined, keep_trailing_newline=True)
+    """The harness's template environment, in tfllm's sandbox (`tfllm.templates`): a task file
+    is shared like a dataset, and its templates must not reach Python."""
+    env = templates.environment(undefined=jinja2.StrictUndefined, keep_trailing_newline=True)
     env.filters["regex_replace"] = lambda value, pattern, repl: re.sub(pattern, repl, value)
-    return jinja2, env
+    return env
 
 
 class TaskError(TfllmError):
@@ -96,12 +92,22 @@ class Task:
             return [self.render(item, doc, index, key) for item in spec]
         if not isinstance(spec, str):
             return spec
-        jinja2, env = _jinja()
         try:
-            text = env.from_string(spec).render(**doc)
-        except jinja2.TemplateError as err:
-            raise TaskError(f"{self.source}: {key} on document {index}: {err}") from None
+            template = templates.compile_template(_jinja(), spec, f"{self.source}: {key}")
+            text = templates.render(template, f"{self.source}: {key} on document {index}", **doc)
+        except templates.TemplateFailure as err:
+            raise TaskError(str(err)) from None
         return int(text) if key == "doc_to_target" and text.strip().isdigit() else text
+
+    def check(self) -> None:
+        """Renders every template on every document once: a template that fails (or reaches
+        outside the sandbox) stops the command before any model is loaded."""
+        for index, doc in enumerate(self.docs):
+            self.text(doc, index)
+            if self.output_type == "multiple_choice":
+                self.gold(doc, index, self.choices(doc, index))
+            elif self.doc_to_target is not None:
+                self.target(doc, index)
 
     def text(self, doc: dict, index: int) -> str:
         return str(self.render(self.doc_to_text, doc, index, "doc_to_text"))
@@ -181,12 +187,75 @@ def _data_file(spec: dict, yaml_path: pathlib.Path) -> str:
     return path
 
 
+_TYPES = {
+    "task": (str,),
+    "output_type": (str,),
+    "doc_to_text": (str,),
+    "doc_to_target": (str, int, list),
+    "doc_to_choice": (str, list, dict),
+    "target_delimiter": (str,),
+    "metric_list": (list,),
+    "generation_kwargs": (dict,),
+    "filter_list": (list,),
+    "dataset_kwargs": (dict,),
+    "rolling_context": (int,),
+}
+
+
+def _wrong(path: str, key: str, value, what: str) -> TaskError:
+    return TaskError(f"{path}: {key} must be {what}, got {type(value).__name__} {value!r:.60}")
+
+
+def check_types(spec: dict, path: str) -> None:
+    """The types of the keys tfllm reads, so that a wrong one is a line naming it rather than
+    a traceback where it is first used."""
+    for key, types in _TYPES.items():
+        value = spec.get(key)
+        if value is not None and (not isinstance(value, types) or isinstance(value, bool)):
+            raise _wrong(path, key, value, " or ".join(t.__name__ for t in types))
+    if spec.get("rolling_context", 0) < 0:
+        raise _wrong(path, "rolling_context", spec["rolling_context"], "at least 0")
+    for entry in spec.get("metric_list") or []:
+        if not isinstance(entry, dict) or not isinstance(entry.get("metric"), str):
+            raise _wrong(path, "metric_list", entry, "a list of {metric: NAME, ...} entries")
+    options = spec.get("generation_kwargs") or {}
+    until = options.get("until", [])
+    if not isinstance(until, str) and not (
+        isinstance(until, list) and all(isinstance(u, str) for u in until)
+    ):
+        raise _wrong(path, "generation_kwargs.until", until, "a string or a list of strings")
+    tokens = options.get("max_gen_toks", 1)
+    if not isinstance(tokens, int) or isinstance(tokens, bool) or tokens < 1:
+        raise _wrong(path, "generation_kwargs.max_gen_toks", tokens, "an integer at least 1")
+    for pipeline in spec.get("filter_list") or []:
+        steps = pipeline.get("filter") if isinstance(pipeline, dict) else None
+        if not isinstance(steps, list) or not all(isinstance(step, dict) for step in steps):
+            raise _wrong(path, "filter_list", pipeline, "a list of {name, filter: [steps]}")
+        for step in steps:
+            _check_filter_step(step, path)
+
+
+def _check_filter_step(step: dict, path: str) -> None:
+    pattern = step.get("regex_pattern", "")
+    if not isinstance(pattern, str):
+        raise _wrong(path, "filter_list regex_pattern", pattern, "a string")
+    try:
+        re.compile(pattern)
+    except re.error as err:
+        raise TaskError(f"{path}: filter_list regex_pattern {pattern!r}: {err}") from None
+    group = step.get("group_select", 0)
+    if not isinstance(group, int) or isinstance(group, bool):
+        raise _wrong(path, "filter_list group_select", group, "an integer")
+
+
 def load_task_file(path: str) -> Task:
     yaml_path = pathlib.Path(path)
     try:
         spec = yaml.safe_load(yaml_path.read_text(encoding="utf-8"))
     except OSError as err:
         raise TaskError(f"cannot read task file {path}: {err.strerror}") from None
+    except UnicodeDecodeError as err:
+        raise TaskError(f"{path}: not UTF-8 text (byte {err.start})") from None
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f"{path}:{mark.line + 1}" if mark else path
@@ -196,11 +265,12 @@ def load_task_file(path: str) -> Task:
     unknown = sorted(set(spec) - _KNOWN_KEYS)
     if unknown:
         raise TaskError(f"{path}: unknown key(s) {', '.join(unknown)}")
+    check_types(spec, path)
     data = pathlib.Path(_data_file(spec, yaml_path))
     if not data.is_absolute() and not data.exists():
         data = yaml_path.parent / data
     filters = spec.get("filter_list") or []
-    return Task(
+    task = Task(
         name=str(spec.get("task") or yaml_path.stem),
         output_type=spec.get("output_type", "generate_until"),
         docs=read_jsonl(data),
@@ -211,6 +281,8 @@ def load_task_file(path: str) -> Task:
         metrics=list(spec.get("metric_list") or []),
         generation_kwargs=dict(spec.get("generation_kwargs") or {}),
         filters=list(filters[0].get("filter", [])) if filters else [],
-        rolling_context=int(spec.get("rolling_context", 0)),
+        rolling_context=spec.get("rolling_context", 0),
         source=str(yaml_path),
     )
+    task.check()
+    return task

@@ -15,10 +15,13 @@ import os
 import shutil
 import tempfile
 
+from tfllm import resources
 from tfllm.config import Config, ModelConfig, load_config, save_config, validate
+from tfllm.hub import files as hf_files
 from tfllm.hub import hf_config, weights
 from tfllm.hub.hf_config import HubError, read_json
 from tfllm.model.lm import build_model
+from tfllm.observe.flops import count_parameters
 from tfllm.runs.checkpoint import Checkpointer
 from tfllm.runs.trained import load_trained
 
@@ -57,8 +60,25 @@ def from_hf(source: str, workdir: str) -> Config:
     hf = read_json(config_path)
     if "registered_name" in hf:
         raise HubError(f"{source}: a keras-hub preset directory: use --from_keras_hub")
-    family, model_section = hf_config.to_model_config(hf, config_path)
-    weights.weight_files(source)  # a missing or .bin-only checkpoint fails before any work
+    ignored = []
+    family, model_section = hf_config.to_model_config(hf, config_path, ignored)
+    if ignored:
+        logger.info(
+            f"convert: keys tfllm does not model, set to null or false: {', '.join(ignored)}"
+        )
+    # A missing or .bin-only checkpoint, a bad index or header fails before any work, and a
+    # config that describes more parameters than the files hold before the model is built.
+    files = set(weights.weight_files(source).values())
+    present = hf_files.data_bytes(files)
+    try:
+        needed = 2 * count_parameters(ModelConfig(**model_section))  # 16-bit at the least
+    except (ValueError, ZeroDivisionError):
+        needed = 0  # an inconsistent architecture: validate() names it below
+    if needed > present:
+        raise HubError(
+            f"{config_path} describes at least {needed // 2:,} parameters ({needed:,} bytes in "
+            f"16 bits), the weight files of {source} hold {present:,} bytes"
+        )
 
     def populate(hf_dir):
         for name in ("config.json", "generation_config.json", *TOKENIZER_FILES):
@@ -118,12 +138,13 @@ def _import(source, workdir, family, model_section, populate, assign) -> Config:
         cfg = load_config(overrides=[*overrides, f"data.seq_len={seq_len}"])
         cfg.model = ModelConfig(**model_section)
         validate(cfg)
-        model = build_model(cfg.model, initialize=False)
-        assign(model)
-        save_config(cfg, os.path.join(tmp, "config.yaml"))
-        checkpointer = Checkpointer(tmp, model, model_config=cfg.to_dict()["model"])
-        checkpointer.save(0, weights_only=True)
-        _publish(tmp, workdir)
+        with resources.guarded(f"the new workdir {workdir}", parent, "everything else"):
+            model = build_model(cfg.model, initialize=False)
+            assign(model)
+            save_config(cfg, os.path.join(tmp, "config.yaml"))
+            checkpointer = Checkpointer(tmp, model, model_config=cfg.to_dict()["model"])
+            checkpointer.save(0, weights_only=True)
+            _publish(tmp, workdir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -188,21 +209,22 @@ def to_hf(workdir: str, out: str, shard_bytes: int = SHARD_BYTES, adapter: bool 
     os.makedirs(parent, exist_ok=True)
     tmp = tempfile.mkdtemp(prefix=".convert-", dir=parent)
     try:
-        weights.write_weights(tmp, family, trained.model, dtype, shard_bytes)
-        with open(os.path.join(tmp, "config.json"), "w") as f:
-            json.dump(hf, f, indent=2)
-        if generation is not None:
-            with open(os.path.join(tmp, "generation_config.json"), "w") as f:
-                json.dump(generation, f, indent=2)
-        hf_dir = os.path.join(source, SOURCE)  # a fine-tuned run's tokenizer is its base's
-        copied = [n for n in TOKENIZER_FILES if os.path.isfile(os.path.join(hf_dir, n))]
-        for name in copied:
-            shutil.copy2(os.path.join(hf_dir, name), tmp)
-        if not os.path.isdir(hf_dir):  # from scratch: tfllm's SentencePiece, as LlamaTokenizer
-            shutil.copy2(trained.tokenizer_path, os.path.join(tmp, "tokenizer.model"))
-            with open(os.path.join(tmp, "tokenizer_config.json"), "w") as f:
-                json.dump(_SCRATCH_TOKENIZER, f, indent=2)
-        _publish(tmp, out)
+        with resources.guarded(f"the Hugging Face directory {out}", parent, "everything else"):
+            weights.write_weights(tmp, family, trained.model, dtype, shard_bytes)
+            with open(os.path.join(tmp, "config.json"), "w") as f:
+                json.dump(hf, f, indent=2)
+            if generation is not None:
+                with open(os.path.join(tmp, "generation_config.json"), "w") as f:
+                    json.dump(generation, f, indent=2)
+            hf_dir = os.path.join(source, SOURCE)  # a fine-tuned run's tokenizer is its base's
+            copied = [n for n in TOKENIZER_FILES if os.path.isfile(os.path.join(hf_dir, n))]
+            for name in copied:
+                shutil.copy2(os.path.join(hf_dir, name), tmp)
+            if not os.path.isdir(hf_dir):  # from scratch: tfllm's SentencePiece, as LlamaTokenizer
+                shutil.copy2(trained.tokenizer_path, os.path.join(tmp, "tokenizer.model"))
+                with open(os.path.join(tmp, "tokenizer_config.json"), "w") as f:
+                    json.dump(_SCRATCH_TOKENIZER, f, indent=2)
+            _publish(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -19,6 +19,7 @@ import numpy as np
 from safetensors.numpy import save_file
 
 from tfllm.hub.families import IGNORED_TENSORS, tensor_map
+from tfllm.hub.files import confined, read_header, read_index
 from tfllm.hub.hf_config import HubError
 
 INDEX = "model.safetensors.index.json"
@@ -28,26 +29,14 @@ _BLOCK_BYTES = 16 << 20
 _FORMATS = {"F32": np.float32, "BF16": ml_dtypes.bfloat16, "F16": np.float16}
 
 
-def _header(path: str) -> tuple[dict, int]:
-    """A safetensors file's header {name: {dtype, shape, data_offsets}} and where data starts."""
-    try:
-        with open(path, "rb") as f:
-            size = int.from_bytes(f.read(8), "little")
-            header = json.loads(f.read(size))
-    except (OSError, ValueError) as err:
-        raise HubError(f"{path}: not a safetensors file ({err})") from None
-    header.pop("__metadata__", None)
-    return header, 8 + size
-
-
 def _read_tensor(path: str, entry: dict, start: int) -> np.ndarray:
     if entry["dtype"] not in _FORMATS:
         raise HubError(f"{path}: dtype {entry['dtype']} is not read (F32, BF16, F16)")
     dtype = np.dtype(_FORMATS[entry["dtype"]])
-    begin, end = entry["data_offsets"]
-    count = (end - begin) // dtype.itemsize
-    tensor = np.fromfile(path, dtype=dtype, count=count, offset=start + begin)
-    if tensor.size != int(np.prod(entry["shape"])):
+    begin, end = entry["data_offsets"]  # checked against the shape and the file's size
+    tensor = np.fromfile(path, dtype=dtype, count=(end - begin) // dtype.itemsize,
+                         offset=start + begin)  # fmt: skip
+    if tensor.size * dtype.itemsize != end - begin:
         raise HubError(f"{path}: truncated")
     return tensor.reshape(entry["shape"])
 
@@ -56,12 +45,11 @@ def weight_files(directory: str) -> dict[str, str]:
     """HF tensor name -> the safetensors file holding it."""
     index = os.path.join(directory, INDEX)
     if os.path.exists(index):
-        with open(index) as f:
-            mapping = json.load(f)["weight_map"]
-        return {name: os.path.join(directory, file) for name, file in mapping.items()}
+        return read_index(index, directory)
     single = os.path.join(directory, SINGLE)
     if os.path.exists(single):
-        return {name: single for name in _header(single)[0]}
+        single = confined(directory, SINGLE, directory)
+        return {name: single for name in read_header(single)[0]}
     if any(n.startswith("pytorch_model") and n.endswith(".bin") for n in os.listdir(directory)):
         raise HubError(
             f"{directory}: only pytorch_model*.bin weights; tfllm reads safetensors (convert "
@@ -110,7 +98,7 @@ def read_weights(directory: str, family: str, model) -> None:
         def read():
             file = files[prefix + name]
             if file not in headers:
-                headers[file] = _header(file)
+                headers[file] = read_header(file)
             header, start = headers[file]
             if prefix + name not in header:
                 raise HubError(f"{file}: no tensor {prefix + name} (the index says it is here)")

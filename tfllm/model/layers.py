@@ -99,10 +99,14 @@ class CausalSelfAttention(keras.layers.Layer):
             self.key_norm.build((k,))
         self.dropout_layer = keras.layers.Dropout(self.dropout, name="attention_dropout")
 
-    def call(self, x, positions, mask, cache=None, cache_index=None, training=False):
+    def call(
+        self, x, positions, mask, cache=None, cache_index=None, cache_length=None, training=False
+    ):
         """x (B, T, D), positions (B, T), mask (B, T, S) bool -> (B, T, D), updated cache.
 
         `cache` is a (keys, values) pair of (B, KV, S, K) tensors, or None when training.
+        `cache_length` (an int, variables only): attend over the first `cache_length` columns
+        of the cache, the ones the server's busy slots use, instead of all of them.
         """
         # Projections as plain 2-D matmuls over reshaped kernels (same weights): XLA on CPU ran
         # the 4-D einsums with transposed operands, measurably slower (benchmarks/README.md).
@@ -133,8 +137,12 @@ class CausalSelfAttention(keras.layers.Layer):
                 cache[1].scatter_nd_update(indices, value)
                 # The first B rows (the server steps over its busy slots only), gathered: after
                 # a scatter TF reads a variable by copying all of it.
-                rows = ops.arange(batch, dtype="int32")
-                key, value = cache[0].sparse_read(rows), cache[1].sparse_read(rows)
+                if cache_length is None:
+                    rows = ops.arange(batch, dtype="int32")
+                    key, value = cache[0].sparse_read(rows), cache[1].sparse_read(rows)
+                else:  # columns 0..cache_length-1 of the first B rows, gathered the same way
+                    window = _cache_slots(batch, kv, cache_length, 0)
+                    key, value = cache[0].gather_nd(window), cache[1].gather_nd(window)
             else:
                 key = ops.scatter_update(cache[0], indices, key)
                 value = ops.scatter_update(cache[1], indices, value)
@@ -248,13 +256,16 @@ class TransformerBlock(keras.layers.Layer):
         for layer in layers:
             layer.build(input_shape)
 
-    def call(self, x, positions, mask, cache=None, cache_index=None, training=False):
+    def call(
+        self, x, positions, mask, cache=None, cache_index=None, cache_length=None, training=False
+    ):
         attended, cache = self.attention(
             self.attention_norm(x),
             positions,
             mask,
             cache=cache,
             cache_index=cache_index,
+            cache_length=cache_length,
             training=training,
         )
         if self.post_norms:

@@ -155,11 +155,14 @@ class TransformerLM(keras.Model):
         cache=None,
         cache_index=0,
         cache_start=None,
+        cache_length=None,
         training=False,
     ):
         """Token ids (B, T) -> float32 logits (B, T, V) [, cache].
 
         `cache_start` (B,) int32, only with `cache`: leading padding slots per row (default 0).
+        `cache_length` (an int, only with a cache of variables): attend over its first
+        `cache_length` slots only (the server's decode step, when no busy row reaches further).
         """
         batch, length = ops.shape(token_ids)[0], ops.shape(token_ids)[1]
         if cache is not None and cache_start is None:
@@ -183,7 +186,7 @@ class TransformerLM(keras.Model):
                 positions = ops.sum(ops.cast(mask, "int32"), axis=-1) - 1
                 key_positions = positions[:, None, :]
         else:  # slot s of row b holds position s - cache_start[b]; negative ones are padding
-            slots = ops.arange(ops.shape(cache[0][0])[2], dtype="int32")
+            slots = ops.arange(cache_length or ops.shape(cache[0][0])[2], dtype="int32")
             key_positions = (slots[None, :] - cache_start[:, None])[:, None, :]  # (B, 1, S)
             mask = (key_positions >= 0) & (key_positions <= positions[:, :, None])  # (B, T, S)
         a = self.architecture
@@ -210,6 +213,7 @@ class TransformerLM(keras.Model):
                 block_mask,
                 cache=layer_cache,
                 cache_index=cache_index,
+                cache_length=cache_length,
                 training=training,
             )
             new_cache.append(layer_cache)

@@ -23,6 +23,7 @@ import posixpath
 import keras
 import tensorflow as tf
 
+from tfllm import resources
 from tfllm.config import ModelConfig
 from tfllm.errors import TfllmError
 from tfllm.files import write_atomically
@@ -212,19 +213,27 @@ class Checkpointer:
         if tf.io.gfile.exists(marker_path):  # rewriting a step: unpublish it first
             tf.io.gfile.remove(marker_path)
         disk.test_exit_point("before_write", step)
-        prefix = (self.weights if weights_only else self.checkpoint).write(self._prefix(step))
-        disk.test_exit_point("after_write", step)
-        files = {
-            n: tf.io.gfile.stat(posixpath.join(self.directory, n)).length
-            for n in self._files_of(step)
-            if disk.MARKER_SUFFIX not in n  # the marker, and a stale temp one
-        }
-        marker = {"step": step, "model": self.model_config, "files": files}
-        if weights_only:
-            marker["weights_only"] = True
-        if self.base is not None:
-            marker["base"] = self.base
-        write_atomically(marker_path, json.dumps(marker, indent=1, sort_keys=True))  # publish
+        with resources.guarded(
+            f"checkpoint ckpt-{step}",
+            self.directory,
+            kept=self._kept,
+            cleanup=lambda: resources.remove_temporaries(
+                self.directory, [f"ckpt-{step}.*", f"ckpt-{step}_temp*"]
+            ),
+        ):
+            prefix = (self.weights if weights_only else self.checkpoint).write(self._prefix(step))
+            disk.test_exit_point("after_write", step)
+            files = {
+                n: tf.io.gfile.stat(posixpath.join(self.directory, n)).length
+                for n in self._files_of(step)
+                if disk.MARKER_SUFFIX not in n  # the marker, and a stale temp one
+            }
+            marker = {"step": step, "model": self.model_config, "files": files}
+            if weights_only:
+                marker["weights_only"] = True
+            if self.base is not None:
+                marker["base"] = self.base
+            write_atomically(marker_path, json.dumps(marker, indent=1, sort_keys=True))  # publish
         disk.test_exit_point("after_marker", step)
         published = self._published_steps()
         disk.write_state_file(self.directory, published[: self.keep])
@@ -234,6 +243,12 @@ class Checkpointer:
                 for name in self._files_of(old):
                     disk.remove(posixpath.join(self.directory, name))
         return prefix
+
+    def _kept(self) -> str:
+        published = self._published_steps()
+        if not published:
+            return "no earlier checkpoint (none was published)"
+        return f"{self._prefix(published[0])}, the newest complete checkpoint"
 
     def _set_aside_skipped(self) -> None:
         """Moves the checkpoints that restore skipped out of the way, kept for a post-mortem.

@@ -1,104 +1,20 @@
 """One writer per workdir: `<workdir>/train.lock` holds the PID and host of the training process.
 
 Two processes training into one workdir would interleave checkpoints and delete each other's
-files. The lock is created with O_CREAT | O_EXCL, so exactly one of two racing processes gets
-it. A lock left by a process that died on this host is taken over (and logged); a lock held by
-a live process, or by any process on another host, is refused with a message naming it.
-
-Under a multi-worker cluster all workers of one job share the workdir: `train.py` lets only
-the chief take the lock, so it stands for the whole job and a second job stops at its chief.
+files (`tfllm.locks` has the mechanics). Under a multi-worker cluster all workers of one job
+share the workdir: `train.py` lets only the chief take the lock, so it stands for the whole job
+and a second job stops at its chief.
 """
 
 from __future__ import annotations
 
-import json
-import logging
-import os
-import socket
-import time
-
-from tfllm.errors import TfllmError
-
-logger = logging.getLogger(__name__)
+from tfllm.locks import DirectoryLock
 
 LOCK_NAME = "train.lock"
 
 
-class WorkdirLock:
-    """A context manager holding `<workdir>/train.lock` for the life of a training run.
-
-    Args:
-        workdir: a local directory (created if missing); remote (`gs://`) workdirs are not
-            locked, since object stores have no exclusive create: that is logged.
-    """
+class WorkdirLock(DirectoryLock):
+    """Holds `<workdir>/train.lock` for the life of a training run."""
 
     def __init__(self, workdir: str):
-        self.path = os.path.join(workdir, LOCK_NAME)
-        self.remote = "://" in workdir
-        self.held = False
-
-    def __enter__(self) -> WorkdirLock:
-        if self.remote:
-            logger.warning(
-                f"workdir lock: not supported on {self.path}; make sure one job writes here"
-            )
-            return self
-        os.makedirs(os.path.dirname(self.path), exist_ok=True)
-        for _ in range(2):  # at most one stale-lock takeover, then one more try
-            try:
-                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-            except FileExistsError:
-                self._take_over_if_stale()
-                continue
-            with os.fdopen(fd, "w") as f:
-                json.dump(_owner(), f)
-            self.held = True
-            return self
-        raise TfllmError(f"cannot take the workdir lock {self.path}")
-
-    def __exit__(self, *exc) -> None:
-        if self.held:
-            self.held = False
-            try:
-                os.remove(self.path)
-            except FileNotFoundError:
-                pass
-
-    def _take_over_if_stale(self) -> None:
-        try:
-            with open(self.path) as f:
-                holder = json.load(f)
-            pid, host = int(holder["pid"]), str(holder["host"])
-        except FileNotFoundError:
-            return  # released between our create and our read: just try again
-        except (ValueError, KeyError, TypeError):
-            # A kill between create and write leaves an empty lock; nobody can own it.
-            logger.warning(f"workdir lock: {self.path} is unreadable; taking it over")
-            os.remove(self.path)
-            return
-        if host == socket.gethostname() and not _alive(pid):
-            logger.warning(
-                f"workdir lock: taking over {self.path} from dead process {pid} on {host}"
-            )
-            os.remove(self.path)
-            return
-        since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(holder.get("since", 0)))
-        raise TfllmError(
-            f"workdir {os.path.dirname(self.path)} is in use by process {pid} on {host} "
-            f"(since {since}); one training process per workdir. If that process is gone, "
-            f"delete {self.path}"
-        )
-
-
-def _owner() -> dict:
-    return {"pid": os.getpid(), "host": socket.gethostname(), "since": time.time()}
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)  # signal 0: existence check only
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # exists, owned by someone else
-    return True
+        super().__init__(workdir, LOCK_NAME, "workdir", "training")

@@ -20,6 +20,7 @@ import posixpath
 import tensorflow as tf
 from tensorflow.core.protobuf import saved_model_pb2
 
+from tfllm import resources
 from tfllm.errors import TfllmError
 from tfllm.runs.trained import load_trained
 from tfllm.serve import batching, quantize
@@ -35,14 +36,7 @@ WARMUP_FILE = "assets.extra/tf_serving_warmup_requests"
 
 def next_version(export_dir: str) -> int:
     """One more than the largest integer version under export_dir (1 when there is none)."""
-    if not tf.io.gfile.isdir(export_dir):
-        return 1
-    versions = [
-        int(name.rstrip("/"))
-        for name in tf.io.gfile.listdir(export_dir)
-        if name.rstrip("/").isdigit()
-    ]
-    return max(versions, default=0) + 1
+    return max(map(int, _versions(export_dir)), default=0) + 1
 
 
 @contextlib.contextmanager
@@ -139,6 +133,13 @@ def warmup_requests(model_name: str, max_new_tokens: int) -> list:
     return logs
 
 
+def _versions(export_dir: str) -> list[str]:
+    if not tf.io.gfile.isdir(export_dir):
+        return []
+    names = (name.rstrip("/") for name in tf.io.gfile.listdir(export_dir))
+    return sorted((n for n in names if n.isdigit()), key=int)
+
+
 def new_version_dir(export_dir: str, version: int | None) -> str:
     """export_dir/<version> (the next integer by default), refused when it exists."""
     version = next_version(export_dir) if version is None else version
@@ -175,18 +176,27 @@ def export(
         module_class = quantize.quantized(module_class)
     module = module_class(model, tokenizer_path, posixpath.join(workdir, "config.yaml"))
     max_new_tokens = min(cfg.train.sample_tokens, module.max_new_tokens_limit)
-    tf.saved_model.save(module, temporary, signatures=module.signatures())
-    make_inputs_optional(
-        temporary, "serving_default", {"max_new_tokens": max_new_tokens, **GENERATE_DEFAULTS}
-    )
-    if quantize_weights == "int8":
-        module.int8.write_asset(temporary, module.float_weights)
-    tf.io.gfile.makedirs(posixpath.join(temporary, "assets.extra"))
-    with tf.io.TFRecordWriter(posixpath.join(temporary, WARMUP_FILE)) as writer:
-        for record in warmup_requests(posixpath.basename(export_dir.rstrip("/")), 4):
-            writer.write(record.SerializeToString())
-    batching.write_batching_parameters(temporary)
-    tf.io.gfile.rename(temporary, final)
+    kept = ", ".join(_versions(export_dir)) or "none"
+    what = f"export version {posixpath.basename(final)}"
+    try:
+        with resources.guarded(what, export_dir, f"the existing versions ({kept})"):
+            tf.saved_model.save(module, temporary, signatures=module.signatures())
+            make_inputs_optional(
+                temporary,
+                "serving_default",
+                {"max_new_tokens": max_new_tokens, **GENERATE_DEFAULTS},
+            )
+            if quantize_weights == "int8":
+                module.int8.write_asset(temporary, module.float_weights)
+            tf.io.gfile.makedirs(posixpath.join(temporary, "assets.extra"))
+            with tf.io.TFRecordWriter(posixpath.join(temporary, WARMUP_FILE)) as writer:
+                for record in warmup_requests(posixpath.basename(export_dir.rstrip("/")), 4):
+                    writer.write(record.SerializeToString())
+            batching.write_batching_parameters(temporary)
+            tf.io.gfile.rename(temporary, final)
+    except BaseException:
+        resources.remove_tree(temporary)  # nothing half-written where TF Serving looks
+        raise
     logger.info(
         f"exported {trained.checkpoint} to {final} (weights {quantize_weights}, "
         f"default max_new_tokens {max_new_tokens})"

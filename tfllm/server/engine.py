@@ -1,4 +1,4 @@
-"""The compiled model calls of continuous batching: prefill one sequence into a slot, then one
+"""The compiled model calls of continuous batching: prefill prompts into their slots, then one
 decode step over every slot at once.
 
 The KV cache is one (keys, values) pair of (S, KV, C, K) variables per layer that stays on the
@@ -13,8 +13,11 @@ sampling rules are `tfllm.serve.sampling`'s, keyed per row by (seed, step).
 The cache is a set of variables written in place (`CausalSelfAttention` writes into variables
 when given them): passed in and out of each call as tensors, the whole cache was copied at
 every step. The decode step runs over the first R slots, R a power of two covering the busy
-ones (the scheduler fills the lowest free slots), and is traced once per R; prefill once per
-length bucket (powers of two from 8, `tfllm.serve.generate.bucket`) and per whether the
+ones (the scheduler fills the lowest free slots), and reads only the first L columns of the
+cache, L the smallest of four windows (quarters of C) holding every busy row's columns: it is
+traced once per (R, L). Prefill takes all
+the admitted prompts of one length bucket (powers of two from 8, `tfllm.serve.generate.bucket`)
+in one call, whatever their number, and is traced once per bucket and per whether the
 prompt's log-probs are wanted. `traces` counts both, for the tests.
 
 Shape letters: S slots, C cache length, W prompt bucket, V vocabulary_size, K top log-probs.
@@ -54,7 +57,8 @@ class Engine:
             (tf.Variable(k, trainable=False), tf.Variable(v, trainable=False))
             for k, v in model.empty_cache(slots, cache_len)
         )
-        self._prefill = tf.function(self._prefill_fn)
+        self._prefills = {}  # (width, echo) -> the traced prefill of that bucket
+        self.lengths = sorted({-(-cache_len * quarter // 4) for quarter in range(1, 5)})
         self._step = tf.function(self._step_fn, jit_compile=jit_compile)
 
     def busy_rows(self, highest_slot: int) -> int:
@@ -66,64 +70,105 @@ class Engine:
             rows *= 2
         return min(rows, self.slots)
 
+    def window(self, columns: int) -> int:
+        """How many leading cache columns a step reads when the busy rows use `columns`: a
+        quarter, half, three quarters or all of the cache length, so the step compiles for
+        four lengths only and short sequences do not pay for attention over the whole cache."""
+        return next(length for length in self.lengths if length >= columns)
+
+    def _window_arg(self, columns: int) -> int | None:
+        """The step's `cache_length`: None for the whole cache, which is read as whole rows
+        (one copy each; gathering every column one by one measured slower)."""
+        length = self.window(columns)
+        return None if length == self.cache_len else length
+
     def warm_up(self, ids: tuple[int, ...]) -> tuple[list[int], list[int]]:
         """Traces prefill for every power-of-two width and the decode step for every number of
-        busy rows; returns both lists."""
+        busy rows and every cache window (`lengths`); returns the widths and row counts."""
         knobs = {"temperature": 0.0, "top_k": 0, "top_p": 1.0, "seed": 0}
         widths = sorted({bucket(n, self.cache_len) for n in range(1, self.cache_len + 1)})
         for width in widths:
-            self.prefill(0, list(ids)[:width], width, knobs, echo=False)
+            self.prefill([0], [(list(ids)[:width], knobs)], width, echo=False)
         sizes = sorted({self.busy_rows(slot) for slot in range(self.slots)})
         for size in sizes:
             rows = {name: np.zeros(size, np.int32) for name in ("token", "index", "start")}
             rows.update({"temperature": np.zeros(size), "top_k": np.zeros(size)})
             rows.update({"top_p": np.ones(size), "seed": np.zeros(size), "step": np.zeros(size)})
-            self.step(rows, want_top=False)
+            for length in self.lengths:
+                rows["index"][0] = length - 1
+                self.step(rows, want_top=False)
         return widths, sizes
 
     def width(self, length: int, max_tokens: int) -> int:
         """The prefill bucket of a prompt of `length` ids, as `tfllm generate` picks it."""
         return bucket(length, self.cache_len - max_tokens)
 
-    def prefill(self, slot: int, ids: list[int], width: int, knobs: dict, echo: bool) -> dict:
-        """Writes the prompt `ids` into `slot` and samples the first token.
+    def prefill(
+        self, slots: list[int], sequences: list[tuple[list[int], dict]], width: int, echo: bool
+    ) -> list[dict]:
+        """Writes several prompts of one length bucket into their `slots` in one call and
+        samples each one's first token, so admitting many requests costs about one prefill.
 
-        `knobs`: temperature, top_k, top_p, seed of the sequence. Returns numpy values:
-        token, logprob (of the token), top (values, ids) (K,), and with `echo` the prompt's
-        own log-probs (len(ids) - 1,) (token i + 1 given 0..i) and their top (len(ids) - 1, K).
+        `sequences`: (ids, knobs) pairs, knobs the temperature, top_k, top_p, seed of the
+        sequence. Returns one dict of numpy values per sequence: token, logprob (of the
+        token), top (values, ids) (K,), and with `echo` the prompt's own log-probs
+        (len(ids) - 1,) (token i + 1 given 0..i) and their top (len(ids) - 1, K).
         """
-        start = width - len(ids)
-        padded = np.zeros((1, width), np.int32)
-        padded[0, start:] = ids
-        outputs = self._prefill(
+        starts = [width - len(ids) for ids, _ in sequences]
+        padded = np.zeros((len(sequences), width), np.int32)
+        for row, ((ids, _), start) in enumerate(zip(sequences, starts, strict=True)):
+            padded[row, start:] = ids
+        key = (width, echo)
+        if key not in self._prefills:
+            self._prefills[key] = self._prefill_function(width, echo)
+        outputs = self._prefills[key](
             tf.constant(padded),
-            tf.constant([start], tf.int32),
-            tf.constant(slot, tf.int32),
-            *_row_knobs([knobs]),
-            echo,
+            tf.constant(starts, tf.int32),
+            tf.constant(slots, tf.int32),
+            *_row_knobs([knobs for _, knobs in sequences]),
         )
-        result = {k: tf.nest.map_structure(lambda t: t.numpy()[0], v) for k, v in outputs.items()}
-        if echo:  # the padding columns hold no prompt token
-            result["prompt_logprobs"] = result["prompt_logprobs"][start:]
-            result["prompt_top"] = tuple(t[start:] for t in result["prompt_top"])
-        return result
+        outputs = tf.nest.map_structure(lambda t: t.numpy(), outputs)
+        results = []
+        for row, start in enumerate(starts):
+            result = tf.nest.map_structure(lambda a, row=row: a[row], outputs)
+            if echo:  # the padding columns hold no prompt token
+                result["prompt_logprobs"] = result["prompt_logprobs"][start:]
+                result["prompt_top"] = tuple(t[start:] for t in result["prompt_top"])
+            results.append(result)
+        return results
 
-    def _prefill_fn(self, ids, start, slot, temperature, top_k, top_p, seed, echo):
+    def _prefill_function(self, width: int, echo: bool):
+        """The prefill of one bucket, traced once for any number of rows: the row count is
+        left open (the graph runs without XLA), so a group of 1 or 16 prompts shares it."""
+        rows = tf.TensorSpec([None], tf.int32)
+        signature = [tf.TensorSpec([None, width], tf.int32), rows, rows]
+        signature += [tf.TensorSpec([None], dtype) for dtype in (tf.float32, tf.int32)]
+        signature += [tf.TensorSpec([None], dtype) for dtype in (tf.float32, tf.int64)]
+
+        def prefill(ids, start, slots, temperature, top_k, top_p, seed):
+            return self._prefill_fn(ids, start, slots, temperature, top_k, top_p, seed, echo)
+
+        return tf.function(prefill, input_signature=signature)
+
+    def _prefill_fn(self, ids, start, slots, temperature, top_k, top_p, seed, echo):
         self.traces["prefill"] += 1
-        width = tf.shape(ids)[1]
-        positions = tf.maximum(tf.range(width)[None, :] - start[:, None], 0)  # (1, W)
-        own = self.model.empty_cache(1, self.cache_len)
+        batch, width = tf.shape(ids)[0], tf.shape(ids)[1]
+        positions = tf.maximum(tf.range(width)[None, :] - start[:, None], 0)  # (B, W)
+        # A cache as long as the slots' (as `tfllm generate` decodes): attention over the
+        # same number of columns gives the same sums, so the same greedy tokens.
+        own = self.model.empty_cache(batch, self.cache_len)
         logits, own = self.model(
             ids, positions=positions, cache=own, cache_index=0, cache_start=start
         )
-        last = logits[:, -1, :]  # (1, V)
+        last = logits[:, -1, :]  # (B, V)
+        sample = tf.reduce_any(temperature > 0.0)
         token = sampling.next_token(
-            last, temperature, top_k, top_p, seed, tf.zeros([1], tf.int32), temperature[0] > 0
+            last, temperature, top_k, top_p, seed, tf.zeros([batch], tf.int32), sample
         )
-        row = tf.reshape(slot, (1, 1))
+        rows = slots[:, None]
         for (keys, values), (own_keys, own_values) in zip(self.cache, own, strict=True):
-            keys.scatter_nd_update(row, own_keys)
-            values.scatter_nd_update(row, own_values)
+            keys.scatter_nd_update(rows, own_keys)
+            values.scatter_nd_update(rows, own_values)
         logprobs = tf.nn.log_softmax(last)
         out = {
             "token": token,
@@ -131,7 +176,7 @@ class Engine:
             "top": _top(logprobs),
         }
         if echo:
-            every = tf.nn.log_softmax(logits[:, :-1, :])  # (1, W - 1, V)
+            every = tf.nn.log_softmax(logits[:, :-1, :])  # (B, W - 1, V)
             out["prompt_logprobs"] = tf.gather(every, ids[:, 1:], batch_dims=2)
             out["prompt_top"] = _top(every)
         return out
@@ -151,10 +196,11 @@ class Engine:
             tf.constant(rows["seed"], tf.int64),
             tf.constant(rows["step"], tf.int32),
             tf.constant(want_top),
+            self._window_arg(int(rows["index"].max()) + 1),
         )
         return {key: tf.nest.map_structure(lambda t: t.numpy(), v) for key, v in outputs.items()}
 
-    def _step_fn(self, token, index, start, temperature, top_k, top_p, seed, step, top):
+    def _step_fn(self, token, index, start, temperature, top_k, top_p, seed, step, top, length):
         self.traces["step"] += 1
         logits, _ = self.model(
             token[:, None],
@@ -162,6 +208,7 @@ class Engine:
             cache=self.cache,
             cache_index=index,
             cache_start=start,
+            cache_length=length,
         )
         logits = logits[:, -1, :]  # (S, V)
         chosen = sampling.next_token(

@@ -2,10 +2,11 @@
 it sequences and reads their events.
 
 Between two decode steps the loop retires finished sequences and admits waiting ones into the
-free slots (a prefill each), so a short request never waits for a long one to finish. A
-sequence finishes on one of the model's stop ids, a stop string (found in the decoded text;
-the tail that may still become one is not sent yet), its `max_tokens`, or when it is cancelled
-(its client went away): then its slot is free at the next step.
+free slots (one prefill call per length bucket for all of them), so a short request never waits
+for a long one to finish. A sequence finishes on one of the model's stop ids, a stop string
+(found in the decoded text; the tail that may still become one is not sent yet), its
+`max_tokens`, or when it is cancelled (its client went away): then its slot is free at the next
+step.
 
 Events reach the HTTP side through the request's asyncio queue, posted thread-safely:
 ("text", choice, text, [(token, logprob, top)]), ("done", choice, finish_reason, usage) and
@@ -128,24 +129,38 @@ class Scheduler:
                     return
                 free = [s for s in range(self.engine.slots) if s not in self.running]
                 admitted = [self.waiting.popleft() for _ in free[: len(self.waiting)]]
-            for slot, sequence in zip(free, admitted, strict=False):
-                self._admit(slot, sequence)
+            if admitted:
+                self._admit(free, admitted)
             for slot, sequence in list(self.running.items()):
                 if sequence.cancelled:
                     self._retire(slot, None)
             if self.running:
                 self._step()
 
-    def _admit(self, slot: int, sequence: Sequence) -> None:
-        if sequence.cancelled:
-            return
-        width = self.engine.width(len(sequence.ids), sequence.max_tokens)
-        try:
-            out = self.engine.prefill(slot, sequence.ids, width, sequence.knobs, sequence.echo)
-        except Exception as err:  # a bad request must not stop the loop
-            logger.exception("request %s: prefill failed", sequence.request_id)
-            sequence.post("error", sequence.choice, f"prefill failed: {err}")
-            return
+    def _admit(self, free: list[int], admitted: list[Sequence]) -> None:
+        """Prefills the admitted sequences into the free slots: one call per length bucket
+        (and per whether the prompt's log-probs are wanted), so that 16 requests arriving at
+        once wait for about one prefill, not 16 in turn."""
+        groups: dict[tuple[int, bool], list[tuple[int, Sequence]]] = {}
+        for slot, sequence in zip(free, admitted, strict=False):
+            if not sequence.cancelled:
+                width = self.engine.width(len(sequence.ids), sequence.max_tokens)
+                groups.setdefault((width, sequence.echo), []).append((slot, sequence))
+        for (width, echo), group in groups.items():
+            slots = [slot for slot, _ in group]
+            try:
+                outs = self.engine.prefill(slots, [(s.ids, s.knobs) for _, s in group], width, echo)
+            except Exception as err:  # a bad request must not stop the loop
+                ids = ", ".join(s.request_id for _, s in group)
+                logger.exception("prefill failed (requests %s)", ids)
+                for _, sequence in group:
+                    sequence.post("error", sequence.choice, f"prefill failed: {err}")
+                continue
+            for (slot, sequence), out in zip(group, outs, strict=True):
+                self._start(slot, sequence, width, out)
+
+    def _start(self, slot: int, sequence: Sequence, width: int, out: dict) -> None:
+        """Puts a prefilled sequence in its slot's rows and takes its first token."""
         if sequence.echo:
             sequence.post("prompt", sequence.choice, out["prompt_logprobs"], out["prompt_top"])
         self.running[slot] = sequence

@@ -1,9 +1,10 @@
 """Chat templates: conversations rendered to text the way `transformers` renders them, and cut
 into trained and untrained segments for the loss mask.
 
-A template is Jinja, rendered in jinja2's `ImmutableSandboxedEnvironment(trim_blocks=True,
-lstrip_blocks=True)` with `raise_exception`, `strftime_now` and a `tojson` filter that keeps
-non-ASCII text, as `transformers.apply_chat_template` does. Where it comes from, first match
+A template is Jinja, rendered in tfllm's sandbox (`tfllm.templates`: jinja2's
+`ImmutableSandboxedEnvironment`) with `trim_blocks=True, lstrip_blocks=True`, `raise_exception`,
+`strftime_now` and a `tojson` filter that keeps non-ASCII text, as
+`transformers.apply_chat_template` does. Where it comes from, first match
 wins: `data.chat_template` (a file), `chat_template.jinja` beside the tokenizer,
 `chat_template` in `tokenizer_config.json`, else the built-in ChatML template.
 
@@ -24,8 +25,8 @@ import os
 from dataclasses import dataclass
 
 import jinja2
-from jinja2.sandbox import ImmutableSandboxedEnvironment
 
+from tfllm import templates
 from tfllm.errors import DataError
 
 # ChatML, as Qwen2 writes it, without a default system prompt: tfllm's own models.
@@ -49,14 +50,16 @@ class Template:
 
     def render(self, messages: list[dict], add_generation_prompt: bool = False) -> str:
         try:
-            return _compile(self.source).render(
+            return templates.render(
+                _compile(self.source, self.origin),
+                f"chat template {self.origin}",
                 messages=messages,
                 add_generation_prompt=add_generation_prompt,
                 bos_token=self.bos_token,
                 eos_token=self.eos_token,
             )
-        except jinja2.TemplateError as err:
-            raise DataError(f"chat template {self.origin}: {err}") from None
+        except templates.TemplateFailure as err:
+            raise DataError(str(err)) from None
 
     def segments(self, messages: list[dict], train_roles=("assistant",)) -> list[tuple[str, bool]]:
         """The rendered conversation as (text, trained) pieces, in order.
@@ -95,15 +98,19 @@ def _tojson(value, ensure_ascii=False, indent=None, separators=None, sort_keys=F
 
 
 @functools.cache
-def _compile(source: str) -> jinja2.Template:
-    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
+def _environment():
+    env = templates.environment(trim_blocks=True, lstrip_blocks=True)
     env.filters["tojson"] = _tojson
     env.globals["raise_exception"] = _raise_exception
     env.globals["strftime_now"] = lambda fmt: datetime.datetime.now().strftime(fmt)
+    return env
+
+
+def _compile(source: str, origin: str) -> jinja2.Template:
     try:
-        return env.from_string(source)
-    except jinja2.TemplateSyntaxError as err:
-        raise DataError(f"chat template: syntax error at line {err.lineno}: {err}") from None
+        return templates.compile_template(_environment(), source, f"chat template {origin}")
+    except templates.TemplateFailure as err:
+        raise DataError(str(err)) from None
 
 
 def _token_text(value) -> str:

@@ -251,4 +251,6 @@ class _Run:
             "traces": dict(self.steps.traces),
             "skipped_steps": int(self.counters["skipped_steps"]),
             "rollbacks": int(self.counters["rollbacks"]),
+            # The model trained: a fine-tuning run's is its base's, not the command line's.
+            "vocabulary_size": self.cfg.model.vocabulary_size,
         }

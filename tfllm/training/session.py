@@ -71,7 +71,6 @@ def start(cfg: Config, strategy, build_data=None) -> Session:
     cfg = resolved
     t = cfg.train
     manifest = layout.ensure_prepared(cfg, build_data)
-    save_config(cfg, f"{cfg.runtime.workdir}/config.yaml")
     tf.keras.utils.set_random_seed(t.seed)
     # A frozen bfloat16 base is held (and computes) in bfloat16; the adapters stay float32.
     precision = "bfloat16" if t.base_precision == "bfloat16" else t.precision
@@ -93,6 +92,9 @@ def start(cfg: Config, strategy, build_data=None) -> Session:
     )
     check_memory(cfg, model, strategy.num_replicas_in_sync)
     restored = checkpointer.restore_latest()
+    # Only now, with the checkpoint accepted for this model: a refused resume must leave the
+    # workdir's config.yaml describing the checkpoints that are there.
+    save_config(cfg, f"{cfg.runtime.workdir}/config.yaml")
     step = completed_steps(optimizer)
     logger.info(
         f"model: {model.count_params():,} parameters; "
