@@ -186,6 +186,13 @@ CASES = {
         "stdlib_bpb,english_bpb`: validation loss at each evaluation, bits per byte, seconds "
         "(docs/quality.md).",
     ),
+    "dpo": Case(
+        "dpo_bench",
+        "case",
+        2,
+        "DPO step tokens/s, LoRA and full, tfllm's compiled step against TRL's `DPOTrainer` on "
+        "the same tiny Llama, pairs and batch; one fresh process per contender and round.",
+    ),
     "lora": Case(
         "lora_bench",
         "case",

@@ -196,8 +196,7 @@ def case(rounds: int, quick: bool) -> dict:
         model, tokenizer_path, float_dir = make_run(root)
         int8_dir = export.export(root, f"{root}/export/bench", quantize_weights="int8")
         prompt = [tokenizer.EOS_ID, *tokenizer_ids(tokenizer_path, PROMPT)]
-        head_dim = model.hidden_dim // model.num_heads
-        shape = [1, model.num_heads, model.max_sequence_length, head_dim]
+        shape = [1, model.kv_heads, model.config.max_sequence_length, model.head_dim]
 
         def lite(q):
             path = litert.export_litert(

@@ -7,6 +7,7 @@ import pathlib
 import random
 
 import numpy as np
+from conftest import shape_overrides
 
 from tfllm.config import Config, load_config
 
@@ -44,8 +45,9 @@ def small_config(root: pathlib.Path, source: str, name: str = "ds", *overrides: 
             "data.val_fraction=0.2",
             "data.tokenizer_sample_mb=1",
             "data.shuffle_buffer=32",
-            "model.vocabulary_size=320",
-            "model.max_sequence_length=64",
+            # conftest's tiny shape with 320 pieces: the synthetic corpus is too small for
+            # SentencePiece to find 512
+            *shape_overrides(vocabulary_size=320),
             *overrides,
         ],
     )

@@ -11,19 +11,20 @@ import json
 import os
 
 import numpy as np
+from conftest import TINY_SHAPE
 
 from tfllm.config import ModelConfig
 from tfllm.hub import hf_config, weights
 from tfllm.model.lm import build_model
 
+# conftest's one tiny shape, as the families need it: no tokenizer to cover (128 ids, which the
+# parity tests draw from), grouped-query attention (4 query heads share 2 key/value heads) and
+# the families' own norm epsilon.
 TINY = {
+    **TINY_SHAPE,
     "vocabulary_size": 128,
-    "num_layers": 2,
     "num_heads": 4,
-    "num_key_value_heads": 2,  # grouped-query attention: 4 query heads share 2 key/value heads
-    "hidden_dim": 32,
-    "intermediate_dim": 64,
-    "max_sequence_length": 64,
+    "num_key_value_heads": 2,
     "layer_norm_epsilon": 1e-6,
 }
 # family -> (variant name -> (model keys, config.json base keys)).

@@ -9,9 +9,11 @@ caps and sliding window.
 from __future__ import annotations
 
 import numpy as np
+from hub_fixtures import TINY
 
-_DECODER = {"vocabulary_size": 128, "num_layers": 2, "hidden_dim": 32, "intermediate_dim": 64}
-_GQA = {"num_query_heads": 4, "num_key_value_heads": 2}
+# The hub families' tiny shape (hub_fixtures.TINY, from conftest's one shape) in keras-hub's names.
+_DECODER = {k: TINY[k] for k in ("vocabulary_size", "num_layers", "hidden_dim", "intermediate_dim")}
+_GQA = {"num_query_heads": TINY["num_heads"], "num_key_value_heads": TINY["num_key_value_heads"]}
 PRESETS = {
     "llama3": (
         "Llama3Backbone",
@@ -46,7 +48,14 @@ PRESETS = {
             "sliding_window_size": 4,
         },
     ),
-    "gpt2": ("GPT2Backbone", {"num_heads": 4, "max_sequence_length": 64, "dropout": 0.0}),
+    "gpt2": (
+        "GPT2Backbone",
+        {
+            "num_heads": TINY["num_heads"],
+            "max_sequence_length": TINY["max_sequence_length"],
+            "dropout": 0.0,
+        },
+    ),
 }
 
 

@@ -20,10 +20,6 @@ def test_train_on_document_packing_with_a_skipped_shard(tmp_path):
     overrides = [
         "data.packing=document",
         "data.seq_len=32",
-        "model.num_layers=1",
-        "model.hidden_dim=32",
-        "model.num_heads=2",
-        "model.intermediate_dim=64",
         "train.steps=2",
         "train.steps_per_loop=2",
         "train.eval_every=2",

@@ -5,14 +5,13 @@ puts the metrics in TensorBoard next to the validation loss."""
 from __future__ import annotations
 
 import math
+import pathlib
 
 import pytest
 import tensorflow as tf
 
-from tfllm.corpus.prepare import prepare
 from tfllm.eval import engine, run
 from tfllm.model.lm import build_model
-from tfllm.training import loop
 
 pytestmark = pytest.mark.slow  # trains 300 steps
 
@@ -27,16 +26,9 @@ def val_scalars(workdir) -> dict[str, float]:
     return values
 
 
-def test_trained_tiny_model_beats_a_random_one_on_the_builtin_suite(make_config, tmp_path):
-    cfg = make_config(
-        "train.steps=300",
-        "train.eval_every=300",
-        "train.checkpoint_every=300",
-        "train.eval_tasks=stdlib",
-        workdir=tmp_path / "run",
-    )
-    loop.train(cfg, build_data=prepare)
-    trained = val_scalars(tmp_path / "run")
+def test_trained_tiny_model_beats_a_random_one_on_the_builtin_suite(trained_workdir):
+    cfg = trained_workdir  # trained with train.eval_tasks=stdlib
+    trained = val_scalars(pathlib.Path(cfg.runtime.workdir))
     assert "loss/cross_entropy" in trained and "next_line/acc" in trained
 
     tf.keras.utils.set_random_seed(0)

@@ -28,7 +28,8 @@ ALLOWED = {
     "server": {"model", "runs", "serve", "tokenizers"},
     "hub": {"data", "model", "observe", "runs", "tokenizers"},
     "eval": {"data", "model", "observe", "runs", "serve", "tokenizers"},
-    "training": {"data", "model", "observe", "runs", "serve", "eval", "tokenizers"},
+    # hub: distillation imports a Hugging Face or keras-hub teacher (tfllm.training.distill)
+    "training": {"data", "model", "observe", "runs", "serve", "eval", "tokenizers", "hub"},
 }
 
 

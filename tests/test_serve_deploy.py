@@ -13,8 +13,11 @@ import sentencepiece
 import tensorflow as tf
 import tiny_run
 from commands import run_main
+from conftest import TINY_SHAPE
 
-from tfllm.serve import batching, litert, quantize
+from tfllm.config import ModelConfig
+from tfllm.model.lm import build_model
+from tfllm.serve import batching, litert, quantize, steps
 from tfllm.tokenizers.tokenizer import load_tokenizer, specials
 
 PROMPTS = ["def ", "", "import numpy as np\nx = np.", "class A:\n", "for i in range(", "x = "]
@@ -235,7 +238,7 @@ def test_onnx_logits_and_decode_match_tensorflow(run, tmp_path):
     # Prefill then a greedy loop over decode.onnx, against tfllm's cached decode loop.
     decode = onnxruntime.InferenceSession(f"{version_dir}/decode.onnx")
     names = [output.name for output in decode.get_outputs()]
-    shape = [1, run.model.num_heads, tiny_run.SEQ, run.model.hidden_dim // run.model.num_heads]
+    shape = [1, run.model.kv_heads, tiny_run.SEQ, run.model.head_dim]
     sp = sentencepiece.SentencePieceProcessor(model_file=f"{version_dir}/tokenizer.model")
     prompt = [2, *sp.encode("class A:\n")]
     inputs = [tensor.name for tensor in decode.get_inputs()]
@@ -257,3 +260,20 @@ def test_onnx_logits_and_decode_match_tensorflow(run, tmp_path):
     expected, length = run.generator.generate_ids(["class A:\n"], max_new_tokens=12)
     count = min(12, int(length[0]) + 1)
     assert generated[:count] == expected.numpy()[0, :count].tolist()
+
+
+def test_step_function_of_a_grouped_query_model_matches_the_model():
+    """The cache of the ONNX and LiteRT step function holds the key/value heads only: with
+    grouped queries (4 query heads, 2 key/value heads), prefill and decode steps give the
+    model's own logits."""
+    model = build_model(ModelConfig(**{**TINY_SHAPE, "num_heads": 4, "num_key_value_heads": 2}))
+    step = steps.step_function(model, batch=1, cache_length=16)
+    flat = [tf.zeros(spec.shape) for spec in steps.cache_spec(model, 1, 16)]
+    ids = np.arange(3, 11, dtype=np.int32)[None]  # (1, 8)
+    expected = model(ids).numpy()
+    out = step(ids[:, :5], tf.range(5), *flat)
+    np.testing.assert_allclose(out["logits"].numpy(), expected[:, :5], atol=1e-5)
+    for position in range(5, 8):
+        flat = [out[name] for name in steps.cache_names(model.config.num_layers)]
+        out = step(ids[:, position : position + 1], tf.constant([position]), *flat)
+        np.testing.assert_allclose(out["logits"][0, 0], expected[0, position], atol=1e-5)

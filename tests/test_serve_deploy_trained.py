@@ -1,25 +1,25 @@
 """int8 weights cost a trained model little: bits per byte on held-out text within 2% of
-float32, and the same greedy completions on most prompts. The model is trained here by
-tfllm's trainer (random weights would only measure rounding, not a learned model's quality);
-both exports are scored by `tfllm.eval`'s engine through their signatures."""
+float32, and the same greedy completions on most prompts. The model is conftest's
+`trained_workdir`, trained by tfllm's trainer (random weights would only measure rounding, not
+a learned model's quality); both exports are scored by `tfllm.eval`'s engine through their
+signatures."""
 
 from __future__ import annotations
 
 import math
 
 import pytest
+from conftest import TINY_SHAPE
 
-from tfllm.corpus.prepare import prepare
 from tfllm.eval import builtin, run
 from tfllm.serve import export
-from tfllm.training import loop
 
-pytestmark = pytest.mark.slow  # trains 300 steps
+pytestmark = pytest.mark.slow  # reads the 300-step trained_workdir (trained once a session)
 
 BPB_DOCS = 4  # the first held-out files of the stdlib_bpb task, 4 KB each
 COMPLETIONS = 8  # held-out code prompts, 16 greedy tokens each
 SAME_AT_LEAST = 6
-VOCAB = 512  # conftest's TINY_MODEL
+VOCAB = TINY_SHAPE["vocabulary_size"]
 
 
 def prompts() -> list[str]:
@@ -28,14 +28,10 @@ def prompts() -> list[str]:
     return ["".join(text.splitlines(keepends=True)[:3]) for _, text in files]
 
 
-def test_int8_keeps_a_trained_models_bits_per_byte_and_greedy_completions(make_config, tmp_path):
-    cfg = make_config(
-        "train.steps=300",
-        "train.eval_every=300",
-        "train.checkpoint_every=300",
-        workdir=tmp_path / "run",
-    )
-    loop.train(cfg, build_data=prepare)
+def test_int8_keeps_a_trained_models_bits_per_byte_and_greedy_completions(
+    trained_workdir, tmp_path
+):
+    cfg = trained_workdir
     metrics, completions = {}, {}
     requests = [(prompt, {"until": [], "max_gen_toks": 16}) for prompt in prompts()]
     for weights in ("none", "int8"):

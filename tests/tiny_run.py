@@ -14,6 +14,7 @@ import functools
 import pathlib
 
 import numpy as np
+from conftest import TINY_SHAPE, shape_overrides
 
 import tfllm
 from tfllm.config import Config, load_config, save_config
@@ -23,8 +24,10 @@ from tfllm.serve import export, generate
 from tfllm.training.optim import make_optimizer
 from tfllm.training.session import make_checkpointer, new_counters
 
+# conftest's one tiny shape with a 32-token context: the export and generate tests reach the
+# context limit (left truncation, the cache's last slot) with short prompts.
 SEQ = 32
-VOCAB = 512  # byte fallback alone needs 256 pieces
+VOCAB = TINY_SHAPE["vocabulary_size"]
 
 
 @dataclasses.dataclass
@@ -48,12 +51,7 @@ def build(root: str, seq: int = SEQ) -> TinyRun:
     workdir = root_path / "run"
     cfg = load_config(
         overrides=[
-            "model.num_layers=2",
-            "model.hidden_dim=32",
-            "model.num_heads=2",
-            "model.intermediate_dim=64",
-            f"model.vocabulary_size={VOCAB}",
-            f"model.max_sequence_length={seq}",
+            *shape_overrides(max_sequence_length=seq),
             f"data.seq_len={seq}",
             f"data.root={root_path / 'data'}",
             f"data.source={pathlib.Path(tfllm.__file__).parent}",

@@ -19,7 +19,17 @@ Progress and notes are logged as the commands show them (stderr), unless the pro
 from __future__ import annotations
 
 __version__ = "0.1.0"
-__all__ = ["load_config", "prepare", "train", "load", "generate", "export", "finetune"]
+__all__ = [
+    "load_config",
+    "prepare",
+    "train",
+    "load",
+    "generate",
+    "export",
+    "finetune",
+    "dpo",
+    "distill",
+]
 
 
 def load_config(*files: str, overrides: list[str] | tuple[str, ...] = ()):
@@ -95,3 +105,30 @@ def _show_logs() -> None:
     from tfllm import logs
 
     logs.show_by_default()
+
+
+def dpo(model, data: str, workdir: str = "", beta: float = 0.1, loss: str = "sigmoid", **options):
+    """Preference-tunes `model` (a `TrainedModel` or a workdir) with DPO on the file(s) `data`
+    of prompt/chosen/rejected pairs (TRL's text or conversational shape) into a new `workdir`.
+    `loss`: sigmoid, ipo, hinge or robust (`dpo_label_smoothing`); the reference is `model`
+    itself (with `lora_rank` > 0 its base under the adapters). Other keywords are config keys
+    (`steps`, `learning_rate`, `global_batch_size`, ...). Returns a run like `tfllm.finetune`'s.
+    See docs/post-training.md."""
+    from tfllm.corpus.prepare import prepare as build_data
+    from tfllm.training.post_training import dpo as run
+
+    _show_logs()
+    return run(model, data, workdir, beta, loss, build_data=build_data, **options)
+
+
+def distill(teacher, student_config, data: str, workdir: str = "", **options):
+    """Trains the student model of `student_config` (a `Config`, YAML path or config name) on
+    `data` with knowledge distillation from `teacher` (a workdir, `TrainedModel`, Hugging Face
+    directory or keras-hub preset directory), which must share its tokenizer. Keywords:
+    `alpha` (the KL term's weight), `temperature`, `format` (text or an SFT format) and config
+    keys. Returns a run like `tfllm.finetune`'s. See docs/post-training.md."""
+    from tfllm.corpus.prepare import prepare as build_data
+    from tfllm.training.post_training import distill as run
+
+    _show_logs()
+    return run(teacher, student_config, data, workdir, build_data=build_data, **options)

@@ -32,7 +32,7 @@ def ranged(default: int | float, interval: str):
     return field(default=default, metadata={"range": interval})
 
 
-@dataclass
+@dataclass(frozen=True)  # the model reads its settings from it: none may change under it
 class ModelConfig:
     # tokenizer pieces (the tokenizer is trained to this size)
     vocabulary_size: int = ranged(2048, "[1, inf)")
@@ -87,7 +87,8 @@ class DataConfig:
     source: str = "stdlib"
     text_field: str = "text"  # the field holding the text in JSON Lines and TFDS examples
     # Instruction and chat data (docs: Fine-tuning): text | prompt_completion | messages |
-    # alpaca; anything but text is packed by example with a loss mask (tfllm.corpus.sft_prepare).
+    # alpaca; anything but text is packed by example with a loss mask (tfllm.corpus.sft_prepare);
+    # preference: prompt/chosen/rejected pairs for train.objective dpo (tfllm.corpus.preference)
     format: str = "text"
     train_on: str = "completion"  # completion | assistant | all: which tokens are targets
     chat_template: str = ""  # a Jinja file overriding the tokenizer's own chat template
@@ -191,6 +192,20 @@ class TrainConfig:
     lora_dropout: float = ranged(0.0, "[0, 1)")  # dropout on the adapters' input, as PEFT
     lora_targets: str = "q,v"  # comma-separated among q, k, v, o, gate, up, down
     base_precision: str = "float32"  # float32 | bfloat16: dtype of the frozen base (LoRA only)
+    # Post-training (docs/post-training.md): lm, next-token cross-entropy; dpo, preference pairs
+    # (data.format preference) against the starting checkpoint (train.init_from) as reference
+    objective: str = "lm"
+    dpo_beta: float = field(default=0.1, metadata={"range": "(0, inf)"})  # DPO's beta
+    dpo_loss: str = "sigmoid"  # sigmoid | ipo | hinge | robust
+    # DPO's label smoothing e (sigmoid: conservative DPO; robust: the noise rate, below 0.5)
+    dpo_label_smoothing: float = field(default=0.0, metadata={"range": "[0, 0.5)"})
+    # Knowledge distillation: the teacher (a workdir, a Hugging Face directory or a keras-hub
+    # preset directory); empty: off
+    distill_from: str = ""
+    # the KL term's weight: (1 - alpha) x cross-entropy + alpha x T^2 x KL(teacher || student)
+    distill_alpha: float = field(default=0.5, metadata={"range": "[0, 1]"})
+    # T: both distributions of the KL term are softened by it
+    distill_temperature: float = field(default=1.0, metadata={"range": "(0, inf)"})
 
 
 @dataclass

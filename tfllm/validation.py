@@ -69,7 +69,10 @@ def validate(cfg) -> None:
         "data.on_corrupt": (d.on_corrupt, ("error", "skip")),
         "data.verify": (d.verify, ("sha256", "size")),
         "data.on_bad_input": (d.on_bad_input, ("skip", "error")),
-        "data.format": (d.format, ("text", "prompt_completion", "messages", "alpaca")),
+        "data.format": (
+            d.format,
+            ("text", "prompt_completion", "messages", "alpaca", "preference"),
+        ),
         "data.train_on": (d.train_on, ("completion", "assistant", "all")),
         "data.truncate": (d.truncate, ("cut", "drop")),
     }
@@ -112,6 +115,42 @@ def validate(cfg) -> None:
         # The backward pass would recompute each block with fresh dropout masks: wrong gradients.
         raise ConfigError("train.remat needs model.dropout 0 (recomputation redraws the masks)")
     _validate_lora(t)
+    _validate_post_training(d, t)
+
+
+DPO_LOSSES = ("sigmoid", "ipo", "hinge", "robust")
+
+
+def _validate_post_training(d, t) -> None:
+    """DPO needs preference pairs and a starting checkpoint (its reference); distillation a
+    teacher and plain or instruction data."""
+    if t.objective not in ("lm", "dpo"):
+        raise ConfigError(f"train.objective must be lm or dpo, got {t.objective!r}")
+    if t.dpo_loss not in DPO_LOSSES:
+        raise ConfigError(
+            f"train.dpo_loss must be one of {', '.join(DPO_LOSSES)}, got {t.dpo_loss!r}"
+        )
+    if t.dpo_beta <= 0 or not 0.0 <= t.dpo_label_smoothing < 0.5:
+        raise ConfigError(
+            "train.dpo_beta must be > 0 and train.dpo_label_smoothing in [0, 0.5); got "
+            f"{t.dpo_beta}, {t.dpo_label_smoothing}"
+        )
+    if not 0.0 <= t.distill_alpha <= 1.0 or t.distill_temperature <= 0:
+        raise ConfigError(
+            "train.distill_alpha must be in [0, 1] and train.distill_temperature > 0; got "
+            f"{t.distill_alpha}, {t.distill_temperature}"
+        )
+    if (t.objective == "dpo") != (d.format == "preference"):
+        raise ConfigError(
+            "train.objective=dpo and data.format=preference go together; got "
+            f"train.objective={t.objective}, data.format={d.format}"
+        )
+    if t.objective == "dpo" and not t.init_from:
+        raise ConfigError(
+            "train.objective=dpo needs train.init_from: the starting model is the reference"
+        )
+    if t.distill_from and t.objective != "lm":
+        raise ConfigError("train.distill_from needs train.objective=lm (distillation is not DPO)")
 
 
 LORA_TARGETS = ("q", "k", "v", "o", "gate", "up", "down")

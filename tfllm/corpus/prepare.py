@@ -221,6 +221,10 @@ def _remove_temporaries(out: str) -> None:
 def _prepare(cfg: Config, timings: dict) -> dict:
     d, out, start = cfg.data, data_dir(cfg), time.time()
     tf.io.gfile.makedirs(out)
+    if d.format == "preference":  # pairs for DPO
+        from tfllm.corpus.preference import prepare_preference
+
+        return prepare_preference(cfg, out)
     if d.format != "text":  # instruction and chat data: examples, a loss mask, no dedup
         return sft_prepare.prepare_sft(cfg, out)
     checkpoint = resume.Checkpoint(out, resume.fingerprint(cfg))

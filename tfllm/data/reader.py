@@ -240,8 +240,10 @@ def train_dataset(
     start_step: int = 0,
     input_context: tf.distribute.InputContext | None = None,
     interleave: int = 16,
+    decoder=None,
 ) -> tf.data.Dataset:
-    """Endless per-replica batches (inputs, targets[, segment_ids]) from step `start_step`."""
+    """Endless per-replica batches (inputs, targets[, segment_ids]) from step `start_step`;
+    `decoder` (serialized records -> tensors) replaces `decode` (preference pairs)."""
     first, last, per_replica = _pipeline_rows(input_context, global_batch_size)
     start = start_step * global_batch_size
     ds = global_records(shards, seed, shuffle_buffer, start, interleave)
@@ -250,10 +252,8 @@ def train_dataset(
         ds = ds.map(lambda batch: batch[first:last])
     if per_replica != last - first:
         ds = ds.rebatch(per_replica, drop_remainder=True)
-    ds = ds.map(
-        lambda serialized: decode(serialized, shards.window_len, shards.segments),
-        num_parallel_calls=tf.data.AUTOTUNE,
-    )
+    decoder = decoder or (lambda serialized: decode(serialized, shards.window_len, shards.segments))
+    ds = ds.map(decoder, num_parallel_calls=tf.data.AUTOTUNE)
     return ds.prefetch(tf.data.AUTOTUNE).with_options(_options())
 
 
@@ -262,6 +262,7 @@ def eval_dataset(
     batch_size: int,
     num_batches: int,
     input_context: tf.distribute.InputContext | None = None,
+    decoder=None,
 ) -> tf.data.Dataset:
     """The same `num_batches` validation batches at every evaluation (repeated if the split
     is smaller), so successive validation losses are comparable."""
@@ -278,7 +279,9 @@ def eval_dataset(
         lambda path, count: _read_shard(path, count, 0, shards.compression, max(shards.records))
     )
     ds = ds.repeat().batch(batch_size, drop_remainder=True).take(num_batches)
-    ds = ds.map(lambda serialized: decode(serialized, shards.window_len, shards.segments))
+    ds = ds.map(
+        decoder or (lambda serialized: decode(serialized, shards.window_len, shards.segments))
+    )
     return ds.prefetch(tf.data.AUTOTUNE).with_options(_options())
 
 

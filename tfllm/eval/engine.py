@@ -237,5 +237,5 @@ def model_engine(model, tokenizer_path: str, share_prefixes: bool = True, **opti
         return generator.generate(prompts, max_new_tokens=max_new_tokens, temperature=0.0)
 
     cache_model = model if share_prefixes else None
-    return Engine(model, generate, tokenizer_path, model.max_sequence_length,
+    return Engine(model, generate, tokenizer_path, model.config.max_sequence_length,
                   cache_model=cache_model, **options)  # fmt: skip

@@ -62,7 +62,7 @@ class SharedScorer:
         start = tf.repeat(start, choices, 0)
         # Padding past the model's last position is clamped (never scored, and it comes last).
         positions = (width - start)[:, None] + tf.range(inputs.shape[1])[None, :]
-        positions = tf.minimum(positions, model.max_sequence_length - 1)
+        positions = tf.minimum(positions, model.config.max_sequence_length - 1)
         logits, _ = model(
             inputs, positions=positions, cache=cache, cache_index=width, cache_start=start
         )
@@ -88,7 +88,7 @@ class SharedScorer:
             choices = max(len(groups[g][1]) for g in chunk)  # a batch's rows: questions x this
             width = min(
                 _round_up(max(len(groups[g][0]) - 1 for g in chunk), _CONTEXT_STEP),
-                self.model.max_sequence_length,
+                self.model.config.max_sequence_length,
             )
             inner = _round_up(max(len(c) for g in chunk for c in groups[g][1]), _CHOICE_STEP)
             rows = self.batch_size * choices

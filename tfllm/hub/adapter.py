@@ -30,7 +30,7 @@ PEFT_PREFIX = "base_model.model."
 def peft_tensors(family: str, trained) -> dict[str, np.ndarray]:
     """{PEFT name: float32 array} of every adapter of a `load_trained(..., merge=False)`."""
     model, adapters = trained.model, trained.adapters
-    mapping = families.tensor_map(family, model.num_layers)
+    mapping = families.tensor_map(family, model.config.num_layers)
     tensors = {}
     for i, block in enumerate(model.blocks):
         for layer, scope in ((block.attention, "attention"), (block.mlp, "mlp")):

@@ -73,7 +73,7 @@ def _hf_shapes(path: str, kind: str, names: list[str], shape: tuple, model) -> l
     """The HF shape of each part of the tfllm variable `path` of `shape`."""
     matrix = _matrix(path, shape)
     if len(names) == 3:  # Q, K, V: H, KV, KV heads
-        h, kv, k = model.num_heads, model.kv_heads, model.head_dim
+        h, kv, k = model.config.num_heads, model.kv_heads, model.head_dim
         sizes = [h * k, kv * k, kv * k]
     else:
         sizes = [matrix[-1] // len(names)] * len(names)
@@ -114,7 +114,7 @@ def assign_weights(model, family: str, tensors: dict, origin: str) -> None:
     """Assigns every variable of `model` from `tensors`, {HF name: a function returning (the
     tensor, the file it comes from)}, called once per tensor so that one is in memory at a time.
     Every tensor must be used (a tied checkpoint's lm_head and buffers excepted)."""
-    mapping = tensor_map(family, model.num_layers)
+    mapping = tensor_map(family, model.config.num_layers)
     used = set()
     for path, variable in _variables(model).items():
         if path not in mapping:
@@ -135,7 +135,7 @@ def assign_weights(model, family: str, tensors: dict, origin: str) -> None:
             used.add(name)
         _assign_rows(variable, path, parts)
         del parts
-    tied_head = "lm_head.weight" if model.architecture["tie_embeddings"] else None
+    tied_head = "lm_head.weight" if model.config.tie_embeddings else None
     extra = [
         n for n in tensors if n not in used and n != tied_head and not n.endswith(IGNORED_TENSORS)
     ]
@@ -167,7 +167,7 @@ def _assign_rows(variable, path: str, parts: list) -> None:
 
 def hf_tensors(family: str, model, dtype: str):
     """Yields (HF name, numpy tensor in `dtype`) for every variable, in model order."""
-    mapping = tensor_map(family, model.num_layers)
+    mapping = tensor_map(family, model.config.num_layers)
     for path, variable in _variables(model).items():
         kind, names = mapping[path]
         shapes = _hf_shapes(path, kind, names, tuple(variable.shape), model)
@@ -182,7 +182,7 @@ def write_weights(directory: str, family: str, model, dtype: str, shard_bytes: i
     """Writes the model's tensors into `directory` (one file, or shards with the index)."""
     plan = [[]]  # shards of (name, size): sizes are known before any tensor is converted
     size_of = np.dtype(DTYPES[dtype]).itemsize
-    mapping = tensor_map(family, model.num_layers)
+    mapping = tensor_map(family, model.config.num_layers)
     shard_size = 0
     for path, variable in _variables(model).items():
         kind, names = mapping[path]

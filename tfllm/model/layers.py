@@ -1,5 +1,6 @@
 """Transformer layers in Keras 3: rotary causal self-attention with a KV cache and the block,
 with the architecture knobs of the open-weight families (README "Start from open weights").
+Each layer takes the `ModelConfig` and reads its settings from it.
 
 Shape letters, used in every comment and einsum below:
     B batch, T query length, S key length (T, or the cache size when decoding),
@@ -19,9 +20,17 @@ from __future__ import annotations
 import keras
 from keras import ops
 
+from tfllm.config import ModelConfig
 from tfllm.model import attention
 from tfllm.model.mlp import MLP
-from tfllm.model.primitives import RMSNorm, apply_rotary, normal, rotary_frequencies
+from tfllm.model.primitives import (
+    Configured,
+    RMSNorm,
+    apply_rotary,
+    normal,
+    residual_normal,
+    rotary_frequencies,
+)
 from tfllm.model.projections import dense
 
 HEADS_FIRST = (0, 2, 1, 3)  # (B, T, H, K) <-> (B, H, T, K)
@@ -43,61 +52,52 @@ def _cache_slots(batch, heads, length, cache_index):
     return ops.stack([rows, head, slots], axis=-1)
 
 
-class CausalSelfAttention(keras.layers.Layer):
+def head_shape(config: ModelConfig) -> tuple[int, int]:
+    """(KV, K): the key/value heads and the head size, their 0 defaults resolved."""
+    return (
+        config.num_key_value_heads or config.num_heads,
+        config.head_dim or config.hidden_dim // config.num_heads,
+    )
+
+
+class CausalSelfAttention(Configured, keras.layers.Layer):
     """Multi-head (or grouped-query) self-attention with rotary positions, a fused QKV
     projection and an optional fixed-size key/value cache.
 
-    Options (all off by default, tfllm's own model): num_key_value_heads, head_dim, qkv_bias,
-    bias (output bias too), rope_llama3 (a dict, see `rotary_frequencies`), rotary (False:
-    positions are added to the embeddings instead), softcap, query_pre_attn_scalar, qk_norm
-    (epsilon of a per-head RMSNorm of queries and keys, 0 = off).
+    Reads from `config`: num_heads, num_key_value_heads, head_dim, qkv_bias, bias (output bias
+    too), the rope_* settings, positions (learned: no rotation here, positions are added to the
+    embeddings), attention_softcap, query_pre_attn_scalar, qk_norm, dropout.
     """
 
     _lora = None  # LoRA adapters (`tfllm.model.lora`), set while fine-tuning
 
-    def __init__(
-        self,
-        hidden_dim: int,
-        num_heads: int,
-        dropout: float = 0.0,
-        rope_max_wavelength: float = 10000.0,
-        output_init_std: float = 0.02,
-        **options,
-    ):
-        own = {k: options.pop(k) for k in _ATTENTION_OPTIONS if k in options}
-        super().__init__(**options)
-        self.hidden_dim = hidden_dim
-        self.num_heads = num_heads
-        self.dropout = dropout
-        self.rope_max_wavelength = rope_max_wavelength
-        self.output_init_std = output_init_std
-        self.options = {**_ATTENTION_OPTIONS, **own}
-        o = self.options
-        self.kv_heads = o["num_key_value_heads"] or num_heads
-        self.head_dim = o["head_dim"] or hidden_dim // num_heads
-        self.query_scale = (o["query_pre_attn_scalar"] or self.head_dim) ** -0.5
+    def __init__(self, config: ModelConfig, **kwargs):
+        super().__init__(**kwargs)
+        self.config = config
+        self.kv_heads, self.head_dim = head_shape(config)
+        self.query_scale = (config.query_pre_attn_scalar or self.head_dim) ** -0.5
 
     def build(self, input_shape):
-        h, kv, k, d = self.num_heads, self.kv_heads, self.head_dim, self.hidden_dim
+        c = self.config
+        h, kv, k, d = c.num_heads, self.kv_heads, self.head_dim, c.hidden_dim
         # tfllm's own layout (D, 3, H, K) when every head has its keys; (D, H + 2 KV, K) else.
         shape = (d, 3, h, k) if kv == h else (d, h + 2 * kv, k)
         self.qkv_kernel = self.add_weight(name="qkv_kernel", shape=shape, initializer=normal(0.02))
         self.output_kernel = self.add_weight(
-            name="output_kernel", shape=(h, k, d), initializer=normal(self.output_init_std)
+            name="output_kernel", shape=(h, k, d), initializer=residual_normal(c)
         )
-        o = self.options
-        if o["qkv_bias"] or o["bias"]:
+        if c.qkv_bias or c.bias:
             self.qkv_bias = self.add_weight(
                 name="qkv_bias", shape=((h + 2 * kv) * k,), initializer="zeros"
             )
-        if o["bias"]:
+        if c.bias:
             self.output_bias = self.add_weight(name="output_bias", shape=(d,), initializer="zeros")
-        if o["qk_norm"]:
-            self.query_norm = RMSNorm(o["qk_norm"], name="query_norm")
-            self.key_norm = RMSNorm(o["qk_norm"], name="key_norm")
+        if c.qk_norm:  # Qwen3: a plain RMSNorm per head, whatever the model's own norm kind
+            self.query_norm = RMSNorm(c.layer_norm_epsilon, name="query_norm")
+            self.key_norm = RMSNorm(c.layer_norm_epsilon, name="key_norm")
             self.query_norm.build((k,))
             self.key_norm.build((k,))
-        self.dropout_layer = keras.layers.Dropout(self.dropout, name="attention_dropout")
+        self.dropout_layer = keras.layers.Dropout(c.dropout, name="attention_dropout")
 
     def call(
         self, x, positions, mask, cache=None, cache_index=None, cache_length=None, training=False
@@ -111,19 +111,20 @@ class CausalSelfAttention(keras.layers.Layer):
         # Projections as plain 2-D matmuls over reshaped kernels (same weights): XLA on CPU ran
         # the 4-D einsums with transposed operands, measurably slower (benchmarks/README.md).
         batch, length = ops.shape(x)[0], ops.shape(x)[1]
-        h, kv, k, o = self.num_heads, self.kv_heads, self.head_dim, self.options
-        kernel = ops.reshape(self.qkv_kernel, (self.hidden_dim, (h + 2 * kv) * k))
+        c = self.config
+        h, kv, k, d = c.num_heads, self.kv_heads, self.head_dim, c.hidden_dim
+        kernel = ops.reshape(self.qkv_kernel, (d, (h + 2 * kv) * k))
         qkv = dense(x, kernel, training)
         if self._lora is not None:
             qkv = self._lora.add(x, qkv, [("q", h * k), ("k", kv * k), ("v", kv * k)], training)
-        if o["qkv_bias"] or o["bias"]:
+        if c.qkv_bias or c.bias:
             qkv = qkv + self.qkv_bias
         qkv = ops.reshape(qkv, (batch, length, h + 2 * kv, k))  # (B, T, H + 2 KV, K)
         query, key, value = qkv[:, :, :h], qkv[:, :, h : h + kv], qkv[:, :, h + kv :]
-        if o["qk_norm"]:
+        if c.qk_norm:
             query, key = self.query_norm(query), self.key_norm(key)
-        if o["rotary"]:
-            inverse_freq = rotary_frequencies(k, self.rope_max_wavelength, o["rope_llama3"])
+        if c.positions == "rotary":
+            inverse_freq = rotary_frequencies(c, k)
             query = apply_rotary(query, positions, inverse_freq)
             key = apply_rotary(key, positions, inverse_freq)
         # Heads first, (B, H, T, K): the cache is kept in this layout, so attention reads it
@@ -149,107 +150,44 @@ class CausalSelfAttention(keras.layers.Layer):
                 cache = (key, value)
         query = query * ops.cast(self.query_scale, query.dtype)
         if x.shape[1] == 1:  # a decode step: (B, H, 1, K) reshapes to (B, 1, H, K) for free
-            attended = attention.attend_one_query(query, key, value, mask, o["softcap"])
+            attended = attention.attend_one_query(query, key, value, mask, c.attention_softcap)
         else:
             if kv != h:  # query head j reads key/value head j // (H / KV), as HF's repeat_kv
                 key, value = ops.repeat(key, h // kv, axis=1), ops.repeat(value, h // kv, axis=1)
             keep = None
-            if training and self.dropout > 0:  # the dropout multiplier, one per probability
+            if training and c.dropout > 0:  # the dropout multiplier, one per probability
                 shape = (batch, h, length, ops.shape(key)[2])
                 keep = self.dropout_layer(ops.ones(shape, query.dtype), training=True)
             core = attention.attend_for_training if training else attention.attend
-            attended = core(query, key, value, mask, keep, o["softcap"])
+            attended = core(query, key, value, mask, keep, c.attention_softcap)
             attended = ops.transpose(attended, HEADS_FIRST)
         attended = ops.reshape(attended, (batch, length, h * k))  # (B, T, H K)
-        output = dense(
-            attended, ops.reshape(self.output_kernel, (h * k, self.hidden_dim)), training
-        )
+        output = dense(attended, ops.reshape(self.output_kernel, (h * k, d)), training)
         if self._lora is not None:
-            output = self._lora.add(attended, output, [("o", self.hidden_dim)], training)
-        if o["bias"]:
+            output = self._lora.add(attended, output, [("o", d)], training)
+        if c.bias:
             output = output + self.output_bias
         return output, cache
 
-    def get_config(self):
-        return {
-            **super().get_config(),
-            "hidden_dim": self.hidden_dim,
-            "num_heads": self.num_heads,
-            "dropout": self.dropout,
-            "rope_max_wavelength": self.rope_max_wavelength,
-            "output_init_std": self.output_init_std,
-            **self.options,
-        }
 
-
-_ATTENTION_OPTIONS = {
-    "num_key_value_heads": 0,
-    "head_dim": 0,
-    "qkv_bias": False,
-    "bias": False,
-    "rope_llama3": None,
-    "rotary": True,
-    "softcap": 0.0,
-    "query_pre_attn_scalar": 0.0,
-    "qk_norm": 0.0,
-}
-
-
-class TransformerBlock(keras.layers.Layer):
-    """Pre-norm block: x + attention(norm(x)), then x + mlp(norm(x)); with `post_norms`
+class TransformerBlock(Configured, keras.layers.Layer):
+    """Pre-norm block: x + attention(norm(x)), then x + mlp(norm(x)); with `config.post_norms`
     (Gemma 2) each branch's output is normed too before it is added."""
 
-    def __init__(
-        self,
-        hidden_dim: int,
-        num_heads: int,
-        intermediate_dim: int,
-        activation: str = "swiglu",
-        dropout: float = 0.0,
-        rope_max_wavelength: float = 10000.0,
-        layer_norm_epsilon: float = 1e-5,
-        output_init_std: float = 0.02,
-        norm: str = "rms",
-        post_norms: bool = False,
-        **options,
-    ):
-        attention_options = {k: options.pop(k) for k in _ATTENTION_OPTIONS if k in options}
-        super().__init__(**options)
-        self.hidden_dim = hidden_dim
-        self.num_heads = num_heads
-        self.intermediate_dim = intermediate_dim
-        self.activation = activation
-        self.dropout = dropout
-        self.rope_max_wavelength = rope_max_wavelength
-        self.layer_norm_epsilon = layer_norm_epsilon
-        self.output_init_std = output_init_std
-        self.norm, self.post_norms = norm, post_norms
-        self.attention_options = attention_options
+    def __init__(self, config: ModelConfig, **kwargs):
+        super().__init__(**kwargs)
+        self.config = config
 
     def build(self, input_shape):
-        eps, kind = self.layer_norm_epsilon, self.norm
+        c = self.config
+        eps, kind = c.layer_norm_epsilon, c.norm
         self.attention_norm = RMSNorm(eps, kind, name="attention_norm")
-        self.attention = CausalSelfAttention(
-            self.hidden_dim,
-            self.num_heads,
-            self.dropout,
-            self.rope_max_wavelength,
-            self.output_init_std,
-            name="attention",
-            **self.attention_options,
-        )
+        self.attention = CausalSelfAttention(c, name="attention")
         self.mlp_norm = RMSNorm(eps, kind, name="mlp_norm")
-        self.mlp = MLP(
-            self.hidden_dim,
-            self.intermediate_dim,
-            self.activation,
-            self.output_init_std,
-            self.attention_options.get("bias", False),
-            name="mlp",
-        )
-        self.residual_dropout = keras.layers.Dropout(self.dropout, name="residual_dropout")
+        self.mlp = MLP(c, name="mlp")
+        self.residual_dropout = keras.layers.Dropout(c.dropout, name="residual_dropout")
         layers = [self.attention_norm, self.attention, self.mlp_norm, self.mlp]
-        if self.post_norms:
+        if c.post_norms:
             self.attention_output_norm = RMSNorm(eps, kind, name="attention_output_norm")
             self.mlp_output_norm = RMSNorm(eps, kind, name="mlp_output_norm")
             layers += [self.attention_output_norm, self.mlp_output_norm]
@@ -268,27 +206,11 @@ class TransformerBlock(keras.layers.Layer):
             cache_length=cache_length,
             training=training,
         )
-        if self.post_norms:
+        if self.config.post_norms:
             attended = self.attention_output_norm(attended)
         x = x + self.residual_dropout(attended, training=training)
         mlp = self.mlp(self.mlp_norm(x), training=training)
-        if self.post_norms:
+        if self.config.post_norms:
             mlp = self.mlp_output_norm(mlp)
         x = x + self.residual_dropout(mlp, training=training)
         return x, cache
-
-    def get_config(self):
-        return {
-            **super().get_config(),
-            "hidden_dim": self.hidden_dim,
-            "num_heads": self.num_heads,
-            "intermediate_dim": self.intermediate_dim,
-            "activation": self.activation,
-            "dropout": self.dropout,
-            "rope_max_wavelength": self.rope_max_wavelength,
-            "layer_norm_epsilon": self.layer_norm_epsilon,
-            "output_init_std": self.output_init_std,
-            "norm": self.norm,
-            "post_norms": self.post_norms,
-            **self.attention_options,
-        }

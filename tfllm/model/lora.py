@@ -17,6 +17,8 @@ model's own checkpoints and SavedModels never contain them.
 
 from __future__ import annotations
 
+import contextlib
+
 import keras
 import tensorflow as tf
 from keras import ops
@@ -28,11 +30,11 @@ def layer_slices(layer) -> dict[str, list[tuple[str, int]]]:
     """The PEFT modules inside each 2-D kernel of an attention or MLP layer, with their output
     widths, in column order: {kernel attribute: [(target, width), ...]}."""
     if hasattr(layer, "qkv_kernel"):
-        q, kv = layer.num_heads * layer.head_dim, layer.kv_heads * layer.head_dim
+        q, kv = layer.config.num_heads * layer.head_dim, layer.kv_heads * layer.head_dim
         return {"qkv_kernel": [("q", q), ("k", kv), ("v", kv)], "output_kernel": [("o", None)]}
-    f = layer.intermediate_dim
+    f = layer.config.intermediate_dim
     inputs = [("gate", f), ("up", f)] if layer.gates == 2 else [("up", f)]
-    return {"input_kernel": inputs, "output_kernel": [("down", layer.hidden_dim)]}
+    return {"input_kernel": inputs, "output_kernel": [("down", layer.config.hidden_dim)]}
 
 
 class _Hook:
@@ -40,12 +42,13 @@ class _Hook:
 
     def __init__(self, pairs: dict, scale: float, dropout: keras.layers.Dropout | None):
         self.pairs, self.scale, self.dropout = pairs, scale, dropout
+        self.enabled = True  # False while `adapters_off` traces the base model's pass
 
     def add(self, x, y, slices, training: bool):
         """y (..., out) of the kernel whose `slices` are [(target, width)], plus the deltas of
         the targeted ones (zeros for the others) computed from the kernel's input x (..., in).
         """
-        if not any(target in self.pairs for target, _ in slices):
+        if not self.enabled or not any(target in self.pairs for target, _ in slices):
             return y
         if self.dropout is not None and training:
             x = self.dropout(x, training=True)
@@ -147,6 +150,26 @@ def trainable_variables(model) -> list:
     """What training updates: the attached adapters, or else the model's trainable variables."""
     adapters = getattr(model, "_lora_adapters", None)
     return adapters.trainable if adapters is not None else model.trainable_variables
+
+
+@contextlib.contextmanager
+def adapters_off(model):
+    """Within: `model` computes as its base, without its adapters (DPO's reference model is the
+    same weights, no second copy). A switch read when a function is traced, so a compiled step
+    can hold both passes."""
+    hooks = [
+        hook
+        for block in model.blocks
+        for layer in (block.attention, block.mlp)
+        if (hook := getattr(layer, "_lora", None)) is not None
+    ]
+    for hook in hooks:
+        hook.enabled = False
+    try:
+        yield
+    finally:
+        for hook in hooks:
+            hook.enabled = True
 
 
 def targets_of(spec: str) -> list[str]:

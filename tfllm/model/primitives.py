@@ -1,5 +1,6 @@
-"""What the layers share: the norms (RMSNorm, Gemma's (1 + w) RMSNorm, LayerNorm) and rotary
-positions (with Llama 3.1's frequency scaling), computed in float32 as Hugging Face does.
+"""What the layers share: their Keras serialization through `ModelConfig`, the initializers,
+the norms (RMSNorm, Gemma's (1 + w) RMSNorm, LayerNorm) and rotary positions (with Llama 3.1's
+frequency scaling), computed in float32 as Hugging Face does.
 
 Shape letters as in `tfllm.model.layers`.
 """
@@ -7,17 +8,41 @@ Shape letters as in `tfllm.model.layers`.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 
 import keras
 from keras import ops
 
+from tfllm.config import ModelConfig
+
 _DRAW = [True]  # False inside `weights_to_be_read`
+
+
+class Configured:
+    """Mixed into the model's layers that are built from a `ModelConfig` (their first argument,
+    kept as `self.config`): Keras serializes them as the dataclass's fields, so a setting has one
+    home and a new one needs no serialization code."""
+
+    def get_config(self):
+        return {**super().get_config(), "config": dataclasses.asdict(self.config)}
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        return cls(ModelConfig(**config.pop("config")), **config)
 
 
 def normal(std: float):
     """The initializer of every projection: a normal of standard deviation `std`."""
     return keras.initializers.RandomNormal(stddev=std) if _DRAW[0] else "zeros"
+
+
+def residual_normal(config: ModelConfig):
+    """The initializer of a residual branch's output projection, GPT-2's scaled init: each
+    branch's output starts at std 0.02 / sqrt(2L), so the residual stream's variance does not
+    grow with depth."""
+    return normal(0.02 / math.sqrt(2 * config.num_layers))
 
 
 @contextlib.contextmanager
@@ -61,15 +86,15 @@ class RMSNorm(keras.layers.Layer):
         return {**super().get_config(), "epsilon": self.epsilon, "kind": self.kind}
 
 
-def rotary_frequencies(head_dim: int, max_wavelength: float, llama3: dict | None = None):
-    """(K/2,) float32 inverse frequencies, as HF computes them; `llama3` holds Llama 3.1's
-    scaling (factor, low_freq_factor, high_freq_factor, original_max_positions)."""
+def rotary_frequencies(config: ModelConfig, head_dim: int):
+    """(K/2,) float32 inverse frequencies, as HF computes them, with Llama 3.1's scaling when
+    `config.rope_scaling` is llama3."""
     half = head_dim // 2
-    inverse_freq = 1.0 / (max_wavelength ** (ops.arange(half, dtype="float32") / half))
-    if not llama3:
+    inverse_freq = 1.0 / (config.rope_max_wavelength ** (ops.arange(half, dtype="float32") / half))
+    if config.rope_scaling != "llama3":
         return inverse_freq
-    factor, low, high = llama3["factor"], llama3["low_freq_factor"], llama3["high_freq_factor"]
-    context = llama3["original_max_positions"]
+    factor, context = config.rope_scaling_factor, config.rope_original_max_positions
+    low, high = config.rope_low_freq_factor, config.rope_high_freq_factor
     wavelength = 2 * math.pi / inverse_freq
     # Long wavelengths are divided by factor, short ones kept, the band between interpolated.
     scaled = ops.where(wavelength > context / low, inverse_freq / factor, inverse_freq)

@@ -13,7 +13,8 @@ import tensorflow as tf
 from keras import ops
 from tensorflow.compiler.tf2xla.ops import gen_xla_ops
 
-from tfllm.model.primitives import normal
+from tfllm.config import ModelConfig
+from tfllm.model.primitives import Configured, normal
 
 
 def materialized(x):
@@ -70,9 +71,9 @@ def _trained_matmul(x, kernel):
     return tf.matmul(x, kernel), grad
 
 
-class TiedEmbedding(keras.layers.Layer):
+class TiedEmbedding(Configured, keras.layers.Layer):
     """Token embedding whose table is also the output projection (tied weights), or with a
-    separate output kernel (`tied=False`, e.g. Llama 3 8B, Qwen2 7B).
+    separate output kernel (`config.tie_embeddings` False, e.g. Llama 3 8B, Qwen2 7B).
 
     The table is stored as the projection's kernel, (D, V), not as (V, D): XLA on CPU computes
     the projection's weight gradient as x^T @ dlogits at about twice the speed of the
@@ -80,17 +81,15 @@ class TiedEmbedding(keras.layers.Layer):
     (benchmarks/README.md). The lookup gathers columns.
     """
 
-    def __init__(self, vocabulary_size: int, hidden_dim: int, tied: bool = True, **kwargs):
+    def __init__(self, config: ModelConfig, **kwargs):
         # Looked-up embeddings are cast by hand; the projection reads the float32 table.
         super().__init__(autocast=False, **kwargs)
-        self.vocabulary_size = vocabulary_size
-        self.hidden_dim = hidden_dim
-        self.tied = tied
+        self.config = config
 
     def build(self, input_shape=None):
-        shape = (self.hidden_dim, self.vocabulary_size)
+        shape = (self.config.hidden_dim, self.config.vocabulary_size)
         self.kernel = self.add_weight(name="kernel", shape=shape, initializer=normal(0.02))
-        if not self.tied:
+        if not self.config.tie_embeddings:
             self.head_kernel = self.add_weight(
                 name="head_kernel", shape=shape, initializer=normal(0.02)
             )
@@ -102,13 +101,5 @@ class TiedEmbedding(keras.layers.Layer):
 
     def logits(self, x, training=False):
         """(B, T, D) -> (B, T, V) float32 logits."""
-        kernel = self.kernel if self.tied else self.head_kernel
+        kernel = self.kernel if self.config.tie_embeddings else self.head_kernel
         return dense(ops.cast(x, "float32"), ops.cast(kernel, "float32"), training)
-
-    def get_config(self):
-        return {
-            **super().get_config(),
-            "vocabulary_size": self.vocabulary_size,
-            "hidden_dim": self.hidden_dim,
-            "tied": self.tied,
-        }

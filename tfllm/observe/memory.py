@@ -9,6 +9,12 @@ backward pass of one micro-batch: per token and layer, the block's saved tensors
 one block's activations; and the float32 logits with their gradient (2 V). XLA's temporary
 buffers are not counted, so the estimate is a floor: the refusal triggers only when even that
 does not fit.
+
+Post-training: a DPO step runs every pair as two sequences (twice the rows' activations); its
+reference costs no weights (LoRA: the same weights, adapters off; full: a precomputed table)
+but, with LoRA, one more forward pass whose float32 logits are alive beside the policy's (V).
+Distillation adds the teacher's weights (in its compute dtype) and its float32 probabilities
+at every token of the micro-batch (V), kept for the KL's backward pass.
 """
 
 from __future__ import annotations
@@ -16,14 +22,23 @@ from __future__ import annotations
 GIB = 1 << 30
 
 
-def estimate(cfg, total_params: int, trained_params: int, replicas: int) -> dict[str, float]:
-    """Bytes per replica by kind: weights, gradients, optimizer, activations, and total."""
+def estimate(
+    cfg,
+    total_params: int,
+    trained_params: int,
+    replicas: int,
+    teacher_params: int = 0,
+    teacher_bytes: int = 4,
+) -> dict[str, float]:
+    """Bytes per replica by kind: weights, gradients, optimizer, activations (and the teacher's
+    or reference's share, see the module docstring), and total."""
     m, t = cfg.model, cfg.train
     compute = 4 if t.precision == "float32" and t.base_precision == "float32" else 2
     frozen = total_params - trained_params
     weights = trained_params * 4 + frozen * (2 if t.base_precision == "bfloat16" else 4)
     rows = t.global_batch_size // replicas // t.grad_accum_steps
-    tokens = rows * cfg.data.seq_len
+    sequences = 2 if t.objective == "dpo" else 1  # chosen and rejected
+    tokens = rows * sequences * cfg.data.seq_len
     heads, kv = m.num_heads, m.num_key_value_heads or m.num_heads
     head_dim = m.head_dim or m.hidden_dim // m.num_heads
     block = (6 * m.hidden_dim + 3 * (heads + 2 * kv) * head_dim + 4 * m.intermediate_dim) * compute
@@ -38,6 +53,10 @@ def estimate(cfg, total_params: int, trained_params: int, replicas: int) -> dict
         "optimizer": trained_params * 8,
         "activations": tokens * (layers + 2 * m.vocabulary_size * 4),
     }
+    if t.objective == "dpo" and t.lora_rank:
+        sizes["reference"] = tokens * m.vocabulary_size * 4
+    if teacher_params:
+        sizes["teacher"] = teacher_params * teacher_bytes + tokens * m.vocabulary_size * 4
     sizes["total"] = sum(sizes.values())
     return sizes
 

@@ -114,13 +114,21 @@ class Reporter:
         self.first_call: tuple[int, float] | None = None  # (steps, seconds) with compilation
         self.compile_seconds: float | None = None
         self.timed_from: tuple[int, float] | None = None  # (step, time) when compilation ended
+        self.loss_tag = TAGS["loss"]  # DPO's loss is tagged "loss", as TRL writes it
 
     def scalars(self, split: str, step: int, values: dict[str, float]) -> None:
         """Writes `values` under their grouped tags: a name in TAGS gets its group; another
         (an evaluation task's `task/metric`) is grouped by its own prefix as it is."""
         with self.writers[split].as_default(step=step):
             for name, value in values.items():
-                tf.summary.scalar(TAGS.get(name, name), value)
+                tag = self.loss_tag if name == "loss" else TAGS.get(name, name)
+                tf.summary.scalar(tag, value)
+
+    def perplexity(self, loss: float) -> dict[str, float]:
+        """{"perplexity": e^loss} when the loss is a cross-entropy, else nothing."""
+        if self.loss_tag != TAGS["loss"]:
+            return {}
+        return {"perplexity": math.exp(min(loss, 50.0))}
 
     def text(self, split: str, step: int, name: str, value: str) -> None:
         with self.writers[split].as_default(step=step):
@@ -178,7 +186,7 @@ class Reporter:
         """
         scalars = {
             **values,
-            "perplexity": math.exp(min(values["loss"], 50.0)),
+            **self.perplexity(values["loss"]),
             "nonfinite_steps": values.get("nonfinite_steps", 0.0),
             "host_memory_gb": host_memory_bytes() / GB,
             **device_memory_bytes(),

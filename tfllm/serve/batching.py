@@ -61,7 +61,7 @@ class BatchingServingModule(ServingModule):
     def generate_rows(self, prompts, max_new_tokens, temperature, top_k, top_p, seed):
         """Completions of a batch of prompts, each with its own knobs (module docstring)."""
         limit = self.max_new_tokens_limit
-        vocabulary_size = self.model.vocabulary_size
+        vocabulary_size = self.model.config.vocabulary_size
         rows = tf.size(prompts)
         knobs = (max_new_tokens, temperature, top_k, top_p, seed)
         checks = _check_texts(prompts, "prompts") + [
@@ -92,7 +92,9 @@ class BatchingServingModule(ServingModule):
             ids = prompt_ids(self.tokenizer, prompts, self.start_ids)
             # Each row keeps its newest S - max_new_tokens[b] tokens, as serving_default would.
             lengths = tf.cast(ids.row_lengths(), tf.int32)
-            dropped = tf.maximum(lengths - (self.model.max_sequence_length - max_new_tokens), 0)
+            dropped = tf.maximum(
+                lengths - (self.model.config.max_sequence_length - max_new_tokens), 0
+            )
             ids = tf.ragged.boolean_mask(ids, tf.ragged.range(lengths) >= dropped[:, None])
             width = tf.cast(tf.reduce_max(ids.row_lengths()), tf.int32)
             padded, start = left_pad(ids, width)

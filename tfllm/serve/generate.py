@@ -108,7 +108,7 @@ def decode(
     )
     steps = tf.reduce_max(max_new_tokens)
     any_sampled = tf.reduce_any(temperature > 0.0)
-    slots = model.max_sequence_length if slots is None else slots
+    slots = model.config.max_sequence_length if slots is None else slots
     positions = tf.maximum(tf.range(width)[None, :] - start[:, None], 0)  # (B, P)
     cache = model.empty_cache(batch, slots)
     logits, cache = model(ids, positions=positions, cache=cache, cache_index=0, cache_start=start)
@@ -209,11 +209,11 @@ class Generator:
         max_new_tokens defaults to 64, or less when the context is shorter.
         """
         if max_new_tokens is None:
-            max_new_tokens = min(64, self.model.max_sequence_length - 1)
+            max_new_tokens = min(64, self.model.config.max_sequence_length - 1)
         check_request(self.model, prompts, max_new_tokens, temperature, top_k, top_p)
         ids = self._prompt_ids(tf.constant(prompts, tf.string))
         longest = int(tf.reduce_max(ids.row_lengths()))
-        width = bucket(longest, self.model.max_sequence_length - max_new_tokens)
+        width = bucket(longest, self.model.config.max_sequence_length - max_new_tokens)
         padded, start = left_pad(ids, tf.constant(width))
         return self._decode(
             padded,
@@ -234,14 +234,14 @@ class Generator:
 
 def check_request(model, prompts, max_new_tokens, temperature, top_k, top_p) -> None:
     """The request limits, as one-line errors (the SavedModel checks the same in its graph)."""
-    limit = model.max_sequence_length - 1  # at least one context token: the EOS
+    limit = model.config.max_sequence_length - 1  # at least one context token: the EOS
     if not prompts:
         raise GenerationError("give at least one prompt")
     if not 1 <= max_new_tokens <= limit:
         raise GenerationError(f"max_new_tokens must be in [1, {limit}], got {max_new_tokens}")
     if not 0.0 <= temperature <= 100.0:
         raise GenerationError(f"temperature must be in [0, 100], got {temperature}")
-    if not 0 <= top_k <= model.vocabulary_size:
-        raise GenerationError(f"top_k must be in [0, {model.vocabulary_size}], got {top_k}")
+    if not 0 <= top_k <= model.config.vocabulary_size:
+        raise GenerationError(f"top_k must be in [0, {model.config.vocabulary_size}], got {top_k}")
     if not 0.0 < top_p <= 1.0:
         raise GenerationError(f"top_p must be in (0, 1], got {top_p}")

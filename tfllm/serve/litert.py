@@ -73,11 +73,11 @@ def token_ids(batch, prefill_length, cache_length: int, model, tokenizer_path: s
         "stop_ids": list(ids.stop),
         "pad_id": ids.pad,
         "tokenizer": posixpath.basename(tokenizer_path),
-        "vocabulary_size": model.vocabulary_size,
+        "vocabulary_size": model.config.vocabulary_size,
         "batch": batch,
         "prefill_length": prefill_length,
         "cache_length": cache_length,
-        "kv_cache": steps.cache_names(model.num_layers),
+        "kv_cache": steps.cache_names(model.config.num_layers),
         "kv_cache_shape": [batch, model.kv_heads, cache_length, model.head_dim],
     }
 
@@ -107,10 +107,10 @@ def export_litert(
     final = new_version_dir(export_dir, version)
     trained = load_trained(workdir)
     model = trained.model
-    cache_length = model.max_sequence_length if cache_length is None else cache_length
-    if not 1 <= cache_length <= model.max_sequence_length:
+    cache_length = model.config.max_sequence_length if cache_length is None else cache_length
+    if not 1 <= cache_length <= model.config.max_sequence_length:
         raise LiteRTError(
-            f"--cache_length must be in [1, {model.max_sequence_length}], got {cache_length}"
+            f"--cache_length must be in [1, {model.config.max_sequence_length}], got {cache_length}"
         )
     if not 1 <= prefill_length <= cache_length:
         raise LiteRTError(f"--prefill_length must be in [1, {cache_length}], got {prefill_length}")

@@ -72,7 +72,7 @@ class ServingModule(tf.Module):
         self.stop_ids = tf.constant(specials.stop, tf.int32, shape=[len(specials.stop)])
         self.tokenizer_asset = tf.saved_model.Asset(tokenizer_path)
         self.config_asset = tf.saved_model.Asset(config_path)
-        self.max_new_tokens_limit = model.max_sequence_length - 1
+        self.max_new_tokens_limit = model.config.max_sequence_length - 1
 
     @tf.function(
         input_signature=[
@@ -83,7 +83,7 @@ class ServingModule(tf.Module):
     def generate(self, prompts, max_new_tokens, temperature, top_k, top_p, seed):
         """Completions of a batch of prompts; see the module docstring for limits and rules."""
         limit = self.max_new_tokens_limit
-        vocabulary_size = self.model.vocabulary_size
+        vocabulary_size = self.model.config.vocabulary_size
         checks = _check_texts(prompts, "prompts") + [
             _require(
                 (max_new_tokens >= 1) & (max_new_tokens <= limit),
@@ -104,7 +104,7 @@ class ServingModule(tf.Module):
         ]
         with tf.control_dependencies(checks):
             ids = prompt_ids(self.tokenizer, prompts, self.start_ids)
-            context = self.model.max_sequence_length - max_new_tokens
+            context = self.model.config.max_sequence_length - max_new_tokens
             width = tf.minimum(tf.cast(tf.reduce_max(ids.row_lengths()), tf.int32), context)
             padded, start = left_pad(ids, width)
             knobs = (max_new_tokens, temperature, top_k, top_p, seed)
@@ -118,7 +118,7 @@ class ServingModule(tf.Module):
         with tf.control_dependencies(_check_texts(texts, "texts")):
             ids = prompt_ids(self.tokenizer, texts, self.start_ids)
             lengths = tf.cast(ids.row_lengths(), tf.int32)
-            dropped = tf.maximum(lengths - (self.model.max_sequence_length + 1), 0)
+            dropped = tf.maximum(lengths - (self.model.config.max_sequence_length + 1), 0)
             ids = tf.ragged.boolean_mask(ids, tf.ragged.range(lengths) >= dropped[:, None])
             lengths = lengths - dropped
             # Right padding: causal attention never looks at the padding after a text.
@@ -137,13 +137,13 @@ class ServingModule(tf.Module):
     @tf.function(input_signature=[tf.TensorSpec([None, None], tf.int32, name="token_ids")])
     def logits(self, token_ids):
         """Next-token logits at every position of a batch of equal-length id sequences."""
-        vocabulary_size = self.model.vocabulary_size
+        vocabulary_size = self.model.config.vocabulary_size
         length = tf.shape(token_ids)[1]
         checks = [
             _require(tf.shape(token_ids)[0] > 0, "token_ids must hold at least one sequence"),
             _require(
-                (length >= 1) & (length <= self.model.max_sequence_length),
-                f"token_ids length must be in [1, {self.model.max_sequence_length}], got",
+                (length >= 1) & (length <= self.model.config.max_sequence_length),
+                f"token_ids length must be in [1, {self.model.config.max_sequence_length}], got",
                 length,
             ),
             _require(

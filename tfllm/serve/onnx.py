@@ -48,10 +48,10 @@ def export_onnx(
     final = new_version_dir(export_dir, version)
     trained = load_trained(workdir)
     model = trained.model
-    cache_length = model.max_sequence_length if cache_length is None else cache_length
-    if not 1 <= cache_length <= model.max_sequence_length:
+    cache_length = model.config.max_sequence_length if cache_length is None else cache_length
+    if not 1 <= cache_length <= model.config.max_sequence_length:
         raise TfllmError(
-            f"--cache_length must be in [1, {model.max_sequence_length}], got {cache_length}"
+            f"--cache_length must be in [1, {model.config.max_sequence_length}], got {cache_length}"
         )
 
     @tf.function(input_signature=[tf.TensorSpec([None, None], tf.int32, name="token_ids")])

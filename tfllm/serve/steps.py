@@ -31,9 +31,8 @@ def cache_names(num_layers: int) -> list[str]:
 
 
 def cache_spec(model: TransformerLM, batch: int | None, cache_length: int | None) -> list:
-    head_dim = model.hidden_dim // model.num_heads
-    shape = [batch, model.num_heads, cache_length, head_dim]
-    return [tf.TensorSpec(shape, tf.float32, name=n) for n in cache_names(model.num_layers)]
+    shape = [batch, model.kv_heads, cache_length, model.head_dim]  # only the key/value heads
+    return [tf.TensorSpec(shape, tf.float32, name=n) for n in cache_names(model.config.num_layers)]
 
 
 def step_function(
@@ -46,7 +45,7 @@ def step_function(
     `output_prefix` + their input name: ONNX needs a prefix (a graph output may not have the
     name of an input), LiteRT signatures keep inputs and outputs apart and need none.
     """
-    names = cache_names(model.num_layers)
+    names = cache_names(model.config.num_layers)
     outputs = [output_prefix + name for name in names]
     specs = [
         tf.TensorSpec([batch, length], tf.int32, name="tokens"),

@@ -58,11 +58,11 @@ def check(options: ServerOptions, max_sequence_length: int) -> int:
 def build(workdir: str | None, export: str | None, options: ServerOptions) -> State:
     """The model read and warmed up, the scheduler running: what `create_app` serves."""
     served = load_served(workdir, export)
-    cache_len = check(options, served.model.max_sequence_length)
+    cache_len = check(options, served.model.config.max_sequence_length)
     codec = Codec(served.tokenizer_path)
     engine = Engine(served.model, options.slots, cache_len, jit_compile=options.xla)
     layers, kv_heads, head_dim = (
-        served.model.num_layers,
+        served.model.config.num_layers,
         served.model.kv_heads,
         served.model.head_dim,
     )
@@ -85,7 +85,7 @@ def build(workdir: str | None, export: str | None, options: ServerOptions) -> St
         scheduler=scheduler,
         metrics=metrics,
         cache_len=cache_len,
-        vocabulary_size=served.model.vocabulary_size,
+        vocabulary_size=served.model.config.vocabulary_size,
         template=template,
         end_of_turn=chat.end_of_turn(template),
         shutdown_timeout=options.shutdown_timeout,

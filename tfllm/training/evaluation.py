@@ -10,7 +10,7 @@ from tfllm.config import Config
 from tfllm.data import layout
 from tfllm.observe.metrics import Reporter
 from tfllm.serve import generate
-from tfllm.training.steps import Steps, evaluate
+from tfllm.training.steps import Steps, evaluate, evaluate_metrics
 
 logger = logging.getLogger(__name__)
 
@@ -32,10 +32,9 @@ class Evaluation:
         self.val_loss, self.sample = math.nan, ""
 
     def __call__(self, step: int) -> None:
-        self.val_loss = evaluate(self.steps, self.eval_ds)
-        self.reporter.scalars(
-            "val", step, {"loss": self.val_loss, "perplexity": math.exp(self.val_loss)}
-        )
+        values = evaluate_metrics(self.steps, self.eval_ds)  # DPO adds its rewards and logps
+        self.val_loss = values["loss"]
+        self.reporter.scalars("val", step, {**values, **self.reporter.perplexity(self.val_loss)})
         logger.info(f"step {step}: validation loss {self.val_loss:.4f}", extra={"step": step})
         if self.tasks:
             self.run_tasks(step)

@@ -27,7 +27,7 @@ from tfllm.runs.lock import WorkdirLock
 from tfllm.training import distribute, faults, session
 from tfllm.training.evaluation import Evaluation
 from tfllm.training.preemption import Preemption, PreemptionWatcher
-from tfllm.training.steps import Steps
+from tfllm.training.steps import LanguageModeling, Steps
 
 logger = logging.getLogger(__name__)
 
@@ -105,6 +105,27 @@ def _train(cfg: Config, strategy, stop_after, watcher: PreemptionWatcher, build_
     return run.finish(step)
 
 
+def objectives(cfg: Config, manifest: dict, reference_logps=None, teacher=None):
+    """(training objective, evaluation objective, record decoder or None) of the run."""
+    t = cfg.train
+    if t.objective == "dpo":
+        from tfllm.data.pairs import decode_pairs
+        from tfllm.training.dpo import DPO
+
+        def decoder(serialized):
+            table = None if reference_logps is None else tf.constant(reference_logps)
+            return decode_pairs(serialized, manifest["window_len"], table)
+
+        return DPO(t), DPO(t), decoder
+    if teacher is not None:
+        from tfllm.training.distill import Distillation
+
+        # Validation stays the data's cross-entropy: comparable with a run without a teacher.
+        distill = Distillation(teacher, t.distill_alpha, t.distill_temperature)
+        return distill, LanguageModeling(), None
+    return None, None, None
+
+
 class _Run:
     """One training session's state (`session.start` built it), in the order the loop uses it:
     `compile` (inputs, steps, reporting), `host_loop` (one call
@@ -116,13 +137,17 @@ class _Run:
         self.cfg, self.manifest, self.directory = started.cfg, started.manifest, started.directory
         self.model, self.optimizer = started.model, started.optimizer
         self.counters, self.checkpointer = started.counters, started.checkpointer
+        self.objective, self.eval_objective, self.decoder = objectives(
+            started.cfg, started.manifest, started.reference, started.teacher
+        )
 
     def compile(self, step: int) -> None:
         """Inputs, the compiled steps, reporting and the profiler (compiled at the first call)."""
         cfg, strategy = self.cfg, self.strategy
         replicas = strategy.num_replicas_in_sync
         batch = cfg.train.global_batch_size
-        tokens_per_step = batch * cfg.data.seq_len
+        sequences = 2 if cfg.train.objective == "dpo" else 1  # a pair is two sequences
+        tokens_per_step = batch * sequences * cfg.data.seq_len
         self.train_shards, val_shards = (
             verify.check_split(
                 self.directory, self.manifest, split, cfg.data.verify, cfg.data.on_corrupt
@@ -132,14 +157,22 @@ class _Run:
         # Every host evaluates its slice of the same global batches: the validation loss is the
         # same number under every strategy, and a small validation split needs no shard per host.
         self.eval_ds = distribute.global_batches(
-            strategy, lambda: reader.eval_dataset(val_shards, batch, cfg.train.eval_batches), batch
+            strategy,
+            lambda: reader.eval_dataset(
+                val_shards, batch, cfg.train.eval_batches, decoder=self.decoder
+            ),
+            batch,
         )
-        self.steps = Steps(cfg, strategy, self.model, self.optimizer)
+        self.steps = Steps(
+            cfg, strategy, self.model, self.optimizer, self.objective, self.eval_objective
+        )
         flops_per_token = flops.flops_per_token(cfg.model, cfg.data.seq_len)
         peak = flops.find_peak(cfg.runtime.peak_flops, cfg.train.precision, replicas)
         self.reporter = Reporter(
             cfg.runtime.workdir, cfg.train.steps, tokens_per_step, flops_per_token, peak
         )
+        if cfg.train.objective == "dpo":
+            self.reporter.loss_tag = "loss"  # TRL's name; a DPO loss is no cross-entropy
         self.reporter.run_config(step, cfg, self.model.count_params())
         logger.info(
             f"training to step {cfg.train.steps}: {replicas} replica(s) x "
@@ -171,6 +204,7 @@ class _Run:
                     interleave=cfg.data.interleave_shards,
                     start_step=start_step,
                     input_context=ctx,
+                    decoder=self.decoder,
                 )
             )
         )
@@ -226,6 +260,7 @@ class _Run:
                 self.iterator = self.train_iterator(step)
                 return step, None
         values = loop_values(float(out["loss"]), out["grad_norm"], self.model, self.optimizer)
+        values.update({k: float(v) for k, v in out["metrics"].items()})
         values["nonfinite_steps"] = int(counters["skipped_steps"])
         traced = sum(self.steps.traces.values()) > traces
         self.reporter.train_progress(step, done, elapsed, values, traced)

@@ -35,6 +35,8 @@ class Session:
     counters: dict[str, tf.Variable]
     checkpointer: Checkpointer
     step: int  # where training resumes
+    reference: object = None  # DPO without LoRA: the (pairs + 1, 2) reference log-probs
+    teacher: keras.Model | None = None  # distillation's frozen teacher
 
 
 def new_counters() -> dict[str, tf.Variable]:
@@ -83,6 +85,17 @@ def start(cfg: Config, strategy, build_data=None) -> Session:
             f"fine-tuning from {base['workdir']}/checkpoints/{base['checkpoint']} "
             "(weights only; fresh optimizer, step 0)"
         )
+    directory = layout.data_dir(cfg)
+    reference_logps = None
+    if t.objective == "dpo" and not t.lora_rank:  # while the model holds the reference weights
+        from tfllm.training import reference
+
+        reference_logps = reference.ensure(model, directory, manifest, base, t)
+    teacher = None
+    if t.distill_from:
+        from tfllm.training.distill import load_teacher
+
+        teacher = load_teacher(cfg, strategy)
     with strategy.scope():
         adapters = lora.attach(model, t) if t.lora_rank else None
         optimizer = make_optimizer(t, lora.trainable_variables(model))
@@ -90,7 +103,7 @@ def start(cfg: Config, strategy, build_data=None) -> Session:
     checkpointer = make_checkpointer(
         cfg, adapters or model, optimizer, counters, strategy, base=base if adapters else None
     )
-    check_memory(cfg, model, strategy.num_replicas_in_sync)
+    check_memory(cfg, model, strategy.num_replicas_in_sync, teacher)
     restored = checkpointer.restore_latest()
     # Only now, with the checkpoint accepted for this model: a refused resume must leave the
     # workdir's config.yaml describing the checkpoints that are there.
@@ -102,14 +115,22 @@ def start(cfg: Config, strategy, build_data=None) -> Session:
     )
     if restored is None and t.on_nonfinite == "rollback":
         checkpointer.save(step)  # something to roll back to before the first one
-    directory = layout.data_dir(cfg)
-    return Session(cfg, manifest, directory, model, optimizer, counters, checkpointer, step)
+    return Session(
+        cfg, manifest, directory, model, optimizer, counters, checkpointer, step,
+        reference_logps, teacher,
+    )  # fmt: skip
 
 
-def check_memory(cfg: Config, model, replicas: int) -> None:
+def check_memory(cfg: Config, model, replicas: int, teacher=None) -> None:
     """Logs the memory estimate; refuses a run whose estimate exceeds the device's."""
     trained_params = sum(math.prod(v.shape) for v in lora.trainable_variables(model))
-    sizes = memory.estimate(cfg, model.count_params(), trained_params, replicas)
+    extra = {}
+    if teacher is not None:
+        extra = {
+            "teacher_params": teacher.count_params(),
+            "teacher_bytes": 2 if teacher.compute_dtype == "bfloat16" else 4,
+        }
+    sizes = memory.estimate(cfg, model.count_params(), trained_params, replicas, **extra)
     logger.info(memory.describe(cfg, sizes, trained_params))
     limit = memory.device_limit(cfg.runtime.device_memory_gb)
     if limit is not None and sizes["total"] > limit:

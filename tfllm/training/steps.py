@@ -39,11 +39,36 @@ def token_loss_sum(model, inputs, targets, training: bool, segment_ids=None) -> 
     return tf.reduce_sum(tf.where(counted, losses, 0.0))
 
 
+class LanguageModeling:
+    """The objective of pretraining and SFT: next-token cross-entropy, a mean over the counted
+    targets of the global batch. An objective gives `count(batch)` (what the loss is a mean
+    over) and `loss_sum(model, batch, training)` -> (sum of losses, {metric: sum}); the DPO
+    and distillation objectives (tfllm.training.dpo, distill) have the same two methods."""
+
+    metric_names: tuple[str, ...] = ()
+
+    def count(self, batch) -> tf.Tensor:
+        return target_count(batch[1])
+
+    def loss_sum(self, model, batch, training: bool):
+        return token_loss_sum(model, batch[0], batch[1], training, *batch[2:]), {}
+
+
 class Steps:
     """The train host loop and the eval step; `traces` counts how often each was traced."""
 
-    def __init__(self, cfg: Config, strategy: tf.distribute.Strategy, model, optimizer):
+    def __init__(
+        self,
+        cfg: Config,
+        strategy: tf.distribute.Strategy,
+        model,
+        optimizer,
+        objective=None,
+        eval_objective=None,
+    ):
         self.strategy, self.model, self.optimizer = strategy, model, optimizer
+        self.objective = objective or LanguageModeling()
+        self.eval_objective = eval_objective or self.objective
         self.clip_norm = cfg.train.grad_clip_norm
         self.accum = cfg.train.grad_accum_steps
         # stop and rollback end the host loop at the first non-finite step; skip carries on.
@@ -58,44 +83,47 @@ class Steps:
         self.train_step = tf.function(self._train_step_fn)
         self.eval_step = tf.function(self._eval_step_fn)
 
-    def _micro_gradients(self, batch, global_tokens, scale):
+    def _micro_gradients(self, batch, global_count, scale):
         with tf.GradientTape() as tape:
-            loss = token_loss_sum(self.model, batch[0], batch[1], True, *batch[2:])
-            loss = loss / global_tokens
+            loss, metrics = self.objective.loss_sum(self.model, batch, True)
+            loss = loss / global_count
             scaled = loss * scale
         grads = tape.gradient(scaled, lora.trainable_variables(self.model))
+        metrics = {k: tf.stop_gradient(v) / global_count for k, v in metrics.items()}
         # The embedding's gradient is IndexedSlices: densify to sum and all-reduce it.
-        return loss, [tf.convert_to_tensor(g) for g in grads]
+        return loss, [tf.convert_to_tensor(g) for g in grads], metrics
 
-    def _gradients_fn(self, global_tokens, scale, *batch):
-        """This replica's (loss, scaled grads), summed over `accum` micro-batches that run one
-        after another, so only one micro-batch's activations are alive at a time."""
+    def _gradients_fn(self, global_count, scale, *batch):
+        """This replica's (loss, scaled grads, metrics), summed over `accum` micro-batches that
+        run one after another, so only one micro-batch's activations are alive at a time."""
         self.traces["gradients"] += 1  # Python side effect: runs once per trace
-        micro = [tf.reshape(t, [self.accum, -1, t.shape[-1]]) for t in batch]  # (A, B/A, T)
-        loss, grads = self._micro_gradients([t[0] for t in micro], global_tokens, scale)
+        micro = [tf.reshape(t, [self.accum, -1, *t.shape[1:]]) for t in batch]  # (A, B/A, ...)
+        loss, grads, metrics = self._micro_gradients([t[0] for t in micro], global_count, scale)
         if self.accum == 1:  # an XLA while loop, even one of no trips, copies every gradient
-            return loss, grads
+            return loss, grads, metrics
         for i in tf.range(1, self.accum):
-            micro_loss, micro_grads = self._micro_gradients(
-                [t[i] for t in micro], global_tokens, scale
+            micro_loss, micro_grads, micro_metrics = self._micro_gradients(
+                [t[i] for t in micro], global_count, scale
             )
             loss += micro_loss
             grads = [g + m for g, m in zip(grads, micro_grads, strict=True)]
-        return loss, grads
+            metrics = {k: v + micro_metrics[k] for k, v in metrics.items()}
+        return loss, grads, metrics
 
     def _replica_step(self, *batch):
-        """(inputs, targets[, segment_ids]) -> all-reduced loss, grad norm, finite, grads."""
+        """One replica's batch -> all-reduced loss, grad norm, finite, grads, metrics."""
         ctx = tf.distribute.get_replica_context()
-        # Loss is a mean over the global target count, so it does not depend on the split.
-        global_tokens = ctx.all_reduce(SUM, target_count(batch[1]))
+        # Loss is a mean over the global count (targets, or pairs for DPO), so it does not
+        # depend on the split.
+        global_count = ctx.all_reduce(SUM, self.objective.count(batch))
         scale = loss_scale(self.optimizer)
-        loss, grads = self._gradients(global_tokens, scale, *batch)
-        loss, grads = ctx.all_reduce(SUM, [loss, grads])
+        loss, grads, metrics = self._gradients(global_count, scale, *batch)
+        loss, grads, metrics = ctx.all_reduce(SUM, [loss, grads, metrics])
         grads, grad_norm = clip_by_global_norm(grads, self.clip_norm, scale)
         finite = tf.math.is_finite(loss)
         if not self.grads_may_overflow:
             finite &= tf.math.is_finite(grad_norm)
-        return loss, grad_norm, finite, grads
+        return loss, grad_norm, finite, grads, metrics
 
     def _apply_if_finite(self, finite, grads):
         """The update, under a tf.cond in cross-replica context (a cond inside the replica
@@ -118,15 +146,15 @@ class Steps:
         return tf.cond(finite, apply, skip)
 
     def _step(self, iterator):
-        """One optimizer step on the next global batch: (loss, grad norm, finite)."""
-        batch = next(iterator)  # (inputs, targets[, segment_ids])
-        loss, norm, finite, grads = self.strategy.run(self._replica_step, args=batch)
-        # All three are already all-reduced: every replica holds the same value.
-        loss, norm, finite = (
-            self.strategy.experimental_local_results(x)[0] for x in (loss, norm, finite)
-        )
+        """One optimizer step on the next global batch: (loss, grad norm, finite, metrics)."""
+        batch = next(iterator)  # (inputs, targets[, segment_ids]) or the objective's batch
+        loss, norm, finite, grads, metrics = self.strategy.run(self._replica_step, args=batch)
+        # All are already all-reduced: every replica holds the same value.
+        first = self.strategy.experimental_local_results
+        loss, norm, finite = (first(x)[0] for x in (loss, norm, finite))
+        metrics = {k: first(v)[0] for k, v in metrics.items()}
         self._apply_if_finite(finite, grads)
-        return loss, norm, finite
+        return loss, norm, finite, metrics
 
     def _train_step_fn(self, iterator):
         """One step with no graph loop around it: (loss, grad norm, finite)."""
@@ -143,15 +171,17 @@ class Steps:
         step; without a profiler session the markers cost nothing.
         """
         loss_sum = norm_sum = 0.0
+        metric_sums = dict.fromkeys(self.objective.metric_names, 0.0)
         done = skipped = 0
         first_bad = -1
         for i in range(num_steps):
             with profiling.step_trace(first_step + i):
-                loss, norm, finite = self.train_step(iterator)
+                loss, norm, finite, metrics = self.train_step(iterator)
                 finite = bool(finite)  # waits for the step: the marker spans its real time
             done += 1
             if finite:
                 loss_sum, norm_sum = loss_sum + float(loss), norm_sum + float(norm)
+                metric_sums = {k: v + float(metrics[k]) for k, v in metric_sums.items()}
                 continue
             skipped += 1
             first_bad = i if first_bad < 0 else first_bad
@@ -161,6 +191,7 @@ class Steps:
         return {
             "loss": loss_sum / good if good else math.nan,
             "grad_norm": norm_sum / good if good else math.nan,
+            "metrics": {k: v / good if good else math.nan for k, v in metric_sums.items()},
             "steps": done,
             "skipped": skipped,
             "first_bad": first_bad,
@@ -170,13 +201,15 @@ class Steps:
         """Runs up to `num_steps` steps; returns means over finite steps and what was skipped."""
         self.traces["train_loop"] += 1
         loss_sum, norm_sum = tf.constant(0.0), tf.constant(0.0)
+        metric_sums = {k: tf.constant(0.0) for k in self.objective.metric_names}
         done, skipped, first_bad = tf.constant(0), tf.constant(0), tf.constant(-1)
         for i in tf.range(num_steps):
-            loss, norm, finite = self._step(iterator)
+            loss, norm, finite, metrics = self._step(iterator)
             done += 1
             bad = tf.logical_not(finite)
             loss_sum += tf.where(bad, 0.0, loss)
             norm_sum += tf.where(bad, 0.0, norm)
+            metric_sums = {k: v + tf.where(bad, 0.0, metrics[k]) for k, v in metric_sums.items()}
             skipped += tf.cast(bad, tf.int32)
             first_bad = tf.where(bad & (first_bad < 0), i, first_bad)
             if bad and self.halt_on_nonfinite:
@@ -185,30 +218,36 @@ class Steps:
         return {
             "loss": loss_sum / good,
             "grad_norm": norm_sum / good,
+            "metrics": {k: v / good for k, v in metric_sums.items()},
             "steps": done,
             "skipped": skipped,
             "first_bad": first_bad,
         }
 
-    def _eval_fn(self, inputs, targets, segment_ids=None):
+    def _eval_fn(self, *batch):
         self.traces["eval"] += 1
-        loss = token_loss_sum(self.model, inputs, targets, False, segment_ids)
-        return loss, target_count(targets)
+        loss, metrics = self.eval_objective.loss_sum(self.model, batch, False)
+        return loss, self.eval_objective.count(batch), metrics
 
     def _eval_step_fn(self, *batch):
         # A plain Python replica function around the compiled one: handed to `strategy.run`
         # directly, a jit-compiled tf.function loses the replica's device scope and reads the
         # other replica's variables ("Trying to access resource ... located in device CPU:1").
-        loss, count = self.strategy.run(lambda *b: self._eval(*b), args=batch)
-        return self.strategy.reduce(SUM, loss, axis=None), self.strategy.reduce(
-            SUM, count, axis=None
-        )
+        out = self.strategy.run(lambda *b: self._eval(*b), args=batch)
+        return tf.nest.map_structure(lambda x: self.strategy.reduce(SUM, x, axis=None), out)
+
+
+def evaluate_metrics(steps: Steps, dataset) -> dict[str, float]:
+    """Mean validation loss (per target token; per pair for DPO) and the objective's metrics
+    over the fixed evaluation batches."""
+    total, count, sums = 0.0, 0.0, {}
+    for batch in dataset:
+        loss, counted, metrics = steps.eval_step(*batch)
+        total, count = total + float(loss), count + float(counted)
+        sums = {k: sums.get(k, 0.0) + float(v) for k, v in metrics.items()}
+    return {"loss": total / max(count, 1.0), **{k: v / max(count, 1.0) for k, v in sums.items()}}
 
 
 def evaluate(steps: Steps, dataset) -> float:
     """Mean validation loss per target token over the fixed evaluation batches."""
-    total, count = 0.0, 0.0
-    for batch in dataset:
-        loss, tokens = steps.eval_step(*batch)
-        total, count = total + float(loss), count + float(tokens)
-    return total / max(count, 1.0)
+    return evaluate_metrics(steps, dataset)["loss"]
