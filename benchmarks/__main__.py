@@ -177,6 +177,15 @@ CASES = {
         6,
         "The three LoRA contenders in one process, timed alternately chunk by chunk.",
     ),
+    "quality": Case(
+        "quality_bench",
+        "case",
+        1,
+        "The main job's model quality: `python -m tfllm.train` (configs/tiny.yaml, the built-in "
+        "corpus, 2,000 steps; 300 with --quick) then `python -m tfllm.eval --tasks "
+        "stdlib_bpb,english_bpb`: validation loss at each evaluation, bits per byte, seconds "
+        "(docs/quality.md).",
+    ),
     "dpo": Case(
         "dpo_bench",
         "case",

@@ -31,7 +31,14 @@ from tfllm.data.layout import split_of
 from tfllm.errors import DataError
 from tfllm.runs.trained import load_trained
 
-SETTINGS = ["data.seq_len=16", "data.records_per_shard=8", "data.val_fraction=0.2"]
+# One scatter lane: the shards hold the documents in input order, so the expected token stream
+# is the documents' ids one after another.
+SETTINGS = [
+    "data.seq_len=16",
+    "data.records_per_shard=8",
+    "data.val_fraction=0.2",
+    "data.scatter_shards=1",
+]
 TRAIN = [
     "train.steps=4", "train.steps_per_loop=2", "train.eval_every=4", "train.checkpoint_every=4",
     "train.global_batch_size=2", "train.eval_batches=1", "train.sample_tokens=2",

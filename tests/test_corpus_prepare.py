@@ -52,14 +52,17 @@ def test_round_trip_conserves_every_token(prepared):
         real = windows if segments is None else windows[segments > 0]
         assert real.size == info["tokens_written"]
         # Every document comes back: the EOS count equals the document count (none dropped
-        # in document packing; at most the last one cut off in concat packing).
+        # in document packing; in concat packing the dropped tail, less than one window, holds
+        # the last tokens of the scatter lanes' last documents, so at most one EOS per token).
         eos = int(np.sum(real == tokenizer.EOS_ID))
-        assert info["documents"] - (manifest["packing"] == "concat") <= eos <= info["documents"]
+        assert info["documents"] - info["tokens_dropped"] <= eos <= info["documents"]
+        assert info["tokens_dropped"] < manifest["window_len"]
         if segments is not None:
             assert info["tokens_dropped"] == 0
             assert info["tokens_padding"] == int(np.sum(segments == 0))
         # The text round-trips through the stored tokenizer (byte fallback: lossless).
-        first = real.ravel()[: list(real.ravel()).index(tokenizer.EOS_ID)]
+        flat = list(real.ravel())  # a split of a few short documents may keep no EOS at all
+        first = np.array(flat[: flat.index(tokenizer.EOS_ID)] if tokenizer.EOS_ID in flat else flat)
         text = sp.detokenize(tf.constant(first[None], tf.int32))[0].numpy().decode()
         assert text and text.split()[0] in open(next(iter(_corpus_files(cfg)))).read() + text
 

@@ -208,8 +208,10 @@ def test_restart_after_sigkill_keeps_finished_shards(tmp_path):
     resumed = [*command[:-1], *sets, "--set=data.name=killed"]  # no --force: continue
     subprocess.run(resumed, env=env, check=True, timeout=600)
     manifest = records.read_manifest(str(directory))
-    for index, shard in enumerate(manifest["splits"]["train"]["shards"][: len(before)]):
-        assert (directory / shard["file"]).stat().st_mtime_ns == before[f".train-{index:05d}.shard"]
+    # Renamed, not rewritten: every shard finished before the kill keeps its modification time.
+    shards = manifest["splits"]["train"]["shards"]
+    after = [(directory / shard["file"]).stat().st_mtime_ns for shard in shards]
+    assert set(before.values()) <= set(after)
     subprocess.run([*command, *sets, "--set=data.name=whole"], env=env, check=True, timeout=600)
     whole = records.read_manifest(str(tmp_path / "whole"))
     assert whole["splits"] == manifest["splits"] and whole["cleaning"] == manifest["cleaning"]
@@ -246,6 +248,9 @@ def test_memory_is_flat_in_corpus_size(tmp_path):
             f"data.name=m{megabytes}",
             "data.workers=1",
             "data.max_memory_mb=1536",
+            # Prepare holds up to data.scatter_shards unfinished shards per split: small shards
+            # reach that bound on both corpora, the larger one must not need more.
+            "data.records_per_shard=256",
             "data.tokenizer_sample_mb=1",
             "model.vocabulary_size=320",
         ]

@@ -104,6 +104,12 @@ class DataConfig:
     max_doc_chars: int = ranged(1_000_000, "[1, inf)")
     packing: str = "concat"  # concat | document (segment ids: no attention across documents)
     records_per_shard: int = ranged(8192, "[1, inf)")  # windows per TFRecord shard
+    # Shards of a split prepare fills at once, each document sent to one by a hash of its name
+    # (and scatter_seed): every shard is a sample of the corpus, not a slice of its file order.
+    # Prepare holds up to this many unfinished shards per split in memory. 1: the input order.
+    scatter_shards: int = ranged(16, "[1, inf)")
+    # the seed of that hash: another value, another set of shards
+    scatter_seed: int = ranged(0, "[0, inf)")
     compression: str = "none"  # none | gzip: how shards are written (and read, per manifest)
     # A tokenizer file to use instead of training one (e.g. the one `tfllm.convert` imported);
     # empty: prepare trains a SentencePiece model on the corpus.
@@ -115,6 +121,8 @@ class DataConfig:
     tokenizer_character_coverage: float = ranged(0.9995, "(0, 1]")
     # records permuted together (a block of the global order)
     shuffle_buffer: int = ranged(4096, "[1, inf)")
+    # Shards the reader reads at once, one record of each in turn (then the next group)
+    interleave_shards: int = ranged(16, "[1, inf)")
     on_corrupt: str = "error"  # error | skip: a damaged shard stops the run, or is counted
     verify: str = "sha256"  # sha256 | size: the check of every shard before training
     # processes that clean and tokenize in prepare; 0: one per core

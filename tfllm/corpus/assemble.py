@@ -5,11 +5,24 @@ batch: the local runner as its worker processes return them, the Beam runner fro
 its workers wrote. Everything that depends on the order of documents (which duplicate is the
 first, where a window ends, the shard a record lands in) is decided here, in one place, so the
 shards and manifest are a function of the inputs and settings only.
+
+Each split is written as `data.scatter_shards` lanes, each with its own packer and shard
+writer: a document goes to the lane picked by a hash of its name and `data.scatter_seed`.
+Sources arrive in file order (the stdlib alphabetically, a crawl by site); packed as they come,
+a shard would hold one slice of that order and a training run that reads a few shards would
+see a few topics. Scattered, every shard holds a sample of the documents from the whole
+stretch of input it was filled from (the whole corpus while a lane has not filled a shard),
+the same whatever the runner or worker count, with memory bounded by the lanes' unfinished
+shards, not by the corpus. Each shard's windows are written in an order drawn from
+(scatter_seed, lane, shard), so the reader, which takes several shards a record at a time
+(reader.py), meets windows of all of a shard's documents from its first records on. The
+manifest lists the shards round by round (the first shard of each lane, then the second...).
 """
 
 from __future__ import annotations
 
 import collections
+import hashlib
 import json
 import posixpath
 
@@ -45,12 +58,23 @@ def fresh_state(cfg: Config, moved: str) -> dict:
         "position": 0,
         "moved_to_val": moved,
         "sources": collections.defaultdict(CleaningStats),
+        "unsaved_shards": 0,  # shards finished since the last restart checkpoint
         "splits": {
             split: {
-                "packer": packer(d.seq_len + 1),
-                "writer": records.ShardWriter(
-                    out, split, d.seq_len + 1, d.records_per_shard, d.compression
-                ),
+                "packers": [packer(d.seq_len + 1) for _ in range(d.scatter_shards)],
+                "writers": [
+                    records.ShardWriter(
+                        out,
+                        split,
+                        d.seq_len + 1,
+                        d.records_per_shard,
+                        d.compression,
+                        lane,
+                        # One lane keeps the input order, windows included.
+                        order_seed=d.scatter_seed if d.scatter_shards > 1 else None,
+                    )
+                    for lane in range(d.scatter_shards)
+                ],
                 "documents": 0,
                 "tokens_in": 0,
             }
@@ -60,12 +84,19 @@ def fresh_state(cfg: Config, moved: str) -> dict:
     }
 
 
+def lane_of(name: str, seed: int, lanes: int) -> int:
+    """The lane (0 .. lanes - 1) of the document called `name`: a seeded hash, independent of
+    the one that picks its split."""
+    key = hashlib.sha256(f"scatter:{seed}:{name}".encode()).digest()
+    return int.from_bytes(key[:8], "big") % lanes
+
+
 def take(cfg, state, deduplicator, batch) -> int:
     """Deduplicates, counts, packs and writes one `stream.Batch`; returns shards finished."""
     d = cfg.data
     for source, counts in batch.stats.items():
         state["sources"][source].update(counts)
-    # Per document the worker kept: its split (0 train, 1 val) or -1 when dropped here.
+    # Per document the worker kept: split (0 train, 1 val) x lanes + lane, or -1 when dropped.
     labels, kept_index = [], 0
     for name, source, reason, key, pieces, size, snippet in batch.docs:
         counts = state["sources"][source]
@@ -88,7 +119,8 @@ def take(cfg, state, deduplicator, batch) -> int:
             counts["split_long"] += 1
             counts["split_pieces"] += pieces
         moved = name == state["moved_to_val"]
-        labels.append(SPLITS.index("val" if moved else split_of(name, d.val_fraction)))
+        split = SPLITS.index("val" if moved else split_of(name, d.val_fraction))
+        labels.append(split * d.scatter_shards + lane_of(name, d.scatter_seed, d.scatter_shards))
     if not labels:
         return 0
     labels = np.array(labels, np.int64)
@@ -96,16 +128,47 @@ def take(cfg, state, deduplicator, batch) -> int:
     doc_tokens = np.add.reduceat(batch.piece_lengths, np.cumsum(n_pieces) - n_pieces)
     piece_labels, token_labels = np.repeat(labels, n_pieces), np.repeat(labels, doc_tokens)
     finished = 0
-    for index, split in enumerate(SPLITS):
-        count = int(np.sum(labels == index))
-        if count:
-            info = state["splits"][split]
-            flat = batch.tokens[token_labels == index]
-            lengths = batch.piece_lengths[piece_labels == index]
-            info["documents"] += count
-            info["tokens_in"] += flat.size
-            finished += info["writer"].write(*info["packer"].add(flat, lengths))
+    for label in np.unique(labels[labels >= 0]).tolist():
+        split, lane = divmod(label, d.scatter_shards)
+        info = state["splits"][SPLITS[split]]
+        flat = batch.tokens[token_labels == label]
+        lengths = batch.piece_lengths[piece_labels == label]
+        info["documents"] += int(np.sum(labels == label))
+        info["tokens_in"] += flat.size
+        finished += info["writers"][lane].write(*info["packers"][lane].add(flat, lengths))
     return finished
+
+
+def should_save(cfg, state, finished: int) -> bool:
+    """Whether to write a restart checkpoint after a batch that finished `finished` shards.
+
+    A checkpoint holds every lane's unfinished shard, so one per finished shard would write
+    about scatter_shards / 2 shards' worth each time; one per scatter_shards finished shards
+    writes about half the dataset's size in all.
+    """
+    state["unsaved_shards"] += finished
+    if state["unsaved_shards"] < cfg.data.scatter_shards:
+        return False
+    state["unsaved_shards"] = 0
+    return True
+
+
+def _close_lanes(info: dict, window_len: int) -> int:
+    """Writes what a split's packers still hold; returns the tokens dropped. In concat packing
+    the lanes' tails are packed together, so a split drops less than one window, as with one
+    lane (and no lane's last small documents are lost)."""
+    packers, writers = info["packers"], info["writers"]
+    if isinstance(packers[0], ConcatPacker):
+        merged = ConcatPacker(window_len)
+        tails = np.concatenate([packer.tail() for packer in packers])
+        writers[0].write(merged.add(tails, np.array([tails.size]))[0])
+        packers, writers = [merged], writers[:1]
+    dropped = 0
+    for packer, writer in zip(packers, writers, strict=True):
+        windows, segments, lane_dropped = packer.finish()
+        writer.write(windows, segments)
+        dropped += lane_dropped
+    return dropped
 
 
 def finish(cfg, settings, state, bads, sources_stats) -> dict:
@@ -118,9 +181,11 @@ def finish(cfg, settings, state, bads, sources_stats) -> dict:
         info = state["splits"][split]
         if not info["documents"]:
             no_usable(d, split, cleaning, bads)
-        windows, segments, dropped = info["packer"].finish()
-        info["writer"].write(windows, segments)
-        shards = info["writer"].close()
+        dropped = _close_lanes(info, d.seq_len + 1)
+        finished = [writer.finish() for writer in info["writers"]]
+        rounds = max(len(lane) for lane in finished)
+        in_order = [lane[i] for i in range(rounds) for lane in finished if i < len(lane)]
+        shards = records.publish(out, split, in_order)
         written = sum(s["tokens"] for s in shards)
         count = sum(s["records"] for s in shards)
         if count == 0:

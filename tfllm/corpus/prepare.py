@@ -8,10 +8,12 @@ cleaned train documents with the smallest hash of their name, up to `data.tokeni
 imported model's `.model` or `tokenizer.json`) nothing is sampled or trained, that tokenizer
 reads the corpus and the model's own start and EOS ids frame each document. The second sends
 batches of documents to `data.workers` processes (stream.py) and, in document order,
-deduplicates, packs and writes `<data.root>/<data.name>/{train,val}-*.tfrecord` (assemble.py);
-a checkpoint after each finished shard makes it restartable (resume.py). Then the tokenizer's
-copy (`tokenizer.model` or `tokenizer.json`), `dropped-sample.jsonl` (the first
-`data.dropped_sample` documents dropped per reason) and, last and atomically, `manifest.json`:
+deduplicates, packs and writes `<data.root>/<data.name>/{train,val}-*.tfrecord` (assemble.py:
+each document to one of `data.scatter_shards` shards filled at once, by a seeded hash of its
+name); a checkpoint after every `data.scatter_shards` finished shards makes it restartable
+(resume.py). Then the tokenizer's copy (`tokenizer.model` or `tokenizer.json`),
+`dropped-sample.jsonl` (the first `data.dropped_sample` documents dropped per reason) and, last
+and atomically, `manifest.json`:
 shards with record and token counts, sizes and sha256, the tokenizer and its checksum, counts
 per cleaning rule and per source, and what the dataset was made from (fingerprint.py), which
 a later run compares with its config before reading a shard. `--verify` checks every shard
@@ -272,7 +274,7 @@ def _stream(cfg, pool, state, checkpoint, dedup_state):
     for batch in pool.run(batches):
         finished = assemble.take(cfg, state, deduplicator, batch)
         state["position"] += len(batch.docs)
-        if finished:
+        if assemble.should_save(cfg, state, finished):
             checkpoint.save(state, *deduplicator.take_added())
         progress.update(state)
     return state["sources"], bads

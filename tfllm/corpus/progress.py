@@ -25,7 +25,7 @@ class PrepareProgress:
 
     def update(self, state: dict) -> None:
         totals = sum(state["sources"].values(), CleaningStats())
-        writers = [info["writer"] for info in state["splits"].values()]
+        writers = [w for info in state["splits"].values() for w in info["writers"]]
         tokens = sum(s["tokens"] for w in writers for s in w.shards)
         shards = sum(len(w.shards) for w in writers)
         self.line.update(

@@ -1,15 +1,14 @@
 """Restartable prepare: the state after the last finished shard, in `<dataset>/.prepare/`.
 
-After each batch that finished a shard, prepare saves what it needs to go on from there: how
-many input documents it has consumed, the packers' carried tokens, the windows not yet in a
+After every `data.scatter_shards` finished shards, prepare saves what it needs to go on from there:
+how many input documents it has consumed, the packers' carried tokens, the windows not yet in a
 shard, the counters and the dropped-document sample (`state.npz`, JSON and arrays in one `.npz`,
-snapshot.py; written atomically), and the
-deduplication keys added since the previous save (`dedup-NNNNN.npz`, append-only, so a save
-costs what was added, not the whole index). A restart with the same settings loads them, skips
-the consumed documents (reading them again, not processing them) and continues; shards that
-exist with the same bytes are left untouched. Settings that change the output (`fingerprint`)
-start from scratch. The manifest is written last and the state removed after it, so a dataset
-without a manifest is unfinished whatever else is there.
+snapshot.py; written atomically), and the deduplication keys added since the previous save
+(`dedup-NNNNN.npz`, append-only, so a save costs what was added, not the whole index). A restart
+with the same settings loads them, skips the consumed documents (reading them again, not processing
+them) and continues; shards that exist with the same bytes are left untouched. Settings that change
+the output (`fingerprint`) start from scratch. The manifest is written last and the state removed
+after it, so a dataset without a manifest is unfinished whatever else is there.
 """
 
 from __future__ import annotations
@@ -36,7 +35,15 @@ _STATE = "state.npz"
 # Settings that do not change a byte of the output: a restart may change them.
 # What the state holds besides plain data: the packers and the shard writers of each split.
 snapshot.register(ConcatPacker, DocumentPacker, records.ShardWriter)
-_FREE = {"workers", "max_memory_mb", "root", "shuffle_buffer", "on_corrupt", "verify"}
+_FREE = {
+    "workers",
+    "max_memory_mb",
+    "root",
+    "shuffle_buffer",
+    "interleave_shards",
+    "on_corrupt",
+    "verify",
+}
 
 
 def fingerprint(cfg: Config) -> str:

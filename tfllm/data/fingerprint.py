@@ -40,6 +40,8 @@ SETTINGS = (
     "min_doc_chars",
     "max_doc_chars",
     "compression",
+    "scatter_shards",  # which documents share a shard, and the order of its windows
+    "scatter_seed",
     "tokenizer",
     "tokenizer_type",
     "tokenizer_sample_mb",

@@ -30,6 +30,10 @@ class ConcatPacker:
         self._carry = stream[full:]
         return stream[:full].reshape(-1, self.window_len), None
 
+    def tail(self) -> np.ndarray:
+        """The ids carried over to the next window (fewer than window_len)."""
+        return self._carry
+
     def finish(self) -> tuple[np.ndarray, None, int]:
         """Returns (no windows, None, tokens dropped): the tail is too short for a window."""
         return np.zeros([0, self.window_len], np.int32), None, int(self._carry.size)

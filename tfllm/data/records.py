@@ -103,6 +103,23 @@ def parse_batch(
     return {k: tf.cast(v, tf.int32) for k, v in tf.io.parse_example(serialized, spec).items()}
 
 
+def mix64(seeds: list[int], count: int) -> np.ndarray:
+    """`count` pseudo-random uint64 keys from `seeds` (splitmix64 over a running state): the
+    same on every machine and NumPy version, unlike NumPy's generators' methods."""
+    state = np.uint64(0)
+    for value in seeds:
+        state = _splitmix(np.array([state ^ np.uint64(value & (2**64 - 1))], np.uint64))[0]
+    return _splitmix(state + np.arange(1, count + 1, dtype=np.uint64))
+
+
+def _splitmix(x: np.ndarray) -> np.ndarray:
+    with np.errstate(over="ignore"):  # uint64 arithmetic wraps, as intended
+        z = x + np.uint64(0x9E3779B97F4A7C15)
+        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        return z ^ (z >> np.uint64(31))
+
+
 def shard_name(split: str, index: int, count: int) -> str:
     return f"{split}-{index:05d}-of-{count:05d}.tfrecord"
 
@@ -118,11 +135,15 @@ def file_sha256(path: str) -> str:
 class ShardWriter:
     """Collects windows and writes each full shard of `records_per_shard` records at once.
 
-    A shard is written as `.{split}-{i}.tmp` and renamed to `.{split}-{i}.shard` when complete;
-    `close()` writes the last one and renames all to their `-of-N` names (the count is only
-    known then; a rename keeps the modification time). Holds plain data only, so a restartable
-    prepare saves it (`corpus/resume.py`) with the windows not yet in a shard. A shard that already
-    exists with the same sha256 (a restart redoing work) is left untouched.
+    A shard is written as `.{split}-{i}.tmp` and renamed to `.{split}-{i}.shard` when complete
+    (`.{split}-l{lane}-{i}` for one of several writers of a split); `close()` writes the last
+    one and renames all to their `-of-N` names (the count is only known then; a rename keeps
+    the modification time); `finish` and `publish` do the same for several writers. With
+    `order_seed`, each shard's records are written in an order drawn from (seed, lane, shard
+    index), so any stretch of a shard holds windows from all its documents. Holds plain data
+    only, so a restartable prepare saves it (`corpus/resume.py`) with the windows not yet in a
+    shard. A shard that already exists with the same sha256 (a restart redoing work) is left
+    untouched.
     """
 
     def __init__(
@@ -132,8 +153,13 @@ class ShardWriter:
         window_len: int,
         records_per_shard: int,
         compression: str = "none",
+        lane: int | None = None,
+        order_seed: int | None = None,
     ):
         self.directory, self.split = directory, split
+        # Hidden names carry the lane: prepare fills several shards of a split at once.
+        self.prefix = f".{split}" if lane is None else f".{split}-l{lane:03d}"
+        self.lane, self.order_seed = lane or 0, order_seed
         self.window_len, self.records_per_shard = window_len, records_per_shard
         self.compression = compression
         self._pending: list[tuple[np.ndarray, np.ndarray | None]] = []
@@ -156,13 +182,16 @@ class ShardWriter:
         return finished
 
     def _flush(self) -> None:
-        name = f".{self.split}-{len(self.shards):05d}"
+        name = f"{self.prefix}-{len(self.shards):05d}"
         temp = posixpath.join(self.directory, name + ".tmp")
         final = posixpath.join(self.directory, name + ".shard")
         options = tf.io.TFRecordOptions(compression_type=COMPRESSION[self.compression])
         tokens = 0
+        pending = self._pending
+        if self.order_seed is not None:
+            pending = self._shuffled(pending)
         with tf.io.TFRecordWriter(temp, options) as writer:
-            for windows, segments in self._pending:
+            for windows, segments in pending:
                 for record in serialize_windows(windows, segments):
                     writer.write(record)
                 tokens += windows.size if segments is None else int(np.sum(segments != 0))
@@ -176,18 +205,37 @@ class ShardWriter:
         self.shards.append(entry)  # tokens: real tokens, padding is not counted
         self._pending, self._pending_records = [], 0
 
-    def close(self) -> list[dict]:
-        """Writes the last partial shard, renames all into place; returns their entries."""
+    def _shuffled(self, pending: list) -> list:
+        """The pending windows as one chunk, in the order of this shard's seeded keys."""
+        windows = np.concatenate([w for w, _ in pending])
+        keys = mix64([self.order_seed, self.lane, len(self.shards)], len(windows))
+        order = np.argsort(keys, kind="stable")
+        if pending[0][1] is None:
+            return [(windows[order], None)]
+        return [(windows[order], np.concatenate([s for _, s in pending])[order])]
+
+    def finish(self) -> list[dict]:
+        """Writes the last partial shard; returns the entries of all (under hidden names)."""
         if self._pending_records:
             self._flush()
-        shards = []
-        for index, entry in enumerate(self.shards):
-            name = shard_name(self.split, index, len(self.shards))
-            hidden = posixpath.join(self.directory, entry["file"])
-            if tf.io.gfile.exists(hidden):  # else renamed by a run killed before its manifest
-                tf.io.gfile.rename(hidden, posixpath.join(self.directory, name), overwrite=True)
-            shards.append({**entry, "file": name})
-        return shards
+        return self.shards
+
+    def close(self) -> list[dict]:
+        """Writes the last partial shard, renames all into place; returns their entries."""
+        return publish(self.directory, self.split, self.finish())
+
+
+def publish(directory: str, split: str, entries: list[dict]) -> list[dict]:
+    """Renames finished shards (hidden names) to `{split}-i-of-N` in the order given; returns
+    their entries under the new names."""
+    shards = []
+    for index, entry in enumerate(entries):
+        name = shard_name(split, index, len(entries))
+        hidden = posixpath.join(directory, entry["file"])
+        if tf.io.gfile.exists(hidden):  # else renamed by a run killed before its manifest
+            tf.io.gfile.rename(hidden, posixpath.join(directory, name), overwrite=True)
+        shards.append({**entry, "file": name})
+    return shards
 
 
 def write_manifest(directory: str, manifest: dict) -> None:

@@ -98,6 +98,7 @@ def roll_back_or_stop(
                 cfg.train.global_batch_size,
                 cfg.train.seed,
                 cfg.data.shuffle_buffer,
+                interleave=cfg.data.interleave_shards,
                 start_step=bad_step,
             )
         )

@@ -201,6 +201,7 @@ class _Run:
                     cfg.train.global_batch_size,
                     cfg.train.seed,
                     cfg.data.shuffle_buffer,
+                    interleave=cfg.data.interleave_shards,
                     start_step=start_step,
                     input_context=ctx,
                     decoder=self.decoder,
