@@ -193,6 +193,14 @@ CASES = {
         "DPO step tokens/s, LoRA and full, tfllm's compiled step against TRL's `DPOTrainer` on "
         "the same tiny Llama, pairs and batch; one fresh process per contender and round.",
     ),
+    "serve": Case(
+        "serve_bench",
+        "case",
+        3,
+        "Serving under 1, 4 and 16 concurrent streaming clients: `tfllm serve` (continuous "
+        "batching) vs the export's `serving_default` one request at a time vs `transformers "
+        "serve --continuous-batching` on the `--to_hf` copy; output tok/s, TTFT and ITL p50/p99.",
+    ),
     "lora": Case(
         "lora_bench",
         "case",

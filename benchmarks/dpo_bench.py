@@ -1,8 +1,8 @@
 """DPO training speed: tfllm's compiled DPO step against TRL's `DPOTrainer`, LoRA and full, on
 the same tiny Llama model (one Hugging Face directory both load), the same pairs and batch.
 
-    python -m benchmarks.dpo_bench [--rounds 3] [--steps 10]    # report -> benchmarks/results/
-    python -m benchmarks.dpo_bench --worker CONTENDER STEPS HF_DIR   # one measurement
+    python -m benchmarks dpo [--rounds 2] [--quick]   # 4 timed steps per run (--quick: 1)
+    python -m benchmarks.dpo_bench --worker CONTENDER STEPS HF_DIR   # one run (the case's)
 
 Shape: Llama layout, 4 layers, hidden 256, 4 heads, intermediate 704, vocabulary 4096, untied
 head, float32. A step: 8 pairs, each a 96-token prompt with a 32-token chosen and a 32-token
@@ -19,17 +19,15 @@ transformers, trl and peft (the `bench` extra).
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import os
 import pathlib
-import sys
 import tempfile
 import time
 
 import numpy as np
 
-from benchmarks.common import emit, machine, run_worker, summarize, versions
+from benchmarks.common import emit, run_worker, summarize
 
 SHAPE = dict(num_layers=4, hidden_dim=256, num_heads=4, intermediate_dim=704, vocab=4096)
 PAIRS, PROMPT, COMPLETION, RANK = 8, 96, 32, 8
@@ -242,42 +240,13 @@ def case(rounds: int, quick: bool) -> dict:
 
 
 def main() -> None:
+    """A worker process of the case: one contender's run, its figures on stdout."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--worker", nargs=3, metavar=("CONTENDER", "STEPS", "HF_DIR"))
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--steps", type=int, default=10)
-    parser.add_argument("--note", default="", help="a word for the result file's name")
+    parser.add_argument(
+        "--worker", nargs=3, required=True, metavar=("CONTENDER", "STEPS", "HF_DIR")
+    )
     args = parser.parse_args()
-    if args.worker:
-        emit(measure(args.worker[0], int(args.worker[1]), args.worker[2]))
-        return
-    runs = _measure_all(args.rounds, args.steps)
-    report = {
-        "benchmark": "dpo_bench",
-        "date": datetime.date.today().isoformat(),
-        "command": "python -m benchmarks.dpo_bench " + " ".join(sys.argv[1:]),
-        "machine": machine(),
-        "versions": {**versions(), **peer_versions()},
-        "shape": {**SHAPE, "pairs": PAIRS, "prompt": PROMPT, "completion": COMPLETION},
-        "tokens_per_step": TOKENS_PER_STEP,
-        "contenders": {},
-    }
-    for name, results in runs.items():
-        report["contenders"][name] = {
-            "tokens_per_second": summarize(
-                [r["tokens_per_second"] for r in results if "error" not in r]
-            ),
-            "errors": [r["error"] for r in results if "error" in r],
-        }
-    medians = {k: v["tokens_per_second"]["median"] for k, v in report["contenders"].items()}
-    for kind in ("lora", "full"):
-        if medians[f"tfllm-{kind}"] and medians[f"trl-{kind}"]:
-            report[f"tfllm_vs_trl_{kind}"] = medians[f"tfllm-{kind}"] / medians[f"trl-{kind}"]
-    name = f"{report['date']}-dpo{'-' + args.note if args.note else ''}.json"
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / name).write_text(json.dumps(report, indent=1) + "\n")
-    json.dump(report, sys.stdout, indent=1)
-    print()
+    emit(measure(args.worker[0], int(args.worker[1]), args.worker[2]))
 
 
 if __name__ == "__main__":

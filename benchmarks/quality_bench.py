@@ -1,21 +1,19 @@
 """The main job's quality, recorded with the commit: validation loss and bits per byte.
 
-    python -m benchmarks quality [--quick]           # the harness's case (--quick: 300 steps)
-    PYTHONPATH=. python -m benchmarks.quality_bench [--steps N] [--rounds R] [--root DIR]
+    python -m benchmarks quality [--quick] [--rounds R]   # --quick: 300 steps
 
 Runs the user's main job, `python -m tfllm.train` with no arguments (configs/tiny.yaml, the
 built-in stdlib corpus, 2,000 steps; the data is prepared first), in a fresh directory, then
-`python -m tfllm.eval --tasks stdlib_bpb,english_bpb` on its final checkpoint. `--steps N`
-runs a shortened variant (`--set train.steps=N`, evaluated every N // 4 steps). Records the
+`python -m tfllm.eval --tasks stdlib_bpb,english_bpb` on its final checkpoint. `--quick`
+runs a shortened variant (`--set train.steps=300`, evaluated every 75 steps). The figures: the
 validation loss at each evaluation (read from the run's TensorBoard files), the bits per byte
-of both tasks, the commands, the commit, the machine and the versions as JSON in
-`benchmarks/results/<date>-quality[-label].json`. Quality does not depend on the machine's
-load (the data order and the seeds are fixed); the seconds do.
+of both tasks and the seconds; the harness records them with the commit, machine and
+versions. Quality does not depend on the machine's load (the data order and the seeds are
+fixed); the seconds do.
 """
 
 from __future__ import annotations
 
-import argparse
 import glob
 import json
 import os
@@ -125,28 +123,3 @@ def figures(steps: int, rounds: int, root: str | None = None) -> dict:
 def case(rounds: int, quick: bool) -> dict:
     """`python -m benchmarks quality [--quick]`: the main job (300 steps with --quick)."""
     return figures(QUICK_STEPS if quick else MAIN_JOB_STEPS, rounds)
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument(
-        "--steps", type=int, default=MAIN_JOB_STEPS, help="train.steps (default: the main job)"
-    )
-    parser.add_argument("--rounds", type=int, default=1, help="runs (default 1)")
-    parser.add_argument("--root", default=None, help="work directory (default: a temporary one)")
-    parser.add_argument("--results", type=pathlib.Path, default=RESULTS, help="record directory")
-    args = parser.parse_args(argv)
-    if args.steps < 1 or args.rounds < 1:
-        print(f"error: --steps and --rounds must be at least 1, got {args.steps}, {args.rounds}")
-        return 2
-    command = " ".join(["python -m benchmarks.quality_bench", *(argv or sys.argv[1:])])
-    parameters = {"rounds": args.rounds, "quick": args.steps != MAIN_JOB_STEPS}
-    record = records.start("quality", command, {**parameters, "steps": args.steps})
-    path = records.finish(record, figures(args.steps, args.rounds, args.root), args.results)
-    print(json.dumps(record["figures"], indent=1))
-    print(f"results: {path}")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -3,7 +3,7 @@ way (one request at a time through the export's serving_default, what TF Serving
 without batching) and `transformers serve --continuous-batching` on the `tfllm convert --to_hf`
 copy of the same model, on the CPU.
 
-    PYTHONPATH=. python benchmarks/serve_bench.py [--rounds 3] [--concurrency 1,4,16]
+    python -m benchmarks serve [--rounds 3] [--quick]
 
 The model: configs/small.yaml's shape as in benchmarks/generate_bench.py (6 layers, hidden 512,
 vocabulary 8192, 256 positions; about 25M parameters), random weights with EOS's embedding
@@ -13,19 +13,18 @@ closed-loop clients send max(8, 2c) requests in all. Per contender and concurren
 tokens/s (generated tokens / wall time), time to first token and inter-token latency (the gaps
 between streamed chunks) at p50 and p99. serving_default answers whole, so its first token
 arrives with the last and it has no inter-token latency. Contenders alternate in rounds; the
-record gives each figure's median and spread over the rounds, and writes
-benchmarks/results/<date>-serve.json.
+record (benchmarks/results/, through the harness) gives each figure's median and spread over
+the rounds.
 """
 
 from __future__ import annotations
 
-import argparse
 import concurrent.futures
-import datetime
 import http.client
 import json
 import os
 import pathlib
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -34,11 +33,10 @@ import time
 
 import numpy as np
 
-from benchmarks.common import machine, summarize, versions
+from benchmarks.common import summarize
 
 PROMPT_TOKENS = (8, 32, 96)
 MIX = [(8, 64), (32, 32), (96, 16), (8, 16), (32, 64), (96, 32), (8, 32), (32, 16)]
-RESULTS = pathlib.Path(__file__).parent / "results"
 
 
 def prompts(tokenizer_path: str) -> dict[int, str]:
@@ -200,25 +198,11 @@ def load(ask, texts: dict[int, str], concurrency: int) -> dict:
     }
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--concurrency", default="1,4,16")
-    parser.add_argument("--slots", type=int, default=16, help="tfllm serve --slots")
-    parser.add_argument("--skip_transformers", action="store_true")
-    parser.add_argument("--root", default="", help="reuse the model an earlier run made here")
-    args = parser.parse_args()
-    levels = [int(c) for c in args.concurrency.split(",")]
-    root = args.root or tempfile.mkdtemp(prefix="serve-bench-")
-    if os.path.exists(f"{root}/run/hf/tokenizer.json"):  # a model an earlier run made
-        paths = {
-            "workdir": f"{root}/run",
-            "export": f"{root}/run/export/bench/1",
-            "hf": f"{root}/run/hf",
-            "tokenizer": f"{root}/run/data/bench/tokenizer.model",
-        }
-    else:
-        paths = make_model(f"{root}/run")
+def measure(rounds: int, levels: list[int], with_transformers: bool, slots: int = 16) -> dict:
+    """Every contender at every concurrency level, alternating over `rounds`: the medians and
+    spreads, what failed, and the goals."""
+    root = tempfile.mkdtemp(prefix="serve-bench-")
+    paths = make_model(f"{root}/run")
     texts = prompts(paths["tokenizer"])
     servers, contenders, errors = [], {}, {}
     try:
@@ -234,7 +218,7 @@ def main() -> None:
                     "--port",
                     str(port),
                     "--slots",
-                    str(args.slots),
+                    str(slots),
                     "--max_queue",
                     "256",
                     "--name",
@@ -246,7 +230,7 @@ def main() -> None:
         )
         contenders["tfllm serve"] = streamed(port, "bench")
         contenders["serving_default, one at a time"] = one_at_a_time(paths["export"])
-        if not args.skip_transformers:
+        if with_transformers:
             port = free_port()
             servers.append(
                 start(
@@ -282,7 +266,7 @@ def main() -> None:
             except Exception as err:
                 errors[name] = f"warm-up: {err!r}"
         runs = {name: {c: [] for c in levels} for name in contenders}
-        for r in range(args.rounds):
+        for r in range(rounds):
             order = list(contenders) if r % 2 == 0 else list(reversed(contenders))
             for name in order:
                 for c in levels:
@@ -303,33 +287,37 @@ def main() -> None:
         for server in servers:
             server.terminate()
             server.wait(60)
-    record = {
-        "benchmark": "serve",
-        "command": "PYTHONPATH=. python benchmarks/serve_bench.py " + " ".join(sys.argv[1:]),
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "machine": machine(),
-        "versions": versions(),
-        "mix": MIX,
-        "rounds": args.rounds,
-        "results": {
-            name: {
-                str(c): {
-                    key: summarize([run[key] for run in by_level[c] if run[key] is not None])
-                    for key in by_level[c][0]
-                }
-                for c in levels
-                if by_level[c]
+        shutil.rmtree(root, ignore_errors=True)
+    results = {
+        name: {
+            str(c): {
+                key: summarize([run[key] for run in by_level[c] if run[key] is not None])
+                for key in by_level[c][0]
             }
-            for name, by_level in runs.items()
-        },
+            for c in levels
+            if by_level[c]
+        }
+        for name, by_level in runs.items()
     }
-    record["errors"] = errors
-    record["goals"] = goals(record["results"], levels)
-    RESULTS.mkdir(exist_ok=True)
-    out = RESULTS / f"{datetime.date.today().isoformat()}-serve.json"
-    out.write_text(json.dumps(record, indent=2))
-    print(json.dumps(record["goals"], indent=2))
-    print(f"wrote {out}")
+    return {"results": results, "errors": errors, "goals": goals(results, levels)}
+
+
+def case(rounds: int, quick: bool) -> dict:
+    """`python -m benchmarks serve [--rounds N] [--quick]`: 1, 4 and 16 clients with all three
+    contenders (`--quick`: 1 and 4 clients, without `transformers serve`)."""
+    levels = [1, 4] if quick else [1, 4, 16]
+    with_transformers = not quick and shutil.which("transformers") is not None
+    out = measure(rounds, levels, with_transformers)
+    figures = {
+        f"{name}, {c} clients": by_key
+        for name, by_level in out["results"].items()
+        for c, by_key in by_level.items()
+    }
+    notes = [f"{goal}: {value:.2f}" for goal, value in out["goals"].items() if value is not None]
+    notes += [f"{name} failed ({error})" for name, error in out["errors"].items()]
+    if not with_transformers:
+        notes.append("transformers serve not run (--quick, or not installed: the bench extra)")
+    return {"figures": figures, "notes": notes}
 
 
 def goals(results: dict, levels: list[int]) -> dict:
@@ -350,7 +338,3 @@ def goals(results: dict, levels: list[int]) -> dict:
     low, high = median("tfllm serve", one, "ttft_p99"), median("tfllm serve", top, "ttft_p99")
     out[f"p99 TTFT c={top} / c={one}"] = high / low if low and high else None
     return out
-
-
-if __name__ == "__main__":
-    main()
