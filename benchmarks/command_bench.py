@@ -31,7 +31,7 @@ import sys
 import tempfile
 import time
 
-from benchmarks import shapes
+from benchmarks import llama_bench, shapes
 from benchmarks.common import emit, has_torch, keras_hub_fit, run_worker, summarize
 from benchmarks.train_bench import measure
 
@@ -109,21 +109,8 @@ def tfllm_round(shape: dict, root: str, name: str, steps: int, loop: int, extra=
 
 def run_keras_hub_llama(steps: int):
     """keras-hub LlamaBackbone at the Llama shape (random weights) + `fit`, timed per step."""
-    import keras
-    import keras_hub
-
-    keras.utils.set_random_seed(0)
-    s = shapes.LLAMA
-    backbone = keras_hub.models.LlamaBackbone(
-        vocabulary_size=s["vocabulary_size"],
-        num_layers=s["num_layers"],
-        num_query_heads=s["num_heads"],
-        hidden_dim=s["hidden_dim"],
-        intermediate_dim=s["intermediate_dim"],
-        num_key_value_heads=s["num_key_value_heads"],
-        tie_word_embeddings=s["tie_embeddings"],
-    )
-    fit_steps = keras_hub_fit(backbone, shapes.token_batches(s))
+    backbone = shapes.keras_hub_llama()
+    fit_steps = keras_hub_fit(backbone, shapes.token_batches(shapes.LLAMA))
     return lambda: fit_steps(1), lambda: fit_steps(steps)
 
 
@@ -147,24 +134,7 @@ def run_torch_llama(steps: int):
         attn_implementation="sdpa",
     )
     model = transformers.LlamaForCausalLM(config)
-    model.train()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, betas=(0.9, 0.95), weight_decay=0.1)
-    windows = torch.from_numpy(shapes.token_batches(s)).long()
-
-    def steps_from(count: int):
-        for i in range(count):
-            w = windows[i % shapes.BATCHES]
-            logits = model(input_ids=w[:, :-1]).logits
-            loss = torch.nn.functional.cross_entropy(
-                logits.reshape(-1, logits.shape[-1]), w[:, 1:].reshape(-1)
-            )
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            optimizer.step()
-        return float(loss)
-
-    return lambda: steps_from(1), lambda: steps_from(steps)
+    return llama_bench.torch_steps(model, shapes.token_batches(s), steps)
 
 
 WORKERS = {"keras-hub-fit": run_keras_hub_llama, "transformers": run_torch_llama}

@@ -99,17 +99,14 @@ def run_keras_hub(root: str, steps: int):
     return lambda: fit_steps(1), lambda: fit_steps(steps)
 
 
-def run_torch(root: str, steps: int):
+def torch_steps(model, batches, steps: int):
+    """A plain PyTorch training loop over `batches` (AdamW as every contender, clip 1.0): the
+    (warm-up, timed) callables of a contender."""
     import torch
-    import transformers
 
-    torch.set_num_threads(os.cpu_count() or 1)
-    model = transformers.LlamaForCausalLM.from_pretrained(
-        os.path.join(root, "hf"), attn_implementation="sdpa", dtype=torch.float32
-    )
     model.train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, betas=(0.9, 0.95), weight_decay=0.1)
-    windows = torch.from_numpy(batches()).long()
+    windows = torch.from_numpy(batches).long()
 
     def steps_from(count: int):
         for i in range(count):
@@ -125,6 +122,17 @@ def run_torch(root: str, steps: int):
         return float(loss)
 
     return lambda: steps_from(1), lambda: steps_from(steps)
+
+
+def run_torch(root: str, steps: int):
+    import torch
+    import transformers
+
+    torch.set_num_threads(os.cpu_count() or 1)
+    model = transformers.LlamaForCausalLM.from_pretrained(
+        os.path.join(root, "hf"), attn_implementation="sdpa", dtype=torch.float32
+    )
+    return torch_steps(model, batches(), steps)
 
 
 TRAINERS = {"tfllm": run_tfllm, "keras-hub-fit": run_keras_hub, "torch-eager": run_torch}

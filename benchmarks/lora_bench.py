@@ -49,22 +49,9 @@ def run_tfllm(steps: int, lora_rank: int):
 
 
 def run_keras_hub(steps: int):
-    import keras
-    import keras_hub
-
-    keras.utils.set_random_seed(0)
-    s = shapes.LLAMA
-    backbone = keras_hub.models.LlamaBackbone(
-        vocabulary_size=s["vocabulary_size"],
-        num_layers=s["num_layers"],
-        num_query_heads=s["num_heads"],
-        hidden_dim=s["hidden_dim"],
-        intermediate_dim=s["intermediate_dim"],
-        num_key_value_heads=s["num_key_value_heads"],
-        tie_word_embeddings=s["tie_embeddings"],
-    )
+    backbone = shapes.keras_hub_llama()
     backbone.enable_lora(shapes.LORA_RANK)
-    fit_steps = keras_hub_fit(backbone, shapes.token_batches(s))
+    fit_steps = keras_hub_fit(backbone, shapes.token_batches(shapes.LLAMA))
     return lambda: fit_steps(1), lambda: fit_steps(steps)
 
 

@@ -96,3 +96,21 @@ def token_batches(shape: dict) -> np.ndarray:
 
 def tokens_per_step(shape: dict) -> int:
     return shape["batch"] * shape["seq_len"]
+
+
+def keras_hub_llama():
+    """keras-hub's `LlamaBackbone` at the `LLAMA` shape, with random weights (seed 0)."""
+    import keras
+    import keras_hub
+
+    keras.utils.set_random_seed(0)
+    s = LLAMA
+    return keras_hub.models.LlamaBackbone(
+        vocabulary_size=s["vocabulary_size"],
+        num_layers=s["num_layers"],
+        num_query_heads=s["num_heads"],
+        hidden_dim=s["hidden_dim"],
+        intermediate_dim=s["intermediate_dim"],
+        num_key_value_heads=s["num_key_value_heads"],
+        tie_word_embeddings=s["tie_embeddings"],
+    )
