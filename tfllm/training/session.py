@@ -106,8 +106,10 @@ def start(cfg: Config, strategy, build_data=None) -> Session:
     check_memory(cfg, model, strategy.num_replicas_in_sync, teacher)
     restored = checkpointer.restore_latest()
     # Only now, with the checkpoint accepted for this model: a refused resume must leave the
-    # workdir's config.yaml describing the checkpoints that are there.
-    save_config(cfg, f"{cfg.runtime.workdir}/config.yaml")
+    # workdir's config.yaml describing the checkpoints that are there. The chief alone writes
+    # it: two workers renaming one temporary file race, and the loser crashes.
+    if strategy.extended.should_checkpoint:
+        save_config(cfg, f"{cfg.runtime.workdir}/config.yaml")
     step = completed_steps(optimizer)
     logger.info(
         f"model: {model.count_params():,} parameters; "
