@@ -201,6 +201,7 @@ def prepare(cfg: Config, timings: dict | None = None) -> dict:
     `timings`, when given, receives the seconds of each phase (read: the sampling pass,
     tokenizer, pack: the streaming pass; pack_cpu: this process's CPU seconds in it).
     """
+    stream.refuse_in_worker_import()
     out = data_dir(cfg)
     kept = (
         f"the shards finished so far and the restart state in {out}/{resume.STATE_DIR} (run "
