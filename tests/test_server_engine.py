@@ -49,11 +49,11 @@ def _serve(scheduler: Scheduler, codec: Codec, jobs: list[tuple[str, int]], **op
 def test_continuous_batching_traces_once_and_matches_generate(run):
     engine = Engine(run.model, slots=3, cache_len=SEQ)
     codec = Codec(run.tokenizer_path)
-    widths, sizes = engine.warm_up(codec.specials.start)
-    assert sizes == [1, 2, 3] and widths == [8, 16, 32, 64, 128]
+    sizes = engine.warm_up(codec.specials.start)
+    assert sizes == [1, 2, 3]
     warm = dict(engine.traces)
     assert engine.lengths == [32, 64, 96, 128]  # the decode step's cache windows
-    assert warm == {"step": len(sizes) * 4, "prefill": len(widths)}
+    assert warm == {"step": len(sizes) * 4, "prefill": 2}  # with and without echo
     scheduler = Scheduler(engine, codec, max_queue=16, metrics=Metrics())
     scheduler.start()
     try:
@@ -77,16 +77,24 @@ def test_text_held_back_and_stops():
     assert find_stop("one two", ["one"], 5) == -1  # ended before the unsent text
 
 
-def test_prompts_of_one_bucket_prefill_together_as_alone(run):
-    """Several prompts in one prefill call write the same cache rows and first tokens as each
-    prompt prefilled alone, and share the bucket's one trace."""
+def test_prompts_prefill_together_as_alone(run):
+    """Several prompts of different lengths in one prefill call (left-padded to the longest)
+    write the same keys and values and first tokens as each prompt prefilled alone (unpadded),
+    through the one trace of the prefill."""
     codec = Codec(run.tokenizer_path)
-    prompts = [codec.encode(p) for p in ("def", "for i in", "x = 1", "import")]
+    prompts = [codec.encode(p) for p in ("def", "for i in range(3):", "x = 1", "import")]
     together, alone = Engine(run.model, 4, SEQ), Engine(run.model, 4, SEQ)
-    outs = together.prefill([3, 0, 2, 1], [(ids, GREEDY) for ids in prompts], 8, echo=False)
+    outs = together.prefill([3, 0, 2, 1], [(ids, GREEDY) for ids in prompts], echo=False)
+    width = max(len(ids) for ids in prompts)
     for slot, ids, out in zip([3, 0, 2, 1], prompts, outs, strict=True):
-        [own] = alone.prefill([slot], [(ids, GREEDY)], 8, echo=False)
-        assert int(own["token"]) == int(out["token"])
-    assert together.traces["prefill"] == 1
-    for (keys, _), (alone_keys, _) in zip(together.cache, alone.cache, strict=True):
-        np.testing.assert_allclose(keys.numpy(), alone_keys.numpy(), atol=1e-5)
+        [own] = alone.prefill([slot], [(ids, GREEDY)], echo=False)
+        assert int(own["token"]) == int(out["token"]) and out["width"] == width
+        np.testing.assert_allclose(own["logprob"], out["logprob"], atol=1e-5)
+        for (keys, _), (alone_keys, _) in zip(together.cache, alone.cache, strict=True):
+            # The prompt's columns: right-aligned at the padded width, at 0 when alone.
+            np.testing.assert_allclose(
+                keys[slot, :, width - len(ids) : width].numpy(),
+                alone_keys[slot, :, : len(ids)].numpy(),
+                atol=1e-5,
+            )
+    assert together.traces["prefill"] == alone.traces["prefill"] == 1
