@@ -1,6 +1,7 @@
 """The scheduler and engine in-process, without HTTP: sequences of mixed lengths through fewer
 slots than sequences give `tfllm generate`'s tokens; the decode step is traced once per number
-of busy slots and cache window and prefill once per length bucket, all at warm-up."""
+of busy slots and cache window and the prefill once for every width, all at warm-up; an
+imported model's Hugging Face tokenizer encodes, decodes and names its EOS as its library does."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import asyncio
 import numpy as np
 import pytest
 import tiny_run
+from hf_tokenizer_files import write_tokenizer
 
 from tfllm.server.engine import Engine
 from tfllm.server.metrics import Metrics
@@ -98,3 +100,29 @@ def test_prompts_prefill_together_as_alone(run):
                 atol=1e-5,
             )
     assert together.traces["prefill"] == alone.traces["prefill"] == 1
+
+
+@pytest.mark.parametrize(
+    "family, name, eos",
+    [("llama3", "tokenizer.json", "<|eot_id|>"), ("llama2", "tokenizer.model", "</s>")],
+)
+def test_imported_tokenizer_codec(tmp_path, family, name, eos):
+    """An imported model's Hugging Face tokenizer in the server: the ids of the `tokenizers`
+    (or `sentencepiece`) library with the model's BOS first, text back, and the EOS text that
+    /tokenizer_info reports (tokenizer_config.json's, as transformers reads it)."""
+    directory = write_tokenizer(tmp_path / family, family)
+    codec = Codec(str(directory / name))
+    text = "Hello world, it's 2024"
+    if family == "llama3":
+        from tokenizers import Tokenizer
+
+        expected = Tokenizer.from_file(str(directory / name)).encode(text).ids
+    else:
+        import sentencepiece as spm
+
+        processor = spm.SentencePieceProcessor(model_file=str(directory / name))
+        expected = [processor.bos_id(), *processor.encode(text)]
+    ids = codec.encode(text)
+    assert ids == expected and codec.specials.start == (expected[0],)
+    assert codec.decode(ids[1:]) == text
+    assert codec.eos_token == eos
