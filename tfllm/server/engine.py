@@ -4,23 +4,27 @@ decode step over every slot at once.
 The KV cache is one (keys, values) pair of (S, KV, C, K) variables per layer that stays on the
 device between calls: S sequence slots of C positions each. A slot holds its sequence as
 `tfllm generate` holds a batch of one (`tfllm.serve.generate.decode`): the prompt left-padded
-to its length bucket W in columns 0..W-1 (`start` padding columns), generated token j written
-at column W + j. Every row writes at its own column (`cache_index` (S,)) and reads its own
-positions and mask (`cache_start` (S,)), through the same `TransformerLM.call` that training
-and `tfllm generate` use, so a sequence's greedy tokens do not depend on the other slots. The
-sampling rules are `tfllm.serve.sampling`'s, keyed per row by (seed, step).
+to a width W in columns 0..W-1 (`start` padding columns), generated token j written at column
+W + j. Every row writes at its own column (`cache_index` (S,)) and reads its own positions and
+mask (`cache_start` (S,)), through the same `TransformerLM.call` that training and `tfllm
+generate` use, so a sequence's greedy tokens do not depend on the other slots. The sampling
+rules are `tfllm.serve.sampling`'s, keyed per row by (seed, step).
 
 The cache is a set of variables written in place (`CausalSelfAttention` writes into variables
 when given them): passed in and out of each call as tensors, the whole cache was copied at
 every step. The decode step runs over the first R slots, R a power of two covering the busy
 ones (the scheduler fills the lowest free slots), and reads only the first L columns of the
 cache, L the smallest of four windows (quarters of C) holding every busy row's columns: it is
-traced once per (R, L). Prefill takes all
-the admitted prompts of one length bucket (powers of two from 8, `tfllm.serve.generate.bucket`)
-in one call, whatever their number, and is traced once per bucket and per whether the
-prompt's log-probs are wanted. `traces` counts both, for the tests.
+traced once per (R, L). The step samples in the graph and hands back only the token ids unless
+a row asks for log-probs. Prefill takes a group of admitted prompts in one call, left-padded to
+the longest of them (a padding column costs what a prompt token costs), and is traced once for
+every width and row count, once per whether the prompts' log-probs are wanted. `traces` counts
+both, for the tests.
 
-Shape letters: S slots, C cache length, W prompt bucket, V vocabulary_size, K top log-probs.
+Both run as TensorFlow graphs without XLA on the CPU: XLA's CPU dots measured 2-4x slower than
+oneDNN's at these shapes (docs/server.md, "Measured").
+
+Shape letters: S slots, C cache length, W prompt width, V vocabulary_size, K top log-probs.
 """
 
 from __future__ import annotations
