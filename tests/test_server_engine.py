@@ -70,6 +70,22 @@ def test_continuous_batching_traces_once_and_matches_generate(run):
     assert engine.traces == warm  # serving traced nothing new
 
 
+def test_xla_step_reads_whole_rows_and_matches_generate(run):
+    """`--xla`: XLA has no kernel for the gather of a cache window out of a variable, so the
+    compiled step reads whole rows (one trace per row count, whatever the window)."""
+    engine = Engine(run.model, slots=1, cache_len=SEQ, jit_compile=True)
+    codec = Codec(run.tokenizer_path)
+    assert engine.warm_up(codec.specials.start) == [1]
+    assert engine.traces["step"] == 1
+    scheduler = Scheduler(engine, codec, max_queue=4, metrics=Metrics())
+    scheduler.start()
+    try:
+        texts, _ = _serve(scheduler, codec, [("def", 12)])
+    finally:
+        assert scheduler.close(30)
+    assert texts[0] == run.generator.generate(["def"], max_new_tokens=12)[0]
+
+
 def test_text_held_back_and_stops():
     assert held_back("abc\ufffd", []) == 1  # a character still missing bytes
     assert held_back("say END", ["ENDING"]) == 3  # may still become the stop string
