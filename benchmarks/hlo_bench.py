@@ -4,8 +4,8 @@
 
 Runs the `train` case's workers for tfllm and keras-hub `fit` at the GPT small shape (2 steps,
 untimed) with `XLA_FLAGS=--xla_dump_to=DIR --xla_dump_hlo_as_text`, takes each one's largest
-module after optimizations (tfllm: its one-device step, gradients, clipping and AdamW
-(`optim_update.CompiledUpdate`); keras-hub: the whole `train_step`, AdamW included), and
+module after optimizations (tfllm: the per-replica gradient step, with AdamW and clipping
+outside it as fused TF kernels; keras-hub: the whole `train_step`, AdamW included), and
 counts, outside fused computations, the kernels the step runs (fusions by kind, dots, custom
 calls, copies) and, inside fusions, the instructions that move data (transpose, copy, pad,
 concatenate, slice) or reduce. `--quick` uses the tiny shape.
@@ -108,7 +108,7 @@ def case(rounds: int, quick: bool) -> dict:
             directory = os.path.join(root, contender)
             figures[f"{size} {contender}"] = count(dump(contender, size, directory))
     notes = [
-        "Counted in the largest optimized module: tfllm's one-device step (gradients, clipping "
-        "and AdamW in one XLA computation), keras-hub's whole train_step (AdamW inside XLA)."
+        "Counted in the largest optimized module: tfllm's gradient step (AdamW and clipping run "
+        "after it as fused TF kernels), keras-hub's whole train_step (AdamW inside XLA)."
     ]
     return {"figures": figures, "notes": notes}
