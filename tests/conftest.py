@@ -3,11 +3,16 @@ tiny configs over it, and a small workdir trained once per session by tfllm's ow
 
 from __future__ import annotations
 
+import os
 import pathlib
 import shutil
 import sysconfig
 
 import pytest
+
+# As the commands do (tfllm.cli): TensorFlow's C++ start-up lines stay off the console. An
+# xdist worker's stderr is not captured while it imports TensorFlow.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 from tfllm.config import Config, load_config
 from tfllm.corpus.prepare import prepare

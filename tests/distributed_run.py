@@ -16,6 +16,7 @@ from dataclasses import replace
 
 import numpy as np
 import tensorflow as tf
+from conftest import shape_overrides
 
 from tfllm.config import load_config
 from tfllm.model import lora
@@ -25,13 +26,9 @@ from tfllm.training.optim import completed_steps, make_optimizer
 from tfllm.training.steps import Steps, evaluate
 from tfllm.validation import LORA_TARGETS
 
+# conftest's shape over 64 token ids and 16 positions: the in-memory windows count up mod 64.
 TINY = [
-    "model.vocabulary_size=64",
-    "model.num_layers=2",
-    "model.num_heads=2",
-    "model.hidden_dim=32",
-    "model.intermediate_dim=64",
-    "model.max_sequence_length=16",
+    *shape_overrides(vocabulary_size=64, max_sequence_length=16),
     "data.seq_len=16",
     "train.global_batch_size=8",
     "train.learning_rate=0.001",

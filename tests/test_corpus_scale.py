@@ -58,6 +58,40 @@ def test_one_and_two_workers_write_identical_shards(tmp_path):
     assert built[0][1]["splits"] == built[1][1]["splits"]
 
 
+# A user's script with the call at its top level: each spawned worker imports it again.
+_UNGUARDED = """
+import sys
+import tfllm
+tfllm.prepare(tfllm.load_config(overrides=sys.argv[1:]))
+print("prepared")
+"""
+
+
+@pytest.mark.slow  # a prepare subprocess
+def test_a_script_without_a_main_guard_gets_one_error_not_a_hang(tmp_path):
+    write_corpus(tmp_path / "text", files=12)
+    script = tmp_path / "unguarded.py"
+    script.write_text(_UNGUARDED)
+    overrides = [
+        f"data.source={tmp_path / 'text'}",
+        f"data.root={tmp_path}",
+        "data.name=ug",
+        "data.workers=2",
+        "data.tokenizer_sample_mb=1",
+        "model.vocabulary_size=320",
+    ]
+    env = {**os.environ, "PYTHONPATH": str(pathlib.Path(__file__).parents[1])}
+    done = subprocess.run(
+        [sys.executable, str(script), *overrides],
+        env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode != 0 and "prepared" not in done.stdout
+    assert "data.workers=2: a worker process exited" in done.stderr
+    assert 'if __name__ == "__main__":' in done.stderr
+    # The workers ended quietly: no traceback of theirs, only the script's own one.
+    assert done.stderr.count("Traceback") == 1, done.stderr[-3000:]
+
+
 def test_sentencepiece_library_matches_the_in_graph_op(tmp_path):
     """Workers tokenize with the sentencepiece library; training and serving use the
     tensorflow-text op: the same model must give the same ids."""

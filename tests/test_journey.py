@@ -75,6 +75,10 @@ print(json.dumps({
 """
 
 
+def _user_environment() -> dict:
+    return {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+
+
 def _run(cwd: pathlib.Path, times: dict, label: str, *argv: str, code: int = 0):
     """`python *argv` in `cwd` as a user types it (argv: "-m", "tfllm.<command>", flags)."""
     started = time.time()
@@ -83,7 +87,8 @@ def _run(cwd: pathlib.Path, times: dict, label: str, *argv: str, code: int = 0):
         capture_output=True,
         text=True,
         cwd=cwd,
-        env={**os.environ, "TFLLM_VERBOSE": "0"},
+        # Without conftest's TF_CPP_MIN_LOG_LEVEL: the command itself must keep TF quiet.
+        env={**_user_environment(), "TFLLM_VERBOSE": "0"},
         timeout=900,
     )
     times[label] = time.time() - started

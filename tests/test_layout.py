@@ -12,7 +12,7 @@ from tfllm.commands import COMMANDS
 PACKAGE = pathlib.Path(tfllm.__file__).parent
 # Modules at the top of the package that every sub-package may import; they import none.
 SHARED = {"config", "errors", "cli", "validation", "files", "templates", "logs", "progress",
-          "resources", "locks"}  # fmt: skip
+          "resources", "locks", "overlays"}  # fmt: skip
 # What each sub-package may import besides itself and the shared modules: a package imports
 # only packages above it in this table. `tokenizers` is a leaf; `data` is what training reads
 # of a prepared dataset; `corpus` is the prepare pipeline that writes one, and nothing that

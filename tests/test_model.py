@@ -4,17 +4,16 @@ import dataclasses
 
 import numpy as np
 import pytest
+from conftest import shape_overrides
 
 from tfllm.config import load_config
 from tfllm.model.lm import build_model
 
+# conftest's shape, smaller (the model tests build it many times), over 97 token ids.
 SMALL = [
-    "model.vocabulary_size=97",
-    "model.num_layers=2",
-    "model.num_heads=2",
-    "model.hidden_dim=16",
-    "model.intermediate_dim=24",
-    "model.max_sequence_length=32",
+    *shape_overrides(
+        vocabulary_size=97, hidden_dim=16, intermediate_dim=24, max_sequence_length=32
+    ),
     "data.seq_len=16",
 ]
 

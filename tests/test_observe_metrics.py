@@ -5,6 +5,7 @@ import json
 import pytest
 import tensorflow as tf
 from commands import logged
+from conftest import TINY_SHAPE
 
 from tfllm.config import ModelConfig, load_config
 from tfllm.errors import ConfigError
@@ -14,14 +15,7 @@ from tfllm.observe.metrics import Reporter
 from tfllm.observe.profiling import ProfileWindow
 
 # The test model of conftest.TINY_MODEL: V=512, L=2, H=2, D=32, F=64, SwiGLU, T=32 (Q=16).
-TINY = ModelConfig(
-    vocabulary_size=512,
-    num_layers=2,
-    num_heads=2,
-    hidden_dim=32,
-    intermediate_dim=64,
-    max_sequence_length=64,
-)
+TINY = ModelConfig(**TINY_SHAPE)
 # configs/gpt2-124m.yaml: V=32768, L=12, H=12, D=768, F=3072, GELU, T=1024 (Q=64).
 GPT2 = ModelConfig(
     vocabulary_size=32768,

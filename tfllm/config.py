@@ -1,14 +1,13 @@
 """Configuration: one dataclass per concern, defaults in code, YAML files as partial overlays.
 
-Precedence: dataclass defaults < each ``--config`` file in order < each ``--set a.b=c``.
-Unknown keys and wrong types are refused with the closest valid key, so a typo never
-silently falls back to a default.
+Precedence: dataclass defaults < each ``--config`` file in order < each ``--set a.b=c``
+(`tfllm.overlays` reads and type-checks them); `tfllm.validation` then checks ranges and
+combinations.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import hashlib
 import json
 import pathlib
@@ -17,6 +16,7 @@ from typing import Any
 
 import yaml
 
+from tfllm import overlays
 from tfllm.errors import ConfigError
 from tfllm.validation import validate
 
@@ -245,58 +245,12 @@ class Config:
         return hashlib.sha256(blob).hexdigest()[:16]
 
 
-_SECTIONS = {f.name: f.type for f in dataclasses.fields(Config)}
 _SECTION_CLASSES = {
     "model": ModelConfig,
     "data": DataConfig,
     "train": TrainConfig,
     "runtime": RuntimeConfig,
 }
-
-
-def _suggest(word: str, choices: list[str]) -> str:
-    close = difflib.get_close_matches(word, choices, n=1, cutoff=0.5)
-    return f"; did you mean {close[0]}?" if close else f"; valid keys: {', '.join(choices)}"
-
-
-def _check_type(key: str, value: Any, expected: type, origin: str) -> Any:
-    # bool is an int in Python; a YAML `true` for an int field is a mistake, not a 1.
-    if expected is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    if isinstance(value, expected) and not (expected is int and isinstance(value, bool)):
-        return value
-    raise ConfigError(
-        f"{origin}: {key} must be {expected.__name__}, got {type(value).__name__} {value!r}"
-    )
-
-
-def _field_type(section: str, key: str) -> type:
-    types = {f.name: f.type for f in dataclasses.fields(_SECTION_CLASSES[section])}
-    return {"int": int, "float": float, "str": str, "bool": bool}[types[key]]
-
-
-def _merge(values: dict, overlay: Any, origin: str) -> None:
-    if overlay is None:
-        return
-    if not isinstance(overlay, dict):
-        raise ConfigError(f"{origin}: expected a mapping of sections, got {type(overlay).__name__}")
-    for section, entries in overlay.items():
-        if section not in _SECTIONS:
-            raise ConfigError(
-                f"{origin}: unknown section {section}{_suggest(section, [*_SECTIONS])}"
-            )
-        if not isinstance(entries, dict):
-            raise ConfigError(f"{origin}: section {section} must be a mapping of keys")
-        for key, value in entries.items():
-            valid = list(values[section])
-            if key not in valid:
-                raise ConfigError(
-                    f"{origin}: unknown key {section}.{key}{_suggest(str(key), valid)}"
-                )
-            expected = _field_type(section, key)
-            if (section, key) == ("data", "source") and isinstance(value, list):
-                value = ",".join(map(str, value))  # a YAML list of mixture entries
-            values[section][key] = _check_type(f"{section}.{key}", value, expected, origin)
 
 
 def resolve_config_path(name: str) -> pathlib.Path:
@@ -311,31 +265,6 @@ def resolve_config_path(name: str) -> pathlib.Path:
     raise ConfigError(f"config file not found: {name} (named configs: {shipped})")
 
 
-def _parse_set(assignment: str) -> dict:
-    if "=" not in assignment:
-        raise ConfigError(f"--set {assignment}: expected section.key=value")
-    dotted, raw = assignment.split("=", 1)
-    if dotted.count(".") != 1:
-        raise ConfigError(f"--set {assignment}: expected section.key=value")
-    section, key = dotted.split(".")
-    if section in _SECTION_CLASSES and key in {
-        f.name for f in dataclasses.fields(_SECTION_CLASSES[section])
-    }:
-        expected = _field_type(section, key)
-        if expected is str:
-            return {section: {key: raw}}  # "--set data.name=123" is the string "123"
-        if expected is float:  # YAML 1.1 reads "1e-3" as a string; Python reads it as a float
-            try:
-                return {section: {key: float(raw)}}
-            except ValueError:
-                pass
-    try:
-        value = yaml.safe_load(raw) if raw else ""
-    except yaml.YAMLError as err:
-        raise ConfigError(f"--set {assignment}: cannot parse value: {err}") from None
-    return {section: {key: value}}
-
-
 def load_config(
     config_files: list[str] | None = None, overrides: list[str] | None = None
 ) -> Config:
@@ -343,19 +272,10 @@ def load_config(
     values = Config().to_dict()
     for name in config_files or []:
         path = resolve_config_path(name)
-        try:
-            overlay = yaml.safe_load(path.read_text(encoding="utf-8"))
-        except UnicodeDecodeError as err:
-            raise ConfigError(
-                f"{path}: not UTF-8 text (byte {err.start}); save the config file as UTF-8"
-            ) from None
-        except OSError as err:
-            raise ConfigError(f"{path}: cannot read: {err.strerror}") from None
-        except yaml.YAMLError as err:
-            raise ConfigError(f"{path}: YAML syntax error: {err}".replace("\n", " ")) from None
-        _merge(values, overlay, str(path))
+        overlays.merge(values, overlays.read(path), str(path), _SECTION_CLASSES)
     for assignment in overrides or []:
-        _merge(values, _parse_set(assignment), f"--set {assignment}")
+        overlay = overlays.parse_set(assignment, _SECTION_CLASSES)
+        overlays.merge(values, overlay, f"--set {assignment}", _SECTION_CLASSES)
     cfg = Config(**{name: cls(**values[name]) for name, cls in _SECTION_CLASSES.items()})
     validate(cfg)
     return cfg

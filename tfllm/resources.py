@@ -32,11 +32,21 @@ class ResourceError(TfllmError):
 
 
 def out_of_space(err: BaseException) -> bool:
-    """Whether `err` says that the disk (or a quota, or a file-size limit) is full."""
-    if isinstance(err, OSError) and err.errno in _NO_SPACE:
-        return True
-    text = str(err).lower()
-    return type(err).__module__.startswith("tensorflow") and any(t in text for t in _NO_SPACE_TEXT)
+    """Whether `err`, or an error it was raised from, says that the disk (or a quota, or a
+    file-size limit) is full."""
+    while err is not None:
+        if isinstance(err, OSError) and err.errno in _NO_SPACE:
+            return True
+        text = str(err).lower()
+        # Apache Beam re-raises a step's error as a RuntimeError whose text starts with the
+        # original's type, e.g. "tensorflow.python.framework.errors_impl.OutOfRangeError: ...".
+        told = type(err).__module__.startswith("tensorflow") or text.startswith(
+            ("tensorflow.", "oserror:")
+        )
+        if told and any(t in text for t in _NO_SPACE_TEXT):
+            return True
+        err = err.__cause__ or err.__context__
+    return False
 
 
 def out_of_memory(err: BaseException) -> bool:

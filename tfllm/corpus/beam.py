@@ -22,6 +22,7 @@ import shlex
 
 import tensorflow as tf
 
+from tfllm import resources
 from tfllm.config import Config
 from tfllm.corpus import assemble, formats, prepare, resume, snapshot, stream
 from tfllm.data import layout, records
@@ -92,14 +93,30 @@ def assemble_all(
 def prepare_beam(cfg: Config, options: str = "") -> dict:
     """Builds the dataset of `cfg.data` with a Beam pipeline run with `options` (Beam's
     command-line flags, e.g. "--runner=DataflowRunner --project=P ..."); returns the manifest."""
+    # Beam's import warns on the root logger about Google Cloud clients a local run does not
+    # need, and its runner logs a step's error with a traceback before raising it: tfllm
+    # reports the raised error itself (one line when it is the user's, e.g. a full disk).
+    logging.disable(logging.WARNING)
     try:
         import apache_beam as beam
         from apache_beam.options.pipeline_options import PipelineOptions
     except ImportError:
         raise ConfigError("--runner beam needs apache-beam: pip install 'tfllm[beam]'") from None
+    finally:
+        logging.disable(logging.NOTSET)
+    logging.getLogger("apache_beam.runners.common").setLevel(logging.CRITICAL)
     out = layout.data_dir(cfg)
-    work = posixpath.join(out, WORK_DIR)
     tf.io.gfile.makedirs(out)
+    kept = "no shards: a Beam run starts over (run prepare again)"
+    with prepare.building(out, kept, lambda: _remove_temporaries(out)):
+        _run_pipeline(cfg, out, PipelineOptions(shlex.split(options)), beam)
+    manifest = records.read_manifest(out)
+    logger.info(f"prepared {out} with Beam ({options or 'default runner'})")
+    return manifest
+
+
+def _run_pipeline(cfg: Config, out: str, options, beam) -> None:
+    work = posixpath.join(out, WORK_DIR)
     resume.Checkpoint(out, "").clear()  # a local run's state would not match these shards
     for stale in (work, posixpath.join(out, records.MANIFEST)):
         if tf.io.gfile.exists(stale):
@@ -107,7 +124,7 @@ def prepare_beam(cfg: Config, options: str = "") -> dict:
     tf.io.gfile.makedirs(work)
     proto, moved = prepare.train_tokenizer(cfg, out)
     settings = prepare.settings(cfg, proto)
-    with beam.Pipeline(options=PipelineOptions(shlex.split(options))) as pipeline:
+    with beam.Pipeline(options=options) as pipeline:
         _ = (
             pipeline
             | "Start" >> beam.Create([None])
@@ -118,6 +135,8 @@ def prepare_beam(cfg: Config, options: str = "") -> dict:
             | "DedupPackWrite" >> beam.Map(assemble_all, cfg, settings, moved, work)
         )
     tf.io.gfile.rmtree(work)
-    manifest = records.read_manifest(out)
-    logger.info(f"prepared {out} with Beam ({options or 'default runner'})")
-    return manifest
+
+
+def _remove_temporaries(out: str) -> None:
+    """After a failed run: its batch files and half-written shards (a Beam run starts over)."""
+    resources.remove_temporaries(out, ["*.tmp", ".*.shard", WORK_DIR])

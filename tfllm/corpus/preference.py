@@ -34,10 +34,10 @@ import numpy as np
 import tensorflow as tf
 
 from tfllm.config import Config
-from tfllm.corpus import sft
-from tfllm.corpus.sft_prepare import _ends, _tokenizer_dir, _tokenizer_entry, records_section
+from tfllm.corpus import example_manifest, sft
+from tfllm.corpus.sft_prepare import example_ends
 from tfllm.corpus.sources import list_files
-from tfllm.data import fingerprint, records
+from tfllm.data import records
 from tfllm.data.layout import split_of
 from tfllm.errors import DataError
 from tfllm.tokenizers import chat
@@ -119,7 +119,7 @@ def prepare_preference(cfg: Config, out: str) -> dict:
             "workdir's tokenizer.model, or the directory `tfllm.convert` imported)"
         )
     tokenizer = load_tokenizer(d.tokenizer)
-    template = chat.load_template(d.chat_template, _tokenizer_dir(d.tokenizer))
+    template = chat.load_template(d.chat_template, example_manifest.tokenizer_dir(d.tokenizer))
     window_len = d.seq_len + 1
     stats = sft.RecordStats()
     pairs = {s: [] for s in SPLITS}
@@ -144,7 +144,7 @@ def prepare_preference(cfg: Config, out: str) -> dict:
     if not pairs["val"] and len(pairs["train"]) >= 2:
         pairs["val"].append(pairs["train"].pop())  # a small set: keep one to validate
     # A template writes its own BOS and end-of-turn marker; plain text gets SFT's ids around it.
-    text_prefix, text_suffix = _ends(tokenizer, "prompt_completion")
+    text_prefix, text_suffix = example_ends(tokenizer, "prompt_completion")
     number, dropped, packed = 0, [], {}
     for split in SPLITS:
         writer = records.ShardWriter(out, split, 2 * window_len, d.records_per_shard, d.compression)
@@ -184,48 +184,22 @@ def prepare_preference(cfg: Config, out: str) -> dict:
 
 
 def _manifest(cfg: Config, tokenizer, stats, dropped, packed, pairs: int) -> dict:
-    d = cfg.data
-    return {
-        "version": records.MANIFEST_VERSION,
-        "name": d.name,
-        "source": d.source,
-        "built_from": fingerprint.describe(cfg),
-        "format": d.format,
-        "train_on": "completion",
-        "tokenizer": _tokenizer_entry(d.tokenizer),
-        "seq_len": d.seq_len,
-        "window_len": 2 * (d.seq_len + 1),  # a record: the chosen window, then the rejected
-        "pair_window_len": d.seq_len + 1,
-        "pairs": pairs,  # pair numbers run 1..pairs over both splits
-        "packing": "document",
-        "loss_mask": True,
-        "compression": d.compression,
-        "vocabulary_size": int(getattr(tokenizer, "vocabulary_size", 0) or tokenizer.vocab_size()),
-        "records": records_section(stats, dropped),
-        "splits": {
-            split: {
-                "documents": info["pairs"],
-                "pairs_cut": info["cut"],
-                "tokens_trained": info["trained"],
-                "tokens_masked": info["masked"],
-                "records": sum(s["records"] for s in info["shards"]),
-                "shards": info["shards"],
-            }
-            for split, info in packed.items()
-        },
+    splits = {
+        split: example_manifest.split_entry(info, documents=info["pairs"], pairs_cut=info["cut"])
+        for split, info in packed.items()
     }
+    return example_manifest.build(
+        cfg, tokenizer, stats, dropped,
+        train_on="completion",
+        window_len=2 * (cfg.data.seq_len + 1),  # a record: the chosen window, then the rejected
+        pair_window_len=cfg.data.seq_len + 1,
+        pairs=pairs,  # pair numbers run 1..pairs over both splits
+        splits=splits,
+    )  # fmt: skip
 
 
 def _report(manifest: dict, seconds: float) -> None:
-    r = manifest["records"]
-    skipped = "".join(f", {k} {v}" for k, v in sorted(r["skipped"].items()))
-    too_long = r["dropped_too_long"]
-    logger.info(
-        f"records: {r['read']} read, {r['used']} used{skipped}"
-        + (f", {too_long} too long (data.truncate=drop)" if too_long else "")
-    )
-    for line in r["named"] + r["dropped_named"]:
-        logger.info(f"  skipped {line}")
+    example_manifest.report_records(manifest)
     for split, info in manifest["splits"].items():
         logger.info(
             f"{split}: {info['documents']} pairs, {info['pairs_cut']} cut to the window "

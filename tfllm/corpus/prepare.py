@@ -24,6 +24,7 @@ pipeline instead (beam.py), with the same output.
 from __future__ import annotations
 
 import collections
+import contextlib
 import functools
 import hashlib
 import heapq
@@ -31,6 +32,7 @@ import logging
 import os
 import posixpath
 import time
+from collections.abc import Callable, Iterator
 
 import tensorflow as tf
 
@@ -201,21 +203,30 @@ def prepare(cfg: Config, timings: dict | None = None) -> dict:
     `timings`, when given, receives the seconds of each phase (read: the sampling pass,
     tokenizer, pack: the streaming pass; pack_cpu: this process's CPU seconds in it).
     """
+    stream.refuse_in_worker_import()
     out = data_dir(cfg)
     kept = (
         f"the shards finished so far and the restart state in {out}/{resume.STATE_DIR} (run "
         "prepare again to continue)"
     )
-    with (
-        DirectoryLock(out, LOCK_NAME, "dataset", "prepare"),
-        resources.guarded("the dataset", out, kept, lambda: _remove_temporaries(out)),
-    ):
+    with building(out, kept, lambda: _remove_temporaries(out)):
         return _prepare(cfg, {} if timings is None else timings)
 
 
 def _remove_temporaries(out: str) -> None:
     resources.remove_temporaries(out, ["*.tmp"])
     resources.remove_temporaries(posixpath.join(out, resume.STATE_DIR), ["*.tmp"])
+
+
+@contextlib.contextmanager
+def building(out: str, kept: str, cleanup: Callable[[], object]) -> Iterator[None]:
+    """One writer per dataset (`<dataset>/prepare.lock`), and a full disk as one error line
+    naming what is `kept`, after `cleanup` removed the temporary files."""
+    with (
+        DirectoryLock(out, LOCK_NAME, "dataset", "prepare"),
+        resources.guarded("the dataset", out, kept, cleanup),
+    ):
+        yield
 
 
 def _prepare(cfg: Config, timings: dict) -> dict:

@@ -26,9 +26,9 @@ import numpy as np
 import tensorflow as tf
 
 from tfllm.config import Config
-from tfllm.corpus import sft
+from tfllm.corpus import example_manifest, sft
 from tfllm.corpus.sources import list_files
-from tfllm.data import fingerprint, records
+from tfllm.data import records
 from tfllm.data.layout import split_of
 from tfllm.errors import DataError
 from tfllm.tokenizers import chat
@@ -40,7 +40,7 @@ SPLITS = ("train", "val")
 _BATCH = 512  # examples tokenized per call of the in-graph tokenizer
 
 
-def _ends(tokenizer, fmt: str) -> tuple[list[int], list[int]]:
+def example_ends(tokenizer, fmt: str) -> tuple[list[int], list[int]]:
     """The ids before and after an example's own tokens (see the module docstring)."""
     if not hasattr(tokenizer, "eos_ids"):  # tfllm's own SentencePiece model
         return [EOS_ID], [EOS_ID]
@@ -99,10 +99,6 @@ class _Packer:
         return tokens, segments
 
 
-def _tokenizer_dir(path: str) -> str:
-    return path if tf.io.gfile.isdir(path) else posixpath.dirname(path)
-
-
 def prepare_sft(cfg: Config, out: str) -> dict:
     """Builds the dataset of `cfg.data` (an SFT format) in `out`; returns its manifest."""
     d, start = cfg.data, time.time()
@@ -112,8 +108,8 @@ def prepare_sft(cfg: Config, out: str) -> dict:
             "workdir's tokenizer.model, or the directory `tfllm.convert` imported)"
         )
     tokenizer = load_tokenizer(d.tokenizer)
-    template = chat.load_template(d.chat_template, _tokenizer_dir(d.tokenizer))
-    prefix, suffix = _ends(tokenizer, d.format)
+    template = chat.load_template(d.chat_template, example_manifest.tokenizer_dir(d.tokenizer))
+    prefix, suffix = example_ends(tokenizer, d.format)
     window_len = d.seq_len + 1
     stats = sft.RecordStats()
     counts = {s: dict.fromkeys(("examples", "trained", "masked", "cut"), 0) for s in SPLITS}
@@ -162,71 +158,20 @@ def prepare_sft(cfg: Config, out: str) -> dict:
 
 
 def _manifest(cfg: Config, tokenizer, stats, dropped, packed) -> dict:
-    d = cfg.data
-    return {
-        "version": records.MANIFEST_VERSION,
-        "name": d.name,
-        "source": d.source,
-        "format": d.format,
-        "train_on": d.train_on,
-        "tokenizer": _tokenizer_entry(d.tokenizer),
-        "seq_len": d.seq_len,
-        "window_len": d.seq_len + 1,
-        "packing": "document",
-        "loss_mask": True,
-        "compression": d.compression,
-        "built_from": fingerprint.describe(cfg),
-        "vocabulary_size": int(getattr(tokenizer, "vocabulary_size", 0) or tokenizer.vocab_size()),
-        "records": records_section(stats, dropped),
-        "splits": {
-            split: {
-                "documents": info["examples"],
-                "tokens_trained": info["trained"],
-                "tokens_masked": info["masked"],
-                "examples_cut": info["cut"],
-                "records": sum(s["records"] for s in info["shards"]),
-                "shards": info["shards"],
-            }
-            for split, info in packed.items()
-        },
+    splits = {
+        split: example_manifest.split_entry(
+            info, documents=info["examples"], examples_cut=info["cut"]
+        )
+        for split, info in packed.items()
     }
-
-
-def records_section(stats, dropped: list) -> dict:
-    """The manifest's account of the examples: read, used, skipped by reason (a few named),
-    dropped as longer than a window."""
-    return {
-        "read": stats.read,
-        "used": stats.used,
-        "skipped": dict(stats.skipped),
-        "named": stats.named,
-        "dropped_too_long": len(dropped),
-        "dropped_named": dropped[:5],
-    }
-
-
-def _tokenizer_entry(path: str) -> dict:
-    """The model's tokenizer file, by path and checksum (`prepare --verify` checks it)."""
-    if tf.io.gfile.isdir(path):
-        names = ("tokenizer.json", "tokenizer.model")
-        path = next((posixpath.join(path, n) for n in names if tf.io.gfile.exists(
-            posixpath.join(path, n))), path)  # fmt: skip
-    return {"file": path, "sha256": records.file_sha256(path)}
+    return example_manifest.build(
+        cfg, tokenizer, stats, dropped,
+        train_on=cfg.data.train_on, window_len=cfg.data.seq_len + 1, splits=splits,
+    )  # fmt: skip
 
 
 def _report(manifest: dict, seconds: float) -> None:
-    r = manifest["records"]
-    logger.info(
-        f"records: {r['read']} read, {r['used']} used"
-        + "".join(f", {k} {v}" for k, v in sorted(r["skipped"].items()))
-        + (
-            f", {r['dropped_too_long']} too long (data.truncate=drop)"
-            if r["dropped_too_long"]
-            else ""
-        )
-    )
-    for line in r["named"] + r["dropped_named"]:
-        logger.info(f"  skipped {line}")
+    example_manifest.report_records(manifest)
     for split, info in manifest["splits"].items():
         logger.info(
             f"{split}: {info['documents']} examples in {info['records']} windows; "

@@ -18,6 +18,7 @@ training and serving use (tested), and a worker stays about 60 MB. They are star
 from __future__ import annotations
 
 import collections
+import concurrent.futures
 import multiprocessing
 import os
 from collections.abc import Iterable, Iterator
@@ -27,7 +28,7 @@ import numpy as np
 
 from tfllm.corpus import dedup, filters
 from tfllm.corpus.clean import CleaningStats, clean_text, digest, split_long
-from tfllm.errors import ConfigError
+from tfllm.errors import ConfigError, DataError
 
 SNIPPET_CHARS = 300  # of a dropped document, kept for dropped-sample.jsonl
 
@@ -173,7 +174,8 @@ class Workers:
     Spawning them and importing their libraries takes about 0.2 s each, as long as tokenizing
     a few MB: prepare starts them before its sampling pass, and `start` gives them the
     settings once the tokenizer exists. Each worker takes exactly one `start` task: it waits
-    at a barrier until all have taken theirs.
+    at a barrier until all have taken theirs. A `ProcessPoolExecutor`, not a `Pool`: a worker
+    that dies breaks it with an error, where a `Pool` would start another forever.
     """
 
     def __init__(self, count: int):
@@ -181,13 +183,15 @@ class Workers:
         if count > 1:
             context = multiprocessing.get_context("spawn")
             barrier = context.Barrier(count)
-            self._pool = context.Pool(count, initializer=_keep, initargs=(barrier,))
+            self._pool = concurrent.futures.ProcessPoolExecutor(
+                count, mp_context=context, initializer=_keep, initargs=(barrier,)
+            )
 
     def start(self, settings: Settings) -> None:
         if self._pool is None:
             init(settings)
         else:
-            self._pool.map(_init_one, [settings] * self.count, chunksize=1)
+            self._wait(self._pool.map(_init_one, [settings] * self.count))
 
     def run(self, batches_in: Iterable[list]) -> Iterator[Batch]:
         """Yields process(batch) for each batch, in order; at most 2 x workers + 1 in flight."""
@@ -196,19 +200,40 @@ class Workers:
             return
         in_flight: collections.deque = collections.deque()
         for batch in batches_in:
-            in_flight.append(self._pool.apply_async(process, (batch,)))
+            in_flight.append(self._pool.submit(process, batch))
             if len(in_flight) > 2 * self.count:
-                yield in_flight.popleft().get()
+                yield self._wait([in_flight.popleft()])[0]
         while in_flight:
-            yield in_flight.popleft().get()
+            yield self._wait([in_flight.popleft()])[0]
+
+    def _wait(self, results) -> list:
+        """The results of `results` (futures or a map's iterator), or one error line when a
+        worker process died."""
+        try:
+            return [r.result() if isinstance(r, concurrent.futures.Future) else r for r in results]
+        except concurrent.futures.process.BrokenProcessPool:
+            raise DataError(
+                f"data.workers={self.count}: a worker process exited while starting or working. "
+                "A script that calls tfllm.prepare or tfllm.train must call it under "
+                '`if __name__ == "__main__":`: each worker imports the script again'
+            ) from None
 
     def __enter__(self) -> Workers:
         return self
 
     def __exit__(self, *_) -> None:
         if self._pool is not None:
-            self._pool.terminate()
-            self._pool.join()
+            self._pool.shutdown(wait=True, cancel_futures=True)
+
+
+def refuse_in_worker_import() -> None:
+    """Ends this process quietly when it is a prepare worker still importing the parent's main
+    script, and that script calls prepare at its top level: preparing again here would start
+    workers of its own, forever. The parent then names the cause (`Workers._wait`)."""
+    # `_inheriting` is the flag multiprocessing itself reads for this (spawn's
+    # `_check_not_importing_main`); it is set only while a spawned child imports __main__.
+    if getattr(multiprocessing.current_process(), "_inheriting", False):
+        raise SystemExit(1)
 
 
 def _keep(barrier) -> None:
