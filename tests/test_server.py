@@ -159,6 +159,31 @@ def test_echo_logprobs_are_the_models(run, client):
         assert max(top.values()) >= value - 1e-6 and len(top) <= 2
 
 
+def test_chat_logprobs_are_the_models(run, server, client):
+    """Chat `logprobs` + `top_logprobs`: each generated token's log-probability and its top
+    alternatives; greedy, so the token is its own first alternative, and the first one is the
+    model's own log-softmax after the rendered prompt."""
+    messages = [{"role": "user", "content": "def f():"}]
+    out = client.chat.completions.create(
+        model="run", messages=messages, max_tokens=4, temperature=0, logprobs=True, top_logprobs=2
+    )
+    content = out.choices[0].logprobs.content
+    assert 1 <= len(content) <= 4
+    for item in content:
+        assert len(item.top_logprobs) == 2 and item.logprob <= 0
+        assert abs(item.top_logprobs[0].logprob - item.logprob) < 1e-5
+        assert item.top_logprobs[0].token == item.token
+        assert item.bytes == list(item.token.encode())
+    prompt = server.post("/tokenize", {"model": "run", "messages": messages})["tokens"]
+    expected = tf.nn.log_softmax(run.model(tf.constant([prompt]))[0, -1]).numpy()
+    np.testing.assert_allclose(content[0].logprob, expected.max(), atol=1e-4)
+    plain = client.chat.completions.create(
+        model="run", messages=messages, max_tokens=4, temperature=0
+    )
+    assert plain.choices[0].logprobs is None
+    assert plain.choices[0].message.content == out.choices[0].message.content
+
+
 def test_errors_are_openai_errors(client):
     with pytest.raises(openai.BadRequestError) as bad:
         client.completions.create(model="run", prompt="x", temperature=-1)

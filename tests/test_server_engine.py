@@ -1,6 +1,7 @@
 """The scheduler and engine in-process, without HTTP: sequences of mixed lengths through fewer
 slots than sequences give `tfllm generate`'s tokens; the decode step is traced once per number
-of busy slots and cache window and prefill once per length bucket, all at warm-up."""
+of busy slots and cache window and the prefill once for every width, all at warm-up; an
+imported model's Hugging Face tokenizer encodes, decodes and names its EOS as its library does."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import asyncio
 import numpy as np
 import pytest
 import tiny_run
+from hf_tokenizer_files import write_tokenizer
 
 from tfllm.server.engine import Engine
 from tfllm.server.metrics import Metrics
@@ -49,11 +51,11 @@ def _serve(scheduler: Scheduler, codec: Codec, jobs: list[tuple[str, int]], **op
 def test_continuous_batching_traces_once_and_matches_generate(run):
     engine = Engine(run.model, slots=3, cache_len=SEQ)
     codec = Codec(run.tokenizer_path)
-    widths, sizes = engine.warm_up(codec.specials.start)
-    assert sizes == [1, 2, 3] and widths == [8, 16, 32, 64, 128]
+    sizes = engine.warm_up(codec.specials.start)
+    assert sizes == [1, 2, 3]
     warm = dict(engine.traces)
     assert engine.lengths == [32, 64, 96, 128]  # the decode step's cache windows
-    assert warm == {"step": len(sizes) * 4, "prefill": len(widths)}
+    assert warm == {"step": len(sizes) * 4, "prefill": 2}  # with and without echo
     scheduler = Scheduler(engine, codec, max_queue=16, metrics=Metrics())
     scheduler.start()
     try:
@@ -68,6 +70,22 @@ def test_continuous_batching_traces_once_and_matches_generate(run):
     assert engine.traces == warm  # serving traced nothing new
 
 
+def test_xla_step_reads_whole_rows_and_matches_generate(run):
+    """`--xla`: XLA has no kernel for the gather of a cache window out of a variable, so the
+    compiled step reads whole rows (one trace per row count, whatever the window)."""
+    engine = Engine(run.model, slots=1, cache_len=SEQ, jit_compile=True)
+    codec = Codec(run.tokenizer_path)
+    assert engine.warm_up(codec.specials.start) == [1]
+    assert engine.traces["step"] == 1
+    scheduler = Scheduler(engine, codec, max_queue=4, metrics=Metrics())
+    scheduler.start()
+    try:
+        texts, _ = _serve(scheduler, codec, [("def", 12)])
+    finally:
+        assert scheduler.close(30)
+    assert texts[0] == run.generator.generate(["def"], max_new_tokens=12)[0]
+
+
 def test_text_held_back_and_stops():
     assert held_back("abc\ufffd", []) == 1  # a character still missing bytes
     assert held_back("say END", ["ENDING"]) == 3  # may still become the stop string
@@ -77,16 +95,50 @@ def test_text_held_back_and_stops():
     assert find_stop("one two", ["one"], 5) == -1  # ended before the unsent text
 
 
-def test_prompts_of_one_bucket_prefill_together_as_alone(run):
-    """Several prompts in one prefill call write the same cache rows and first tokens as each
-    prompt prefilled alone, and share the bucket's one trace."""
+def test_prompts_prefill_together_as_alone(run):
+    """Several prompts of different lengths in one prefill call (left-padded to the longest)
+    write the same keys and values and first tokens as each prompt prefilled alone (unpadded),
+    through the one trace of the prefill."""
     codec = Codec(run.tokenizer_path)
-    prompts = [codec.encode(p) for p in ("def", "for i in", "x = 1", "import")]
+    prompts = [codec.encode(p) for p in ("def", "for i in range(3):", "x = 1", "import")]
     together, alone = Engine(run.model, 4, SEQ), Engine(run.model, 4, SEQ)
-    outs = together.prefill([3, 0, 2, 1], [(ids, GREEDY) for ids in prompts], 8, echo=False)
+    outs = together.prefill([3, 0, 2, 1], [(ids, GREEDY) for ids in prompts], echo=False)
+    width = max(len(ids) for ids in prompts)
     for slot, ids, out in zip([3, 0, 2, 1], prompts, outs, strict=True):
-        [own] = alone.prefill([slot], [(ids, GREEDY)], 8, echo=False)
-        assert int(own["token"]) == int(out["token"])
-    assert together.traces["prefill"] == 1
-    for (keys, _), (alone_keys, _) in zip(together.cache, alone.cache, strict=True):
-        np.testing.assert_allclose(keys.numpy(), alone_keys.numpy(), atol=1e-5)
+        [own] = alone.prefill([slot], [(ids, GREEDY)], echo=False)
+        assert int(own["token"]) == int(out["token"]) and out["width"] == width
+        np.testing.assert_allclose(own["logprob"], out["logprob"], atol=1e-5)
+        for (keys, _), (alone_keys, _) in zip(together.cache, alone.cache, strict=True):
+            # The prompt's columns: right-aligned at the padded width, at 0 when alone.
+            np.testing.assert_allclose(
+                keys[slot, :, width - len(ids) : width].numpy(),
+                alone_keys[slot, :, : len(ids)].numpy(),
+                atol=1e-5,
+            )
+    assert together.traces["prefill"] == alone.traces["prefill"] == 1
+
+
+@pytest.mark.parametrize(
+    "family, name, eos",
+    [("llama3", "tokenizer.json", "<|eot_id|>"), ("llama2", "tokenizer.model", "</s>")],
+)
+def test_imported_tokenizer_codec(tmp_path, family, name, eos):
+    """An imported model's Hugging Face tokenizer in the server: the ids of the `tokenizers`
+    (or `sentencepiece`) library with the model's BOS first, text back, and the EOS text that
+    /tokenizer_info reports (tokenizer_config.json's, as transformers reads it)."""
+    directory = write_tokenizer(tmp_path / family, family)
+    codec = Codec(str(directory / name))
+    text = "Hello world, it's 2024"
+    if family == "llama3":
+        from tokenizers import Tokenizer
+
+        expected = Tokenizer.from_file(str(directory / name)).encode(text).ids
+    else:
+        import sentencepiece as spm
+
+        processor = spm.SentencePieceProcessor(model_file=str(directory / name))
+        expected = [processor.bos_id(), *processor.encode(text)]
+    ids = codec.encode(text)
+    assert ids == expected and codec.specials.start == (expected[0],)
+    assert codec.decode(ids[1:]) == text
+    assert codec.eos_token == eos

@@ -4,23 +4,27 @@ decode step over every slot at once.
 The KV cache is one (keys, values) pair of (S, KV, C, K) variables per layer that stays on the
 device between calls: S sequence slots of C positions each. A slot holds its sequence as
 `tfllm generate` holds a batch of one (`tfllm.serve.generate.decode`): the prompt left-padded
-to its length bucket W in columns 0..W-1 (`start` padding columns), generated token j written
-at column W + j. Every row writes at its own column (`cache_index` (S,)) and reads its own
-positions and mask (`cache_start` (S,)), through the same `TransformerLM.call` that training
-and `tfllm generate` use, so a sequence's greedy tokens do not depend on the other slots. The
-sampling rules are `tfllm.serve.sampling`'s, keyed per row by (seed, step).
+to a width W in columns 0..W-1 (`start` padding columns), generated token j written at column
+W + j. Every row writes at its own column (`cache_index` (S,)) and reads its own positions and
+mask (`cache_start` (S,)), through the same `TransformerLM.call` that training and `tfllm
+generate` use, so a sequence's greedy tokens do not depend on the other slots. The sampling
+rules are `tfllm.serve.sampling`'s, keyed per row by (seed, step).
 
 The cache is a set of variables written in place (`CausalSelfAttention` writes into variables
 when given them): passed in and out of each call as tensors, the whole cache was copied at
 every step. The decode step runs over the first R slots, R a power of two covering the busy
 ones (the scheduler fills the lowest free slots), and reads only the first L columns of the
 cache, L the smallest of four windows (quarters of C) holding every busy row's columns: it is
-traced once per (R, L). Prefill takes all
-the admitted prompts of one length bucket (powers of two from 8, `tfllm.serve.generate.bucket`)
-in one call, whatever their number, and is traced once per bucket and per whether the
-prompt's log-probs are wanted. `traces` counts both, for the tests.
+traced once per (R, L). The step samples in the graph and hands back only the token ids unless
+a row asks for log-probs. Prefill takes a group of admitted prompts in one call, left-padded to
+the longest of them (a padding column costs what a prompt token costs), and is traced once for
+every width and row count, once per whether the prompts' log-probs are wanted. `traces` counts
+both, for the tests.
 
-Shape letters: S slots, C cache length, W prompt bucket, V vocabulary_size, K top log-probs.
+Both run as TensorFlow graphs without XLA on the CPU: XLA's CPU dots measured 2-4x slower than
+oneDNN's at these shapes (docs/server.md, "Measured").
+
+Shape letters: S slots, C cache length, W prompt width, V vocabulary_size, K top log-probs.
 """
 
 from __future__ import annotations
@@ -50,6 +54,7 @@ class Engine:
 
     def __init__(self, model: TransformerLM, slots: int, cache_len: int, jit_compile: bool = False):
         self.model, self.slots, self.cache_len = model, slots, cache_len
+        self.jit_compile = jit_compile
         self.traces = {"prefill": 0, "step": 0}
         # Variables, written in place by the attention layers: a tensor cache passed in and
         # out of each call was copied whole at every step (100 MB on the small config).
@@ -57,7 +62,7 @@ class Engine:
             (tf.Variable(k, trainable=False), tf.Variable(v, trainable=False))
             for k, v in model.empty_cache(slots, cache_len)
         )
-        self._prefills = {}  # (width, echo) -> the traced prefill of that bucket
+        self._prefills = {echo: self._prefill_function(echo) for echo in (False, True)}
         self.lengths = sorted({-(-cache_len * quarter // 4) for quarter in range(1, 5)})
         self._step = tf.function(self._step_fn, jit_compile=jit_compile)
 
@@ -78,17 +83,17 @@ class Engine:
 
     def _window_arg(self, columns: int) -> int | None:
         """The step's `cache_length`: None for the whole cache, which is read as whole rows
-        (one copy each; gathering every column one by one measured slower)."""
+        (one copy each; gathering every column one by one measured slower). Under XLA always
+        None: XLA has no kernel for the gather of a window out of a variable."""
         length = self.window(columns)
-        return None if length == self.cache_len else length
+        return None if length == self.cache_len or self.jit_compile else length
 
-    def warm_up(self, ids: tuple[int, ...]) -> tuple[list[int], list[int]]:
-        """Traces prefill for every power-of-two width and the decode step for every number of
-        busy rows and every cache window (`lengths`); returns the widths and row counts."""
+    def warm_up(self, ids: tuple[int, ...]) -> list[int]:
+        """Traces the prefill (with and without the prompt's log-probs) and the decode step for
+        every number of busy rows and every cache window (`lengths`); returns the row counts."""
         knobs = {"temperature": 0.0, "top_k": 0, "top_p": 1.0, "seed": 0}
-        widths = sorted({bucket(n, self.cache_len) for n in range(1, self.cache_len + 1)})
-        for width in widths:
-            self.prefill([0], [(list(ids)[:width], knobs)], width, echo=False)
+        for echo in (False, True):
+            self.prefill([0], [(list(ids) * 2, knobs)], echo=echo)
         sizes = sorted({self.busy_rows(slot) for slot in range(self.slots)})
         for size in sizes:
             rows = {name: np.zeros(size, np.int32) for name in ("token", "index", "start")}
@@ -96,32 +101,34 @@ class Engine:
             rows.update({"top_p": np.ones(size), "seed": np.zeros(size), "step": np.zeros(size)})
             for length in self.lengths:
                 rows["index"][0] = length - 1
-                self.step(rows, want_top=False)
-        return widths, sizes
+                self.step(rows, want_logprobs=False)
+        return sizes
 
     def width(self, length: int, max_tokens: int) -> int:
-        """The prefill bucket of a prompt of `length` ids, as `tfllm generate` picks it."""
+        """The length bucket of a prompt of `length` ids (powers of two from 8, as `tfllm
+        generate` rounds a prompt): the prompts admitted together that share one are prefilled
+        in one call."""
         return bucket(length, self.cache_len - max_tokens)
 
     def prefill(
-        self, slots: list[int], sequences: list[tuple[list[int], dict]], width: int, echo: bool
+        self, slots: list[int], sequences: list[tuple[list[int], dict]], echo: bool
     ) -> list[dict]:
-        """Writes several prompts of one length bucket into their `slots` in one call and
-        samples each one's first token, so admitting many requests costs about one prefill.
+        """Writes several prompts into their `slots` in one call and samples each one's first
+        token, so admitting many requests costs about one prefill. The prompts are left-padded
+        to the longest of them only: a padding column costs as much as a prompt token.
 
         `sequences`: (ids, knobs) pairs, knobs the temperature, top_k, top_p, seed of the
-        sequence. Returns one dict of numpy values per sequence: token, logprob (of the
-        token), top (values, ids) (K,), and with `echo` the prompt's own log-probs
-        (len(ids) - 1,) (token i + 1 given 0..i) and their top (len(ids) - 1, K).
+        sequence. Returns one dict of numpy values per sequence: width (the padded width: the
+        column of the first generated token), token, logprob (of the token), top (values, ids)
+        (K,), and with `echo` the prompt's own log-probs (len(ids) - 1,) (token i + 1 given
+        0..i) and their top (len(ids) - 1, K).
         """
+        width = max(len(ids) for ids, _ in sequences)
         starts = [width - len(ids) for ids, _ in sequences]
         padded = np.zeros((len(sequences), width), np.int32)
         for row, ((ids, _), start) in enumerate(zip(sequences, starts, strict=True)):
             padded[row, start:] = ids
-        key = (width, echo)
-        if key not in self._prefills:
-            self._prefills[key] = self._prefill_function(width, echo)
-        outputs = self._prefills[key](
+        outputs = self._prefills[echo](
             tf.constant(padded),
             tf.constant(starts, tf.int32),
             tf.constant(slots, tf.int32),
@@ -131,17 +138,18 @@ class Engine:
         results = []
         for row, start in enumerate(starts):
             result = tf.nest.map_structure(lambda a, row=row: a[row], outputs)
+            result["width"] = width
             if echo:  # the padding columns hold no prompt token
                 result["prompt_logprobs"] = result["prompt_logprobs"][start:]
                 result["prompt_top"] = tuple(t[start:] for t in result["prompt_top"])
             results.append(result)
         return results
 
-    def _prefill_function(self, width: int, echo: bool):
-        """The prefill of one bucket, traced once for any number of rows: the row count is
-        left open (the graph runs without XLA), so a group of 1 or 16 prompts shares it."""
+    def _prefill_function(self, echo: bool):
+        """The prefill, traced once for any number of rows and any width: the graph runs
+        without XLA, so its shapes may stay open."""
         rows = tf.TensorSpec([None], tf.int32)
-        signature = [tf.TensorSpec([None, width], tf.int32), rows, rows]
+        signature = [tf.TensorSpec([None, None], tf.int32), rows, rows]
         signature += [tf.TensorSpec([None], dtype) for dtype in (tf.float32, tf.int32)]
         signature += [tf.TensorSpec([None], dtype) for dtype in (tf.float32, tf.int64)]
 
@@ -154,9 +162,10 @@ class Engine:
         self.traces["prefill"] += 1
         batch, width = tf.shape(ids)[0], tf.shape(ids)[1]
         positions = tf.maximum(tf.range(width)[None, :] - start[:, None], 0)  # (B, W)
-        # A cache as long as the slots' (as `tfllm generate` decodes): attention over the
-        # same number of columns gives the same sums, so the same greedy tokens.
-        own = self.model.empty_cache(batch, self.cache_len)
+        # A cache of the prompt's own W columns, copied into the slots' first W columns: the
+        # slots' later columns hold an older sequence's keys, which the decode step's mask
+        # hides until this sequence writes them.
+        own = self.model.empty_cache(batch, width)
         logits, own = self.model(
             ids, positions=positions, cache=own, cache_index=0, cache_start=start
         )
@@ -165,10 +174,18 @@ class Engine:
         token = sampling.next_token(
             last, temperature, top_k, top_p, seed, tf.zeros([batch], tf.int32), sample
         )
-        rows = slots[:, None]
+        shape = tf.stack([batch, self.model.kv_heads, width])
+        columns = tf.stack(
+            [
+                tf.broadcast_to(slots[:, None, None], shape),
+                tf.broadcast_to(tf.range(self.model.kv_heads)[None, :, None], shape),
+                tf.broadcast_to(tf.range(width)[None, None, :], shape),
+            ],
+            axis=-1,
+        )  # (B, KV, W, 3)
         for (keys, values), (own_keys, own_values) in zip(self.cache, own, strict=True):
-            keys.scatter_nd_update(rows, own_keys)
-            values.scatter_nd_update(rows, own_values)
+            keys.scatter_nd_update(columns, own_keys)
+            values.scatter_nd_update(columns, own_values)
         logprobs = tf.nn.log_softmax(last)
         out = {
             "token": token,
@@ -181,11 +198,12 @@ class Engine:
             out["prompt_top"] = _top(every)
         return out
 
-    def step(self, rows: dict, want_top: bool) -> dict:
+    def step(self, rows: dict, want_logprobs: bool) -> dict:
         """One token for each of the first R slots. `rows` holds (R,) numpy arrays: token (the
         last one of each sequence), index (its cache column), start, temperature, top_k, top_p,
-        seed, step (how many tokens the sequence has generated). Returns numpy token (R,),
-        logprob (R,) and top (values, ids) (R, K) (zeros unless `want_top`)."""
+        seed, step (how many tokens the sequence has generated). Returns numpy token (R,), and
+        with `want_logprobs` logprob (R,) and top (values, ids) (R, K): the log-softmax over
+        the vocabulary is only computed for a step whose rows need it."""
         outputs = self._step(
             tf.constant(rows["token"], tf.int32),
             tf.constant(rows["index"], tf.int32),
@@ -195,12 +213,15 @@ class Engine:
             tf.constant(rows["top_p"], tf.float32),
             tf.constant(rows["seed"], tf.int64),
             tf.constant(rows["step"], tf.int32),
-            tf.constant(want_top),
+            tf.constant(want_logprobs),
             self._window_arg(int(rows["index"].max()) + 1),
         )
-        return {key: tf.nest.map_structure(lambda t: t.numpy(), v) for key, v in outputs.items()}
+        out = {key: tf.nest.map_structure(lambda t: t.numpy(), v) for key, v in outputs.items()}
+        if not want_logprobs:
+            del out["logprob"], out["top"]
+        return out
 
-    def _step_fn(self, token, index, start, temperature, top_k, top_p, seed, step, top, length):
+    def _step_fn(self, token, index, start, temperature, top_k, top_p, seed, step, want, length):
         self.traces["step"] += 1
         logits, _ = self.model(
             token[:, None],
@@ -214,17 +235,18 @@ class Engine:
         chosen = sampling.next_token(
             logits, temperature, top_k, top_p, seed, step, tf.reduce_any(temperature > 0.0)
         )
-        logprobs = tf.nn.log_softmax(logits)
         size = tf.shape(token)[0]
-        empty = (
-            tf.zeros([size, TOP_LOGPROBS], tf.float32),
-            tf.zeros([size, TOP_LOGPROBS], tf.int32),
-        )
-        return {
-            "token": chosen,
-            "logprob": tf.gather(logprobs, chosen, batch_dims=1),
-            "top": tf.cond(top, lambda: _top(logprobs), lambda: empty),
-        }
+
+        def scored():
+            logprobs = tf.nn.log_softmax(logits)
+            return tf.gather(logprobs, chosen, batch_dims=1), _top(logprobs)
+
+        def unscored():
+            shape = [size, TOP_LOGPROBS]
+            return tf.zeros([size]), (tf.zeros(shape), tf.zeros(shape, tf.int32))
+
+        logprob, top = tf.cond(want, scored, unscored)
+        return {"token": chosen, "logprob": logprob, "top": top}
 
 
 def _row_knobs(sequences: list[dict]):

@@ -69,11 +69,10 @@ def build(workdir: str | None, export: str | None, options: ServerOptions) -> St
     megabytes = 2 * layers * options.slots * kv_heads * cache_len * head_dim * 4 / 2**20
     logger.info("KV cache: %d slots x %d positions, %.1f MB", options.slots, cache_len, megabytes)
     started = time.perf_counter()
-    widths, sizes = engine.warm_up(codec.specials.start or (0,))
+    sizes = engine.warm_up(codec.specials.start or (0,))
     logger.info(
-        "traced the decode step for %s busy slots and prefill widths %s in %.1f s",
+        "traced the prefill and the decode step for %s busy slots in %.1f s",
         sizes,
-        widths,
         time.perf_counter() - started,
     )
     metrics = Metrics()

@@ -140,16 +140,17 @@ class Scheduler:
     def _admit(self, free: list[int], admitted: list[Sequence]) -> None:
         """Prefills the admitted sequences into the free slots: one call per length bucket
         (and per whether the prompt's log-probs are wanted), so that 16 requests arriving at
-        once wait for about one prefill, not 16 in turn."""
+        once wait for about one prefill each, not 16 in turn; the shortest prompts first, so
+        that their first tokens come out soonest."""
         groups: dict[tuple[int, bool], list[tuple[int, Sequence]]] = {}
         for slot, sequence in zip(free, admitted, strict=False):
             if not sequence.cancelled:
                 width = self.engine.width(len(sequence.ids), sequence.max_tokens)
                 groups.setdefault((width, sequence.echo), []).append((slot, sequence))
-        for (width, echo), group in groups.items():
+        for (_, echo), group in sorted(groups.items()):
             slots = [slot for slot, _ in group]
             try:
-                outs = self.engine.prefill(slots, [(s.ids, s.knobs) for _, s in group], width, echo)
+                outs = self.engine.prefill(slots, [(s.ids, s.knobs) for _, s in group], echo)
             except Exception as err:  # a bad request must not stop the loop
                 ids = ", ".join(s.request_id for _, s in group)
                 logger.exception("prefill failed (requests %s)", ids)
@@ -157,16 +158,16 @@ class Scheduler:
                     sequence.post("error", sequence.choice, f"prefill failed: {err}")
                 continue
             for (slot, sequence), out in zip(group, outs, strict=True):
-                self._start(slot, sequence, width, out)
+                self._start(slot, sequence, out)
 
-    def _start(self, slot: int, sequence: Sequence, width: int, out: dict) -> None:
+    def _start(self, slot: int, sequence: Sequence, out: dict) -> None:
         """Puts a prefilled sequence in its slot's rows and takes its first token."""
         if sequence.echo:
             sequence.post("prompt", sequence.choice, out["prompt_logprobs"], out["prompt_top"])
         self.running[slot] = sequence
         rows = self.rows
-        rows["index"][slot] = width  # the first generated token's column
-        rows["start"][slot] = width - len(sequence.ids)
+        rows["index"][slot] = out["width"]  # the first generated token's column
+        rows["start"][slot] = out["width"] - len(sequence.ids)
         rows["step"][slot] = 1
         for knob in ("temperature", "top_k", "top_p", "seed"):
             rows[knob][slot] = sequence.knobs[knob]
@@ -176,10 +177,10 @@ class Scheduler:
         self._advance(slot, int(out["token"]), float(out["logprob"]), out["top"])
 
     def _step(self) -> None:
-        want_top = any(s.logprobs for s in self.running.values())
+        want = any(s.logprobs is not None for s in self.running.values())
         size = self.engine.busy_rows(max(self.running))
         try:
-            out = self.engine.step({k: row[:size] for k, row in self.rows.items()}, want_top)
+            out = self.engine.step({k: row[:size] for k, row in self.rows.items()}, want)
         except Exception as err:
             ids = ", ".join(s.request_id for s in self.running.values())
             logger.exception("decode step failed (requests %s)", ids)
@@ -191,8 +192,11 @@ class Scheduler:
         for slot in list(self.running):
             rows["index"][slot] += 1
             rows["step"][slot] += 1
-            top = (out["top"][0][slot], out["top"][1][slot])
-            self._advance(slot, int(out["token"][slot]), float(out["logprob"][slot]), top)
+            logprob, top = 0.0, None
+            if want:
+                logprob = float(out["logprob"][slot])
+                top = (out["top"][0][slot], out["top"][1][slot])
+            self._advance(slot, int(out["token"][slot]), logprob, top)
 
     def _advance(self, slot: int, token: int, logprob: float, top) -> None:
         """Takes the sequence's next token: sends what text is safe, finishes when done."""

@@ -14,6 +14,9 @@ still become one of the request's stop strings.
 
 from __future__ import annotations
 
+import json
+import posixpath
+
 import tensorflow as tf
 
 from tfllm.errors import TfllmError
@@ -40,7 +43,7 @@ class Codec:
             self._decode = lambda ids: (
                 detokenize(tf.constant(ids, tf.int32)).numpy()[0].decode("utf-8", "replace")
             )
-            self.eos_token = ""
+            self.eos_token = _eos_token(tokenizer_path, graph, self.specials.stop)
         else:
             import sentencepiece as spm
 
@@ -59,6 +62,25 @@ class Codec:
 
     def decode(self, ids: list[int]) -> str:
         return self._decode(list(ids)) if ids else ""
+
+
+def _eos_token(tokenizer_path: str, graph, stop: tuple[int, ...]) -> str:
+    """A Hugging Face tokenizer's EOS text as transformers' `tokenizer.eos_token` gives it:
+    tokenizer_config.json's `eos_token`, else the text of the model's first stop id."""
+    directory = (
+        tokenizer_path if tf.io.gfile.isdir(tokenizer_path) else posixpath.dirname(tokenizer_path)
+    )
+    config_path = posixpath.join(directory, "tokenizer_config.json")
+    if tf.io.gfile.exists(config_path):
+        with tf.io.gfile.GFile(config_path) as f:
+            value = json.load(f).get("eos_token")
+        value = value.get("content") if isinstance(value, dict) else value
+        if isinstance(value, str):
+            return value
+    if not stop:
+        return ""
+    text = graph.detokenize(tf.constant([[stop[0]]]), skip_special_tokens=False)
+    return text.numpy()[0].decode("utf-8", "replace")
 
 
 def held_back(text: str, stops: list[str]) -> int:
