@@ -107,6 +107,10 @@ def test_two_workers_equal_one_device(task, lora_rank):
     )
     print(f"DPO {'LoRA' if lora_rank else 'full'}, 2 workers vs one device: max |diff| {diff:.3g}")
     assert diff <= TOLERANCE
+    # The chief alone writes events: one file per directory, each scalar once.
+    for split in ("train", "val"):
+        assert len(list((workdir / split).glob("events.*"))) == 1, split
+    assert len(list(workdir.glob("events.*"))) == 1  # the hyperparameters
     one, two = tensorboard(single.workdir), tensorboard(str(workdir))
     assert set(METRICS) <= set(two)
     assert two["loss"][1] == pytest.approx(math.log(2), abs=1e-5)  # policy == reference
