@@ -246,3 +246,22 @@ def test_bad_input_is_one_line_naming_file_line_or_signature(run, tmp_path, caps
     (tmp_path / "t.jsonl").write_text('{"q": "a", "c": ["x", "y"], "g": 0}\n')
     assert run_main("eval", ["--export", str(partial.parent), "--tasks", task]) == 2
     assert "no 'logits' signature" in capsys.readouterr().err
+
+
+@pytest.mark.slow  # an eval command
+def test_a_perplexity_beyond_float_range_is_inf_not_a_crash(run, tmp_path):
+    """One long "word" of rare bytes: its word perplexity exceeds float64 (exp(nll) with nll
+    in the thousands). The run still writes its JSON and scalars, the perplexity as inf."""
+    text = "".join(chr(0x4E00 + (i * 7919) % 20000) for i in range(400))
+    task = write_task(tmp_path, "oneword", [{"text": text}], output_type="loglikelihood_rolling",
+                      doc_to_target="text")  # fmt: skip
+    out = tmp_path / "out"
+    assert (
+        run_main("eval", ["--workdir", run.workdir, "--tasks", task, "--output_dir", str(out)]) == 0
+    )
+    rows = json.loads((out / "results-step-0.json").read_text())["results"]
+    values = {r["metric"]: r["value"] for r in rows}
+    assert values["word_perplexity"] == float("inf") and 0 < values["bits_per_byte"] < 100
+    events = tf.compat.v1.train.summary_iterator(str(next(out.glob("events*"))))
+    scalars = {v.tag: tf.make_ndarray(v.tensor) for e in events for v in e.summary.value}
+    assert np.isinf(scalars["oneword/word_perplexity"])

@@ -212,6 +212,33 @@ def test_policy_equal_to_reference_gives_the_known_loss(task, loss, expected):
     assert (batch[1] != IGNORE).numpy().sum(-1).min() >= 1  # every sequence has a target
 
 
+def test_reference_table_is_written_by_the_chief_only(task, tmp_path):
+    """A multi-worker job's workers each compute the table; only the chief writes it (two
+    writers renaming one temporary file race), and every worker gets the same table."""
+    from tfllm.runs.finetune import identity
+    from tfllm.training import reference
+
+    root, base = task
+    cfg = preference_config(root, base, root / "pairs.jsonl", "data.name=pairs")
+    manifest = prepare.ensure_prepared(cfg)
+    directory = str(tmp_path / "dataset")  # the table's home; the shards stay where they are
+    for name in os.listdir(layout.data_dir(cfg)):
+        os.makedirs(directory, exist_ok=True)
+        os.symlink(f"{layout.data_dir(cfg)}/{name}", f"{directory}/{name}")
+    trained = load_trained(base)
+    train_cfg = TrainConfig(global_batch_size=16)
+    worker = reference.ensure(
+        trained.model, directory, manifest, identity(trained), train_cfg, chief=False
+    )
+    assert glob.glob(f"{directory}/reference-logps-*") == []
+    chief = reference.ensure(trained.model, directory, manifest, identity(trained), train_cfg)
+    (written,) = glob.glob(f"{directory}/reference-logps-*")  # no temporary file left
+    np.testing.assert_array_equal(worker, chief)
+    stored = json.loads(pathlib.Path(written).read_text())["logps"]
+    np.testing.assert_array_equal(np.asarray(stored, np.float32), chief)
+    assert (chief[1:] < 0).all() and manifest["pairs"] + 1 == len(chief)
+
+
 def reader_shards(cfg, manifest):
     from tfllm.training.reference import _shards
 

@@ -2,8 +2,9 @@
 Llama models (tests/golden/make_dpo_golden.py wrote the numbers). The same directories are
 rebuilt, imported with `tfllm.convert`, and the batch goes through tfllm's own path: pair
 records serialized as prepare writes them, decoded by the training reader, scored by the DPO
-objective. Per-pair log-probabilities, each variant's loss and rewards, and the gradients of
-the loss with respect to four named weights must match within 1e-4. Also: distillation's loss
+objective. Per-pair log-probabilities, each variant's loss (two also with the SFT term) and
+rewards, and the gradients of the loss with respect to four named weights must match within
+1e-4. Also: distillation's loss
 equals a NumPy computation of the same temperature-scaled KL."""
 
 from __future__ import annotations
@@ -75,6 +76,7 @@ def test_loss_rewards_and_gradients_match(models, variant):
         dpo_loss=golden["loss"],
         dpo_beta=golden["beta"],
         dpo_label_smoothing=golden["label_smoothing"],
+        dpo_sft_weight=golden["sft_weight"],
     )
     batch = golden_batch()
     reference, _ = dpo.sequence_logps(models["reference"], *batch, training=False)

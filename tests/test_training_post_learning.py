@@ -1,20 +1,31 @@
-"""Post-training learns what it should, on the synthetic task of tests/preference_task.py.
+"""Post-training learns what it should, on synthetic tasks where the answer is known.
 
-DPO: a base trained on "pick y x = y|n" lines (the answer at random) prefers neither answer.
-Trained with DPO on pairs that prefer the rule's answer (y when x is among a..e), for letter
-pairs that leave out a held-out set of 20 (of 90 ordered) combinations, it must follow the rule
-on the held-out combinations: preference accuracy (the policy's log-probability of the chosen
-answer above the rejected one's) from at most 0.65 before (a base with no preference: about
-0.5) to at least 0.8 after (measured 0.55 -> 0.85 at 100 steps). The greedy answer's agreement
-with the rule is measured and printed, not asserted: on this 2-layer, 32-wide base DPO lowers
-the rejected answer faster than it raises the chosen one and the freed probability goes to a
-third token, so greedy decoding leaves the format (measured 0.55 -> 0.0 at learning rate 1e-2,
-0.55 -> 0.45 at 3e-3 with beta 0.5).
+DPO (tests/preference_task.py): a base trained on "pick y x = y|n" lines (the answer at random)
+prefers neither answer. Trained with DPO on pairs that prefer the rule's answer (y when x is
+among a..e), for letter pairs that leave out a held-out set of 20 (of 90 ordered) combinations,
+it must follow the rule on the held-out combinations: preference accuracy (the policy's
+log-probability of the chosen answer above the rejected one's) from at most 0.65 before (a base
+with no preference: about 0.5) to at least 0.8 after, and the greedy answer must agree with the
+rule on at least 0.8 of them and 0.3 more than before (measured 0.45 -> 1.00 for both).
 
-Distillation has no learning test yet: on this task (answers drawn at random) the 300-step
-base is no better a teacher than a 60-step student is alone (measured: distilled 1.068, alone
-0.855, teacher 0.903 held-out bits per byte), so a fair test needs a task where the teacher
-knows more than the data shows. Its loss is checked against NumPy in test_training_dpo_golden.
+The run adds the SFT term (`dpo_sft_weight` 1, RPO). Without it DPO alone reached accuracy 1.0
+while greedy agreement fell to 0.0, at every setting tried (sigmoid with beta 0.1 to 5 and
+learning rates 1e-3 to 1e-2, ipo with beta 0.25): the probability of both answers fell and the
+greedy token became " " or "=" (likelihood displacement, Razin et al. 2024). This task is its
+worst case by construction: the base learned "y" and "n" as interchangeable, so their output
+embeddings are nearly equal (cosine 0.97 in the base), and separating them moves the last hidden
+state (of fixed norm after the final RMSNorm) away from the direction both answers share. The
+SFT term keeps the chosen answer's likelihood up while DPO separates the pair.
+
+Distillation (tests/distill_task.py): a teacher trained 300 steps by `tfllm.train` on 6,000
+lines of a 52-letter Markov chain; two 1-layer students trained 200 steps with the same seed
+and data, 50 other lines of the chain (about 30 successors of each letter): one with the teacher
+(alpha 0.9, T 1), one on the data alone. Held-out bits per byte, by tfllm's eval on 200 other
+lines: the distilled student must beat the one alone by at least 0.3 (10 runs, medians: distilled
+5.14, alone 6.21, teacher 4.77, the chain's entropy rate 4.24; the margin 0.50 to 1.80). The
+student alone memorizes its 50 lines (training loss below the chain's entropy rate) and gets
+worse on new ones; the teacher's distribution at every token tells the distilled one what the
+lines do not.
 """
 
 from __future__ import annotations
@@ -23,12 +34,16 @@ import itertools
 import json
 import random
 
+import distill_task
 import numpy as np
 import pytest
 import tensorflow as tf
 from preference_task import LETTERS, pair_of, prompt, rule, trained_base
 
 import tfllm
+from tfllm.config import load_config
+from tfllm.eval.engine import model_engine
+from tfllm.eval.run import evaluate, load_tasks
 from tfllm.runs.trained import load_trained
 from tfllm.tokenizers.tokenizer import load_tokenizer
 
@@ -95,6 +110,7 @@ def test_dpo_learns_the_preference(base):
         steps=100,
         learning_rate=1e-2,
         beta=0.5,
+        dpo_sft_weight=1.0,
         global_batch_size=16,
         seq_len=16,
         steps_per_loop=20,
@@ -111,3 +127,48 @@ def test_dpo_learns_the_preference(base):
     )
     assert accuracy_before <= 0.65
     assert accuracy_after >= 0.8
+    assert greedy_after >= 0.8 and greedy_after >= greedy_before + 0.3
+
+
+def held_out_bits_per_byte(workdir: str, task: str) -> float:
+    trained = load_trained(workdir)
+    rows = evaluate(model_engine(trained.model, trained.tokenizer_path), load_tasks(task))
+    return next(row["value"] for row in rows if row["metric"] == "bits_per_byte")
+
+
+def test_distilled_student_beats_the_same_student_on_data_alone(tmp_path):
+    task = distill_task.write_task(tmp_path)
+    teacher = distill_task.teacher_config(tmp_path, steps=300)
+    tfllm.train(teacher)
+    lines = distill_task.lines(distill_task.STUDENT_LINES, seed=2)
+    data = distill_task.write_jsonl(tmp_path / "student.jsonl", lines)
+    distilled = tfllm.distill(
+        teacher.runtime.workdir,
+        distill_task.student_config(),
+        data=data,
+        workdir=str(tmp_path / "distilled"),
+        alpha=0.9,
+        temperature=1.0,
+        **distill_task.STUDENT_RUN,
+    )
+    # The same run without the teacher: same config, seed, data and steps.
+    alone = load_config(
+        [f"{distilled.workdir}/config.yaml"],
+        ["train.distill_from=", f"runtime.workdir={tmp_path / 'alone'}"],
+    )
+    tfllm.train(alone)
+    bpb = {
+        name: held_out_bits_per_byte(workdir, task)
+        for name, workdir in [
+            ("teacher", teacher.runtime.workdir),
+            ("distilled", distilled.workdir),
+            ("alone", alone.runtime.workdir),
+        ]
+    }
+    print(
+        "held-out bits per byte: "
+        + ", ".join(f"{name} {value:.3f}" for name, value in bpb.items())
+        + f"; the chain's entropy rate {distill_task.entropy_bits_per_byte():.3f}"
+    )
+    assert bpb["teacher"] < bpb["alone"]  # the precondition: the teacher knows more
+    assert bpb["distilled"] <= bpb["alone"] - 0.3

@@ -110,9 +110,10 @@ def _show_logs() -> None:
 def dpo(model, data: str, workdir: str = "", beta: float = 0.1, loss: str = "sigmoid", **options):
     """Preference-tunes `model` (a `TrainedModel` or a workdir) with DPO on the file(s) `data`
     of prompt/chosen/rejected pairs (TRL's text or conversational shape) into a new `workdir`.
-    `loss`: sigmoid, ipo, hinge or robust (`dpo_label_smoothing`); the reference is `model`
-    itself (with `lora_rank` > 0 its base under the adapters). Other keywords are config keys
-    (`steps`, `learning_rate`, `global_batch_size`, ...). Returns a run like `tfllm.finetune`'s.
+    `loss`: sigmoid, ipo, hinge or robust (`dpo_label_smoothing`), plus an SFT term on the
+    chosen answers with `dpo_sft_weight` > 0; the reference is `model` itself (with
+    `lora_rank` > 0 its base under the adapters). Other keywords are config keys (`steps`,
+    `learning_rate`, `global_batch_size`, ...). Returns a run like `tfllm.finetune`'s.
     See docs/post-training.md."""
     from tfllm.corpus.prepare import prepare as build_data
     from tfllm.training.post_training import dpo as run

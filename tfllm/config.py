@@ -199,6 +199,9 @@ class TrainConfig:
     dpo_loss: str = "sigmoid"  # sigmoid | ipo | hinge | robust
     # DPO's label smoothing e (sigmoid: conservative DPO; robust: the noise rate, below 0.5)
     dpo_label_smoothing: float = field(default=0.0, metadata={"range": "[0, 0.5)"})
+    # weight of an SFT term added to every DPO variant: the chosen completion's negative
+    # log-likelihood per token (RPO; TRL's loss_type [sigmoid, sft]); 0: off
+    dpo_sft_weight: float = field(default=0.0, metadata={"range": "[0, inf)"})
     # Knowledge distillation: the teacher (a workdir, a Hugging Face directory or a keras-hub
     # preset directory); empty: off
     distill_from: str = ""

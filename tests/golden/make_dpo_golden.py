@@ -11,6 +11,10 @@ one concatenated batch [chosen; rejected]; sigmoid `-logsigmoid(b d)`, with labe
 the conservative form TRL used before 1.0 (`-(1-e) logsigmoid(b d) - e logsigmoid(-b d)`);
 hinge `relu(1 - b d)`; ipo `(d_avg - 1/(2b))^2` with log-ratios averaged over each completion's
 tokens; robust `(-(1-e) logsigmoid(b d) + e logsigmoid(-b d)) / (1 - 2e)`; rewards b (pi - ref).
+The SFT term (RPO, tfllm's `train.dpo_sft_weight` w) adds w times each pair's chosen negative
+log-likelihood per token; TRL's `sft` loss type averages over all of the batch's chosen tokens
+instead, which is the same number when the chosen completions are equally long (here they are
+not, so the golden value is tfllm's per-pair mean, written in PyTorch).
 TRL's own trainer needs a dataset and accelerate around that code, so the formulas are
 restated here line for line rather than imported.
 
@@ -38,12 +42,14 @@ PAIRS = [
     ([1, 33], [44, 45, 46, 47, 48, 2], [90, 91, 92, 2]),
 ]
 WINDOW = 12
-VARIANTS = {  # name -> (loss, beta, label smoothing)
-    "sigmoid": ("sigmoid", 0.1, 0.0),
-    "sigmoid_smoothed": ("sigmoid", 0.1, 0.2),
-    "ipo": ("ipo", 0.1, 0.0),
-    "hinge": ("hinge", 0.1, 0.0),
-    "robust": ("robust", 0.1, 0.2),
+VARIANTS = {  # name -> (loss, beta, label smoothing, SFT weight)
+    "sigmoid": ("sigmoid", 0.1, 0.0, 0.0),
+    "sigmoid_smoothed": ("sigmoid", 0.1, 0.2, 0.0),
+    "ipo": ("ipo", 0.1, 0.0, 0.0),
+    "hinge": ("hinge", 0.1, 0.0, 0.0),
+    "robust": ("robust", 0.1, 0.2, 0.0),
+    "sigmoid_sft": ("sigmoid", 0.1, 0.0, 1.0),
+    "ipo_sft": ("ipo", 0.1, 0.0, 0.5),
 }
 WEIGHTS = [
     "model.norm.weight",
@@ -73,7 +79,7 @@ def logps(model, ids, attention, completion) -> torch.Tensor:
     return (per_token * completion[:, 1:]).sum(-1)
 
 
-def loss_of(kind, beta, e, pi, ref, completion) -> tuple[torch.Tensor, torch.Tensor]:
+def loss_of(kind, beta, e, sft, pi, ref, completion) -> tuple[torch.Tensor, torch.Tensor]:
     n = len(PAIRS)
     ratios = pi - ref
     d = ratios[:n] - ratios[n:]
@@ -87,6 +93,7 @@ def loss_of(kind, beta, e, pi, ref, completion) -> tuple[torch.Tensor, torch.Ten
         per = (averaged[:n] - averaged[n:] - 1 / (2 * beta)) ** 2
     else:  # robust
         per = (-(1 - e) * F.logsigmoid(beta * d) + e * F.logsigmoid(-beta * d)) / (1 - 2 * e)
+    per = per + sft * -pi[:n] / completion[:n].sum(-1).clamp(min=1.0)
     return per.mean(), beta * ratios.detach()
 
 
@@ -117,10 +124,10 @@ def main() -> None:
         "variants": {},
     }
     n = len(PAIRS)
-    for name, (kind, beta, e) in VARIANTS.items():
+    for name, (kind, beta, e, sft) in VARIANTS.items():
         policy.zero_grad()
         pi = logps(policy, ids, attention, completion)
-        loss, rewards = loss_of(kind, beta, e, pi, ref, completion[:, 1:].float())
+        loss, rewards = loss_of(kind, beta, e, sft, pi, ref, completion[:, 1:].float())
         loss.backward()
         pi = pi.detach()
         golden["policy_logps"] = [[float(pi[i]), float(pi[n + i])] for i in range(n)]
@@ -129,6 +136,7 @@ def main() -> None:
             "loss": kind,
             "beta": beta,
             "label_smoothing": e,
+            "sft_weight": sft,
             "value": float(loss),
             "rewards": [[float(rewards[i]), float(rewards[n + i])] for i in range(n)],
             "grads": {w: _short(params[w].grad.tolist()) for w in WEIGHTS},

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import posixpath
 import time
 
@@ -172,6 +173,9 @@ def free_name(output_dir: str, name: str) -> str:
     return candidate
 
 
+_FLOAT32_MAX = 3.4028234663852886e38
+
+
 def write_results(rows: list[dict], meta: dict, output_dir: str, name: str) -> str:
     tf.io.gfile.makedirs(output_dir)
     path = posixpath.join(output_dir, free_name(output_dir, name))
@@ -182,7 +186,9 @@ def write_results(rows: list[dict], meta: dict, output_dir: str, name: str) -> s
     writer = tf.summary.create_file_writer(output_dir)
     with writer.as_default():
         for row in rows:
-            tf.summary.scalar(f"{row['task']}/{row['metric']}", row["value"], step=meta["step"])
+            # TensorBoard stores float32: a perplexity beyond its range is inf there.
+            value = row["value"] if abs(row["value"]) <= _FLOAT32_MAX else math.inf
+            tf.summary.scalar(f"{row['task']}/{row['metric']}", value, step=meta["step"])
     writer.close()
     return path
 

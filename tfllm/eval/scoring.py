@@ -120,7 +120,7 @@ def _loglikelihood(engine: Engine, task: Task, docs: list[dict]) -> dict:
     ]
     results = engine.loglikelihood(requests, task.name)
     values = _per_example({"acc": [float(greedy) for _, greedy in results]})
-    values["perplexity"] = (math.exp(-float(np.mean([ll for ll, _ in results]))), None)
+    values["perplexity"] = (_exp(-float(np.mean([ll for ll, _ in results]))), None)
     return values
 
 
@@ -134,10 +134,15 @@ def _rolling(engine: Engine, task: Task, docs: list[dict]) -> dict:
     tokens = sum(n for _, n in results)
     return {
         "bits_per_byte": (nll / utf8 / math.log(2), None),
-        "byte_perplexity": (math.exp(nll / utf8), None),
-        "word_perplexity": (math.exp(nll / words), None),
-        "token_perplexity": (math.exp(nll / max(tokens, 1)), None),
+        "byte_perplexity": (_exp(nll / utf8), None),
+        "word_perplexity": (_exp(nll / words), None),
+        "token_perplexity": (_exp(nll / max(tokens, 1)), None),
     }
+
+
+def _exp(x: float) -> float:
+    """A perplexity: inf past float64's range (a text of one long "word" can get there)."""
+    return math.exp(x) if x < 709.0 else math.inf
 
 
 def _generate(engine: Engine, task: Task, docs: list[dict]) -> dict:

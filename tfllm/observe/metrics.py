@@ -100,8 +100,12 @@ class Reporter:
         tokens_per_step: int,
         flops_per_token: dict[str, float],
         peak: Peak,
+        write_events: bool = True,
     ):
         self.workdir = workdir
+        # Under MultiWorker only the chief writes events: the others' would be the same
+        # scalars again, in the chief's directories.
+        self.write_events = write_events
         self.total_steps = total_steps
         self.tokens_per_step = tokens_per_step
         self.flops_per_token = flops_per_token
@@ -109,6 +113,8 @@ class Reporter:
         self.progress = Progress("step", total_steps, unit="tok", logger=logger)
         self.writers = {
             split: tf.summary.create_file_writer(posixpath.join(workdir, split))
+            if write_events
+            else tf.summary.create_noop_writer()
             for split in ("train", "val")
         }
         self.first_call: tuple[int, float] | None = None  # (steps, seconds) with compilation
@@ -157,6 +163,8 @@ class Reporter:
         table = "| constant | value |\n|---|---|\n" + "\n".join(f"| {k} | {v} |" for k, v in rows)
         self.text("train", step, "run/constants", table)
         hparams = {**flat_hparams(cfg), **constants}
+        if not self.write_events:
+            return
         with tf.summary.create_file_writer(self.workdir).as_default(step=step):
             hp.hparams_config(
                 hparams=[hp.HParam(name) for name in hparams],

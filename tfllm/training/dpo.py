@@ -10,6 +10,12 @@ model's, and
     hinge    relu(1 - b d)
     robust   (-(1 - e) log sigmoid(b d) + e log sigmoid(-b d)) / (1 - 2 e)
 
+With `train.dpo_sft_weight` w > 0 each pair's loss adds w times the chosen completion's negative
+log-likelihood per token, -pi(y_c) / |y_c| (RPO, Pang et al. 2024; TRL's loss_type
+["sigmoid", "sft"] with loss_weights [1, w], whose sft term is a mean over the batch's chosen
+tokens: the same number when chosen completions are equally long). It keeps the chosen answer's
+probability from falling while DPO pushes the pair apart.
+
 The loss is the mean over the global batch's pairs. Logged as TRL logs them: rewards/chosen
 and rewards/rejected (b (pi - ref), summed log-probabilities), rewards/margins (their
 difference), rewards/accuracies (the share of pairs whose chosen reward is the larger),
@@ -53,9 +59,17 @@ def sequence_logps(model, inputs, targets, segment_ids, training: bool):
     return tf.stack([sums[:pairs], sums[pairs:]], 1), tf.stack([counts[:pairs], counts[pairs:]], 1)
 
 
-def losses(policy, reference, counts, loss: str, beta: float, smoothing: float):
+def losses(policy, reference, counts, loss: str, beta: float, smoothing: float, sft: float = 0.0):
     """Per-pair losses (B,) from (B, 2) policy and reference log-probability sums (chosen,
     rejected) and completion token counts, by the formulas in the module docstring."""
+    per_pair = preference_losses(policy, reference, counts, loss, beta, smoothing)
+    if sft:
+        per_pair += sft * -policy[:, 0] / tf.maximum(counts[:, 0], 1.0)
+    return per_pair
+
+
+def preference_losses(policy, reference, counts, loss: str, beta: float, smoothing: float):
+    """The variant's per-pair loss (B,), without the SFT term."""
     ratios = policy - reference  # (B, 2)
     if loss == "ipo":
         averaged = ratios / tf.maximum(counts, 1.0)
@@ -93,6 +107,7 @@ class DPO:
         self.loss = train_cfg.dpo_loss
         self.beta = train_cfg.dpo_beta
         self.smoothing = train_cfg.dpo_label_smoothing
+        self.sft = train_cfg.dpo_sft_weight
 
     def count(self, batch) -> tf.Tensor:
         return tf.cast(tf.shape(batch[0])[0], tf.float32)
@@ -108,5 +123,5 @@ class DPO:
     def loss_sum(self, model, batch, training: bool):
         policy, counts = sequence_logps(model, *batch[:3], training=training)
         reference = self.reference(model, batch)
-        per_pair = losses(policy, reference, counts, self.loss, self.beta, self.smoothing)
+        per_pair = losses(policy, reference, counts, self.loss, self.beta, self.smoothing, self.sft)
         return tf.reduce_sum(per_pair), metric_sums(policy, reference, self.beta)

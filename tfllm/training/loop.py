@@ -169,8 +169,9 @@ class _Run:
         flops_per_token = flops.flops_per_token(cfg.model, cfg.data.seq_len)
         peak = flops.find_peak(cfg.runtime.peak_flops, cfg.train.precision, replicas)
         self.reporter = Reporter(
-            cfg.runtime.workdir, cfg.train.steps, tokens_per_step, flops_per_token, peak
-        )
+            cfg.runtime.workdir, cfg.train.steps, tokens_per_step, flops_per_token, peak,
+            write_events=strategy.extended.should_checkpoint,
+        )  # fmt: skip
         if cfg.train.objective == "dpo":
             self.reporter.loss_tag = "loss"  # TRL's name; a DPO loss is no cross-entropy
         self.reporter.run_config(step, cfg, self.model.count_params())

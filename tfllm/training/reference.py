@@ -7,6 +7,11 @@ shards, so a run from another starting model or on rebuilt data never reads a st
 It holds one row [chosen, rejected] per pair number (row 0 unused): the reader looks each
 batch's rows up by the number its records carry (`tfllm.data.pairs`). A resumed run finds the
 file and skips the pass; so does a second run from the same model on the same data.
+
+Under MultiWorkerMirroredStrategy every worker computes the same table from the same weights and
+shards (no worker waits on a file another may never write), and only the chief writes it.
+Two runs that compute it at once (two jobs on one dataset) each write a temporary file of their
+own and rename it into place: the table is the same, and whichever rename lands last stays.
 """
 
 from __future__ import annotations
@@ -14,7 +19,9 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import posixpath
+import socket
 import time
 
 import numpy as np
@@ -61,9 +68,20 @@ def compute(model, directory: str, manifest: dict, batch_size: int, jit: bool) -
     return table
 
 
-def ensure(model, directory: str, manifest: dict, identity: dict, train_cfg) -> np.ndarray:
-    """The stored table for this reference and dataset, computing and storing it when missing.
-    Call it while `model` holds the reference weights (before a checkpoint is restored)."""
+def _write(path: str, document: dict) -> None:
+    """`path` through a temporary file named for this process, then a rename over any copy."""
+    temporary = f"{path}.tmp-{socket.gethostname()}-{os.getpid()}"
+    with tf.io.gfile.GFile(temporary, "w") as f:
+        f.write(json.dumps(document))
+    tf.io.gfile.rename(temporary, path, overwrite=True)
+
+
+def ensure(
+    model, directory: str, manifest: dict, identity: dict, train_cfg, chief: bool = True
+) -> np.ndarray:
+    """The stored table for this reference and dataset, computing it when missing and storing
+    it when `chief` (the one writer of a multi-worker job). Call it while `model` holds the
+    reference weights (before a checkpoint is restored)."""
     path = path_of(directory, identity, manifest)
     if tf.io.gfile.exists(path):
         with tf.io.gfile.GFile(path) as f:
@@ -79,7 +97,9 @@ def ensure(model, directory: str, manifest: dict, identity: dict, train_cfg) -> 
         "pairs": manifest["pairs"],
         "logps": table.tolist(),
     }
-    records.write_atomically(path, json.dumps(document))
+    if not chief:
+        return table
+    _write(path, document)
     logger.info(
         "DPO reference log-probabilities of %d pairs in %.1fs: %s",
         manifest["pairs"],

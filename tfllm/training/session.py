@@ -90,7 +90,9 @@ def start(cfg: Config, strategy, build_data=None) -> Session:
     if t.objective == "dpo" and not t.lora_rank:  # while the model holds the reference weights
         from tfllm.training import reference
 
-        reference_logps = reference.ensure(model, directory, manifest, base, t)
+        reference_logps = reference.ensure(
+            model, directory, manifest, base, t, chief=strategy.extended.should_checkpoint
+        )
     teacher = None
     if t.distill_from:
         from tfllm.training.distill import load_teacher
