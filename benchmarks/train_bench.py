@@ -213,13 +213,27 @@ def case(rounds: int, quick: bool) -> dict:
 
 def paired_case(rounds: int, quick: bool) -> dict:
     """tfllm, keras-hub `fit` (timed per step) and PyTorch eager in one process at the GPT
-    small shape (tiny with --quick), timed alternately chunk by chunk."""
+    small shape (tiny with --quick), timed alternately chunk by chunk; MFU of each against the
+    best XLA round of the matmul probe, run in its own process just before."""
     size = "tiny" if quick else "small"
     shape, steps = shapes.gpt(size), (QUICK_STEPS if quick else STEPS)[size]
+    peak = run_worker("benchmarks.peak_bench", [str(2 if quick else 3)])
+    best = (peak.get("xla_gflops") or {}).get("max")
     names = ["tfllm", "keras-hub-fit"] + (["torch-eager"] if has_torch() else [])
     builders = {name: lambda name=name: CONTENDERS[name](shape, steps) for name in names}
     figures = paired_training(builders, "tfllm", rounds, steps, shapes.tokens_per_step(shape))
-    return {"figures": {f"{size} {name}": row for name, row in figures.items()}}
+    per_token = flops_per_token(shape)
+    for name in names:
+        rate = figures[name]["tokens/s"]["median"]
+        figures[name]["MFU %"] = 100 * rate * per_token / (best * 1e9) if rate and best else None
+    notes = []
+    if best:
+        notes.append(f"MFU against the best XLA matmul round, {best:.1f} GFLOP/s (PaLM FLOPs).")
+    return {
+        "figures": {f"{size} {name}": row for name, row in figures.items()},
+        "notes": notes,
+        "peak": peak,
+    }
 
 
 def per_round_ratio(results: dict, peers: list[str]) -> list[float]:
