@@ -9,9 +9,11 @@ import asyncio
 
 import numpy as np
 import pytest
+import tensorflow as tf
 import tiny_run
 from hf_tokenizer_files import write_tokenizer
 
+from tfllm.model.attention import MATMUL_ROWS, attend, attend_one_query
 from tfllm.server.engine import Engine
 from tfllm.server.metrics import Metrics
 from tfllm.server.scheduler import Scheduler, Sequence
@@ -116,6 +118,26 @@ def test_prompts_prefill_together_as_alone(run):
                 atol=1e-5,
             )
     assert together.traces["prefill"] == alone.traces["prefill"] == 1
+
+
+@pytest.mark.parametrize("kv_heads", [4, 2], ids=["heads", "grouped"])
+@pytest.mark.parametrize("rows", [1, MATMUL_ROWS, 16])
+def test_one_query_attention_both_ways(rows, kv_heads):
+    """The decode step's attention, as multiplies and sums (few rows) or batched matmuls (many
+    rows), equals the last query row of full attention, with grouped queries too and rows
+    that start with padding columns."""
+    rng = np.random.default_rng(rows)
+    heads, width, size = 4, 24, 8
+    query = tf.constant(rng.normal(size=(rows, heads, width, size)), tf.float32)
+    key, value = (
+        tf.constant(rng.normal(size=(rows, kv_heads, width, size)), tf.float32) for _ in range(2)
+    )
+    mask = np.broadcast_to(np.tril(np.ones((width, width), bool)), (rows, width, width)).copy()
+    mask[::2, :, :3] = False  # every other row starts with 3 padding columns
+    repeat = heads // kv_heads
+    full = attend(query, tf.repeat(key, repeat, 1), tf.repeat(value, repeat, 1), mask).numpy()
+    last = tf.function(attend_one_query)(query[:, :, -1:], key, value, mask[:, -1:]).numpy()
+    np.testing.assert_allclose(last[:, :, 0], full[:, :, -1], rtol=0, atol=1e-5)
 
 
 @pytest.mark.parametrize(
