@@ -50,7 +50,11 @@ def _serve(scheduler: Scheduler, codec: Codec, jobs: list[tuple[str, int]], **op
     return asyncio.run(main())
 
 
-def test_continuous_batching_traces_once_and_matches_generate(run):
+@pytest.mark.parametrize("prefill_chunk", [0, 6], ids=["whole", "chunked"])
+def test_continuous_batching_traces_once_and_matches_generate(run, prefill_chunk):
+    """Seven sequences through three slots; with `prefill_chunk` 6 the prompts longer than 6
+    ids are prefilled over several iterations (with decode steps of the running sequences in
+    between) and the shorter ones a few per iteration."""
     engine = Engine(run.model, slots=3, cache_len=SEQ)
     codec = Codec(run.tokenizer_path)
     sizes = engine.warm_up(codec.specials.start)
@@ -58,7 +62,9 @@ def test_continuous_batching_traces_once_and_matches_generate(run):
     warm = dict(engine.traces)
     assert engine.lengths == [32, 64, 96, 128]  # the decode step's cache windows
     assert warm == {"step": len(sizes) * 4, "prefill": 2}  # with and without echo
-    scheduler = Scheduler(engine, codec, max_queue=16, metrics=Metrics())
+    scheduler = Scheduler(
+        engine, codec, max_queue=16, metrics=Metrics(), prefill_chunk=prefill_chunk
+    )
     scheduler.start()
     try:
         jobs = [("def", 20), ("import os\n" * 3, 5), ("", 12), ("class A:\n    x = 1\n", 30),
@@ -118,6 +124,25 @@ def test_prompts_prefill_together_as_alone(run):
                 atol=1e-5,
             )
     assert together.traces["prefill"] == alone.traces["prefill"] == 1
+
+
+def test_prompt_prefilled_in_chunks_as_whole(run):
+    """A prompt prefilled in chunks of 7 ids, each attending to the columns the earlier ones
+    wrote into its slot, gives the keys, values and first token of one prefill of the whole
+    prompt, through the same trace."""
+    codec = Codec(run.tokenizer_path)
+    ids = codec.encode("class A:\n    x = 1\n    def f(self):\n        return self.x + 2\n")
+    assert len(ids) > 3 * 7
+    whole, chunked = Engine(run.model, 3, SEQ), Engine(run.model, 3, SEQ)
+    [expected] = whole.prefill([1], [(ids, GREEDY)], echo=False)
+    for done in range(0, len(ids), 7):
+        [out] = chunked.prefill([1], [(ids[done : done + 7], GREEDY)], echo=False, offset=done)
+    assert int(out["token"]) == int(expected["token"]) and out["width"] == len(ids)
+    np.testing.assert_allclose(out["logprob"], expected["logprob"], atol=1e-5)
+    for pair, chunked_pair in zip(whole.cache, chunked.cache, strict=True):
+        for tensor, chunked_tensor in zip(pair, chunked_pair, strict=True):
+            np.testing.assert_allclose(tensor.numpy(), chunked_tensor.numpy(), atol=1e-5)
+    assert chunked.traces["prefill"] == 1
 
 
 @pytest.mark.parametrize("kv_heads", [4, 2], ids=["heads", "grouped"])
