@@ -23,6 +23,7 @@ pytest.importorskip("fastapi")
 
 SEQ = 128
 SLOTS, QUEUE = 8, 16
+CHUNK = 8  # --prefill_chunk: the longer prompts admitted while others run go in chunks
 PROMPTS = [
     "def",
     "import os\n",
@@ -44,6 +45,7 @@ def run(tmp_path_factory):
 def server(run, tmp_path_factory):
     log = str(tmp_path_factory.mktemp("server") / "server.log")
     argv = ["--workdir", run.workdir, "--slots", str(SLOTS), "--max_queue", str(QUEUE)]
+    argv += ["--prefill_chunk", str(CHUNK)]
     started = Server(*argv, log_path=log)
     yield started
     assert started.stop() == 0, started.log
@@ -73,7 +75,9 @@ def test_greedy_completion_equals_generate(run, client):
 
 def test_sixteen_concurrent_mixed_lengths_equal_generate(run, server, client):
     """Continuous batching must not change results: 16 requests of mixed prompt and output
-    lengths at once, through 8 slots, each equal to `tfllm generate` on its prompt alone."""
+    lengths at once, through 8 slots, each equal to `tfllm generate` on its prompt alone; the
+    prompts longer than the prefill chunk that take a slot freed while others run are
+    prefilled in chunks."""
     jobs = [(PROMPTS[i % len(PROMPTS)], 4 + (5 * i) % 29) for i in range(16)]
     expected = [_generate(run, prompt, n) for prompt, n in jobs]
 

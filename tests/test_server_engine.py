@@ -52,10 +52,17 @@ def _serve(scheduler: Scheduler, codec: Codec, jobs: list[tuple[str, int]], **op
 
 @pytest.mark.parametrize("prefill_chunk", [0, 6], ids=["whole", "chunked"])
 def test_continuous_batching_traces_once_and_matches_generate(run, prefill_chunk):
-    """Seven sequences through three slots; with `prefill_chunk` 6 the prompts longer than 6
-    ids are prefilled over several iterations (with decode steps of the running sequences in
-    between) and the shorter ones a few per iteration."""
+    """Seven sequences through three slots; with `prefill_chunk` 6, once the running sequences
+    are at least as many as the waiting ones, a prompt longer than 6 ids is prefilled over
+    several iterations (decode steps of the running sequences in between)."""
     engine = Engine(run.model, slots=3, cache_len=SEQ)
+    offsets, prefill = [], engine.prefill
+
+    def recorded(slots, sequences, echo, offset=0):
+        offsets.append(offset)
+        return prefill(slots, sequences, echo, offset)
+
+    engine.prefill = recorded
     codec = Codec(run.tokenizer_path)
     sizes = engine.warm_up(codec.specials.start)
     assert sizes == [1, 2, 3]
@@ -76,6 +83,7 @@ def test_continuous_batching_traces_once_and_matches_generate(run, prefill_chunk
         assert text == run.generator.generate([prompt], max_new_tokens=n)[0], prompt
     assert set(reasons) <= {"stop", "length"}
     assert engine.traces == warm  # serving traced nothing new
+    assert (max(offsets) > 0) == bool(prefill_chunk)  # a prompt continued in a later chunk
 
 
 def test_xla_step_reads_whole_rows_and_matches_generate(run):

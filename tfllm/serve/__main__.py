@@ -1,7 +1,7 @@
 """`python -m tfllm.serve`: an OpenAI-compatible HTTP server with continuous batching.
 
     python -m tfllm.serve --workdir DIR | --export PATH [--host 127.0.0.1] [--port 8000]
-        [--slots 16] [--cache_len N] [--prefill_chunk 512] [--max_queue 64] [--name NAME]
+        [--slots 16] [--cache_len N] [--prefill_chunk 256] [--max_queue 64] [--name NAME]
         [--shutdown_timeout 30] [--xla] [--verbose | --quiet] [--log_format json]
 
 Serves the newest usable checkpoint of a workdir (a LoRA run merged) or an export (a version
@@ -27,7 +27,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--prefill_chunk",
         type=int,
-        default=512,
+        default=256,
         help="prompt tokens prefilled between two decode steps (0: every admitted prompt)",
     )
     parser.add_argument("--max_queue", type=int, default=64, help="waiting sequences, then 429")

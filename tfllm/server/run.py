@@ -35,7 +35,7 @@ class ServerOptions:
     port: int = 8000
     slots: int = 16  # sequences decoded together; the KV cache holds this many rows
     cache_len: int = 0  # positions per slot (prompt + completion); 0: max_sequence_length
-    prefill_chunk: int = 512  # prompt tokens prefilled between two decode steps; 0: no limit
+    prefill_chunk: int = 256  # prompt tokens prefilled between two decode steps; 0: no limit
     max_queue: int = 64  # sequences waiting for a slot before requests get 429
     name: str = ""  # the model id of the API; default: the workdir's or export's name
     shutdown_timeout: float = 30.0  # seconds in-flight requests get after SIGTERM

@@ -159,8 +159,14 @@ class Scheduler:
         per length bucket (and per whether the prompt's log-probs are wanted), so that 16
         requests arriving at once wait for about one prefill each, not 16 in turn; the
         shortest prompts first, so that their first tokens come out soonest. What does not fit
-        waits for the next iteration, after a decode step of the running sequences."""
-        chunk, spent = self.prefill_chunk, 0
+        waits for the next iteration, after a decode step of the running sequences.
+
+        The limit holds while at least as many sequences run as wait for their prefill: a
+        burst of requests arriving at an idle server is prefilled at once (the few running
+        sequences wait, the many new ones get their first tokens soonest)."""
+        waiting = len(self.admitted) + len(self.partial)
+        chunk = self.prefill_chunk if len(self.running) >= waiting else 0
+        spent = 0
         for slot, (sequence, done) in list(self.partial.items()):
             if chunk and spent >= chunk:
                 return
