@@ -147,11 +147,25 @@ class Scheduler:
                 self.admitted += [(slot, self.waiting.popleft()) for slot in free if self.waiting]
             if self.admitted or self.partial:
                 self._prefill()
+                if self._prefill_first():
+                    continue
             for slot, sequence in list(self.running.items()):
                 if sequence.cancelled:
                     self._retire(slot, None)
             if self.running:
                 self._step()
+
+    def _prefill_first(self) -> bool:
+        """Whether to admit and prefill again before the next decode step: sequences arrived
+        during the prefill, slots are free for them, and the sequences waiting for their
+        prefill outnumber the running ones (a burst at an idle server, whose first requests
+        were prefilled as the rest arrived: a decode step of the few running sequences would
+        delay many first tokens)."""
+        with self._condition:
+            arrived = len(self.waiting)
+        taken = len(self.running) + len(self.partial) + len(self.admitted)
+        waiting = arrived + len(self.partial) + len(self.admitted)
+        return arrived > 0 and taken < self.engine.slots and waiting > len(self.running)
 
     def _prefill(self) -> None:
         """At most `prefill_chunk` prompt tokens (padding included; at least one call): first
