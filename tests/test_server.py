@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 import tiny_run
+from commands import run_subprocess
 from server_process import Server
 
 openai = pytest.importorskip("openai")
@@ -188,6 +189,13 @@ def test_chat_logprobs_are_the_models(run, server, client):
     )
     assert plain.choices[0].logprobs is None
     assert plain.choices[0].message.content == out.choices[0].message.content
+
+
+@pytest.mark.slow
+def test_bad_prefill_chunk_is_one_line_error(run):
+    out = run_subprocess("serve", "--workdir", run.workdir, "--prefill_chunk", "-1", timeout=300)
+    assert out.returncode == 2, out.stderr[-2000:]
+    assert "error: --prefill_chunk must be at least 0, got -1" in out.stderr
 
 
 def test_errors_are_openai_errors(client):
