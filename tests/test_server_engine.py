@@ -16,7 +16,8 @@ from hf_tokenizer_files import write_tokenizer
 from tfllm.model.attention import MATMUL_ROWS, attend, attend_one_query
 from tfllm.server.engine import Engine
 from tfllm.server.metrics import Metrics
-from tfllm.server.scheduler import Scheduler, Sequence
+from tfllm.server.scheduler import Scheduler
+from tfllm.server.sequence import Sequence
 from tfllm.server.text import Codec, find_stop, held_back
 
 SEQ = 128
