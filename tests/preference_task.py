@@ -108,6 +108,14 @@ def random_base(root: pathlib.Path, name: str = "base", seed: int = 0) -> str:
     return str(workdir)
 
 
+def random_task(root: pathlib.Path) -> tuple[pathlib.Path, str]:
+    """(root, base): a random base model and 120 preference pairs in `root/pairs.jsonl`, the
+    shared starting point of the DPO tests."""
+    base = random_base(root)
+    write_pairs(root / "pairs.jsonl", 120, seed=1)
+    return root, base
+
+
 def trained_base(root: pathlib.Path, name: str = "trained", steps: int = 300) -> str:
     """A base trained on the corpus: it writes the format, with no preference between the
     two letters."""

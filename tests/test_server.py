@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 import tiny_run
+from commands import run_subprocess
 from server_process import Server
 
 openai = pytest.importorskip("openai")
@@ -23,6 +24,7 @@ pytest.importorskip("fastapi")
 
 SEQ = 128
 SLOTS, QUEUE = 8, 16
+CHUNK = 8  # --prefill_chunk: the longer prompts admitted while others run go in chunks
 PROMPTS = [
     "def",
     "import os\n",
@@ -44,6 +46,7 @@ def run(tmp_path_factory):
 def server(run, tmp_path_factory):
     log = str(tmp_path_factory.mktemp("server") / "server.log")
     argv = ["--workdir", run.workdir, "--slots", str(SLOTS), "--max_queue", str(QUEUE)]
+    argv += ["--prefill_chunk", str(CHUNK)]
     started = Server(*argv, log_path=log)
     yield started
     assert started.stop() == 0, started.log
@@ -73,7 +76,9 @@ def test_greedy_completion_equals_generate(run, client):
 
 def test_sixteen_concurrent_mixed_lengths_equal_generate(run, server, client):
     """Continuous batching must not change results: 16 requests of mixed prompt and output
-    lengths at once, through 8 slots, each equal to `tfllm generate` on its prompt alone."""
+    lengths at once, through 8 slots, each equal to `tfllm generate` on its prompt alone; the
+    prompts longer than the prefill chunk that take a slot freed while others run are
+    prefilled in chunks."""
     jobs = [(PROMPTS[i % len(PROMPTS)], 4 + (5 * i) % 29) for i in range(16)]
     expected = [_generate(run, prompt, n) for prompt, n in jobs]
 
@@ -184,6 +189,13 @@ def test_chat_logprobs_are_the_models(run, server, client):
     )
     assert plain.choices[0].logprobs is None
     assert plain.choices[0].message.content == out.choices[0].message.content
+
+
+@pytest.mark.slow
+def test_bad_prefill_chunk_is_one_line_error(run):
+    out = run_subprocess("serve", "--workdir", run.workdir, "--prefill_chunk", "-1", timeout=300)
+    assert out.returncode == 2, out.stderr[-2000:]
+    assert "error: --prefill_chunk must be at least 0, got -1" in out.stderr
 
 
 def test_errors_are_openai_errors(client):

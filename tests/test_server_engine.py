@@ -9,12 +9,15 @@ import asyncio
 
 import numpy as np
 import pytest
+import tensorflow as tf
 import tiny_run
 from hf_tokenizer_files import write_tokenizer
 
+from tfllm.model.attention import MATMUL_ROWS, attend, attend_one_query
 from tfllm.server.engine import Engine
 from tfllm.server.metrics import Metrics
-from tfllm.server.scheduler import Scheduler, Sequence
+from tfllm.server.scheduler import Scheduler
+from tfllm.server.sequence import Sequence
 from tfllm.server.text import Codec, find_stop, held_back
 
 SEQ = 128
@@ -48,15 +51,28 @@ def _serve(scheduler: Scheduler, codec: Codec, jobs: list[tuple[str, int]], **op
     return asyncio.run(main())
 
 
-def test_continuous_batching_traces_once_and_matches_generate(run):
+@pytest.mark.parametrize("prefill_chunk", [0, 6], ids=["whole", "chunked"])
+def test_continuous_batching_traces_once_and_matches_generate(run, prefill_chunk):
+    """Seven sequences through three slots; with `prefill_chunk` 6, once the running sequences
+    are at least as many as the waiting ones, a prompt longer than 6 ids is prefilled over
+    several iterations (decode steps of the running sequences in between)."""
     engine = Engine(run.model, slots=3, cache_len=SEQ)
+    offsets, prefill = [], engine.prefill
+
+    def recorded(slots, sequences, echo, offset=0):
+        offsets.append(offset)
+        return prefill(slots, sequences, echo, offset)
+
+    engine.prefill = recorded
     codec = Codec(run.tokenizer_path)
     sizes = engine.warm_up(codec.specials.start)
     assert sizes == [1, 2, 3]
     warm = dict(engine.traces)
     assert engine.lengths == [32, 64, 96, 128]  # the decode step's cache windows
     assert warm == {"step": len(sizes) * 4, "prefill": 2}  # with and without echo
-    scheduler = Scheduler(engine, codec, max_queue=16, metrics=Metrics())
+    scheduler = Scheduler(
+        engine, codec, max_queue=16, metrics=Metrics(), prefill_chunk=prefill_chunk
+    )
     scheduler.start()
     try:
         jobs = [("def", 20), ("import os\n" * 3, 5), ("", 12), ("class A:\n    x = 1\n", 30),
@@ -68,6 +84,7 @@ def test_continuous_batching_traces_once_and_matches_generate(run):
         assert text == run.generator.generate([prompt], max_new_tokens=n)[0], prompt
     assert set(reasons) <= {"stop", "length"}
     assert engine.traces == warm  # serving traced nothing new
+    assert (max(offsets) > 0) == bool(prefill_chunk)  # a prompt continued in a later chunk
 
 
 def test_xla_step_reads_whole_rows_and_matches_generate(run):
@@ -116,6 +133,45 @@ def test_prompts_prefill_together_as_alone(run):
                 atol=1e-5,
             )
     assert together.traces["prefill"] == alone.traces["prefill"] == 1
+
+
+def test_prompt_prefilled_in_chunks_as_whole(run):
+    """A prompt prefilled in chunks of 7 ids, each attending to the columns the earlier ones
+    wrote into its slot, gives the keys, values and first token of one prefill of the whole
+    prompt, through the same trace."""
+    codec = Codec(run.tokenizer_path)
+    ids = codec.encode("class A:\n    x = 1\n    def f(self):\n        return self.x + 2\n")
+    assert len(ids) > 3 * 7
+    whole, chunked = Engine(run.model, 3, SEQ), Engine(run.model, 3, SEQ)
+    [expected] = whole.prefill([1], [(ids, GREEDY)], echo=False)
+    for done in range(0, len(ids), 7):
+        [out] = chunked.prefill([1], [(ids[done : done + 7], GREEDY)], echo=False, offset=done)
+    assert int(out["token"]) == int(expected["token"]) and out["width"] == len(ids)
+    np.testing.assert_allclose(out["logprob"], expected["logprob"], atol=1e-5)
+    for pair, chunked_pair in zip(whole.cache, chunked.cache, strict=True):
+        for tensor, chunked_tensor in zip(pair, chunked_pair, strict=True):
+            np.testing.assert_allclose(tensor.numpy(), chunked_tensor.numpy(), atol=1e-5)
+    assert chunked.traces["prefill"] == 1
+
+
+@pytest.mark.parametrize("kv_heads", [4, 2], ids=["heads", "grouped"])
+@pytest.mark.parametrize("rows", [1, MATMUL_ROWS, 16])
+def test_one_query_attention_both_ways(rows, kv_heads):
+    """The decode step's attention, as multiplies and sums (few rows) or batched matmuls (many
+    rows), equals the last query row of full attention, with grouped queries too and rows
+    that start with padding columns."""
+    rng = np.random.default_rng(rows)
+    heads, width, size = 4, 24, 8
+    query = tf.constant(rng.normal(size=(rows, heads, width, size)), tf.float32)
+    key, value = (
+        tf.constant(rng.normal(size=(rows, kv_heads, width, size)), tf.float32) for _ in range(2)
+    )
+    mask = np.broadcast_to(np.tril(np.ones((width, width), bool)), (rows, width, width)).copy()
+    mask[::2, :, :3] = False  # every other row starts with 3 padding columns
+    repeat = heads // kv_heads
+    full = attend(query, tf.repeat(key, repeat, 1), tf.repeat(value, repeat, 1), mask).numpy()
+    last = tf.function(attend_one_query)(query[:, :, -1:], key, value, mask[:, -1:]).numpy()
+    np.testing.assert_allclose(last[:, :, 0], full[:, :, -1], rtol=0, atol=1e-5)
 
 
 @pytest.mark.parametrize(

@@ -18,7 +18,7 @@ import sys
 import numpy as np
 import pytest
 import tensorflow as tf
-from preference_task import SEQ, dpo_options, random_base, write_pairs
+from preference_task import SEQ, dpo_options, random_task
 
 import tfllm
 from tfllm.config import TrainConfig, load_config, save_config
@@ -37,10 +37,7 @@ METRICS += ["logps/chosen", "logps/rejected", "loss"]
 
 @pytest.fixture(scope="module")
 def task(tmp_path_factory):
-    root = tmp_path_factory.mktemp("dpo")
-    base = random_base(root)
-    write_pairs(root / "pairs.jsonl", 120, seed=1)
-    return root, base
+    return random_task(tmp_path_factory.mktemp("dpo"))
 
 
 def preference_config(root, base, source, *overrides):

@@ -21,7 +21,7 @@ import sys
 import numpy as np
 import portpicker
 import pytest
-from preference_task import dpo_options, random_base, write_pairs
+from preference_task import dpo_options, random_task
 from test_training_dpo import METRICS, _weights, tensorboard
 
 import tfllm
@@ -36,10 +36,7 @@ TOLERANCE = 1e-5  # weights, absolute; step losses, relative
 
 @pytest.fixture(scope="module")
 def task(tmp_path_factory):
-    root = tmp_path_factory.mktemp("dpo_multiworker")
-    base = random_base(root)
-    write_pairs(root / "pairs.jsonl", 120, seed=1)
-    return root, base
+    return random_task(tmp_path_factory.mktemp("dpo_multiworker"))
 
 
 def start_workers(config: pathlib.Path, workdir: pathlib.Path) -> list[subprocess.Popen]:

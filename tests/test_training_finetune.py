@@ -31,8 +31,8 @@ SMALL = {"strategy": "cpu", "eval_batches": 1, "sample_tokens": 4, "val_fraction
 
 @pytest.fixture(scope="module")
 def base(tmp_path_factory) -> str:
-    """A 2-layer model pretrained 150 steps on Python text and lines of random letters: it
-    knows the letters, not the task."""
+    """A 2-layer model pretrained 150 steps on Python text and runs of letters: it knows the
+    letters and their order, not the task."""
     root = tmp_path_factory.mktemp("finetune")
     corpus = root / "corpus"
     corpus.mkdir()
@@ -40,9 +40,13 @@ def base(tmp_path_factory) -> str:
     stdlib = pathlib.Path(sysconfig.get_paths()["stdlib"]) / "json"
     for i, path in enumerate(sorted(stdlib.glob("*.py"))):
         (corpus / f"{i}.txt").write_text(path.read_text())
+    # Runs of consecutive letters: the base learns their order, so the task's rule (the next
+    # letter, whatever the phrase) is one LoRA can find. Lines of random letters taught no order
+    # and held-out accuracy after LoRA then depended on the seed: 0.75, 0.08, 0 for seeds 0-2.
     rng = random.Random(1)
     for i in range(30):
-        lines = (" ".join(rng.choices(LETTERS, k=8)) for _ in range(40))
+        starts = (rng.randrange(len(LETTERS) - 7) for _ in range(40))
+        lines = (" ".join(LETTERS[start : start + 8]) for start in starts)
         (corpus / f"letters{i}.txt").write_text("\n".join(lines))
     cfg = load_config(
         overrides=[
@@ -128,6 +132,7 @@ def test_lora_learns_a_task_that_the_base_cannot(lora_run):
     run, held_out, untuned = lora_run
     tuned = _accuracy(run.trained, held_out)
     print(f"held-out greedy accuracy: untuned {untuned:.0%}, LoRA r=16 300 steps {tuned:.0%}")
+    # Measured 1.0 for seeds 0, 1 and 2 (0.92 each at half the learning rate): 0.75 is 3 misses.
     assert untuned <= 0.1 and tuned >= 0.75
     # The written config is the run: the command line rebuilds the same Config.
     assert load_config([f"{run.workdir}/config.yaml"]) == run.cfg

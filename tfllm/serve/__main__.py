@@ -1,8 +1,8 @@
 """`python -m tfllm.serve`: an OpenAI-compatible HTTP server with continuous batching.
 
     python -m tfllm.serve --workdir DIR | --export PATH [--host 127.0.0.1] [--port 8000]
-        [--slots 16] [--cache_len N] [--max_queue 64] [--name NAME] [--shutdown_timeout 30]
-        [--xla] [--verbose | --quiet] [--log_format json]
+        [--slots 16] [--cache_len N] [--prefill_chunk 256] [--max_queue 64] [--name NAME]
+        [--shutdown_timeout 30] [--xla] [--verbose | --quiet] [--log_format json]
 
 Serves the newest usable checkpoint of a workdir (a LoRA run merged) or an export (a version
 directory, or a base path: its newest version): /v1/completions, /v1/chat/completions,
@@ -24,6 +24,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--port", type=int, default=8000)
     parser.add_argument("--slots", type=int, default=16, help="sequences decoded together")
     parser.add_argument("--cache_len", type=int, default=0, help="default max_sequence_length")
+    parser.add_argument(
+        "--prefill_chunk",
+        type=int,
+        default=256,
+        help="prompt tokens prefilled between two decode steps (0: every admitted prompt)",
+    )
     parser.add_argument("--max_queue", type=int, default=64, help="waiting sequences, then 429")
     parser.add_argument("--name", default="", help="model id (default: the directory's name)")
     parser.add_argument("--shutdown_timeout", type=float, default=30.0, help="seconds")
@@ -39,6 +45,7 @@ def main(argv: list[str] | None = None) -> int:
         port=args.port,
         slots=args.slots,
         cache_len=args.cache_len,
+        prefill_chunk=args.prefill_chunk,
         max_queue=args.max_queue,
         name=args.name,
         shutdown_timeout=args.shutdown_timeout,

@@ -15,8 +15,9 @@ from fastapi.responses import StreamingResponse
 from tfllm.server import responses
 from tfllm.server.metrics import Metrics
 from tfllm.server.responses import Choice
-from tfllm.server.scheduler import Closed, QueueFull, Scheduler, Sequence
+from tfllm.server.scheduler import Scheduler
 from tfllm.server.schemas import error_body
+from tfllm.server.sequence import Closed, QueueFull, Sequence
 from tfllm.server.text import Codec
 from tfllm.tokenizers import chat as chat_templates
 

@@ -111,20 +111,30 @@ class Engine:
         return bucket(length, self.cache_len - max_tokens)
 
     def prefill(
-        self, slots: list[int], sequences: list[tuple[list[int], dict]], echo: bool
+        self,
+        slots: list[int],
+        sequences: list[tuple[list[int], dict]],
+        echo: bool,
+        offset: int = 0,
     ) -> list[dict]:
         """Writes several prompts into their `slots` in one call and samples each one's first
         token, so admitting many requests costs about one prefill. The prompts are left-padded
         to the longest of them only: a padding column costs as much as a prompt token.
 
+        With `offset` > 0 the call continues one prompt whose first `offset` ids are already in
+        its slot (columns 0..offset-1, no padding): `sequences` holds the next chunk of its ids,
+        which attend to those columns too (chunked prefill, a long prompt over several calls).
+
         `sequences`: (ids, knobs) pairs, knobs the temperature, top_k, top_p, seed of the
-        sequence. Returns one dict of numpy values per sequence: width (the padded width: the
-        column of the first generated token), token, logprob (of the token), top (values, ids)
-        (K,), and with `echo` the prompt's own log-probs (len(ids) - 1,) (token i + 1 given
-        0..i) and their top (len(ids) - 1, K).
+        sequence. Returns one dict of numpy values per sequence: width (the column of the first
+        generated token), token, logprob (of the token), top (values, ids) (K,), and with
+        `echo` the prompt's own log-probs (len(ids) - 1,) (token i + 1 given 0..i) and their
+        top (len(ids) - 1, K).
         """
         width = max(len(ids) for ids, _ in sequences)
         starts = [width - len(ids) for ids, _ in sequences]
+        if offset and (len(sequences) > 1 or echo):
+            raise ValueError("a prefill chunk after the first continues one prompt, no echo")
         padded = np.zeros((len(sequences), width), np.int32)
         for row, ((ids, _), start) in enumerate(zip(sequences, starts, strict=True)):
             padded[row, start:] = ids
@@ -132,13 +142,14 @@ class Engine:
             tf.constant(padded),
             tf.constant(starts, tf.int32),
             tf.constant(slots, tf.int32),
+            tf.constant(offset, tf.int32),
             *_row_knobs([knobs for _, knobs in sequences]),
         )
         outputs = tf.nest.map_structure(lambda t: t.numpy(), outputs)
         results = []
         for row, start in enumerate(starts):
             result = tf.nest.map_structure(lambda a, row=row: a[row], outputs)
-            result["width"] = width
+            result["width"] = offset + width
             if echo:  # the padding columns hold no prompt token
                 result["prompt_logprobs"] = result["prompt_logprobs"][start:]
                 result["prompt_top"] = tuple(t[start:] for t in result["prompt_top"])
@@ -146,46 +157,65 @@ class Engine:
         return results
 
     def _prefill_function(self, echo: bool):
-        """The prefill, traced once for any number of rows and any width: the graph runs
+        """The prefill, traced once for any number of rows, width and offset: the graph runs
         without XLA, so its shapes may stay open."""
         rows = tf.TensorSpec([None], tf.int32)
         signature = [tf.TensorSpec([None, None], tf.int32), rows, rows]
+        signature += [tf.TensorSpec([], tf.int32)]
         signature += [tf.TensorSpec([None], dtype) for dtype in (tf.float32, tf.int32)]
         signature += [tf.TensorSpec([None], dtype) for dtype in (tf.float32, tf.int64)]
 
-        def prefill(ids, start, slots, temperature, top_k, top_p, seed):
-            return self._prefill_fn(ids, start, slots, temperature, top_k, top_p, seed, echo)
+        def prefill(ids, start, slots, offset, temperature, top_k, top_p, seed):
+            return self._prefill_fn(
+                ids, start, slots, offset, temperature, top_k, top_p, seed, echo
+            )
 
         return tf.function(prefill, input_signature=signature)
 
-    def _prefill_fn(self, ids, start, slots, temperature, top_k, top_p, seed, echo):
+    def _slot_columns(self, slots, first, count):
+        """(B, KV, count, 3) scatter/gather indices of columns first..first+count-1 of the
+        cache rows `slots` (B,)."""
+        shape = tf.stack([tf.shape(slots)[0], self.model.kv_heads, count])
+        return tf.stack(
+            [
+                tf.broadcast_to(slots[:, None, None], shape),
+                tf.broadcast_to(tf.range(self.model.kv_heads)[None, :, None], shape),
+                tf.broadcast_to(first + tf.range(count)[None, None, :], shape),
+            ],
+            axis=-1,
+        )
+
+    def _prefill_fn(self, ids, start, slots, offset, temperature, top_k, top_p, seed, echo):
         self.traces["prefill"] += 1
         batch, width = tf.shape(ids)[0], tf.shape(ids)[1]
-        positions = tf.maximum(tf.range(width)[None, :] - start[:, None], 0)  # (B, W)
-        # A cache of the prompt's own W columns, copied into the slots' first W columns: the
+        columns = offset + tf.range(width)
+        positions = tf.maximum(columns[None, :] - start[:, None], 0)  # (B, W)
+        # A cache of the prompt's own columns, copied into the slots' first columns: the
         # slots' later columns hold an older sequence's keys, which the decode step's mask
-        # hides until this sequence writes them.
-        own = self.model.empty_cache(batch, width)
+        # hides until this sequence writes them. A later chunk starts from the `offset`
+        # columns its slot already holds.
+        before = self._slot_columns(slots, 0, offset)
+        own = tuple(
+            tuple(
+                tf.concat([part.gather_nd(before), empty], axis=2)
+                for part, empty in zip(pair, empty_pair, strict=True)
+            )
+            for pair, empty_pair in zip(
+                self.cache, self.model.empty_cache(batch, width), strict=True
+            )
+        )
         logits, own = self.model(
-            ids, positions=positions, cache=own, cache_index=0, cache_start=start
+            ids, positions=positions, cache=own, cache_index=offset, cache_start=start
         )
         last = logits[:, -1, :]  # (B, V)
         sample = tf.reduce_any(temperature > 0.0)
         token = sampling.next_token(
             last, temperature, top_k, top_p, seed, tf.zeros([batch], tf.int32), sample
         )
-        shape = tf.stack([batch, self.model.kv_heads, width])
-        columns = tf.stack(
-            [
-                tf.broadcast_to(slots[:, None, None], shape),
-                tf.broadcast_to(tf.range(self.model.kv_heads)[None, :, None], shape),
-                tf.broadcast_to(tf.range(width)[None, None, :], shape),
-            ],
-            axis=-1,
-        )  # (B, KV, W, 3)
+        written = self._slot_columns(slots, offset, width)  # (B, KV, W, 3)
         for (keys, values), (own_keys, own_values) in zip(self.cache, own, strict=True):
-            keys.scatter_nd_update(columns, own_keys)
-            values.scatter_nd_update(columns, own_values)
+            keys.scatter_nd_update(written, own_keys[:, :, offset:])
+            values.scatter_nd_update(written, own_values[:, :, offset:])
         logprobs = tf.nn.log_softmax(last)
         out = {
             "token": token,

@@ -35,6 +35,7 @@ class ServerOptions:
     port: int = 8000
     slots: int = 16  # sequences decoded together; the KV cache holds this many rows
     cache_len: int = 0  # positions per slot (prompt + completion); 0: max_sequence_length
+    prefill_chunk: int = 256  # prompt tokens prefilled between two decode steps; 0: no limit
     max_queue: int = 64  # sequences waiting for a slot before requests get 429
     name: str = ""  # the model id of the API; default: the workdir's or export's name
     shutdown_timeout: float = 30.0  # seconds in-flight requests get after SIGTERM
@@ -48,6 +49,8 @@ def check(options: ServerOptions, max_sequence_length: int) -> int:
         raise TfllmError(f"--cache_len must be in [2, {max_sequence_length}], got {cache_len}")
     if options.slots < 1:
         raise TfllmError(f"--slots must be at least 1, got {options.slots}")
+    if options.prefill_chunk < 0:
+        raise TfllmError(f"--prefill_chunk must be at least 0, got {options.prefill_chunk}")
     if options.max_queue < 1:
         raise TfllmError(f"--max_queue must be at least 1, got {options.max_queue}")
     if not 0 <= options.port <= 65535:
@@ -76,7 +79,7 @@ def build(workdir: str | None, export: str | None, options: ServerOptions) -> St
         time.perf_counter() - started,
     )
     metrics = Metrics()
-    scheduler = Scheduler(engine, codec, options.max_queue, metrics)
+    scheduler = Scheduler(engine, codec, options.max_queue, metrics, options.prefill_chunk)
     template = chat.template_of(served.cfg, served.tokenizer_path)
     state = State(
         name=options.name or served.name,

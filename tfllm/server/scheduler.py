@@ -1,12 +1,14 @@
 """Continuous batching: one thread owns the model and runs the step loop; the HTTP side hands
 it sequences and reads their events.
 
-Between two decode steps the loop retires finished sequences and admits waiting ones into the
-free slots (one prefill call per length bucket for all of them), so a short request never waits
-for a long one to finish. A sequence finishes on one of the model's stop ids, a stop string
-(found in the decoded text; the tail that may still become one is not sent yet), its
-`max_tokens`, or when it is cancelled (its client went away): then its slot is free at the next
-step.
+Between two decode steps the loop retires finished sequences, admits waiting ones into the
+free slots and prefills at most `prefill_chunk` prompt tokens (one call per length bucket of
+the admitted prompts; a prompt longer than that goes in chunks over several iterations), so a
+short request never waits for a long one to finish and the running sequences wait for at most
+one chunk of prefill between two of their tokens. A sequence finishes on one of the model's
+stop ids, a stop string (found in the decoded text; the tail that may still become one is not
+sent yet), its `max_tokens`, or when it is cancelled (its client went away): then its slot is
+free at the next step.
 
 Events reach the HTTP side through the request's asyncio queue, posted thread-safely:
 ("text", choice, text, [(token, logprob, top)]), ("done", choice, finish_reason, usage) and
@@ -15,9 +17,7 @@ Events reach the HTTP side through the request's asyncio queue, posted thread-sa
 
 from __future__ import annotations
 
-import asyncio
 import collections
-import dataclasses
 import logging
 import threading
 import time
@@ -26,56 +26,29 @@ import numpy as np
 
 from tfllm.server.engine import Engine
 from tfllm.server.metrics import Metrics
+from tfllm.server.sequence import Closed, QueueFull, Sequence
 from tfllm.server.text import Codec, find_stop, held_back
 
 logger = logging.getLogger(__name__)
 
 
-@dataclasses.dataclass(eq=False)
-class Sequence:
-    """One choice of one request: a prompt to continue and how."""
-
-    request_id: str
-    choice: int
-    ids: list[int]  # the prompt's ids, start ids included
-    max_tokens: int
-    knobs: dict  # temperature, top_k, top_p, seed
-    events: asyncio.Queue
-    loop: asyncio.AbstractEventLoop
-    stops: list[str] = dataclasses.field(default_factory=list)
-    logprobs: int | None = None  # top alternatives per token, None: no log-probs
-    echo: bool = False  # also the prompt's log-probs
-    cancelled: bool = False
-    # Set by the scheduler.
-    generated: list[int] = dataclasses.field(default_factory=list)
-    count: int = 0  # tokens generated, a final stop id included
-    sent: int = 0  # characters of the decoded completion already sent
-    pending: list = dataclasses.field(default_factory=list)  # token log-probs not sent yet
-    submitted: float = 0.0
-    last_token: float = 0.0
-
-    def post(self, *event) -> None:
-        try:
-            self.loop.call_soon_threadsafe(self.events.put_nowait, event)
-        except RuntimeError:  # the event loop is closed: nobody is listening any more
-            pass
-
-
-class QueueFull(Exception):
-    """More sequences are waiting than the queue holds."""
-
-
-class Closed(Exception):
-    """The server is shutting down and admits nothing new."""
-
-
 class Scheduler:
     """The step loop over an `Engine`'s slots, in its own thread."""
 
-    def __init__(self, engine: Engine, codec: Codec, max_queue: int, metrics: Metrics):
+    def __init__(
+        self,
+        engine: Engine,
+        codec: Codec,
+        max_queue: int,
+        metrics: Metrics,
+        prefill_chunk: int = 0,
+    ):
         self.engine, self.codec, self.max_queue, self.metrics = engine, codec, max_queue, metrics
+        self.prefill_chunk = prefill_chunk  # prompt tokens prefilled per iteration; 0: all
         self.stop_ids = set(codec.specials.stop)
         self.waiting: collections.deque[Sequence] = collections.deque()
+        self.admitted: list[tuple[int, Sequence]] = []  # slot taken, nothing prefilled yet
+        self.partial: dict[int, tuple[Sequence, int]] = {}  # slot: (sequence, ids prefilled)
         self.running: dict[int, Sequence] = {}
         self.rows = {
             "token": np.zeros(engine.slots, np.int32),
@@ -117,48 +90,129 @@ class Scheduler:
         return not self._thread.is_alive()
 
     def depth(self) -> tuple[int, int]:
-        """(waiting, running) sequences."""
-        return len(self.waiting), len(self.running)
+        """(waiting, running) sequences; those whose prompt is not all prefilled wait."""
+        return len(self.waiting) + len(self.admitted) + len(self.partial), len(self.running)
+
+    def _busy(self) -> bool:
+        return bool(self.waiting or self.admitted or self.partial or self.running)
 
     def _loop(self) -> None:
         while True:
             with self._condition:
-                while not (self.waiting or self.running or self._closing):
+                while not (self._busy() or self._closing):
                     self._condition.wait()
-                if self._closing and not (self.waiting or self.running):
+                if self._closing and not self._busy():
                     return
-                free = [s for s in range(self.engine.slots) if s not in self.running]
-                admitted = [self.waiting.popleft() for _ in free[: len(self.waiting)]]
-            if admitted:
-                self._admit(free, admitted)
+                taken = {*self.running, *self.partial, *(slot for slot, _ in self.admitted)}
+                free = [s for s in range(self.engine.slots) if s not in taken]
+                self.admitted += [(slot, self.waiting.popleft()) for slot in free if self.waiting]
+            if self.admitted or self.partial:
+                self._prefill()
+                if self._prefill_first():
+                    continue
             for slot, sequence in list(self.running.items()):
                 if sequence.cancelled:
                     self._retire(slot, None)
             if self.running:
                 self._step()
 
-    def _admit(self, free: list[int], admitted: list[Sequence]) -> None:
-        """Prefills the admitted sequences into the free slots: one call per length bucket
-        (and per whether the prompt's log-probs are wanted), so that 16 requests arriving at
-        once wait for about one prefill each, not 16 in turn; the shortest prompts first, so
-        that their first tokens come out soonest."""
-        groups: dict[tuple[int, bool], list[tuple[int, Sequence]]] = {}
-        for slot, sequence in zip(free, admitted, strict=False):
-            if not sequence.cancelled:
-                width = self.engine.width(len(sequence.ids), sequence.max_tokens)
-                groups.setdefault((width, sequence.echo), []).append((slot, sequence))
-        for (_, echo), group in sorted(groups.items()):
-            slots = [slot for slot, _ in group]
-            try:
-                outs = self.engine.prefill(slots, [(s.ids, s.knobs) for _, s in group], echo)
-            except Exception as err:  # a bad request must not stop the loop
-                ids = ", ".join(s.request_id for _, s in group)
-                logger.exception("prefill failed (requests %s)", ids)
-                for _, sequence in group:
-                    sequence.post("error", sequence.choice, f"prefill failed: {err}")
+    def _prefill_first(self) -> bool:
+        """Whether to admit and prefill again before the next decode step: sequences arrived
+        during the prefill, slots are free for them, and the sequences waiting for their
+        prefill outnumber the running ones (a burst at an idle server, whose first requests
+        were prefilled as the rest arrived: a decode step of the few running sequences would
+        delay many first tokens)."""
+        with self._condition:
+            arrived = len(self.waiting)
+        taken = len(self.running) + len(self.partial) + len(self.admitted)
+        waiting = arrived + len(self.partial) + len(self.admitted)
+        return arrived > 0 and taken < self.engine.slots and waiting > len(self.running)
+
+    def _prefill(self) -> None:
+        """At most `prefill_chunk` prompt tokens (padding included; at least one call): first
+        the next chunk of each prompt already under way, then the admitted prompts, one call
+        per length bucket (and per whether the prompt's log-probs are wanted), so that 16
+        requests arriving at once wait for about one prefill each, not 16 in turn; the
+        shortest prompts first, so that their first tokens come out soonest. What does not fit
+        waits for the next iteration, after a decode step of the running sequences.
+
+        The limit holds while at least as many sequences run as wait for their prefill: a
+        burst of requests arriving at an idle server is prefilled at once (the few running
+        sequences wait, the many new ones get their first tokens soonest)."""
+        waiting = len(self.admitted) + len(self.partial)
+        chunk = self.prefill_chunk if len(self.running) >= waiting else 0
+        spent = 0
+        for slot, (sequence, done) in list(self.partial.items()):
+            if chunk and spent >= chunk:
+                return
+            if sequence.cancelled:
+                self._free(slot)
                 continue
-            for (slot, sequence), out in zip(group, outs, strict=True):
-                self._start(slot, sequence, out)
+            spent += self._continue(slot, sequence, done)
+        groups: dict[tuple[int, bool], list[tuple[int, Sequence]]] = {}
+        for slot, sequence in self.admitted:
+            if sequence.cancelled:
+                continue
+            if chunk and len(sequence.ids) > chunk and not sequence.echo:
+                self.partial[slot] = (sequence, 0)  # a long prompt: in chunks, from the next
+                continue
+            width = self.engine.width(len(sequence.ids), sequence.max_tokens)
+            groups.setdefault((width, sequence.echo), []).append((slot, sequence))
+        self.admitted = []
+        for (_, echo), group in sorted(groups.items()):
+            while group:
+                width = max(len(s.ids) for _, s in group)
+                rows = len(group) if not chunk else (chunk - spent) // width
+                rows = max(rows, 0 if spent else 1)
+                if not rows:  # the rest of the admitted prompts go in the next iterations
+                    self.admitted += group
+                    break
+                self._prefill_group(group[:rows], echo)
+                spent += rows * width
+                group = group[rows:]
+
+    def _prefill_group(self, group: list[tuple[int, Sequence]], echo: bool) -> None:
+        slots = [slot for slot, _ in group]
+        try:
+            outs = self.engine.prefill(slots, [(s.ids, s.knobs) for _, s in group], echo)
+        except Exception as err:  # a bad request must not stop the loop
+            self._failed("prefill", [s for _, s in group], err)
+            return
+        for (slot, sequence), out in zip(group, outs, strict=True):
+            self._start(slot, sequence, out)
+
+    def _continue(self, slot: int, sequence: Sequence, done: int) -> int:
+        """Prefills the next chunk of a long prompt whose first `done` ids are in its slot;
+        starts the sequence after its last chunk. Returns the chunk's length."""
+        ids = sequence.ids[done : done + self.prefill_chunk]
+        try:
+            [out] = self.engine.prefill([slot], [(ids, sequence.knobs)], False, offset=done)
+        except Exception as err:
+            self._failed("prefill", [sequence], err)
+            self._free(slot)
+            return len(ids)
+        done += len(ids)
+        if done < len(sequence.ids):
+            self.partial[slot] = (sequence, done)
+            # A decode step writes every computed row at its index: here, the column the
+            # next chunk overwrites, not one of the prompt's columns already written.
+            self.rows["index"][slot] = done
+        else:
+            del self.partial[slot]
+            self._start(slot, sequence, out)
+        return len(ids)
+
+    def _failed(self, what: str, sequences: list[Sequence], err: Exception) -> None:
+        ids = ", ".join(s.request_id for s in sequences)
+        logger.exception("%s failed (requests %s)", what, ids)
+        for sequence in sequences:
+            sequence.post("error", sequence.choice, f"{what} failed: {err}")
+
+    def _free(self, slot: int) -> None:
+        """Frees the slot of a sequence whose prompt was not all prefilled."""
+        self.partial.pop(slot, None)
+        for name, row in self.rows.items():
+            row[slot] = 1 if name == "top_p" else 0
 
     def _start(self, slot: int, sequence: Sequence, out: dict) -> None:
         """Puts a prefilled sequence in its slot's rows and takes its first token."""
@@ -182,10 +236,8 @@ class Scheduler:
         try:
             out = self.engine.step({k: row[:size] for k, row in self.rows.items()}, want)
         except Exception as err:
-            ids = ", ".join(s.request_id for s in self.running.values())
-            logger.exception("decode step failed (requests %s)", ids)
-            for slot, sequence in list(self.running.items()):
-                sequence.post("error", sequence.choice, f"decode step failed: {err}")
+            self._failed("decode step", list(self.running.values()), err)
+            for slot in list(self.running):
                 self._retire(slot, None)
             return
         rows = self.rows
@@ -235,8 +287,7 @@ class Scheduler:
     def _retire(self, slot: int, reason: str | None) -> None:
         """Frees `slot`; `reason` None: cancelled or failed, nothing more is sent."""
         sequence = self.running.pop(slot)
-        for name, row in self.rows.items():
-            row[slot] = 1 if name == "top_p" else 0
+        self._free(slot)
         self.metrics.add("generation_tokens_total", sequence.count)
         if reason is not None:
             usage = (len(sequence.ids), sequence.count)
