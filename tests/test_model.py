@@ -65,6 +65,14 @@ def test_cached_prefill_and_steps_equal_full_forward(model):
     np.testing.assert_allclose(np.concatenate(steps, axis=1), full, atol=1e-5)
 
 
+def test_a_prefill_asked_for_the_last_logits_only_gives_the_full_forwards_last_row(model):
+    x = tokens(2, 12)
+    full = np.asarray(model(x))
+    last, _ = model(x, cache=model.empty_cache(2, 12), cache_index=0, last_only=True)
+    assert last.shape == (2, 1, full.shape[-1])
+    np.testing.assert_allclose(np.asarray(last), full[:, -1:], atol=1e-5)
+
+
 def test_segment_ids_block_attention_across_documents(model):
     x = tokens(1, 10)
     segments = np.array([[0] * 4 + [1] * 6], "int32")

@@ -67,12 +67,16 @@ class TransformerLM(Configured, keras.Model):
         cache_start=None,
         cache_length=None,
         training=False,
+        last_only=False,
     ):
         """Token ids (B, T) -> float32 logits (B, T, V) [, cache].
 
         `cache_start` (B,) int32, only with `cache`: leading padding slots per row (default 0).
         `cache_length` (an int, only with a cache of variables): attend over its first
         `cache_length` slots only (the server's decode step, when no busy row reaches further).
+        `last_only`: logits (B, 1, V) of the last position only, for a prefill that samples the
+        next token: the vocabulary-wide head over every prompt position is a large share of a
+        small model's prefill, and outside XLA slicing its output does not skip the work.
         """
         batch, length = ops.shape(token_ids)[0], ops.shape(token_ids)[1]
         if cache is not None and cache_start is None:
@@ -127,6 +131,8 @@ class TransformerLM(Configured, keras.Model):
                 training=training,
             )
             new_cache.append(layer_cache)
+        if last_only:
+            x = x[:, -1:]
         logits = self.embedding.logits(self.final_norm(x), training)  # (B, T, V)
         if c.final_softcap:
             logits = c.final_softcap * ops.tanh(logits / c.final_softcap)

@@ -111,7 +111,9 @@ def decode(
     slots = model.config.max_sequence_length if slots is None else slots
     positions = tf.maximum(tf.range(width)[None, :] - start[:, None], 0)  # (B, P)
     cache = model.empty_cache(batch, slots)
-    logits, cache = model(ids, positions=positions, cache=cache, cache_index=0, cache_start=start)
+    logits, cache = model(
+        ids, positions=positions, cache=cache, cache_index=0, cache_start=start, last_only=True
+    )
     columns = tf.range(slots)[None, :]
 
     def unfinished(step, logits, cache, tokens, lengths, done):

@@ -205,7 +205,12 @@ class Engine:
             )
         )
         logits, own = self.model(
-            ids, positions=positions, cache=own, cache_index=offset, cache_start=start
+            ids,
+            positions=positions,
+            cache=own,
+            cache_index=offset,
+            cache_start=start,
+            last_only=not echo,  # the prompt's own log-probs need every position's logits
         )
         last = logits[:, -1, :]  # (B, V)
         sample = tf.reduce_any(temperature > 0.0)
