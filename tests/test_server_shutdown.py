@@ -24,8 +24,9 @@ def run(tmp_path_factory):
     return tiny_run.build(str(tmp_path_factory.getbasetemp() / "tiny_run_128"), seq=SEQ)
 
 
-def _stream(port: int, prompt: str, max_tokens: int, first: threading.Event) -> tuple[str, str]:
-    """A streamed completion read to its end: (text, the last event)."""
+def _stream(port: int, prompt: str, max_tokens: int, accepted: threading.Event) -> tuple[str, str]:
+    """A streamed completion read to its end: (text, the last event). `accepted` is set once the
+    response has started, which the server does only after it has queued the request."""
     body = {"model": "tiny", "prompt": prompt, "max_tokens": max_tokens, "temperature": 0,
             "stream": True}  # fmt: skip
     connection = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
@@ -33,12 +34,12 @@ def _stream(port: int, prompt: str, max_tokens: int, first: threading.Event) -> 
         "POST", "/v1/completions", json.dumps(body), {"Content-Type": "application/json"}
     )
     response = connection.getresponse()
+    accepted.set()
     text, last = "", ""
     for line in response:
         line = line.decode().strip()
         if not line.startswith("data: "):
             continue
-        first.set()
         last = line
         if line != "data: [DONE]":
             text += json.loads(line[6:])["choices"][0]["text"]
@@ -55,10 +56,14 @@ def test_export_served_and_sigterm_finishes_streams(run, tmp_path):
         )
         assert out["choices"][0]["text"] == expected  # the export's weights, the same tokens
         jobs = [("def", 110), ("import", 110), ("class", 110), ("for", 110)]  # 2 queued
-        first = threading.Event()
+        accepted = [threading.Event() for _ in jobs]
         with concurrent.futures.ThreadPoolExecutor(4) as pool:
-            futures = [pool.submit(_stream, server.port, p, n, first) for p, n in jobs]
-            assert first.wait(60)
+            futures = [
+                pool.submit(_stream, server.port, p, n, event)
+                for (p, n), event in zip(jobs, accepted, strict=True)
+            ]
+            # SIGTERM closes the listening socket: a request not yet queued would be refused.
+            assert all(event.wait(60) for event in accepted)
             server.process.send_signal(signal.SIGTERM)
             results = [f.result(timeout=120) for f in futures]
         code = server.process.wait(60)
