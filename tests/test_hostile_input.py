@@ -13,7 +13,7 @@ import sys
 import pytest
 import tiny_run
 import yaml
-from commands import one_error, run_subprocess
+from commands import one_error, run_main, run_subprocess
 
 from tfllm.config import load_config
 from tfllm.errors import ConfigError
@@ -44,15 +44,27 @@ PAYLOADS = [
 ]
 
 
+def in_process(capsys, command: str, *argv: str) -> subprocess.CompletedProcess:
+    """`tfllm <command> argv...` run in this process, as a CompletedProcess for `one_error`:
+    the same code path as the subprocess without a TensorFlow start-up per case. Each defect's
+    own example still runs as a subprocess."""
+    code = run_main(command, list(argv))
+    out, err = capsys.readouterr()
+    return subprocess.CompletedProcess([command, *argv], code, out, err)
+
+
 @pytest.mark.parametrize("payload", PAYLOADS)
-def test_a_task_template_cannot_run_code(tmp_path, payload):
+def test_a_task_template_cannot_run_code(tmp_path, monkeypatch, capsys, payload):
     (tmp_path / "docs.jsonl").write_text('{"q": "x", "a": "y"}\n')
     task = {"task": "evil", "dataset_path": "docs.jsonl", "output_type": "generate_until",
             "doc_to_text": payload, "doc_to_target": "a"}  # fmt: skip
     (tmp_path / "evil.yaml").write_text(yaml.safe_dump(task))
-    result = run_subprocess(
-        "eval", "--workdir", str(tmp_path / "none"), "--tasks", "evil.yaml", cwd=tmp_path
-    )
+    argv = ("--workdir", str(tmp_path / "none"), "--tasks", "evil.yaml")
+    if payload == PAYLOADS[0]:  # the issue's example, typed as a user types it
+        result = run_subprocess("eval", *argv, cwd=tmp_path)
+    else:
+        monkeypatch.chdir(tmp_path)
+        result = in_process(capsys, "eval", *argv)
     one_error(result, "evil.yaml: doc_to_text", "sandbox")
     assert not (tmp_path / "PWNED").exists()
 
@@ -232,11 +244,18 @@ def test_prepare_takes_a_lock_on_its_dataset(tmp_path):
         ("filter_list", [{"filter": [{"regex_pattern": "("}]}], "regex_pattern '('"),
     ],
 )
-def test_task_keys_of_the_wrong_type_are_one_line(tmp_path, key, value, message):
+def test_task_keys_of_the_wrong_type_are_one_line(
+    tmp_path, monkeypatch, capsys, key, value, message
+):
     (tmp_path / "docs.jsonl").write_text('{"q": "x", "a": "y"}\n')
     task = {"dataset_path": "docs.jsonl", "doc_to_text": "q", "doc_to_target": "a", key: value}
     (tmp_path / "t.yaml").write_text(yaml.safe_dump(task))
-    result = run_subprocess("eval", "--workdir", "none", "--tasks", "t.yaml", cwd=tmp_path)
+    argv = ("--workdir", "none", "--tasks", "t.yaml")
+    if key == "filter_list" and value == 5:  # one case typed as a user types it
+        result = run_subprocess("eval", *argv, cwd=tmp_path)
+    else:
+        monkeypatch.chdir(tmp_path)
+        result = in_process(capsys, "eval", *argv)
     one_error(result, message)
 
 
@@ -249,7 +268,7 @@ def test_eval_flags_out_of_range_are_one_line(run, flag, message):
 
 
 def test_a_second_eval_of_one_step_does_not_overwrite_the_first(run, tmp_path):
-    argv = ["--workdir", run.workdir, "--tasks", "stdlib", "--limit", "1", "--output_dir",
+    argv = ["--workdir", run.workdir, "--tasks", "stdlib_bpb", "--limit", "1", "--output_dir",
             str(tmp_path)]  # fmt: skip
     for _ in range(2):
         result = run_subprocess("eval", *argv)

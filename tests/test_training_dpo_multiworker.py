@@ -69,7 +69,9 @@ def reference_tables(data_root: pathlib.Path) -> list[str]:
     return sorted(glob.glob(f"{data_root}/**/reference-logps-*", recursive=True))
 
 
-@pytest.mark.parametrize("lora_rank", [0, 4], ids=["full", "lora"])
+# Full DPO only: its reference table is what two workers raced on. LoRA's reference (the base
+# with adapters off) under a distribution strategy is tests/test_training_dpo.py's mirrored run.
+@pytest.mark.parametrize("lora_rank", [0], ids=["full"])
 def test_two_workers_equal_one_device(task, lora_rank):
     root, base = task
     name = f"mw{lora_rank}"
