@@ -104,8 +104,11 @@ class Scheduler:
                 if self._closing and not self._busy():
                     return
                 taken = {*self.running, *self.partial, *(slot for slot, _ in self.admitted)}
-                free = [s for s in range(self.engine.slots) if s not in taken]
-                self.admitted += [(slot, self.waiting.popleft()) for slot in free if self.waiting]
+                for slot in range(self.engine.slots):
+                    if not self.waiting:
+                        break
+                    if slot not in taken:  # in arrival order, to the lowest free slots
+                        self.admitted.append((slot, self.waiting.popleft()))
             if self.admitted or self.partial:
                 self._prefill()
                 if self._prefill_first():
