@@ -66,6 +66,7 @@ def set_key(key, value):
         (set_key("some_new_feature", 0.5), "key 'some_new_feature' (= 0.5) is not understood"),
     ],
 )
+@pytest.mark.slow  # a convert command each
 def test_config_values_are_checked_before_use(source, tmp_path, change, message):
     directory = broken_copy(source, tmp_path)
     edit_config(directory, change)
@@ -88,6 +89,7 @@ def huge_shape(header):
     return header
 
 
+@pytest.mark.slow  # a subprocess
 def test_a_header_length_of_2_to_the_62_is_refused(source, tmp_path):
     directory = broken_copy(source, tmp_path)
     path = directory / "model.safetensors"
@@ -96,6 +98,7 @@ def test_a_header_length_of_2_to_the_62_is_refused(source, tmp_path):
     one_error(convert(directory, tmp_path), f"a header of {2**62} bytes in a file of")
 
 
+@pytest.mark.slow  # a subprocess
 def test_a_shape_larger_than_its_bytes_is_refused(source, tmp_path):
     directory = broken_copy(source, tmp_path)
     rewrite_header(directory / "model.safetensors", huge_shape)
@@ -103,6 +106,7 @@ def test_a_shape_larger_than_its_bytes_is_refused(source, tmp_path):
 
 
 @pytest.mark.parametrize("where", ["../outside.safetensors", "/etc/passwd", "link"])
+@pytest.mark.slow  # a convert command each
 def test_index_paths_stay_inside_the_model_directory(source, tmp_path, where):
     directory = broken_copy(source, tmp_path)
     (tmp_path / "outside.safetensors").write_bytes((directory / "model.safetensors").read_bytes())
@@ -118,6 +122,7 @@ def test_index_paths_stay_inside_the_model_directory(source, tmp_path, where):
     one_error(convert(directory, tmp_path), f"weight file {where!r}", "outside the model directory")
 
 
+@pytest.mark.slow  # a subprocess
 def test_a_gemma2_directory_with_transformers_5_null_keys_imports(tmp_path):
     directory = tmp_path / "gemma2"
     write_hf_dir(str(directory), "gemma2")

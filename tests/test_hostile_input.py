@@ -53,7 +53,10 @@ def in_process(capsys, command: str, *argv: str) -> subprocess.CompletedProcess:
     return subprocess.CompletedProcess([command, *argv], code, out, err)
 
 
-@pytest.mark.parametrize("payload", PAYLOADS)
+# The issue's own payload runs as the user types it, a subprocess; the others in process.
+@pytest.mark.parametrize(
+    "payload", [pytest.param(PAYLOADS[0], marks=pytest.mark.slow), *PAYLOADS[1:]]
+)
 def test_a_task_template_cannot_run_code(tmp_path, monkeypatch, capsys, payload):
     (tmp_path / "docs.jsonl").write_text('{"q": "x", "a": "y"}\n')
     task = {"task": "evil", "dataset_path": "docs.jsonl", "output_type": "generate_until",
@@ -82,6 +85,7 @@ def test_a_chat_template_cannot_run_code(tmp_path):
 
 
 # 2. A changed data.source never trains on the old shards.
+@pytest.mark.slow  # a subprocess
 def test_train_refuses_shards_made_from_another_source(run, tmp_path):
     corpus = tmp_path / "mycorpus"
     corpus.mkdir()
@@ -93,6 +97,7 @@ def test_train_refuses_shards_made_from_another_source(run, tmp_path):
     assert not (tmp_path / "w" / "config.yaml").exists()
 
 
+@pytest.mark.slow  # two prepare commands
 def test_prepare_refuses_a_dataset_whose_input_changed(corpus_dir, tmp_path):
     corpus = tmp_path / "corpus"
     shutil.copytree(corpus_dir / "json", corpus)
@@ -108,6 +113,7 @@ def test_prepare_refuses_a_dataset_whose_input_changed(corpus_dir, tmp_path):
 
 
 # 3. A refused resume leaves the workdir byte-identical.
+@pytest.mark.slow  # subprocesses
 def test_a_refused_resume_leaves_the_workdir_untouched(run, tmp_path):
     workdir = tmp_path / "copy"
     shutil.copytree(run.workdir, workdir)
@@ -184,6 +190,7 @@ def run_limited(limit: int, command: str, *argv: str):
                           text=True, preexec_fn=small_disk(limit), timeout=900)  # fmt: skip
 
 
+@pytest.mark.slow  # a subprocess
 def test_disk_full_while_training_keeps_the_last_checkpoint(run, tmp_path):
     workdir = tmp_path / "copy"
     shutil.copytree(run.workdir, workdir)
@@ -195,6 +202,7 @@ def test_disk_full_while_training_keeps_the_last_checkpoint(run, tmp_path):
     assert "ckpt-0.done.json" in names
 
 
+@pytest.mark.slow  # a subprocess
 def test_disk_full_while_exporting_keeps_the_versions(run, tmp_path):
     export_dir = tmp_path / "export"
     shutil.copytree(run.export_dir, export_dir)
@@ -204,6 +212,7 @@ def test_disk_full_while_exporting_keeps_the_versions(run, tmp_path):
     assert sorted(p.name for p in export_dir.iterdir()) == ["1"]
 
 
+@pytest.mark.slow  # a subprocess
 def test_disk_full_while_preparing_removes_temp_files(corpus_dir, tmp_path):
     # A 8 KB tokenizer fits, a shard of about 200 KB does not.
     result = run_limited(32 << 10, "prepare", "--set", f"data.root={tmp_path}", "--set",
@@ -217,6 +226,7 @@ def test_disk_full_while_preparing_removes_temp_files(corpus_dir, tmp_path):
 
 
 # 7. The smaller ones.
+@pytest.mark.slow  # a subprocess
 def test_a_damaged_restart_state_is_one_line(tmp_path):
     state = tmp_path / "data" / "x" / ".prepare"
     state.mkdir(parents=True)
@@ -226,6 +236,7 @@ def test_a_damaged_restart_state_is_one_line(tmp_path):
     one_error(result, "restart state", "is damaged", "delete")
 
 
+@pytest.mark.slow  # a subprocess
 def test_prepare_takes_a_lock_on_its_dataset(tmp_path):
     dataset = tmp_path / "x"
     dataset.mkdir()
@@ -238,7 +249,9 @@ def test_prepare_takes_a_lock_on_its_dataset(tmp_path):
 @pytest.mark.parametrize(
     "key, value, message",
     [
-        ("filter_list", 5, "filter_list must be list, got int 5"),
+        pytest.param(  # a subprocess, as a user types it
+            "filter_list", 5, "filter_list must be list, got int 5", marks=pytest.mark.slow
+        ),
         ("rolling_context", "long", "rolling_context must be int, got str 'long'"),
         ("generation_kwargs", {"until": 3}, "generation_kwargs.until must be a string"),
         ("filter_list", [{"filter": [{"regex_pattern": "("}]}], "regex_pattern '('"),
@@ -263,10 +276,12 @@ def test_task_keys_of_the_wrong_type_are_one_line(
     "flag, message",
     [("--batch_size=0", "--batch_size must be at least 1"), ("--limit=-1", "--limit must be")],
 )
+@pytest.mark.slow  # a subprocess
 def test_eval_flags_out_of_range_are_one_line(run, flag, message):
     one_error(run_subprocess("eval", "--workdir", run.workdir, "--tasks", "stdlib", flag), message)
 
 
+@pytest.mark.slow  # two eval commands
 def test_a_second_eval_of_one_step_does_not_overwrite_the_first(run, tmp_path):
     argv = ["--workdir", run.workdir, "--tasks", "stdlib_bpb", "--limit", "1", "--output_dir",
             str(tmp_path)]  # fmt: skip

@@ -146,6 +146,7 @@ def test_no_log_parameters_are_left():
     assert not found, found
 
 
+@pytest.mark.slow  # prepare commands
 def test_prepare_as_a_user_runs_it_json_quiet_and_verify(corpus_dir, tmp_path):
     """Log lines on stderr (JSON lines with --log_format json), results on stdout, nothing but
     the results with --quiet."""

@@ -22,6 +22,7 @@ from server_process import Server
 openai = pytest.importorskip("openai")
 pytest.importorskip("fastapi")
 
+pytestmark = pytest.mark.slow  # a server process
 SEQ = 128
 SLOTS, QUEUE = 8, 16
 CHUNK = 8  # --prefill_chunk: the longer prompts admitted while others run go in chunks
@@ -191,7 +192,6 @@ def test_chat_logprobs_are_the_models(run, server, client):
     assert plain.choices[0].message.content == out.choices[0].message.content
 
 
-@pytest.mark.slow
 def test_bad_prefill_chunk_is_one_line_error(run):
     out = run_subprocess("serve", "--workdir", run.workdir, "--prefill_chunk", "-1", timeout=300)
     assert out.returncode == 2, out.stderr[-2000:]
@@ -291,7 +291,6 @@ def _raw_stream(server, body: dict) -> str:
     return connection.getresponse().read().decode()
 
 
-@pytest.mark.slow
 def test_lm_eval_local_completions_equals_tfllm_eval(run, server, tmp_path):
     """lm-evaluation-harness's `local-completions` model, tokenizing through the server's
     /tokenize (no Hugging Face tokenizer on the client), scores a multiple-choice task file as
@@ -329,7 +328,6 @@ def test_lm_eval_local_completions_equals_tfllm_eval(run, server, tmp_path):
     np.testing.assert_allclose(theirs, expected, atol=1e-3)
 
 
-@pytest.mark.slow
 def test_chat_page_in_headless_chromium(run, server, tmp_path):
     """Type a message into the chat page, press Send, read the streamed reply from the page:
     the reply of `tfllm generate --chat`, and a tokens/s readout."""

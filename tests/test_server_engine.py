@@ -52,6 +52,7 @@ def _serve(scheduler: Scheduler, codec: Codec, jobs: list[tuple[str, int]], **op
 
 
 @pytest.mark.parametrize("prefill_chunk", [0, 6], ids=["whole", "chunked"])
+@pytest.mark.slow  # prepares and exports a tiny run
 def test_continuous_batching_traces_once_and_matches_generate(run, prefill_chunk):
     """Seven sequences through three slots; with `prefill_chunk` 6, once the running sequences
     are at least as many as the waiting ones, a prompt longer than 6 ids is prefilled over
@@ -87,6 +88,7 @@ def test_continuous_batching_traces_once_and_matches_generate(run, prefill_chunk
     assert (max(offsets) > 0) == bool(prefill_chunk)  # a prompt continued in a later chunk
 
 
+@pytest.mark.slow  # prepares and exports a tiny run
 def test_xla_step_reads_whole_rows_and_matches_generate(run):
     """`--xla`: XLA has no kernel for the gather of a cache window out of a variable, so the
     compiled step reads whole rows (one trace per row count, whatever the window)."""
@@ -112,6 +114,7 @@ def test_text_held_back_and_stops():
     assert find_stop("one two", ["one"], 5) == -1  # ended before the unsent text
 
 
+@pytest.mark.slow  # prepares and exports a tiny run
 def test_prompts_prefill_together_as_alone(run):
     """Several prompts of different lengths in one prefill call (left-padded to the longest)
     write the same keys and values and first tokens as each prompt prefilled alone (unpadded),
@@ -135,6 +138,7 @@ def test_prompts_prefill_together_as_alone(run):
     assert together.traces["prefill"] == alone.traces["prefill"] == 1
 
 
+@pytest.mark.slow  # prepares and exports a tiny run
 def test_prompt_prefilled_in_chunks_as_whole(run):
     """A prompt prefilled in chunks of 7 ids, each attending to the columns the earlier ones
     wrote into its slot, gives the keys, values and first token of one prefill of the whole

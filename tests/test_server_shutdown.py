@@ -16,6 +16,7 @@ from server_process import Server
 
 pytest.importorskip("fastapi")
 
+pytestmark = pytest.mark.slow  # a server process
 SEQ = 128
 
 
