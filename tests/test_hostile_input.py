@@ -44,13 +44,16 @@ PAYLOADS = [
 ]
 
 
-def in_process(capsys, command: str, *argv: str) -> subprocess.CompletedProcess:
-    """`tfllm <command> argv...` run in this process, as a CompletedProcess for `one_error`:
-    the same code path as the subprocess without a TensorFlow start-up per case. Each defect's
-    own example still runs as a subprocess."""
-    code = run_main(command, list(argv))
+def refused_eval(tmp_path, monkeypatch, capsys, as_a_user: bool, *argv: str):
+    """`tfllm eval argv...` in `tmp_path`, as a CompletedProcess for `one_error`: a subprocess
+    as a user types it when `as_a_user` (each defect's own example), else in this process,
+    the same code path without a TensorFlow start-up per case."""
+    if as_a_user:
+        return run_subprocess("eval", *argv, cwd=tmp_path)
+    monkeypatch.chdir(tmp_path)
+    code = run_main("eval", list(argv))
     out, err = capsys.readouterr()
-    return subprocess.CompletedProcess([command, *argv], code, out, err)
+    return subprocess.CompletedProcess(["eval", *argv], code, out, err)
 
 
 # The issue's own payload runs as the user types it, a subprocess; the others in process.
@@ -63,11 +66,7 @@ def test_a_task_template_cannot_run_code(tmp_path, monkeypatch, capsys, payload)
             "doc_to_text": payload, "doc_to_target": "a"}  # fmt: skip
     (tmp_path / "evil.yaml").write_text(yaml.safe_dump(task))
     argv = ("--workdir", str(tmp_path / "none"), "--tasks", "evil.yaml")
-    if payload == PAYLOADS[0]:  # the issue's example, typed as a user types it
-        result = run_subprocess("eval", *argv, cwd=tmp_path)
-    else:
-        monkeypatch.chdir(tmp_path)
-        result = in_process(capsys, "eval", *argv)
+    result = refused_eval(tmp_path, monkeypatch, capsys, payload == PAYLOADS[0], *argv)
     one_error(result, "evil.yaml: doc_to_text", "sandbox")
     assert not (tmp_path / "PWNED").exists()
 
@@ -263,12 +262,9 @@ def test_task_keys_of_the_wrong_type_are_one_line(
     (tmp_path / "docs.jsonl").write_text('{"q": "x", "a": "y"}\n')
     task = {"dataset_path": "docs.jsonl", "doc_to_text": "q", "doc_to_target": "a", key: value}
     (tmp_path / "t.yaml").write_text(yaml.safe_dump(task))
-    argv = ("--workdir", "none", "--tasks", "t.yaml")
-    if key == "filter_list" and value == 5:  # one case typed as a user types it
-        result = run_subprocess("eval", *argv, cwd=tmp_path)
-    else:
-        monkeypatch.chdir(tmp_path)
-        result = in_process(capsys, "eval", *argv)
+    as_a_user = (key, value) == ("filter_list", 5)
+    result = refused_eval(tmp_path, monkeypatch, capsys, as_a_user, "--workdir", "none", "--tasks",
+                          "t.yaml")  # fmt: skip
     one_error(result, message)
 
 

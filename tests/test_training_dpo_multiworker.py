@@ -1,7 +1,6 @@
 """DPO under MultiWorkerMirroredStrategy equals one device: two `python -m tfllm.train` worker
 processes on localhost ports (TF_CONFIG), typed as a user types them, run the same 4 steps as
-one `tfllm.dpo` run on one device, full (reference log-probabilities precomputed) and LoRA
-(the reference is the base with adapters off).
+one `tfllm.dpo` run on one device, with the reference log-probabilities precomputed.
 
 The workers read their own copy of the dataset, prepared here once (two workers preparing one
 directory would race), with no reference table yet: both compute it and only the chief writes
@@ -69,15 +68,12 @@ def reference_tables(data_root: pathlib.Path) -> list[str]:
     return sorted(glob.glob(f"{data_root}/**/reference-logps-*", recursive=True))
 
 
-# Full DPO only: its reference table is what two workers raced on. LoRA's reference (the base
-# with adapters off) under a distribution strategy is tests/test_training_dpo.py's mirrored run.
-@pytest.mark.parametrize("lora_rank", [0], ids=["full"])
-def test_two_workers_equal_one_device(task, lora_rank):
+# Full DPO: its reference table is what two workers raced on. LoRA's reference (the base with
+# adapters off) under a distribution strategy is tests/test_training_dpo.py's mirrored run.
+def test_two_workers_equal_one_device(task):
     root, base = task
-    name = f"mw{lora_rank}"
-    options = dpo_options(root, steps=4, learning_rate=1e-2, lora_rank=lora_rank)
-    if lora_rank:
-        options["lora_targets"] = "q,k,v,o,gate,up,down"
+    name = "mw"
+    options = dpo_options(root, steps=4, learning_rate=1e-2)
     single = tfllm.dpo(base, data=str(root / "pairs.jsonl"), workdir=str(root / name), **options)
 
     workdir, data_root = root / f"{name}_workers", root / f"{name}_workers_data"
@@ -88,23 +84,20 @@ def test_two_workers_equal_one_device(task, lora_rank):
     assert reference_tables(data_root) == []
     finish(start_workers(config, workdir), workdir)
 
-    if lora_rank:
-        assert reference_tables(data_root) == []  # adapters off: no table
-    else:
-        (table,) = reference_tables(data_root)  # one file, no temporary left behind
-        (expected,) = reference_tables(pathlib.Path(single.workdir) / "data")
-        got, want = (
-            np.asarray(json.loads(pathlib.Path(p).read_text())["logps"]) for p in (table, expected)
-        )
-        np.testing.assert_allclose(got, want, rtol=0, atol=1e-6)
-        assert os.path.basename(table) == os.path.basename(expected)
+    (table,) = reference_tables(data_root)  # one file, no temporary left behind
+    (expected,) = reference_tables(pathlib.Path(single.workdir) / "data")
+    got, want = (
+        np.asarray(json.loads(pathlib.Path(p).read_text())["logps"]) for p in (table, expected)
+    )
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-6)
+    assert os.path.basename(table) == os.path.basename(expected)
     assert layout.data_dir(cfg).startswith(str(data_root))
 
     expected_weights, got_weights = _weights(single.workdir), _weights(str(workdir))
     diff = max(
         float(np.max(np.abs(expected_weights[k] - got_weights[k]))) for k in expected_weights
     )
-    print(f"DPO {'LoRA' if lora_rank else 'full'}, 2 workers vs one device: max |diff| {diff:.3g}")
+    print(f"DPO, 2 workers vs one device: max |diff| {diff:.3g}")
     assert diff <= TOLERANCE
     # The chief alone writes events: one file per directory, each scalar once.
     for split in ("train", "val"):
